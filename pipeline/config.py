@@ -1,0 +1,318 @@
+"""Typed, frozen, validated configuration: one dataclass per section of params.yaml.
+
+Stages call :func:`load_sections` once at their boundary and pass the objects down.
+Every key must be present in params.yaml (it is the single source of settings); unknown
+keys, wrong types and out-of-range values raise :class:`ParamsError` naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import sys
+import time
+import types
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+PARAMS_FILE = Path("params.yaml")
+
+
+class PipelineError(Exception):
+    """An error in the user's input (params, data, weights) with a message meant for them."""
+
+
+class ParamsError(PipelineError):
+    """A key in params.yaml is unknown, missing, mistyped or out of range."""
+
+
+def _range(*, gt: float | None = None, ge: float | None = None, le: float | None = None,
+           lt: float | None = None) -> dict[str, Any]:
+    """Field metadata for a numeric bound, checked by the loader."""
+    return {"range": {"gt": gt, "ge": ge, "le": le, "lt": lt}}
+
+
+# ----------------------------------------------------------------------------- sections
+
+
+@dataclass(frozen=True)
+class BaseConfig:
+    """Settings shared by every stage."""
+
+    seed: int = field(metadata=_range(ge=0))
+    device: Literal["auto", "cpu", "cuda"]
+    deterministic: bool
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the images come from."""
+
+    source: Literal["demo", "folder", "csv"]
+    root: str  # images folder; manifest paths are relative to it
+    manifest: str  # CSV manifest, read when source is csv
+
+    def __post_init__(self) -> None:
+        if not self.root:
+            raise ParamsError("data.root is empty: give the folder that holds the images")
+
+
+@dataclass(frozen=True)
+class CleanConfig:
+    """Data-quality checks and what to do with what they find."""
+
+    max_pixels: int = field(metadata=_range(gt=0))  # larger images are unreadable (bombs)
+    exact_duplicates: Literal["drop", "flag"]  # drop all but one member of each cluster
+    conflicting_labels: Literal["drop", "flag"]  # drop every member of a mixed-label cluster
+
+
+@dataclass(frozen=True)
+class Fractions:
+    """Share of images per split; they sum to 1."""
+
+    train: float = field(metadata=_range(gt=0, le=1))
+    val: float = field(metadata=_range(ge=0, lt=1))
+    test: float = field(metadata=_range(ge=0, lt=1))
+
+    def __post_init__(self) -> None:
+        total = self.train + self.val + self.test
+        if not math.isclose(total, 1.0, abs_tol=1e-6):
+            raise ParamsError(
+                f"split.fractions: train + val + test must be 1, got "
+                f"{self.train} + {self.val} + {self.test} = {total:g}")
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """How kept images are divided into train, val and test."""
+
+    method: Literal["random", "stratified", "group", "temporal", "predefined"]
+    fractions: Fractions
+    group_column: str
+    time_column: str
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """Decoded, resized arrays that training reads instead of image files."""
+
+    image_size: int = field(metadata=_range(ge=8, le=1024))  # pixels, square
+    fit: Literal["crop", "pad", "stretch"]  # how a non-square image becomes square
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The backbone and where its pretrained weights come from."""
+
+    name: str  # timm or torchvision architecture; prefix "timm:" / "torchvision:" to force
+    weights: str  # default | none | a timm tag | a torchvision weights name | a file
+    drop_rate: float = field(metadata=_range(ge=0, lt=1))  # dropout before the new head
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ParamsError("model.name is empty: give a timm or torchvision model name")
+        if not self.weights:
+            raise ParamsError("model.weights is empty: use default, none, a tag or a file path")
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One training phase: which part of the network trains, for how long."""
+
+    epochs: int = field(metadata=_range(ge=1))
+    unfreeze: Literal["head", "all"]  # head: backbone frozen (BatchNorm too); all: everything
+    lr_mult: float = field(metadata=_range(gt=0))  # this phase's lr = train.lr * lr_mult
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Fine-tuning schedule and optimisation."""
+
+    seed: int = field(metadata=_range(ge=0))
+    lr: float = field(metadata=_range(gt=0, le=10))
+    weight_decay: float = field(metadata=_range(ge=0))
+    batch_size: int = field(metadata=_range(ge=1))
+    warmup_epochs: float = field(metadata=_range(ge=0))  # linear warmup at each phase start
+    label_smoothing: float = field(metadata=_range(ge=0, lt=1))
+    bn: Literal["frozen", "train"]  # BatchNorm statistics of trainable layers (see models)
+    hflip: bool  # random horizontal flips (off for digits and text)
+    amp: bool  # mixed precision on CUDA; ignored on CPU
+    phases: tuple[Phase, ...]
+
+    def __post_init__(self) -> None:
+        if not self.phases:
+            raise ParamsError("train.phases is empty: give at least one phase")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """Evaluation of the final model on the test split."""
+
+    batch_size: int = field(metadata=_range(ge=1))
+
+
+SECTIONS: dict[str, type] = {
+    "base": BaseConfig,
+    "data": DataConfig,
+    "clean": CleanConfig,
+    "split": SplitConfig,
+    "cache": CacheConfig,
+    "model": ModelConfig,
+    "train": TrainConfig,
+    "evaluate": EvaluateConfig,
+}
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _unknown_key(key: str, valid: Sequence[str]) -> ParamsError:
+    close = difflib.get_close_matches(key.rsplit(".", 1)[-1], valid, n=3, cutoff=0.5)
+    prefix = key.rsplit(".", 1)[0] + "." if "." in key else ""
+    hint = f"; did you mean {', '.join(repr(prefix + c) for c in close)}?" if close else ""
+    return ParamsError(
+        f"unknown key {key!r}{hint} Valid keys here: {', '.join(prefix + v for v in valid)}")
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    """Convert one YAML value to the annotated type, or raise naming the key."""
+    origin = get_origin(tp)
+    if origin is Literal:
+        choices = get_args(tp)
+        if value in choices:
+            return value
+        raise ParamsError(f"{key} = {value!r} is not allowed; choose one of: "
+                          f"{', '.join(map(str, choices))}")
+    if origin in (Union, types.UnionType):
+        errors = []
+        for arm in get_args(tp):
+            try:
+                return _convert(value, arm, key)
+            except ParamsError as exc:
+                errors.append(str(exc))
+        raise ParamsError(" / ".join(errors))
+    if origin is tuple:
+        (item_tp, _ellipsis) = get_args(tp)
+        if not isinstance(value, list):
+            raise ParamsError(f"{key} = {value!r}: expected a list")
+        return tuple(_convert(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value))
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        raise ParamsError(f"{key} = {value!r}: expected true or false")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise ParamsError(f"{key} = {value!r}: expected an integer")
+    if tp is float:
+        # `dvc exp run -S train.lr=0.000001` writes 1e-06, which PyYAML reads as a string.
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            number = float(value)
+        elif isinstance(value, str):
+            try:
+                number = float(value)
+            except ValueError:
+                raise ParamsError(f"{key} = {value!r}: expected a number") from None
+        else:
+            raise ParamsError(f"{key} = {value!r}: expected a number")
+        if not math.isfinite(number):
+            raise ParamsError(f"{key} = {value!r}: expected a finite number")
+        return number
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ParamsError(f"{key} = {value!r}: expected a string")
+    raise TypeError(f"unsupported annotation {tp!r} for {key}")  # a bug in this module
+
+
+def _check_range(value: float, bounds: Mapping[str, float | None], key: str) -> None:
+    tests = {
+        "gt": (lambda v, b: v > b, "greater than"),
+        "ge": (lambda v, b: v >= b, "at least"),
+        "lt": (lambda v, b: v < b, "less than"),
+        "le": (lambda v, b: v <= b, "at most"),
+    }
+    for name, bound in bounds.items():
+        if bound is not None and not tests[name][0](value, bound):
+            allowed = " and ".join(f"{tests[n][1]} {b:g}" for n, b in bounds.items()
+                                   if b is not None)
+            raise ParamsError(f"{key} = {value!r} is out of range: it must be {allowed}")
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    """Build dataclass ``cls`` from a mapping, validating every key."""
+    if not isinstance(data, Mapping):
+        raise ParamsError(f"{prefix} must be a mapping of keys to values, got {data!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = get_type_hints(cls)
+    for key in data:
+        if key not in fields:
+            raise _unknown_key(f"{prefix}.{key}", list(fields))
+    kwargs = {}
+    for name, f in fields.items():
+        key = f"{prefix}.{name}"
+        if name not in data:
+            raise ParamsError(f"missing key {key!r} in params.yaml")
+        value = _convert(data[name], hints[name], key)
+        if "range" in f.metadata:
+            _check_range(value, f.metadata["range"], key)
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def parse_sections(params: Mapping[str, Any], *names: str) -> tuple[Any, ...]:
+    """Validate the named sections of an already-loaded params mapping."""
+    for section in params:
+        if section not in SECTIONS:
+            raise _unknown_key(str(section), list(SECTIONS))
+    out = []
+    for name in names:
+        if name not in params:
+            raise ParamsError(f"params.yaml has no section {name!r}")
+        out.append(_build(SECTIONS[name], params[name], name))
+    return tuple(out)
+
+
+def load_sections(*names: str, path: Path = PARAMS_FILE) -> tuple[Any, ...]:
+    """Read params.yaml once and return the named sections as typed, frozen objects.
+
+    The names a stage passes here must equal the ``params`` list of its stage in
+    dvc.yaml (tests/test_dvc_yaml.py checks it), so DVC reruns it when they change.
+    """
+    if not path.exists():
+        raise ParamsError(f"{path} not found: run stages from the project root")
+    with path.open() as fh:
+        params = yaml.safe_load(fh) or {}
+    return parse_sections(params, *names)
+
+
+def as_dict(config: Any) -> dict[str, Any]:
+    """A config object as plain data (for saving with models and metrics)."""
+    return dataclasses.asdict(config)
+
+
+def run_stage(name: str, main: Callable[[], None]) -> None:
+    """Run a stage's main(); user errors end it with one clear line and exit code 2."""
+    start = time.perf_counter()
+    try:
+        main()
+    except PipelineError as exc:
+        print(f"[{name}] error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    print(f"[{name}] done in {time.perf_counter() - start:.1f} s", file=sys.stderr)

@@ -1,0 +1,111 @@
+"""Image decoding, hashing and resizing: pure functions, the same rules in every stage."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+# Broken files must fail, never train on half an image.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+class UnreadableImage(Exception):
+    """The file cannot be decoded into an image; ``str(exc)`` is the reason."""
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _to_rgb(img: Image.Image) -> np.ndarray:
+    """Convert any PIL mode to (H, W, 3) uint8 RGB, deterministically."""
+    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        # 16-bit (or 32-bit int) grey: keep the top 8 of 16 bits.
+        grey = np.asarray(img, dtype=np.int64)
+        grey = np.clip(grey, 0, 65535) >> 8
+        return np.repeat(grey.astype(np.uint8)[:, :, None], 3, axis=2)
+    if img.mode == "F":
+        grey = np.clip(np.asarray(img, dtype=np.float64), 0, 255).round().astype(np.uint8)
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        # Transparent pixels are composited on white, as a viewer shows them.
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    return np.asarray(img.convert("RGB"), dtype=np.uint8)
+
+
+def decode_image(path: Path, *, max_pixels: int) -> np.ndarray:
+    """Decode an image file to (H, W, 3) uint8 RGB with EXIF orientation applied.
+
+    Raises :class:`UnreadableImage` with the reason for missing, empty, truncated,
+    corrupt or non-image files and for images above ``max_pixels`` (decompression bombs).
+    """
+    try:
+        if Path(path).stat().st_size == 0:
+            raise UnreadableImage("empty file (0 bytes)")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                width, height = img.size
+                if width * height > max_pixels:
+                    raise UnreadableImage(
+                        f"{width}x{height} = {width * height} pixels is above "
+                        f"clean.max_pixels = {max_pixels}")
+                img.load()
+                img = ImageOps.exif_transpose(img)
+                return _to_rgb(img)
+    except UnreadableImage:
+        raise
+    except FileNotFoundError:
+        raise UnreadableImage("file not found") from None
+    except UnidentifiedImageError:
+        raise UnreadableImage("not an image, or a format Pillow cannot read") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise UnreadableImage(f"decompression bomb: {exc}") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise UnreadableImage(f"corrupt or truncated: {exc}") from None
+
+
+def pixel_hash(pixels: np.ndarray) -> str:
+    """Hex sha256 of decoded pixels and their shape: equal for identical images."""
+    digest = hashlib.sha256(str(pixels.shape).encode())
+    digest.update(np.ascontiguousarray(pixels).tobytes())
+    return digest.hexdigest()
+
+
+def fit_image(pixels: np.ndarray, size: int, *, fit: str) -> np.ndarray:
+    """Resize (H, W, 3) uint8 to (size, size, 3) uint8.
+
+    ``fit``: ``crop`` resizes the short side to ``size`` and centre-crops, ``pad`` resizes
+    the long side and pads with black, ``stretch`` ignores the aspect ratio.
+    """
+    img = Image.fromarray(pixels)
+    target = (size, size)
+    if fit == "crop":
+        out = ImageOps.fit(img, target, method=Image.Resampling.BICUBIC)
+    elif fit == "pad":
+        out = ImageOps.pad(img, target, method=Image.Resampling.BICUBIC, color=(0, 0, 0))
+    elif fit == "stretch":
+        out = img.resize(target, Image.Resampling.BICUBIC)
+    else:
+        raise ValueError(f"unknown fit {fit!r}; expected crop, pad or stretch")
+    return np.asarray(out, dtype=np.uint8)
+
+
+def natural_key(text: str) -> tuple[tuple[int, int | str], ...]:
+    """Sort key that orders "2" before "10" (class folders named by numbers)."""
+    return tuple((0, int(part)) if part.isdigit() else (1, part)
+                 for part in re.split(r"(\d+)", text) if part)

@@ -1,0 +1,14 @@
+"""File names shared between stages (the contracts in DESIGN.md), relative to the repo root."""
+
+from pathlib import Path
+
+DEMO_ROOT = Path("data/demo/images")
+DEMO_MANIFEST = Path("data/demo/manifest.csv")
+PREPARED = Path("data/prepared/manifest.csv")
+CLEAN = Path("data/clean/manifest.csv")
+SPLIT = Path("data/split/manifest.csv")
+CACHE_DIR = Path("data/cache")
+MODEL = Path("models/model.pt")
+METRICS_DIR = Path("metrics")
+CURVES_DIR = METRICS_DIR / "curves"
+PREDICTIONS = METRICS_DIR / "predictions.csv"

@@ -1,0 +1,39 @@
+"""Reproducibility in one place: seeding and the deterministic switch."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import torch
+
+from pipeline.config import PipelineError
+
+
+def seed_everything(seed: int, *, deterministic: bool) -> torch.Generator:
+    """Seed Python, NumPy and torch; return a torch Generator for data order.
+
+    ``deterministic`` turns on torch's deterministic algorithms (and the cuBLAS
+    workspace setting CUDA needs for them), so a rerun gives bit-identical weights.
+    """
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    return generator
+
+
+def resolve_device(name: str) -> torch.device:
+    """Map base.device to a torch device; asking for CUDA without one is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise PipelineError("base.device = cuda but no CUDA device is available; "
+                            "use auto or cpu")
+    return torch.device(name)

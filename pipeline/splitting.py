@@ -1,0 +1,158 @@
+"""Train/val/test assignment: pure functions over labels and cluster keys."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+SPLITS = ("train", "val", "test")
+
+
+class SplitError(ValueError):
+    """The requested split cannot be made from this data."""
+
+
+def _allocate(n: int, fractions: Sequence[float]) -> list[int]:
+    """Split n items into len(fractions) counts by largest remainder, at least 1 in train."""
+    raw = [n * f for f in fractions]
+    counts = [int(np.floor(r)) for r in raw]
+    by_remainder = sorted(range(len(raw)), key=lambda i: (-(raw[i] - counts[i]), i))
+    for i in by_remainder[: n - sum(counts)]:
+        counts[i] += 1
+    if n > 0 and counts[0] == 0:  # every class must reach train
+        donor = max(range(1, len(counts)), key=lambda i: counts[i])
+        counts[donor] -= 1
+        counts[0] += 1
+    return counts
+
+
+def _units(labels: Sequence[str], keys: Sequence[str]) -> tuple[list[str], dict[str, list[int]]]:
+    """Group rows into units by key (a duplicate cluster or the image itself), sorted."""
+    units: dict[str, list[int]] = {}
+    for i, key in enumerate(keys):
+        units.setdefault(key, []).append(i)
+    return sorted(units), units
+
+
+def split_units(labels: Sequence[str], keys: Sequence[str], *, fractions: Sequence[float],
+                seed: int, stratify: bool) -> np.ndarray:
+    """Assign each row to train/val/test, keeping rows that share a key together.
+
+    Args:
+        labels: (N,) class label per row.
+        keys: (N,) unit key per row: rows with equal keys (duplicate clusters) always
+            land in the same split. Use the image id for rows in no cluster.
+        fractions: (3,) shares of train, val and test.
+        seed: the result depends only on the data and this seed, not on row order.
+        stratify: allocate per class (by each unit's first label) so every class gets
+            its share, within one unit; otherwise allocate over all units at once.
+
+    Returns:
+        (N,) array of split names.
+    """
+    order, units = _units(labels, keys)
+    rng = np.random.default_rng(seed)
+    strata: dict[str, list[str]] = {}
+    for key in order:
+        stratum = labels[units[key][0]] if stratify else ""
+        strata.setdefault(stratum, []).append(key)
+    out = np.empty(len(labels), dtype=object)
+    for stratum in sorted(strata):
+        members = strata[stratum]
+        shuffled = [members[i] for i in rng.permutation(len(members))]
+        counts = _allocate(len(shuffled), fractions)
+        start = 0
+        for name, count in zip(SPLITS, counts):
+            for key in shuffled[start:start + count]:
+                out[units[key]] = name
+            start += count
+    return out
+
+
+def carve_val(labels: Sequence[str], keys: Sequence[str], given: Sequence[str], *,
+              val_fraction: float, seed: int) -> np.ndarray:
+    """Keep a predefined split; when it has no val rows, move a stratified share of train.
+
+    Args:
+        given: (N,) split per row from the source (train, val or test).
+        val_fraction: share of the train rows moved to val when val is empty.
+    """
+    given_arr = np.asarray(given, dtype=object)
+    bad = sorted({str(s) for s in given_arr if s not in SPLITS})
+    if bad:
+        raise SplitError(f"predefined split has values {bad}; expected train, val or test")
+    if (given_arr == "val").any() or val_fraction == 0:
+        return given_arr.copy()
+    train = np.flatnonzero(given_arr == "train")
+    sub = split_units([labels[i] for i in train], [keys[i] for i in train],
+                      fractions=(1 - val_fraction, val_fraction, 0.0), seed=seed,
+                      stratify=True)
+    out = given_arr.copy()
+    out[train] = sub
+    return out
+
+
+def check_classes(labels: Sequence[str], splits: Sequence[str]) -> list[str]:
+    """Raise if a class has no training image; return warnings for classes missing in val/test."""
+    labels_arr = np.asarray(labels, dtype=object)
+    splits_arr = np.asarray(splits, dtype=object)
+    warnings = []
+    for label in sorted(set(labels_arr)):
+        present = set(splits_arr[labels_arr == label])
+        if "train" not in present:
+            raise SplitError(f"class {label!r} has no image in train "
+                             f"({int((labels_arr == label).sum())} images in all)")
+        missing = [s for s in ("val", "test") if s not in present and (splits_arr == s).any()]
+        if missing:
+            warnings.append(f"class {label!r} has no image in {' or '.join(missing)}")
+    return warnings
+
+
+def merge_keys(*columns: Sequence[str | None]) -> list[str]:
+    """Unit key per row such that rows sharing any non-empty value in any column match.
+
+    E.g. a duplicate-cluster column and a group column: two rows end up in one unit
+    if they are linked by a chain of shared clusters or groups (union-find).
+    """
+    n = len(columns[0])
+    parent = list(range(n))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for col_index, column in enumerate(columns):
+        first: dict[str, int] = {}
+        for i, value in enumerate(column):
+            if value is None or value == "":
+                continue
+            tag = f"{col_index}:{value}"
+            if tag in first:
+                parent[find(i)] = find(first[tag])
+            else:
+                first[tag] = i
+    return [str(find(i)) for i in range(n)]
+
+
+def split_temporal(times: Sequence[float], keys: Sequence[str], *,
+                   fractions: Sequence[float]) -> np.ndarray:
+    """Oldest units to train, then val, newest to test, by fractions of the rows.
+
+    A unit (rows sharing a key) is placed by its latest timestamp, so it never
+    reaches into a later split's time range from an earlier one.
+    """
+    times_arr = np.asarray(times, dtype=float)
+    order, units = _units([""] * len(keys), keys)
+    unit_time = {k: float(times_arr[units[k]].max()) for k in order}
+    ranked = sorted(order, key=lambda k: (unit_time[k], k))
+    counts = _allocate(len(ranked), fractions)
+    out = np.empty(len(keys), dtype=object)
+    start = 0
+    for name, count in zip(SPLITS, counts):
+        for key in ranked[start:start + count]:
+            out[units[key]] = name
+        start += count
+    return out

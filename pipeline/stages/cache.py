@@ -1,0 +1,69 @@
+"""cache stage: decode every kept image once, resize it, store each split as arrays.
+
+Writes ``data/cache/{split}_images.npy`` ((N, S, S, 3) uint8, memory-mapped by
+training), ``{split}_labels.npy`` ((N,) int64 class indices) and ``meta.json``
+(class names in index order, image size, image ids per split, row-aligned).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+from numpy.lib.format import open_memmap
+from tqdm import tqdm
+
+from pipeline import paths
+from pipeline.config import CacheConfig, DataConfig, PipelineError, load_sections, run_stage
+from pipeline.images import UnreadableImage, decode_image, fit_image, natural_key
+from pipeline.manifest import read_manifest, resolve
+from pipeline.splitting import SPLITS
+
+# The clean stage has already rejected images above its own limit; this guard only
+# stops a bomb that appeared after cleaning.
+MAX_PIXELS = 1 << 30
+
+
+def run(data: DataConfig, cfg: CacheConfig, split_manifest: Path, out_dir: Path) -> dict:
+    """Build the cache from the split manifest; return its meta."""
+    df = read_manifest(split_manifest)
+    classes = sorted(set(df["label"]), key=natural_key)
+    class_index = {c: i for i, c in enumerate(classes)}
+    root = Path(data.root)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True)
+    meta: dict = {"classes": classes, "image_size": cfg.image_size, "fit": cfg.fit, "ids": {}}
+    for split in SPLITS:
+        rows = df[df["split"] == split].sort_values("image_id", kind="stable")
+        size = cfg.image_size
+        images = open_memmap(out_dir / f"{split}_images.npy", mode="w+", dtype=np.uint8,
+                             shape=(len(rows), size, size, 3))
+        for i, rel in enumerate(tqdm(rows["path"], desc=f"cache {split}", mininterval=1.0)):
+            try:
+                pixels = decode_image(resolve(root, rel), max_pixels=MAX_PIXELS)
+            except UnreadableImage as exc:
+                raise PipelineError(f"{rel} became unreadable after cleaning ({exc}); "
+                                    f"rerun dvc repro") from None
+            images[i] = fit_image(pixels, size, fit=cfg.fit)
+        images.flush()
+        del images
+        labels = np.array([class_index[c] for c in rows["label"]], dtype=np.int64)
+        np.save(out_dir / f"{split}_labels.npy", labels)
+        meta["ids"][split] = list(rows["image_id"])
+    (out_dir / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+    print("cache: " + ", ".join(f"{s} {len(meta['ids'][s])}" for s in SPLITS) +
+          f" images at {cfg.image_size}x{cfg.image_size}")
+    return meta
+
+
+def main() -> None:
+    """Entry point of the DVC stage."""
+    data, cache = load_sections("data", "cache")
+    run(data, cache, paths.SPLIT, paths.CACHE_DIR)
+
+
+if __name__ == "__main__":
+    run_stage("cache", main)

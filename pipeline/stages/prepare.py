@@ -1,0 +1,127 @@
+"""prepare stage: list the user's images into data/prepared/manifest.csv.
+
+Sources (``data.source``): ``demo`` (the digits tree the demo stage wrote), ``folder``
+(class-per-folder, optionally under train/ val/ test/), ``csv`` (path,label[,timestamp]
+[,group][,split]). Image files are only read, never modified, moved or deleted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from pathlib import Path
+
+import pandas as pd
+from tqdm import tqdm
+
+from pipeline import paths
+from pipeline.config import DataConfig, PipelineError, load_sections, run_stage
+from pipeline.images import file_sha256
+from pipeline.manifest import resolve, write_manifest
+
+SPLIT_DIRS = ("train", "val", "test")
+OPTIONAL_COLUMNS = ("timestamp", "group", "split")
+
+
+def _visible(path: Path) -> bool:
+    return not any(part.startswith(".") for part in path.parts)
+
+
+def list_folder(root: Path) -> pd.DataFrame:
+    """Rows (path, label[, split]) for every file under class folders of ``root``.
+
+    ``root/<class>/...`` or ``root/<split>/<class>/...`` with split in train, val, test.
+    Every visible file is listed, image or not, so clean can report what is unreadable.
+    """
+    subdirs = sorted(p.name for p in root.iterdir() if p.is_dir() and _visible(Path(p.name)))
+    split_dirs = [d for d in subdirs if d in SPLIT_DIRS]
+    if split_dirs and len(split_dirs) != len(subdirs):
+        others = [d for d in subdirs if d not in SPLIT_DIRS]
+        raise PipelineError(f"{root} mixes split folders ({', '.join(split_dirs)}) with "
+                            f"other folders ({', '.join(others[:5])}); use one layout")
+    loose = sorted(p.name for p in root.iterdir() if p.is_file() and _visible(Path(p.name)))
+    if loose:
+        print(f"warning: {len(loose)} files directly in {root} have no class folder and are "
+              f"left out: {', '.join(loose[:5])}", file=sys.stderr)
+    rows = []
+    for split in split_dirs or [None]:
+        base = root / split if split else root
+        for class_dir in sorted(p for p in base.iterdir() if p.is_dir() and _visible(Path(p.name))):
+            for file in sorted(class_dir.rglob("*")):
+                rel = file.relative_to(root)
+                if file.is_file() and _visible(rel):
+                    row = {"path": rel.as_posix(), "label": class_dir.name}
+                    if split:
+                        row["split"] = split
+                    rows.append(row)
+    if not rows:
+        raise PipelineError(f"no files found in class folders under {root}")
+    return pd.DataFrame(rows)
+
+
+def read_csv_source(manifest: Path) -> pd.DataFrame:
+    """Rows from a user CSV with columns path,label and optionally timestamp,group,split."""
+    if not manifest.is_file():
+        raise PipelineError(f"data.manifest = {str(manifest)!r}: no such file")
+    df = pd.read_csv(manifest, dtype=str, keep_default_na=False)
+    missing = [c for c in ("path", "label") if c not in df]
+    if missing:
+        raise PipelineError(f"{manifest} lacks column(s) {', '.join(missing)}; it needs "
+                            f"path,label and may have {','.join(OPTIONAL_COLUMNS)}")
+    extra = [c for c in df if c not in ("path", "label", *OPTIONAL_COLUMNS)]
+    if extra:
+        print(f"warning: {manifest}: columns {', '.join(extra)} are not used", file=sys.stderr)
+    empty = df.index[(df["path"] == "") | (df["label"] == "")]
+    if len(empty):
+        raise PipelineError(f"{manifest}: row(s) {', '.join(str(i + 2) for i in empty[:5])} "
+                            f"have an empty path or label")
+    return df[[c for c in df if c in ("path", "label", *OPTIONAL_COLUMNS)]]
+
+
+def assign_ids(df: pd.DataFrame, root: Path) -> pd.DataFrame:
+    """Add a content-derived ``image_id`` and sort by it.
+
+    The id is the first 16 hex digits of the file's sha256; byte-identical files get
+    ``-1``, ``-2``... suffixes in path order; unreadable files hash their path instead.
+    The result does not depend on the order in which the rows came.
+    """
+    df = df.sort_values("path", kind="stable").reset_index(drop=True)
+    ids = []
+    for rel in tqdm(df["path"], desc="hashing", mininterval=1.0, leave=False):
+        try:
+            ids.append(file_sha256(resolve(root, rel))[:16])
+        except OSError:
+            ids.append("x" + hashlib.sha256(f"unreadable:{rel}".encode()).hexdigest()[:15])
+    df.insert(0, "image_id", ids)
+    repeat = df.groupby("image_id").cumcount()
+    df["image_id"] = [i if r == 0 else f"{i}-{r}" for i, r in zip(df["image_id"], repeat)]
+    return df.sort_values("image_id", kind="stable").reset_index(drop=True)
+
+
+def run(cfg: DataConfig, output: Path) -> pd.DataFrame:
+    """List the source's images with ids and write the prepared manifest."""
+    root = Path(cfg.root)
+    if cfg.source == "demo" and root != paths.DEMO_ROOT:
+        raise PipelineError(f"data.source = demo reads the demo images at {paths.DEMO_ROOT}, "
+                            f"but data.root = {cfg.root!r}; set data.source: folder to read "
+                            f"your own folder")
+    if not root.is_dir():
+        raise PipelineError(f"data.root = {cfg.root!r}: no such folder")
+    if cfg.source == "csv":
+        df = read_csv_source(Path(cfg.manifest))
+    else:
+        df = list_folder(root)
+    df = assign_ids(df, root)
+    write_manifest(df, output)
+    print(f"prepared {len(df)} images in {df['label'].nunique()} classes from {root}")
+    return df
+
+
+def main() -> None:
+    """Entry point of the DVC stage."""
+    (data,) = load_sections("data")
+    run(data, paths.PREPARED)
+
+
+if __name__ == "__main__":
+    run_stage("prepare", main)
