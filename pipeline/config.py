@@ -201,7 +201,7 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, list):
             raise ParamsError(f"{key} = {value!r}: expected a list")
         return tuple(_convert(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value))
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return _build(tp, value, key)
     if tp is bool:
         if isinstance(value, bool):

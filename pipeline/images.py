@@ -65,8 +65,7 @@ def decode_image(path: Path, *, max_pixels: int) -> np.ndarray:
                         f"{width}x{height} = {width * height} pixels is above "
                         f"clean.max_pixels = {max_pixels}")
                 img.load()
-                img = ImageOps.exif_transpose(img)
-                return _to_rgb(img)
+                return _to_rgb(ImageOps.exif_transpose(img))
     except UnreadableImage:
         raise
     except FileNotFoundError:

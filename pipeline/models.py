@@ -167,7 +167,7 @@ def _load_file_into(model: nn.Module, path: Path, head: set[str]) -> None:
 def _classifier(model: nn.Module) -> tuple[str, nn.Module]:
     """(dotted name, module) of the final classification layer."""
     if hasattr(model, "get_classifier"):  # timm
-        target = model.get_classifier()
+        target = model.get_classifier()  # type: ignore[operator]
         for name, module in model.named_modules():
             if module is target:
                 return name, module
@@ -239,7 +239,7 @@ def create_model(cfg: ModelConfig, num_classes: int, *, pretrained: bool = True
         _load_file_into(model, file, head_keys)
         info["sha256"] = sha256_file(file)
     if library == "timm":
-        model.reset_classifier(num_classes)
+        model.reset_classifier(num_classes)  # type: ignore[operator]
     else:
         assert isinstance(old_head, nn.Linear)
         new_head: nn.Module = nn.Linear(old_head.in_features, num_classes)

@@ -84,7 +84,7 @@ def carve_val(labels: Sequence[str], keys: Sequence[str], given: Sequence[str], 
         raise SplitError(f"predefined split has values {bad}; expected train, val or test")
     if (given_arr == "val").any() or val_fraction == 0:
         return given_arr.copy()
-    train = np.flatnonzero(given_arr == "train")
+    train = [int(i) for i in np.flatnonzero(given_arr == "train")]
     sub = split_units([labels[i] for i in train], [keys[i] for i in train],
                       fractions=(1 - val_fraction, val_fraction, 0.0), seed=seed,
                       stratify=True)

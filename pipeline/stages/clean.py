@@ -37,7 +37,7 @@ def run(data: DataConfig, cfg: CleanConfig, prepared: Path, output: Path,
             errors.append(str(exc))
     ids = list(df["image_id"])
     clusters = exact_duplicate_clusters(hashes, order=ids)
-    conflicting = conflicting_clusters(clusters, list(df["label"]))
+    conflicting = conflicting_clusters(list(clusters), list(df["label"]))
     unreadable = np.array([h is None for h in hashes])
     in_cluster = np.array([c is not None for c in clusters])
     representative = np.array([c == i for c, i in zip(clusters, ids)])

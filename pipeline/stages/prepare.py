@@ -44,7 +44,7 @@ def list_folder(root: Path) -> pd.DataFrame:
         print(f"warning: {len(loose)} files directly in {root} have no class folder and are "
               f"left out: {', '.join(loose[:5])}", file=sys.stderr)
     rows = []
-    for split in split_dirs or [None]:
+    for split in split_dirs or [""]:
         base = root / split if split else root
         for class_dir in sorted(p for p in base.iterdir() if p.is_dir() and _visible(Path(p.name))):
             for file in sorted(class_dir.rglob("*")):

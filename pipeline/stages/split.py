@@ -15,8 +15,15 @@ import pandas as pd
 from pipeline import paths
 from pipeline.config import BaseConfig, PipelineError, SplitConfig, load_sections, run_stage
 from pipeline.manifest import read_manifest, write_manifest
-from pipeline.splitting import (SPLITS, SplitError, carve_val, check_classes, merge_keys,
-                                split_temporal, split_units)
+from pipeline.splitting import (
+    SPLITS,
+    SplitError,
+    carve_val,
+    check_classes,
+    merge_keys,
+    split_temporal,
+    split_units,
+)
 
 
 def assign(df: pd.DataFrame, cfg: SplitConfig, seed: int) -> pd.Series:

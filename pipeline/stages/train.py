@@ -19,11 +19,23 @@ from scmrepo.exceptions import SCMError
 from torch import nn
 
 from pipeline import paths
-from pipeline.config import (BaseConfig, ModelConfig, PipelineError, TrainConfig, as_dict,
-                             load_sections, run_stage)
+from pipeline.config import (
+    BaseConfig,
+    ModelConfig,
+    PipelineError,
+    TrainConfig,
+    as_dict,
+    load_sections,
+    run_stage,
+)
 from pipeline.engine import load_split, predict, train_one_epoch
-from pipeline.models import (check_model_config, create_model, library_versions,
-                             set_trainable, train_mode)
+from pipeline.models import (
+    check_model_config,
+    create_model,
+    library_versions,
+    set_trainable,
+    train_mode,
+)
 from pipeline.seeding import resolve_device, seed_everything
 
 

@@ -1,0 +1,75 @@
+"""dvc.yaml must declare exactly what each stage reads, or DVC skips stale stages."""
+
+import ast
+from pathlib import Path
+
+import pytest
+import yaml
+
+from .conftest import REPO
+
+DVC = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+
+
+def _module_file(name: str) -> Path:
+    return REPO / (name.replace(".", "/") + ".py")
+
+
+def _imports(path: Path) -> set[str]:
+    """pipeline.* modules imported by one file (``from pipeline import x`` included)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("pipeline")}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("pipeline"):
+            found.add(node.module)
+            for alias in node.names:
+                if _module_file(f"{node.module}.{alias.name}").exists():
+                    found.add(f"{node.module}.{alias.name}")
+    return {m for m in found if _module_file(m).exists()}
+
+
+def _closure(module: str) -> set[str]:
+    seen, todo = set(), [module]
+    while todo:
+        current = todo.pop()
+        if current not in seen:
+            seen.add(current)
+            todo.extend(_imports(_module_file(current)))
+    return seen
+
+
+def _sections_loaded(path: Path) -> list[str]:
+    calls = [node for node in ast.walk(ast.parse(path.read_text()))
+             if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "load_sections"]
+    assert len(calls) <= 1, f"{path} must load its params once"
+    return [arg.value for call in calls for arg in call.args]
+
+
+@pytest.mark.parametrize("stage", sorted(DVC))
+def test_stage_declares_exactly_the_modules_it_imports(stage):
+    spec = DVC[stage]
+    module = f"pipeline.stages.{stage}"
+    assert spec["cmd"] == f"python -m {module}"
+    imported = {str(_module_file(m).relative_to(REPO)) for m in _closure(module)}
+    declared = {d for d in spec["deps"] if d.startswith("pipeline/")}
+    assert declared == imported, f"missing: {imported - declared}, extra: {declared - imported}"
+
+
+@pytest.mark.parametrize("stage", sorted(DVC))
+def test_stage_declares_exactly_the_params_sections_it_loads(stage):
+    loaded = _sections_loaded(REPO / "pipeline" / "stages" / f"{stage}.py")
+    assert sorted(DVC[stage].get("params", [])) == sorted(loaded)
+
+
+def test_only_stage_shells_read_params():
+    for path in (REPO / "pipeline").rglob("*.py"):
+        text = path.read_text()
+        if path.parent.name != "stages" and path.name != "config.py":
+            assert "load_sections(" not in text and "params.yaml\"" not in text, path
+
+
+def test_package_init_files_are_empty():
+    # Importing pipeline.x runs pipeline/__init__.py, which no stage declares.
+    for init in (REPO / "pipeline").rglob("__init__.py"):
+        assert init.read_text().strip() == "", init

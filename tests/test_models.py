@@ -1,0 +1,103 @@
+import pytest
+import torch
+
+from pipeline.config import ModelConfig, PipelineError
+from pipeline.models import (
+    WeightsError,
+    check_model_config,
+    create_model,
+    head_module,
+    load_trained,
+    set_trainable,
+    train_mode,
+)
+
+
+def _cfg(name="tf_efficientnet_lite0", weights="none", drop_rate=0.0):
+    return ModelConfig(name=name, weights=weights, drop_rate=drop_rate)
+
+
+def test_default_lite0_weights_come_from_the_package():
+    model, prep, info = create_model(_cfg(weights="default"), num_classes=4)
+    assert info["weights"].startswith("package:") and len(info["sha256"]) == 64
+    assert prep.mean == prep.std == (0.5, 0.5, 0.5)
+    assert model.get_classifier().out_features == 4
+    # pretrained BatchNorm statistics differ from the fresh-model defaults (0 and 1)
+    assert not torch.allclose(model.bn1.running_mean, torch.zeros_like(model.bn1.running_mean))
+    random, _, _ = create_model(_cfg(weights="none"), num_classes=4)
+    assert not torch.equal(model.conv_stem.weight, random.conv_stem.weight)
+
+
+def test_local_file_loads_backbone_and_records_sha(tmp_path):
+    torch.manual_seed(1)
+    source, _, _ = create_model(_cfg(), num_classes=7)
+    path = tmp_path / "w.pth"
+    torch.save(source.state_dict(), path)
+    model, _, info = create_model(_cfg(weights=str(path)), num_classes=3)
+    assert torch.equal(model.conv_stem.weight, source.conv_stem.weight)
+    assert model.get_classifier().out_features == 3 and len(info["sha256"]) == 64
+
+
+def test_weights_that_do_not_fit_or_do_not_exist_fail_clearly(tmp_path):
+    other, _, _ = create_model(_cfg("resnet18"), num_classes=2)
+    path = tmp_path / "resnet.pth"
+    torch.save(other.state_dict(), path)
+    with pytest.raises(WeightsError, match="does not fit the architecture"):
+        create_model(_cfg(weights=str(path)), num_classes=2)
+    with pytest.raises(WeightsError, match="no such file"):
+        check_model_config(_cfg(weights=str(tmp_path / "missing.pth")))
+    with pytest.raises(WeightsError, match="not a pretrained tag.*in1k"):
+        check_model_config(_cfg(weights="imagenet22k"))
+
+
+def test_unknown_model_name_fails_with_close_names():
+    with pytest.raises(PipelineError, match="model.name = 'resnet19'.*Close names: .*resnet18"):
+        check_model_config(_cfg("resnet19"))
+
+
+def test_torchvision_models_get_a_new_head():
+    model, prep, info = create_model(_cfg("torchvision:resnet18", drop_rate=0.2),
+                                     num_classes=5)
+    assert info["library"] == "torchvision"
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 5)
+    with pytest.raises(WeightsError, match="IMAGENET1K_V1"):
+        check_model_config(_cfg("torchvision:resnet18", weights="IMAGENET"))
+
+
+def test_head_phase_leaves_backbone_and_batchnorm_statistics_untouched():
+    torch.manual_seed(0)
+    model, _, _ = create_model(_cfg(), num_classes=3)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    set_trainable(model, "head")
+    train_mode(model, "head", bn="train")
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    loss = model(torch.randn(4, 3, 32, 32)).logsumexp(1).mean()
+    loss.backward()
+    optimizer.step()
+    head = {f"classifier.{k}" for k in head_module(model).state_dict()}
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if k not in head)
+    assert not all(torch.equal(before[k], after[k]) for k in head)
+
+
+def test_frozen_bn_keeps_statistics_when_everything_trains():
+    model, _, _ = create_model(_cfg(), num_classes=3)
+    set_trainable(model, "all")
+    train_mode(model, "all", bn="frozen")
+    stats = model.bn1.running_mean.clone()
+    model(torch.randn(4, 3, 32, 32))
+    assert torch.equal(stats, model.bn1.running_mean)
+    train_mode(model, "all", bn="train")
+    model(torch.randn(4, 3, 32, 32))
+    assert not torch.equal(stats, model.bn1.running_mean)
+
+
+def test_trained_checkpoint_round_trips(tmp_path):
+    model, _, _ = create_model(_cfg(), num_classes=3)
+    meta = {"classes": ["a", "b", "c"], "model": {"name": "tf_efficientnet_lite0",
+            "weights": "none", "drop_rate": 0.0},
+            "preprocessing": {"image_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3}}
+    torch.save({"state_dict": model.state_dict(), "meta": meta}, tmp_path / "m.pt")
+    loaded, prep, got = load_trained(tmp_path / "m.pt")
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(loaded.eval()(x), model.eval()(x)) and got["classes"] == ["a", "b", "c"]
