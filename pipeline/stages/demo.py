@@ -29,7 +29,7 @@ def run(root: Path, manifest: Path) -> int:
     for index, (image, target) in enumerate(zip(pixels, digits.target)):
         relative = Path(str(target)) / f"digit_{index:04d}.png"
         (root / relative).parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(image)  # (8, 8) uint8: mode L.save(root / relative)
+        Image.fromarray(image).save(root / relative)  # (8, 8) uint8: mode L
         rows.append({"path": relative.as_posix(), "label": str(target)})
     manifest.parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(rows).to_csv(manifest, index=False, lineterminator="\n")
