@@ -98,11 +98,26 @@ class SplitConfig:
 
 
 @dataclass(frozen=True)
+class AugmentConfig:
+    """The seeded torchvision transforms.v2 policy that makes the cached training views."""
+
+    crop_scale_min: float = field(metadata=_range(gt=0, le=1))  # RandomResizedCrop area
+    hflip: bool  # random left-right flip
+    rotation: float = field(metadata=_range(ge=0, le=180))  # degrees, uniform in +-rotation
+    color_jitter: float = field(metadata=_range(ge=0, le=1))  # brightness/contrast/saturation
+    auto: Literal["none", "randaugment", "trivialaugment"]  # an automatic policy on top
+    erasing: float = field(metadata=_range(ge=0, le=1))  # RandomErasing probability
+
+
+@dataclass(frozen=True)
 class CacheConfig:
     """Decoded, resized arrays that training reads instead of image files."""
 
     image_size: int = field(metadata=_range(ge=8, le=1024))  # pixels, square
     fit: Literal["crop", "pad", "stretch"]  # how a non-square image becomes square
+    views: int = field(metadata=_range(ge=0, le=1000))  # K augmented copies per train image
+    seed: int = field(metadata=_range(ge=0))  # seeds the views: same seed, same bytes
+    augment: AugmentConfig
 
 
 @dataclass(frozen=True)
@@ -140,7 +155,8 @@ class TrainConfig:
     warmup_epochs: float = field(metadata=_range(ge=0))  # linear warmup at each phase start
     label_smoothing: float = field(metadata=_range(ge=0, lt=1))
     bn: Literal["frozen", "train"]  # BatchNorm statistics of trainable layers (see models)
-    hflip: bool  # random horizontal flips (off for digits and text)
+    hflip: bool  # random horizontal flips each epoch (off for digits and text)
+    shift: int = field(metadata=_range(ge=0))  # random translation each epoch, pixels
     amp: bool  # mixed precision on CUDA; ignored on CPU
     phases: tuple[Phase, ...]
 

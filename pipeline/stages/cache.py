@@ -1,8 +1,10 @@
 """cache stage: decode every kept image once, resize it, store each split as arrays.
 
-Writes ``data/cache/{split}_images.npy`` ((N, S, S, 3) uint8, memory-mapped by
-training), ``{split}_labels.npy`` ((N,) int64 class indices) and ``meta.json``
-(class names in index order, image size, image ids per split, row-aligned).
+Writes ``data/cache/{split}_images.npy`` ((N, S, S, 3) uint8, read a batch at a time
+by training), ``{split}_labels.npy`` ((N,) int64 class indices), with ``cache.views``
+= K > 0 also ``train_view{k}_images.npy`` (K seeded augmented copies of the train
+split), and ``meta.json`` (class names in index order, image size, views, image ids
+per split, row-aligned). Nothing here is random unless seeded: same inputs, same bytes.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from numpy.lib.format import open_memmap
 from tqdm import tqdm
 
 from pipeline import paths
+from pipeline.augment import make_views, view_transform
 from pipeline.config import CacheConfig, DataConfig, PipelineError, load_sections, run_stage
 from pipeline.images import UnreadableImage, decode_image, fit_image, natural_key
 from pipeline.manifest import read_manifest, resolve
@@ -35,12 +38,19 @@ def run(data: DataConfig, cfg: CacheConfig, split_manifest: Path, out_dir: Path)
     if out_dir.exists():
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True)
-    meta: dict = {"classes": classes, "image_size": cfg.image_size, "fit": cfg.fit, "ids": {}}
+    meta: dict = {"classes": classes, "image_size": cfg.image_size, "fit": cfg.fit,
+                  "views": cfg.views, "ids": {}}
+    size = cfg.image_size
+    transform = view_transform(cfg.augment, size)
     for split in SPLITS:
         rows = df[df["split"] == split].sort_values("image_id", kind="stable")
-        size = cfg.image_size
+        shape = (len(rows), size, size, 3)
+        # open_memmap writes row by row: the stage's memory does not grow with N.
         images = open_memmap(out_dir / f"{split}_images.npy", mode="w+", dtype=np.uint8,
-                             shape=(len(rows), size, size, 3))
+                             shape=shape)
+        k_views = cfg.views if split == "train" else 0
+        views = [open_memmap(out_dir / f"{split}_view{k}_images.npy", mode="w+",
+                             dtype=np.uint8, shape=shape) for k in range(k_views)]
         for i, rel in enumerate(tqdm(rows["path"], desc=f"cache {split}", mininterval=1.0)):
             try:
                 pixels = decode_image(resolve(root, rel), max_pixels=MAX_PIXELS)
@@ -48,8 +58,14 @@ def run(data: DataConfig, cfg: CacheConfig, split_manifest: Path, out_dir: Path)
                 raise PipelineError(f"{rel} became unreadable after cleaning ({exc}); "
                                     f"rerun dvc repro") from None
             images[i] = fit_image(pixels, size, fit=cfg.fit)
-        images.flush()
-        del images
+            if k_views:
+                made = make_views(pixels, transform, views=k_views, size=size, seed=cfg.seed,
+                                  row=i)
+                for k in range(k_views):
+                    views[k][i] = made[k]
+        for array in (images, *views):
+            array.flush()
+        del images, views
         labels = np.array([class_index[c] for c in rows["label"]], dtype=np.int64)
         np.save(out_dir / f"{split}_labels.npy", labels)
         meta["ids"][split] = list(rows["image_id"])

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from sklearn.metrics import accuracy_score, f1_score
 
 from pipeline import paths
@@ -33,8 +34,8 @@ def run(base: BaseConfig, cfg: EvaluateConfig, model_path: Path, cache_dir: Path
     test = load_split(cache_dir, "test", cache_meta["ids"]["test"])
     if len(test.labels) == 0:
         raise PipelineError("the test split is empty: give split.fractions.test > 0")
-    probs = predict(model.to(device), test, prep=prep, device=device,
-                    batch_size=cfg.batch_size)
+    model.to(device).to(memory_format=torch.channels_last)  # see engine.to_input
+    probs = predict(model, test, prep=prep, device=device, batch_size=cfg.batch_size)
     classes = meta["classes"]
     pred = probs.argmax(1)
     metrics = {

@@ -76,7 +76,11 @@ def run(base: BaseConfig, model_cfg: ModelConfig, cfg: TrainConfig, cache_dir: P
         raise PipelineError(f"{meta_path} not found: run the cache stage first (dvc repro)")
     cache_meta = json.loads(meta_path.read_text())
     classes = cache_meta["classes"]
-    train_data = load_split(cache_dir, "train", cache_meta["ids"]["train"])
+    views = cache_meta["views"]
+    train_ids = cache_meta["ids"]["train"]
+    # epoch e (from 0) reads pre-augmented view e mod K when the cache has K views
+    train_views = [load_split(cache_dir, "train", train_ids, view=k) for k in range(views)] \
+        or [load_split(cache_dir, "train", train_ids)]
     val_data = load_split(cache_dir, "val", cache_meta["ids"]["val"])
     if len(val_data.labels) == 0:
         raise PipelineError("the val split is empty: give split.fractions.val > 0, it "
@@ -84,13 +88,14 @@ def run(base: BaseConfig, model_cfg: ModelConfig, cfg: TrainConfig, cache_dir: P
 
     generator = seed_everything(cfg.seed, deterministic=base.deterministic)
     model, prep, weights_info = create_model(model_cfg, len(classes))
-    model.to(device)
+    model.to(device).to(memory_format=torch.channels_last)  # see engine.to_input
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    steps_per_epoch = -(-len(train_data.labels) // cfg.batch_size)
+    steps_per_epoch = -(-len(train_ids) // cfg.batch_size)
 
     best: dict[str, Any] = {"val_accuracy": -1.0}
     best_state: dict[str, torch.Tensor] = {}
     epoch = 0
+    timing: dict[str, float] = {}
     with _live(curves_dir) as live:
         for phase_index, phase in enumerate(cfg.phases):
             trainable = set_trainable(model, phase.unfreeze)
@@ -101,13 +106,17 @@ def run(base: BaseConfig, model_cfg: ModelConfig, cfg: TrainConfig, cache_dir: P
                 optimizer, warmup_cosine(total, round(cfg.warmup_epochs * steps_per_epoch)))
             print(f"phase {phase_index}: {phase.unfreeze} trainable "
                   f"({trainable:,} parameters), lr {lr:g}, {phase.epochs} epochs")
+            phase_seconds, phase_images = 0.0, 0
             for _ in range(phase.epochs):
-                epoch += 1
                 train_mode(model, phase.unfreeze, bn=cfg.bn)
                 stats = train_one_epoch(
-                    model, train_data, optimizer=optimizer, scheduler=scheduler, prep=prep,
-                    device=device, batch_size=cfg.batch_size, generator=generator,
-                    loss_fn=loss_fn, hflip=cfg.hflip, amp=cfg.amp, desc=f"epoch {epoch}")
+                    model, train_views[epoch % len(train_views)], optimizer=optimizer,
+                    scheduler=scheduler, prep=prep, device=device, batch_size=cfg.batch_size,
+                    generator=generator, loss_fn=loss_fn, hflip=cfg.hflip, shift=cfg.shift,
+                    amp=cfg.amp, desc=f"epoch {epoch + 1}")
+                epoch += 1
+                phase_seconds += stats["seconds"]
+                phase_images += len(train_ids)
                 probs = predict(model, val_data, prep=prep, device=device,
                                 batch_size=cfg.batch_size, amp=cfg.amp)
                 labels = torch.from_numpy(val_data.labels)
@@ -126,6 +135,10 @@ def run(base: BaseConfig, model_cfg: ModelConfig, cfg: TrainConfig, cache_dir: P
                     best = {"val_accuracy": val_acc, "val_loss": val_loss, "epoch": epoch,
                             "phase": phase_index}
                     best_state = copy.deepcopy(model.state_dict())
+            # wall time of the training passes (validation excluded), for every run's record
+            timing[f"phase{phase_index}_seconds"] = round(phase_seconds, 2)
+            timing[f"phase{phase_index}_images_per_second"] = round(
+                phase_images / phase_seconds, 1)
 
     meta = {
         "classes": classes,
@@ -144,7 +157,7 @@ def run(base: BaseConfig, model_cfg: ModelConfig, cfg: TrainConfig, cache_dir: P
                model_out)
     metrics = {"best_val_accuracy": round(best["val_accuracy"], 6),
                "best_val_loss": round(best["val_loss"], 6), "best_epoch": best["epoch"],
-               "epochs": epoch}
+               "epochs": epoch, **timing}
     metrics_out.parent.mkdir(parents=True, exist_ok=True)
     metrics_out.write_text(json.dumps(metrics, indent=2) + "\n")
     print(f"best val accuracy {best['val_accuracy']:.4f} at epoch {best['epoch']}; "

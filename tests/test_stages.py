@@ -1,0 +1,67 @@
+"""The stage functions chained on tiny images: the cache is all that training reads."""
+
+import hashlib
+import json
+import shutil
+
+import pandas as pd
+import pytest
+import torch
+
+from pipeline.config import parse_sections
+from pipeline.stages import cache, clean, evaluate, prepare, split, train
+
+from .conftest import repo_params, write_tree
+
+
+def _digest(folder):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+@pytest.mark.slow
+def test_chain_with_views_trains_from_the_cache_alone(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    root = write_tree(tmp_path / "images", classes=3, per_class=12, size=24)
+    params = repo_params(**{
+        "data.source": "folder", "data.root": str(root),
+        "split.fractions": {"train": 0.5, "val": 0.25, "test": 0.25},
+        "cache.image_size": 32, "cache.views": 2, "train.batch_size": 8,
+        "train.hflip": True, "train.shift": 2,
+        "train.phases": [{"epochs": 2, "unfreeze": "head", "lr_mult": 5.0},
+                         {"epochs": 1, "unfreeze": "all", "lr_mult": 0.25}]})
+    base, data, clean_cfg, split_cfg, cache_cfg, model_cfg, train_cfg, eval_cfg = parse_sections(
+        params, "base", "data", "clean", "split", "cache", "model", "train", "evaluate")
+    d = tmp_path / "data"
+    prepare.run(data, d / "prepared.csv")
+    clean.run(data, clean_cfg, d / "prepared.csv", d / "clean.csv", d / "clean.json")
+    split.run(base, split_cfg, d / "clean.csv", d / "split.csv", d / "split.json")
+    cache.run(data, cache_cfg, d / "split.csv", d / "cache")
+    first = _digest(d / "cache")
+    assert {"train_view0_images.npy", "train_view1_images.npy"} <= set(first)
+    assert first["train_view0_images.npy"] != first["train_view1_images.npy"]
+    cache.run(data, cache_cfg, d / "split.csv", d / "cache")
+    assert _digest(d / "cache") == first  # same params and seed: the same bytes
+
+    shutil.rmtree(root)  # training must not open a single image file
+    seen = []
+    real_epoch = train.train_one_epoch
+
+    def spy(model, data, **kwargs):
+        seen.append(data.images.path.name)
+        return real_epoch(model, data, **kwargs)
+
+    monkeypatch.setattr(train, "train_one_epoch", spy)
+    metrics = train.run(base, model_cfg, train_cfg, d / "cache", tmp_path / "model.pt",
+                        tmp_path / "train.json", tmp_path / "curves")
+    assert seen == ["train_view0_images.npy", "train_view1_images.npy",
+                    "train_view0_images.npy"]  # epoch e reads view e mod K
+    assert metrics["epochs"] == 3
+    assert metrics["phase0_seconds"] > 0 and metrics["phase1_images_per_second"] > 0
+    assert json.loads((tmp_path / "train.json").read_text()) == metrics
+    result = evaluate.run(base, eval_cfg, tmp_path / "model.pt", d / "cache", d / "split.csv",
+                          tmp_path / "eval.json", tmp_path / "predictions.csv")
+    predictions = pd.read_csv(tmp_path / "predictions.csv")
+    assert result["accuracy"] == pytest.approx((predictions["label"] == predictions["pred"]).mean(),
+                                               abs=1e-6)
+    meta = torch.load(tmp_path / "model.pt", weights_only=True)["meta"]
+    assert meta["preprocessing"]["image_size"] == 32
