@@ -170,6 +170,10 @@ class EvaluateConfig:
     """Evaluation of the final model on the test split."""
 
     batch_size: int = field(metadata=_range(ge=1))
+    tta: Literal["none", "flip", "crops"]  # test-time augmentation, reported as tta_*
+    bootstrap: int = field(metadata=_range(ge=100))  # resamples for the 95 % intervals
+    min_accuracy: float = field(metadata=_range(ge=0, le=1))  # gate: fail below (0: off)
+    max_ece: float = field(metadata=_range(ge=0, le=1))  # gate: fail above (1: off)
 
 
 SECTIONS: dict[str, type] = {

@@ -149,14 +149,34 @@ def train_one_epoch(model: nn.Module, data: ArraySplit, *, optimizer: torch.opti
             "images_per_second": seen / seconds if seconds > 0 else 0.0}
 
 
+def tta_views(x: torch.Tensor, tta: str) -> list[torch.Tensor]:
+    """The test-time views of a (B, C, H, W) batch: itself (``none``), plus its mirror
+    (``flip``), or five crops shifted by H/8 from a padded copy (``crops``)."""
+    if tta == "none":
+        return [x]
+    if tta == "flip":
+        return [x, x.flip(-1)]
+    h, w = x.shape[-2:]
+    p = max(1, h // 8)
+    padded = torch.nn.functional.pad(x, (p, p, p, p), mode="replicate")
+    offsets = [(p, p), (0, 0), (0, 2 * p), (2 * p, 0), (2 * p, 2 * p)]
+    return [padded[..., dy:dy + h, dx:dx + w] for dy, dx in offsets]
+
+
 @torch.inference_mode()
 def predict(model: nn.Module, data: ArraySplit, *, prep: Preprocessing,
-            device: torch.device, batch_size: int, amp: bool = False) -> np.ndarray:
-    """(N, C) float64 class probabilities for every image, in row order."""
+            device: torch.device, batch_size: int, amp: bool = False,
+            tta: str = "none") -> np.ndarray:
+    """(N, C) float64 class probabilities for every image, in row order (averaged over
+    the test-time views when ``tta`` is not ``none``)."""
     model.eval()
     out = []
     for images, _ in batches(data, batch_size):
-        with _autocast(device, amp):
-            logits = model(to_input(images, prep, device))
-        out.append(torch.softmax(logits.float(), dim=1).cpu().double().numpy())
+        views = tta_views(to_input(images, prep, device), tta)
+        probs = torch.zeros(())
+        for x in views:
+            with _autocast(device, amp):
+                logits = model(x)
+            probs = probs + torch.softmax(logits.float(), dim=1).cpu().double()
+        out.append((probs / len(views)).numpy())
     return np.concatenate(out) if out else np.zeros((0, 0))

@@ -11,4 +11,3 @@ CACHE_DIR = Path("data/cache")
 MODEL = Path("models/model.pt")
 METRICS_DIR = Path("metrics")
 CURVES_DIR = METRICS_DIR / "curves"
-PREDICTIONS = METRICS_DIR / "predictions.csv"

@@ -48,7 +48,7 @@ def test_dvc_repro_runs_every_stage_then_nothing(tmp_path):
     _sh("git", "commit", "-qm", "init", cwd=work)
 
     log = _sh("dvc", "repro", cwd=work)
-    for stage in ("demo", "prepare", "clean", "split", "cache", "train", "evaluate"):
+    for stage in ("demo", "prepare", "clean", "split", "cache", "train", "evaluate", "report"):
         assert f"Running stage '{stage}'" in log
 
     split = pd.read_csv(work / "data/split/manifest.csv")
@@ -62,6 +62,8 @@ def test_dvc_repro_runs_every_stage_then_nothing(tmp_path):
     assert list(predictions.columns) == ["image_id", "path", "label", "pred",
                                          "prob_c0", "prob_c1", "prob_c2"]
     assert len(predictions) == 12
+    page = (work / "reports/report.html").read_text()
+    assert "Fine-tuning report" in page and page.count("data:image/png;base64,") >= 6
 
     again = _sh("dvc", "repro", cwd=work)
     assert "Running stage" not in again

@@ -7,11 +7,45 @@ import shutil
 import pandas as pd
 import pytest
 import torch
+from sklearn import metrics as skm
 
 from pipeline.config import parse_sections
+from pipeline.metrics import fit_temperature
 from pipeline.stages import cache, clean, evaluate, prepare, split, train
 
 from .conftest import repo_params, write_tree
+
+
+def _recompute_with_sklearn(out, result):
+    """Every number in eval.json and per_class.csv follows from the prediction files."""
+    test = pd.read_csv(out / "predictions.csv", dtype={"label": str, "pred": str})
+    val = pd.read_csv(out / "predictions_val.csv", dtype={"label": str, "pred": str})
+    classes = [c[len("prob_"):] for c in test if c.startswith("prob_")]
+    probs = test[[f"prob_{c}" for c in classes]].to_numpy()
+    y = test["label"].map(classes.index).to_numpy()
+    pred = probs.argmax(1)
+    assert [classes[i] for i in pred] == list(test["pred"])
+    expected = {
+        "accuracy": skm.accuracy_score(y, pred),
+        "balanced_accuracy": skm.balanced_accuracy_score(y, pred),
+        "macro_f1": skm.f1_score(y, pred, average="macro"),
+        "weighted_f1": skm.f1_score(y, pred, average="weighted"),
+        "log_loss": skm.log_loss(y, probs / probs.sum(1, keepdims=True),
+                                 labels=range(len(classes))),
+        "test_images": len(y),
+    }
+    for key, value in expected.items():
+        assert result[key] == pytest.approx(value, abs=2e-6), key
+    vy = val["label"].map(classes.index).to_numpy()
+    temperature = fit_temperature(vy, val[[f"prob_{c}" for c in classes]].to_numpy())
+    assert result["temperature"] == pytest.approx(temperature, abs=2e-6)
+    assert result["accuracy_ci_low"] <= result["accuracy"] <= result["accuracy_ci_high"]
+    p, r, f, s = skm.precision_recall_fscore_support(y, pred, labels=range(len(classes)),
+                                                     zero_division=0)
+    table = pd.read_csv(out / "per_class.csv", dtype={"class": str})
+    assert list(table["class"]) == classes
+    for column, values in (("precision", p), ("recall", r), ("f1", f), ("support", s)):
+        assert table[column].to_numpy() == pytest.approx(values, abs=2e-6), column
 
 
 def _digest(folder):
@@ -25,7 +59,7 @@ def test_chain_with_views_trains_from_the_cache_alone(tmp_path, monkeypatch):
     params = repo_params(**{
         "data.source": "folder", "data.root": str(root),
         "split.fractions": {"train": 0.5, "val": 0.25, "test": 0.25},
-        "cache.image_size": 32, "cache.views": 2, "train.batch_size": 8,
+        "cache.image_size": 32, "cache.views": 2, "train.batch_size": 8, "evaluate.tta": "flip",
         "train.hflip": True, "train.shift": 2,
         "train.phases": [{"epochs": 2, "unfreeze": "head", "lr_mult": 5.0},
                          {"epochs": 1, "unfreeze": "all", "lr_mult": 0.25}]})
@@ -58,10 +92,11 @@ def test_chain_with_views_trains_from_the_cache_alone(tmp_path, monkeypatch):
     assert metrics["epochs"] == 3
     assert metrics["phase0_seconds"] > 0 and metrics["phase1_images_per_second"] > 0
     assert json.loads((tmp_path / "train.json").read_text()) == metrics
+    out = tmp_path / "metrics"
     result = evaluate.run(base, eval_cfg, tmp_path / "model.pt", d / "cache", d / "split.csv",
-                          tmp_path / "eval.json", tmp_path / "predictions.csv")
-    predictions = pd.read_csv(tmp_path / "predictions.csv")
-    assert result["accuracy"] == pytest.approx((predictions["label"] == predictions["pred"]).mean(),
-                                               abs=1e-6)
+                          out)
+    assert json.loads((out / "eval.json").read_text()) == result
+    assert {"tta_accuracy", "tta_macro_f1"} <= set(result)
+    _recompute_with_sklearn(out, result)
     meta = torch.load(tmp_path / "model.pt", weights_only=True)["meta"]
     assert meta["preprocessing"]["image_size"] == 32

@@ -1,14 +1,18 @@
-"""evaluate stage: score the trained model on the test split.
+"""evaluate stage: score the trained model on the test split, calibrate on val.
 
-Writes ``metrics/eval.json`` (accuracy, macro_f1) and ``metrics/predictions.csv``
-(image_id, path, label, pred, one probability column per class), from which every
-metric, and the confusion-matrix plot dvc.yaml declares, can be recomputed.
+Writes the prediction tables first (``metrics/predictions.csv`` for test,
+``metrics/predictions_val.csv`` for val: image_id, path, label, pred, one probability
+column per class; with ``evaluate.tta`` also tta_pred and tta_prob_*), then computes
+every number from those tables as written: ``metrics/eval.json`` (headline metrics,
+95 % bootstrap intervals, ECE before and after temperature scaling fitted on val),
+``metrics/per_class.csv`` and the curve tables under ``metrics/plots/``.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -17,55 +21,149 @@ from sklearn.metrics import accuracy_score, f1_score
 
 from pipeline import paths
 from pipeline.config import BaseConfig, EvaluateConfig, PipelineError, load_sections, run_stage
-from pipeline.engine import load_split, predict
+from pipeline.engine import ArraySplit, load_split, predict
 from pipeline.manifest import read_manifest
+from pipeline.metrics import (
+    apply_temperature,
+    bootstrap_ci,
+    expected_calibration_error,
+    fit_temperature,
+    headline,
+    one_vs_rest_curves,
+    per_class,
+    reliability,
+)
 from pipeline.models import load_trained
 from pipeline.seeding import resolve_device
 
 
+def prediction_table(data: ArraySplit, probs: np.ndarray, classes: list[str],
+                     manifest: pd.DataFrame, prefix: str = "") -> pd.DataFrame:
+    """image_id, path, label, pred and one probability column per class."""
+    table = pd.DataFrame({"image_id": data.ids,
+                          "path": manifest.loc[list(data.ids), "path"].to_numpy(),
+                          "label": [classes[i] for i in data.labels]})
+    table[f"{prefix}pred"] = [classes[i] for i in probs.argmax(1)]
+    for index, name in enumerate(classes):
+        table[f"{prefix}prob_{name}"] = probs[:, index]
+    return table
+
+
+def arrays(table: pd.DataFrame, classes: list[str], prefix: str = ""
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """(N,) label indices and (N, C) probabilities back from a prediction table."""
+    index = {c: i for i, c in enumerate(classes)}
+    labels = table["label"].astype(str).map(index).to_numpy()
+    probs = table[[f"{prefix}prob_{c}" for c in classes]].to_numpy(dtype=float)
+    return labels, probs
+
+
+def _macro_f1(n_classes: int) -> Any:
+    return lambda y, p: f1_score(y, p, average="macro", labels=np.arange(n_classes),
+                                 zero_division=0)
+
+
+def compute(test: pd.DataFrame, val: pd.DataFrame, classes: list[str], *, bootstrap: int,
+            seed: int, tta: bool) -> tuple[dict[str, Any], pd.DataFrame, dict[str, pd.DataFrame]]:
+    """Every reported number from the prediction tables: eval.json's dict, the per-class
+    table and the curve tables (roc, pr, reliability)."""
+    labels, probs = arrays(test, classes)
+    preds = probs.argmax(1)
+    out: dict[str, Any] = headline(labels, probs)
+    for name, fn in (("accuracy", accuracy_score), ("macro_f1", _macro_f1(len(classes)))):
+        low, high = bootstrap_ci(labels, preds, fn, n=bootstrap, seed=seed)
+        out[f"{name}_ci_low"], out[f"{name}_ci_high"] = low, high
+    val_labels, val_probs = arrays(val, classes)
+    temperature = fit_temperature(val_labels, val_probs)
+    calibrated = apply_temperature(np.log(np.clip(probs, 1e-12, 1)), temperature)
+    out["temperature"] = temperature
+    out["ece_calibrated"] = expected_calibration_error(labels, calibrated)
+    if tta:
+        tta_labels, tta_probs = arrays(test, classes, prefix="tta_")
+        tta_headline = headline(tta_labels, tta_probs)
+        out["tta_accuracy"] = tta_headline["accuracy"]
+        out["tta_macro_f1"] = tta_headline["macro_f1"]
+    roc, pr, scores = one_vs_rest_curves(labels, probs, classes)
+    out["test_images"] = len(labels)
+    rel = pd.concat([
+        reliability(labels, probs).assign(curve="before calibration"),
+        reliability(labels, calibrated).assign(curve=f"temperature {temperature:.2f}")])
+    curves = {"roc": roc, "pr": pr, "reliability": rel.dropna()}
+    table = per_class(labels, preds, classes)
+    table["roc_auc"] = [scores.get(f"roc_auc_{c}", np.nan) for c in classes]
+    table["average_precision"] = [scores.get(f"average_precision_{c}", np.nan) for c in classes]
+    return out, table, curves
+
+
 def run(base: BaseConfig, cfg: EvaluateConfig, model_path: Path, cache_dir: Path,
-        split_manifest: Path, metrics_out: Path, predictions_out: Path) -> dict[str, float]:
-    """Predict every test image, write predictions and headline metrics."""
+        split_manifest: Path, out_dir: Path) -> dict[str, Any]:
+    """Predict val and test, write the tables, metrics and curves under ``out_dir``."""
     device = resolve_device(base.device)
     model, prep, meta = load_trained(model_path)
     cache_meta = json.loads((cache_dir / "meta.json").read_text())
-    if cache_meta["classes"] != meta["classes"]:
+    classes = meta["classes"]
+    if cache_meta["classes"] != classes:
         raise PipelineError("the model's classes differ from the cache's: rerun dvc repro")
     test = load_split(cache_dir, "test", cache_meta["ids"]["test"])
-    if len(test.labels) == 0:
-        raise PipelineError("the test split is empty: give split.fractions.test > 0")
+    val = load_split(cache_dir, "val", cache_meta["ids"]["val"])
+    if len(test.labels) == 0 or len(val.labels) == 0:
+        raise PipelineError("the test and val splits must not be empty: give "
+                            "split.fractions.test and split.fractions.val > 0")
     model.to(device).to(memory_format=torch.channels_last)  # see engine.to_input
-    probs = predict(model, test, prep=prep, device=device, batch_size=cfg.batch_size)
-    classes = meta["classes"]
-    pred = probs.argmax(1)
-    metrics = {
-        "accuracy": round(float(accuracy_score(test.labels, pred)), 6),
-        "macro_f1": round(float(f1_score(test.labels, pred, average="macro",
-                                         labels=np.arange(len(classes)), zero_division=0)), 6),
-        "test_images": len(test.labels),
-    }
     manifest = read_manifest(split_manifest).set_index("image_id")
-    table = pd.DataFrame({
-        "image_id": test.ids,
-        "path": manifest.loc[list(test.ids), "path"].to_numpy(),
-        "label": [classes[i] for i in test.labels],
-        "pred": [classes[i] for i in pred],
-    })
-    for index, name in enumerate(classes):
-        table[f"prob_{name}"] = np.round(probs[:, index], 6)
-    predictions_out.parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(predictions_out, index=False, lineterminator="\n")
-    metrics_out.write_text(json.dumps(metrics, indent=2) + "\n")
-    print(f"test accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f} "
-          f"on {metrics['test_images']} images")
-    return metrics
+
+    def probs(data: ArraySplit, tta: str = "none") -> np.ndarray:
+        return predict(model, data, prep=prep, device=device, batch_size=cfg.batch_size,
+                       tta=tta)
+
+    test_table = prediction_table(test, probs(test), classes, manifest)
+    if cfg.tta != "none":
+        tta_table = prediction_table(test, probs(test, cfg.tta), classes, manifest, "tta_")
+        test_table = test_table.join(tta_table.filter(regex="^tta_"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = {"test": out_dir / "predictions.csv", "val": out_dir / "predictions_val.csv"}
+    test_table.to_csv(files["test"], index=False, lineterminator="\n", float_format="%.8g")
+    prediction_table(val, probs(val), classes, manifest).to_csv(
+        files["val"], index=False, lineterminator="\n", float_format="%.8g")
+
+    # everything below is computed from the files as written, so it can be recomputed
+    results, table, curves = compute(pd.read_csv(files["test"], dtype={"label": str}),
+                                     pd.read_csv(files["val"], dtype={"label": str}),
+                                     classes, bootstrap=cfg.bootstrap, seed=base.seed,
+                                     tta=cfg.tta != "none")
+    results = {k: round(v, 6) if isinstance(v, float) else v for k, v in results.items()}
+    (out_dir / "eval.json").write_text(json.dumps(results, indent=2) + "\n")
+    table.to_csv(out_dir / "per_class.csv", index=False, lineterminator="\n",
+                 float_format="%.6g")
+    (out_dir / "plots").mkdir(exist_ok=True)
+    for name, frame in curves.items():
+        frame.to_csv(out_dir / "plots" / f"{name}.csv", index=False, lineterminator="\n",
+                     float_format="%.6g")
+    print(f"test accuracy {results['accuracy']:.4f} "
+          f"[{results['accuracy_ci_low']:.4f}, {results['accuracy_ci_high']:.4f}], "
+          f"macro-F1 {results['macro_f1']:.4f}, ECE {results['ece']:.4f} -> "
+          f"{results['ece_calibrated']:.4f} at temperature {results['temperature']:.3f}, "
+          f"on {results['test_images']} images")
+    gate(cfg, results)
+    return results
+
+
+def gate(cfg: EvaluateConfig, results: dict[str, Any]) -> None:
+    """Fail when a metric misses its threshold in params (after the outputs are written)."""
+    failures = []
+    if results["accuracy"] < cfg.min_accuracy:
+        failures.append(f"test accuracy {results['accuracy']:.4f} is below "
+                        f"evaluate.min_accuracy = {cfg.min_accuracy}")
+    if results["ece"] > cfg.max_ece:
+        failures.append(f"ECE {results['ece']:.4f} is above evaluate.max_ece = {cfg.max_ece}")
+    if failures:
+        raise PipelineError("; ".join(failures))
 
 
 def main() -> None:
     """Entry point of the DVC stage."""
     base, evaluate = load_sections("base", "evaluate")
-    run(base, evaluate, paths.MODEL, paths.CACHE_DIR, paths.SPLIT,
-        paths.METRICS_DIR / "eval.json", paths.PREDICTIONS)
+    run(base, evaluate, paths.MODEL, paths.CACHE_DIR, paths.SPLIT, paths.METRICS_DIR)
 
 
 if __name__ == "__main__":
