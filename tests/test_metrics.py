@@ -1,6 +1,7 @@
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -15,7 +16,7 @@ from pipeline.metrics import (
     one_vs_rest_curves,
     per_class,
 )
-from pipeline.stages.evaluate import gate
+from pipeline.stages.evaluate import compute, gate
 
 from .conftest import repo_params
 
@@ -92,3 +93,18 @@ def test_gates_fail_with_the_metric_and_the_limit():
                                             r"= 0\.99; ECE 0\.1000 is above evaluate\.max_ece"):
         gate(cfg, {"accuracy": 0.9, "ece": 0.1})
     gate(cfg, {"accuracy": 0.995, "ece": 0.01})
+
+
+def test_hand_made_prediction_files_give_exact_metrics(tmp_path):
+    rows = "image_id,path,label,pred,prob_a,prob_b\n" + "\n".join(
+        f"i{k},x{k}.png,{lab},{pred},{pa},{1 - pa:.1f}" for k, (lab, pred, pa) in enumerate(
+            [("a", "a", 0.9), ("a", "b", 0.4), ("b", "b", 0.2), ("b", "a", 0.7)]))
+    (tmp_path / "test.csv").write_text(rows + "\n")
+    frame = pd.read_csv(tmp_path / "test.csv", dtype={"label": str})
+    results, table, curves = compute(frame, frame, ["a", "b"], bootstrap=200, seed=0,
+                                     tta=False)
+    assert results["accuracy"] == 0.5 and results["macro_f1"] == 0.5
+    assert results["ece"] == pytest.approx(0.4, abs=1e-12)
+    assert results["test_images"] == 4
+    assert table["f1"].tolist() == [0.5, 0.5]
+    assert set(curves) == {"roc", "pr", "reliability"}
