@@ -6,6 +6,7 @@ import hashlib
 import re
 import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
@@ -47,14 +48,14 @@ def _to_rgb(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
 
-def decode_image(path: Path, *, max_pixels: int) -> np.ndarray:
-    """Decode an image file to (H, W, 3) uint8 RGB with EXIF orientation applied.
+def decode_image(path: Path | BinaryIO, *, max_pixels: int) -> np.ndarray:
+    """Decode an image file (or file object) to (H, W, 3) uint8 RGB, EXIF orientation applied.
 
     Raises :class:`UnreadableImage` with the reason for missing, empty, truncated,
     corrupt or non-image files and for images above ``max_pixels`` (decompression bombs).
     """
     try:
-        if Path(path).stat().st_size == 0:
+        if isinstance(path, (str, Path)) and Path(path).stat().st_size == 0:
             raise UnreadableImage("empty file (0 bytes)")
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -62,8 +63,8 @@ def decode_image(path: Path, *, max_pixels: int) -> np.ndarray:
                 width, height = img.size
                 if width * height > max_pixels:
                     raise UnreadableImage(
-                        f"{width}x{height} = {width * height} pixels is above "
-                        f"clean.max_pixels = {max_pixels}")
+                        f"{width}x{height} = {width * height} pixels is above the "
+                        f"pixel limit {max_pixels}")
                 img.load()
                 return _to_rgb(ImageOps.exif_transpose(img))
     except UnreadableImage:

@@ -71,7 +71,7 @@ def test_truncated_file_is_unreadable(tmp_path):
 
 def test_pixel_limit_and_missing_file(tmp_path):
     path = _save(tmp_path / "big.png", Image.fromarray(class_image(0, 0)))
-    with pytest.raises(UnreadableImage, match="above clean.max_pixels"):
+    with pytest.raises(UnreadableImage, match="above the pixel limit 399"):
         decode_image(path, max_pixels=399)
     with pytest.raises(UnreadableImage, match="not found"):
         decode_image(tmp_path / "nope.png", max_pixels=10)

@@ -3,17 +3,20 @@
 import hashlib
 import json
 import shutil
+import subprocess
+import sys
 
 import pandas as pd
 import pytest
 import torch
 from sklearn import metrics as skm
 
+from pipeline import __main__ as cli
 from pipeline.config import parse_sections
 from pipeline.metrics import fit_temperature
-from pipeline.stages import cache, clean, evaluate, prepare, split, train
+from pipeline.stages import cache, clean, evaluate, export, prepare, split, train
 
-from .conftest import repo_params, write_tree
+from .conftest import REPO, repo_params, write_tree
 
 
 def _recompute_with_sklearn(out, result):
@@ -76,6 +79,8 @@ def test_chain_with_views_trains_from_the_cache_alone(tmp_path, monkeypatch):
     cache.run(data, cache_cfg, d / "split.csv", d / "cache")
     assert _digest(d / "cache") == first  # same params and seed: the same bytes
 
+    kept = tmp_path / "kept"
+    shutil.copytree(root, kept)  # for predicting outside the pipeline, below
     shutil.rmtree(root)  # training must not open a single image file
     seen = []
     real_epoch = train.train_one_epoch
@@ -100,3 +105,31 @@ def test_chain_with_views_trains_from_the_cache_alone(tmp_path, monkeypatch):
     _recompute_with_sklearn(out, result)
     meta = torch.load(tmp_path / "model.pt", weights_only=True)["meta"]
     assert meta["preprocessing"]["image_size"] == 32
+
+    # the predict command on the test files reproduces the evaluate stage's predictions
+    expected = pd.read_csv(out / "predictions.csv", dtype={"label": str, "pred": str})
+    files = [str(kept / p) for p in expected["path"]]
+    cli.main(["predict", *files, str(kept / "c0" / "missing.png"), "--model",
+              str(tmp_path / "model.pt"), "--out", str(tmp_path / "cli.csv"), "--top-k", "2"])
+    got = pd.read_csv(tmp_path / "cli.csv", dtype=str, keep_default_na=False)
+    assert list(got.columns) == ["path", "pred", "confidence", "top1_label", "top1_prob",
+                                 "top2_label", "top2_prob", "error"]
+    assert list(got["pred"][:-1]) == list(expected["pred"])
+    confidence = expected[[c for c in expected if c.startswith("prob_")]].max(1)
+    assert got["confidence"][:-1].astype(float).to_numpy() == pytest.approx(
+        confidence.to_numpy(), abs=1e-5)
+    assert got["error"].iloc[-1] == "file not found" and got["pred"].iloc[-1] == ""
+
+    # exports agree with PyTorch; the ONNX one runs without torch
+    report = export.run(tmp_path / "model.pt", d / "cache", tmp_path / "export",
+                        tmp_path / "export.json")
+    assert report["onnx_max_prob_diff"] < 1e-4 and report["onnx_argmax_disagreements"] == 0
+    assert report["torchscript_max_prob_diff"] < 1e-4
+    no_torch = ("import runpy, sys; sys.modules['torch'] = None; sys.argv = sys.argv[1:]; "
+                "runpy.run_path(sys.argv[0], run_name='__main__')")
+    done = subprocess.run([sys.executable, "-c", no_torch, str(REPO / "scripts/onnx_predict.py"),
+                           str(tmp_path / "export/model.onnx"),
+                           str(tmp_path / "export/model.json"), *files],
+                          capture_output=True, text=True, check=True)
+    onnx_preds = [line.split(",")[1] for line in done.stdout.splitlines()[1:]]
+    assert onnx_preds == list(expected["pred"])

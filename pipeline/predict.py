@@ -1,0 +1,96 @@
+"""Predictions outside the pipeline, with exactly the preprocessing of evaluation.
+
+The preprocessing (image size, fit, mean, std) and class names come from the model's
+saved metadata, never from the current params.yaml.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipeline.engine import to_input
+from pipeline.images import UnreadableImage, decode_image, fit_image
+from pipeline.models import load_trained
+from pipeline.seeding import resolve_device
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+@dataclass
+class Predictor:
+    """A trained model with its preprocessing; ``probabilities`` is thread-unsafe."""
+
+    model: torch.nn.Module
+    meta: dict[str, Any]
+    device: torch.device
+
+    @classmethod
+    def load(cls, path: Path, *, device: str = "auto") -> Predictor:
+        """Load models/model.pt (weights_only) onto ``device`` (auto|cpu|cuda)."""
+        model, _, meta = load_trained(path)
+        dev = resolve_device(device)
+        model.to(dev).to(memory_format=torch.channels_last).eval()
+        return cls(model, meta, dev)
+
+    @property
+    def classes(self) -> list[str]:
+        """Class names in the model's output order."""
+        return list(self.meta["classes"])
+
+    def prepare(self, pixels: np.ndarray) -> np.ndarray:
+        """(H, W, 3) uint8 decoded image -> (S, S, 3) uint8, as the cache stage does."""
+        prep = self.meta["preprocessing"]
+        return fit_image(pixels, prep["image_size"], fit=prep["fit"])
+
+    @torch.inference_mode()
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        """(B, S, S, 3) uint8 prepared images -> (B, C) float64 probabilities."""
+        from pipeline.models import Preprocessing
+
+        prep = Preprocessing(tuple(self.meta["preprocessing"]["mean"]),
+                             tuple(self.meta["preprocessing"]["std"]))
+        x = to_input(torch.from_numpy(np.ascontiguousarray(images)), prep, self.device)
+        return torch.softmax(self.model(x).float(), 1).cpu().double().numpy()
+
+
+def top_k(probs: np.ndarray, classes: Sequence[str], k: int) -> list[list[tuple[str, float]]]:
+    """The k most probable (label, probability) pairs of each row, best first."""
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    return [[(classes[j], float(row[j])) for j in idx] for row, idx in zip(probs, order)]
+
+
+def expand(inputs: Sequence[Path]) -> list[Path]:
+    """Files as given, and image files under folders (recursive), sorted."""
+    files: list[Path] = []
+    for item in inputs:
+        if item.is_dir():
+            files.extend(sorted(p for p in item.rglob("*")
+                                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES))
+        else:
+            files.append(item)
+    return files
+
+
+def predict_files(predictor: Predictor, files: Sequence[Path], *, batch_size: int,
+                  max_pixels: int) -> Iterator[tuple[Path, np.ndarray | None, str]]:
+    """(path, probabilities or None, error) per file, in order; unreadable files get
+    their reason and the rest still run."""
+    for start in range(0, len(files), batch_size):
+        chunk = files[start:start + batch_size]
+        prepared: list[np.ndarray] = []
+        errors: list[str] = []
+        for path in chunk:
+            try:
+                prepared.append(predictor.prepare(decode_image(path, max_pixels=max_pixels)))
+                errors.append("")
+            except UnreadableImage as exc:
+                errors.append(str(exc))
+        probs = iter(predictor.probabilities(np.stack(prepared)) if prepared else [])
+        for path, error in zip(chunk, errors):
+            yield path, (None if error else next(probs)), error
