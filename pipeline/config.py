@@ -95,6 +95,14 @@ class SplitConfig:
     fractions: Fractions
     group_column: str
     time_column: str
+    cutoffs: tuple[str, ...]  # temporal: (val start, test start) dates; empty: by fractions
+    embargo_days: float = field(metadata=_range(ge=0))  # temporal gap left out between splits
+    on_leakage: Literal["fail", "warn", "drop_from_train"]  # what the leakage audit does
+
+    def __post_init__(self) -> None:
+        if self.cutoffs and len(self.cutoffs) != 2:
+            raise ParamsError(f"split.cutoffs = {list(self.cutoffs)}: give two dates (val "
+                              f"start, test start) or an empty list")
 
 
 @dataclass(frozen=True)

@@ -138,21 +138,34 @@ def merge_keys(*columns: Sequence[str | None]) -> list[str]:
 
 
 def split_temporal(times: Sequence[float], keys: Sequence[str], *,
-                   fractions: Sequence[float]) -> np.ndarray:
-    """Oldest units to train, then val, newest to test, by fractions of the rows.
+                   fractions: Sequence[float], cutoffs: Sequence[float] = (),
+                   embargo: float = 0.0) -> np.ndarray:
+    """Oldest units to train, then val, newest to test.
 
-    A unit (rows sharing a key) is placed by its latest timestamp, so it never
-    reaches into a later split's time range from an earlier one.
+    A unit (rows sharing a key) is placed by its latest timestamp, so it never reaches
+    into a later split's time range from an earlier one. Without ``cutoffs`` the units
+    are divided by ``fractions``; with ``cutoffs`` = (val_start, test_start), in the units
+    of ``times``, by those instants. Units whose time falls within ``embargo`` before the
+    start of the next split are left out: their split is "".
     """
     times_arr = np.asarray(times, dtype=float)
     order, units = _units([""] * len(keys), keys)
     unit_time = {k: float(times_arr[units[k]].max()) for k in order}
     ranked = sorted(order, key=lambda k: (unit_time[k], k))
-    counts = _allocate(len(ranked), fractions)
+    if cutoffs:
+        val_start, test_start = cutoffs
+        names = ["train" if unit_time[k] < val_start else
+                 "val" if unit_time[k] < test_start else "test" for k in ranked]
+    else:
+        counts = _allocate(len(ranked), fractions)
+        names = [name for name, count in zip(SPLITS, counts) for _ in range(count)]
+    starts: dict[str, float] = {}
+    for key, name in zip(ranked, names):
+        starts.setdefault(name, unit_time[key])
     out = np.empty(len(keys), dtype=object)
-    start = 0
-    for name, count in zip(SPLITS, counts):
-        for key in ranked[start:start + count]:
-            out[units[key]] = name
-        start += count
+    for key, name in zip(ranked, names):
+        following = SPLITS[SPLITS.index(name) + 1:]
+        boundary = min((starts[s] for s in following if s in starts), default=np.inf)
+        in_gap = embargo > 0 and unit_time[key] >= boundary - embargo
+        out[units[key]] = "" if in_gap else name
     return out

@@ -71,7 +71,8 @@ def test_chain_with_views_trains_from_the_cache_alone(tmp_path, monkeypatch):
     d = tmp_path / "data"
     prepare.run(data, d / "prepared.csv")
     clean.run(data, clean_cfg, d / "prepared.csv", d / "clean.csv", d / "clean.json")
-    split.run(base, split_cfg, d / "clean.csv", d / "split.csv", d / "split.json")
+    split.run(base, split_cfg, d / "clean.csv", d / "split.csv", d / "split.json",
+              d / "leakage.csv")
     cache.run(data, cache_cfg, d / "split.csv", d / "cache")
     first = _digest(d / "cache")
     assert {"train_view0_images.npy", "train_view1_images.npy"} <= set(first)
