@@ -63,12 +63,31 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class EmbedConfig:
+    """The pretrained backbone whose pooled features the data-quality checks use."""
+
+    model: str  # a timm or torchvision model name, as model.name
+    weights: str  # as model.weights
+    image_size: int = field(metadata=_range(ge=8, le=1024))  # pixels, square
+    batch_size: int = field(metadata=_range(ge=1))
+
+
+@dataclass(frozen=True)
 class CleanConfig:
     """Data-quality checks and what to do with what they find."""
 
     max_pixels: int = field(metadata=_range(gt=0))  # larger images are unreadable (bombs)
     exact_duplicates: Literal["drop", "flag"]  # drop all but one member of each cluster
+    near_duplicates: Literal["drop", "flag"]  # drop all but one member of each cluster
+    near_duplicate_threshold: float = field(metadata=_range(gt=0, le=1))  # cosine similarity
     conflicting_labels: Literal["drop", "flag"]  # drop every member of a mixed-label cluster
+    label_issues: Literal["flag", "drop"]  # likely label errors (cleanlab)
+    label_method: Literal["prune_by_noise_rate", "prune_by_class", "both",
+                          "confident_learning", "predicted_neq_given"]  # cleanlab filter_by
+    label_folds: int = field(metadata=_range(ge=2))  # K of the out-of-fold probe
+    outliers: Literal["flag", "drop"]
+    outlier_threshold: float = field(metadata=_range(gt=0, le=2))  # mean cosine distance
+    neighbours: int = field(metadata=_range(ge=1, le=100))  # k of the neighbour search
 
 
 @dataclass(frozen=True)
@@ -187,6 +206,7 @@ class EvaluateConfig:
 SECTIONS: dict[str, type] = {
     "base": BaseConfig,
     "data": DataConfig,
+    "embed": EmbedConfig,
     "clean": CleanConfig,
     "split": SplitConfig,
     "cache": CacheConfig,

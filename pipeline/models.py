@@ -231,6 +231,8 @@ def create_model(cfg: ModelConfig, num_classes: int, *, pretrained: bool = True
         info["sha256"] = file_sha256(file)
     if library == "timm":
         model.reset_classifier(num_classes)  # type: ignore[operator]
+    elif num_classes == 0:  # a feature extractor: pooled features out
+        _set_module(model, head_name, nn.Identity())
     else:
         assert isinstance(old_head, nn.Linear)
         new_head: nn.Module = nn.Linear(old_head.in_features, num_classes)

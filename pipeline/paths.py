@@ -5,6 +5,7 @@ from pathlib import Path
 DEMO_ROOT = Path("data/demo/images")
 DEMO_MANIFEST = Path("data/demo/manifest.csv")
 PREPARED = Path("data/prepared/manifest.csv")
+EMBED_DIR = Path("data/embed")
 CLEAN = Path("data/clean/manifest.csv")
 SPLIT = Path("data/split/manifest.csv")
 LEAKAGE = Path("data/split/leakage.csv")

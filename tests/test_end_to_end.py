@@ -48,7 +48,8 @@ def test_dvc_repro_runs_every_stage_then_nothing(tmp_path):
     _sh("git", "commit", "-qm", "init", cwd=work)
 
     log = _sh("dvc", "repro", cwd=work)
-    for stage in ("demo", "prepare", "clean", "split", "cache", "train", "evaluate", "report"):
+    for stage in ("demo", "prepare", "embed", "clean", "split", "cache", "train", "evaluate",
+                  "export", "report"):
         assert f"Running stage '{stage}'" in log
 
     split = pd.read_csv(work / "data/split/manifest.csv")

@@ -1,6 +1,13 @@
 import numpy as np
 
-from pipeline.quality import conflicting_clusters, exact_duplicate_clusters
+from pipeline.quality import (
+    conflicting_clusters,
+    exact_duplicate_clusters,
+    label_issues,
+    near_duplicate_clusters,
+    neighbours,
+    outlier_scores,
+)
 
 
 def test_exact_duplicates_cluster_on_the_smallest_key():
@@ -15,3 +22,58 @@ def test_conflicting_labels_mark_every_member():
     labels = ["cat", "dog", "cat", "cat", "cat"]
     assert list(conflicting_clusters(clusters, labels)) == [True, True, False, False, False]
     assert conflicting_clusters([], []).dtype == np.bool_
+
+
+def _blobs(seed=0):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(3, 32))
+    emb = centers[np.repeat(np.arange(3), 40)] + rng.normal(size=(120, 32)) * 0.5
+    return emb, np.repeat(["a", "b", "c"], 40), rng
+
+
+def _normalise(emb):
+    return (emb / np.linalg.norm(emb, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_neighbours_match_brute_force_in_chunks():
+    emb, _, _ = _blobs()
+    emb = _normalise(emb)
+    index, sims = neighbours(emb, k=4, chunk=7)
+    full = emb @ emb.T
+    np.fill_diagonal(full, -np.inf)
+    assert np.array_equal(index, np.argsort(-full, axis=1, kind="stable")[:, :4])
+    assert np.allclose(sims, np.sort(full, axis=1)[:, ::-1][:, :4], atol=1e-6)
+
+
+def test_near_copies_cluster_and_outliers_score_high():
+    emb, _, rng = _blobs()
+    emb[5] = emb[4] + 0.01  # a near copy of row 4
+    emb[119] = rng.normal(size=32) * 5  # far from everything
+    emb = _normalise(emb)
+    index, sims = neighbours(emb, k=5)
+    ids = [f"i{i:03d}" for i in range(120)]
+    clusters = near_duplicate_clusters(index, sims, threshold=0.98, order=ids,
+                                       valid=np.ones(120, bool))
+    assert {i: c for i, c in enumerate(clusters) if c} == {4: "i004", 5: "i004"}
+    invalid = np.ones(120, bool)
+    invalid[5] = False
+    assert not any(near_duplicate_clusters(index, sims, threshold=0.98, order=ids,
+                                           valid=invalid))
+    assert int(np.argmax(outlier_scores(sims))) == 119
+
+
+def test_label_issues_find_flipped_labels_and_explain_small_classes():
+    emb, labels, _ = _blobs()
+    flipped = labels.copy()
+    flipped[[10, 50, 90]] = ["b", "c", "a"]
+    mask, quality, suggested, note = label_issues(_normalise(emb), flipped, folds=5, seed=0,
+                                                  filter_by="prune_by_noise_rate")
+    assert mask[[10, 50]].all() and mask.sum() <= 6 and note == ""
+    assert quality[10] < np.median(quality) and suggested[10] == "a"
+    few = np.array(["a"] * 10 + ["b"] * 3)
+    _, _, _, note = label_issues(_normalise(emb[:13]), few, folds=5, seed=0,
+                                 filter_by="prune_by_noise_rate")
+    assert "3 folds" in note
+    mask, _, _, note = label_issues(_normalise(emb[:11]), ["a"] * 10 + ["b"], folds=5,
+                                    seed=0, filter_by="prune_by_noise_rate")
+    assert "skipped" in note and not mask.any()

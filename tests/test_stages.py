@@ -14,7 +14,7 @@ from sklearn import metrics as skm
 from pipeline import __main__ as cli
 from pipeline.config import parse_sections
 from pipeline.metrics import fit_temperature
-from pipeline.stages import cache, clean, evaluate, export, prepare, split, train
+from pipeline.stages import cache, clean, embed, evaluate, export, prepare, split, train
 
 from .conftest import REPO, repo_params, write_tree
 
@@ -70,7 +70,10 @@ def test_chain_with_views_trains_from_the_cache_alone(tmp_path, monkeypatch):
         params, "base", "data", "clean", "split", "cache", "model", "train", "evaluate")
     d = tmp_path / "data"
     prepare.run(data, d / "prepared.csv")
-    clean.run(data, clean_cfg, d / "prepared.csv", d / "clean.csv", d / "clean.json")
+    (embed_cfg,) = parse_sections(repo_params(**{"embed.image_size": 32}), "embed")
+    embed.run(data, embed_cfg, d / "prepared.csv", d / "embed")
+    clean.run(data, clean_cfg, d / "prepared.csv", d / "embed", d / "clean.csv",
+              d / "clean.json")
     split.run(base, split_cfg, d / "clean.csv", d / "split.csv", d / "split.json",
               d / "leakage.csv")
     cache.run(data, cache_cfg, d / "split.csv", d / "cache")
