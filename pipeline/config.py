@@ -73,6 +73,18 @@ class EmbedConfig:
 
 
 @dataclass(frozen=True)
+class MaxRates:
+    """Largest acceptable share of images per issue type; above it the clean stage fails."""
+
+    unreadable: float = field(metadata=_range(ge=0, le=1))
+    exact_duplicate: float = field(metadata=_range(ge=0, le=1))
+    near_duplicate: float = field(metadata=_range(ge=0, le=1))
+    conflicting_labels: float = field(metadata=_range(ge=0, le=1))
+    label_issue: float = field(metadata=_range(ge=0, le=1))
+    outlier: float = field(metadata=_range(ge=0, le=1))
+
+
+@dataclass(frozen=True)
 class CleanConfig:
     """Data-quality checks and what to do with what they find."""
 
@@ -88,6 +100,7 @@ class CleanConfig:
     outliers: Literal["flag", "drop"]
     outlier_threshold: float = field(metadata=_range(gt=0, le=2))  # mean cosine distance
     neighbours: int = field(metadata=_range(ge=1, le=100))  # k of the neighbour search
+    max_rate: MaxRates  # gates: fail when an issue type exceeds its share
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import re
 import warnings
 from pathlib import Path
@@ -103,6 +104,15 @@ def fit_image(pixels: np.ndarray, size: int, *, fit: str) -> np.ndarray:
     else:
         raise ValueError(f"unknown fit {fit!r}; expected crop, pad or stretch")
     return np.asarray(out, dtype=np.uint8)
+
+
+def thumbnail_png(pixels: np.ndarray, size: int = 96) -> bytes:
+    """PNG bytes of a thumbnail whose longer side is at most ``size`` pixels."""
+    img = Image.fromarray(pixels)
+    img.thumbnail((size, size), Image.Resampling.BICUBIC)
+    buffer = io.BytesIO()
+    img.save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def natural_key(text: str) -> tuple[tuple[int, int | str], ...]:

@@ -1,20 +1,24 @@
 import json
 import shutil
 
+import pandas as pd
+import pytest
 from PIL import Image
 
-from pipeline.config import parse_sections
+from pipeline.config import PipelineError, parse_sections
 from pipeline.stages import clean, embed, prepare
 
 from .conftest import class_image, repo_params
 
 
-def _clean(data, cfg, tmp_path, embed_size=32):
+def _clean(data, cfg, tmp_path, embed_size=32, decisions=None):
     (embed_cfg,) = parse_sections(repo_params(**{"embed.image_size": embed_size}), "embed")
     prepare.run(data, tmp_path / "prepared.csv")
     embed.run(data, embed_cfg, tmp_path / "prepared.csv", tmp_path / "embed")
     return clean.run(data, cfg, tmp_path / "prepared.csv", tmp_path / "embed",
-                     tmp_path / "clean.csv", tmp_path / "clean.json")
+                     tmp_path / "clean.csv", tmp_path / "clean.json",
+                     decisions=decisions or tmp_path / "no_decisions.csv",
+                     review_out=tmp_path / "review.csv", review_html=tmp_path / "review.html")
 
 
 def test_clean_marks_unreadable_duplicates_and_conflicts(tree, tmp_path):
@@ -25,7 +29,7 @@ def test_clean_marks_unreadable_duplicates_and_conflicts(tree, tmp_path):
     # the same pixels as c1/img_01.png filed under c2: conflicting labels
     shutil.copy(tree / "c1" / "img_01.png", tree / "c2" / "mislabelled.png")
     Image.fromarray(class_image(2, 50)).save(tree / "c2" / "fine.png")
-    params = repo_params(**{"data.source": "folder", "data.root": str(tree)})
+    params = repo_params(**{"data.source": "folder", "data.root": str(tree), **_loose_gates()})
     data, cfg = parse_sections(params, "data", "clean")
     df = _clean(data, cfg, tmp_path).set_index("path")
 
@@ -49,7 +53,48 @@ def test_clean_marks_unreadable_duplicates_and_conflicts(tree, tmp_path):
 def test_flag_policy_keeps_duplicates(tree, tmp_path):
     shutil.copy(tree / "c0" / "img_00.png", tree / "c0" / "copy.png")
     params = repo_params(**{"data.source": "folder", "data.root": str(tree),
-                            "clean.exact_duplicates": "flag"})
+                            "clean.exact_duplicates": "flag", **_loose_gates()})
     data, cfg = parse_sections(params, "data", "clean")
     df = _clean(data, cfg, tmp_path)
     assert df["keep"].all() and (df["issues"] == "exact_duplicate").sum() == 1
+
+
+def _loose_gates():
+    return {f"clean.max_rate.{k}": 1.0 for k in ("unreadable", "exact_duplicate",
+            "near_duplicate", "conflicting_labels", "label_issue", "outlier")}
+
+
+def test_review_list_page_and_decisions_override_detectors(tree, tmp_path):
+    (tree / "c0" / "empty.png").write_bytes(b"")
+    shutil.copy(tree / "c0" / "img_00.png", tree / "c0" / "copy.png")
+    params = repo_params(**{"data.source": "folder", "data.root": str(tree), **_loose_gates()})
+    data, cfg = parse_sections(params, "data", "clean")
+    df = _clean(data, cfg, tmp_path)
+    review = pd.read_csv(tmp_path / "review.csv", dtype=str, keep_default_na=False)
+    assert list(review["issue"][:2]) == ["unreadable", "exact_duplicate"]
+    page = (tmp_path / "review.html").read_text()
+    assert "<h2>unreadable (1)</h2>" in page and "data:image/png;base64," in page
+
+    dropped = df.loc[df["issues"] == "exact_duplicate", "image_id"].item()
+    fine = df.loc[df["path"] == "c1/img_03.png", "image_id"].item()
+    other = df.loc[df["path"] == "c2/img_04.png", "image_id"].item()
+    decisions = tmp_path / "decisions.csv"
+    decisions.write_text(f"image_id,action\n{dropped},keep\n{fine},drop\n"
+                         f"{other},relabel:c0\n")
+    df = _clean(data, cfg, tmp_path, decisions=decisions).set_index("image_id")
+    assert df.loc[dropped, "keep"] and not df.loc[fine, "keep"]
+    assert df.loc[other, "label"] == "c0" and df.loc[other, "decision"] == "relabel:c0"
+    decisions.write_text(f"image_id,action\n{fine},delete\n")
+    with pytest.raises(PipelineError, match="action 'delete'.*keep, drop or relabel"):
+        _clean(data, cfg, tmp_path, decisions=decisions)
+
+
+def test_too_many_problems_fail_with_rate_and_limit(tree, tmp_path):
+    (tree / "c0" / "empty.png").write_bytes(b"")
+    params = repo_params(**{"data.source": "folder", "data.root": str(tree), **_loose_gates(),
+                            "clean.max_rate.unreadable": 0.01})
+    data, cfg = parse_sections(params, "data", "clean")
+    with pytest.raises(PipelineError, match=r"unreadable: 3\.2% of images, limit "
+                                            r"clean\.max_rate\.unreadable = 1\.0%"):
+        _clean(data, cfg, tmp_path)
+    assert (tmp_path / "clean.csv").exists()  # the outputs are written before failing

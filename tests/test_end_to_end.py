@@ -32,7 +32,8 @@ def test_dvc_repro_runs_every_stage_then_nothing(tmp_path):
     shutil.copytree(REPO / "pipeline", work / "pipeline",
                     ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(REPO / ".dvc", work / ".dvc", ignore=shutil.ignore_patterns("cache", "tmp"))
-    for name in ("dvc.yaml", "params.yaml", ".dvcignore"):
+    for name in ("dvc.yaml", "params.yaml", ".dvcignore", "data/review/decisions.csv"):
+        (work / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(REPO / name, work / name)
     write_tree(work / "images", classes=3, per_class=16, size=24)
     params = yaml.safe_load((work / "params.yaml").read_text())
