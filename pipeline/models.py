@@ -217,9 +217,7 @@ def create_model(cfg: ModelConfig, num_classes: int, *, pretrained: bool = True
                 transforms = weights.transforms()
                 mean, std = tuple(transforms.mean), tuple(transforms.std)
             prep = Preprocessing(mean, std)
-    except (OSError, RuntimeError, ValueError) as exc:
-        if isinstance(exc, WeightsError):
-            raise
+    except (OSError, RuntimeError, ValueError) as exc:  # downloads and hub look-ups
         raise WeightsError(f"could not get weights {spec!r} for {cfg.name}: {exc}. "
                            f"{OFFLINE_HINT}") from None
     head_name, old_head = _classifier(model)

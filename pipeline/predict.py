@@ -16,7 +16,7 @@ import torch
 
 from pipeline.engine import to_input
 from pipeline.images import UnreadableImage, decode_image, fit_image
-from pipeline.models import load_trained
+from pipeline.models import Preprocessing, load_trained
 from pipeline.seeding import resolve_device
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -27,16 +27,17 @@ class Predictor:
     """A trained model with its preprocessing; ``probabilities`` is thread-unsafe."""
 
     model: torch.nn.Module
+    prep: Preprocessing
     meta: dict[str, Any]
     device: torch.device
 
     @classmethod
     def load(cls, path: Path, *, device: str = "auto") -> Predictor:
         """Load models/model.pt (weights_only) onto ``device`` (auto|cpu|cuda)."""
-        model, _, meta = load_trained(path)
+        model, prep, meta = load_trained(path)
         dev = resolve_device(device)
         model.to(dev).to(memory_format=torch.channels_last).eval()
-        return cls(model, meta, dev)
+        return cls(model, prep, meta, dev)
 
     @property
     def classes(self) -> list[str]:
@@ -51,11 +52,7 @@ class Predictor:
     @torch.inference_mode()
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """(B, S, S, 3) uint8 prepared images -> (B, C) float64 probabilities."""
-        from pipeline.models import Preprocessing
-
-        prep = Preprocessing(tuple(self.meta["preprocessing"]["mean"]),
-                             tuple(self.meta["preprocessing"]["std"]))
-        x = to_input(torch.from_numpy(np.ascontiguousarray(images)), prep, self.device)
+        x = to_input(torch.from_numpy(np.ascontiguousarray(images)), self.prep, self.device)
         return torch.softmax(self.model(x).float(), 1).cpu().double().numpy()
 
 

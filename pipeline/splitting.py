@@ -27,7 +27,7 @@ def _allocate(n: int, fractions: Sequence[float]) -> list[int]:
     return counts
 
 
-def _units(labels: Sequence[str], keys: Sequence[str]) -> tuple[list[str], dict[str, list[int]]]:
+def _units(keys: Sequence[str]) -> tuple[list[str], dict[str, list[int]]]:
     """Group rows into units by key (a duplicate cluster or the image itself), sorted."""
     units: dict[str, list[int]] = {}
     for i, key in enumerate(keys):
@@ -51,7 +51,7 @@ def split_units(labels: Sequence[str], keys: Sequence[str], *, fractions: Sequen
     Returns:
         (N,) array of split names.
     """
-    order, units = _units(labels, keys)
+    order, units = _units(keys)
     rng = np.random.default_rng(seed)
     strata: dict[str, list[str]] = {}
     for key in order:
@@ -149,7 +149,7 @@ def split_temporal(times: Sequence[float], keys: Sequence[str], *,
     start of the next split are left out: their split is "".
     """
     times_arr = np.asarray(times, dtype=float)
-    order, units = _units([""] * len(keys), keys)
+    order, units = _units(keys)
     unit_time = {k: float(times_arr[units[k]].max()) for k in order}
     ranked = sorted(order, key=lambda k: (unit_time[k], k))
     if cutoffs:

@@ -24,6 +24,7 @@ OPTIONAL_COLUMNS = ("timestamp", "group", "split")
 
 
 def _visible(path: Path) -> bool:
+    """False for hidden files and anything under a hidden folder (.DS_Store, .git)."""
     return not any(part.startswith(".") for part in path.parts)
 
 
@@ -33,20 +34,21 @@ def list_folder(root: Path) -> pd.DataFrame:
     ``root/<class>/...`` or ``root/<split>/<class>/...`` with split in train, val, test.
     Every visible file is listed, image or not, so clean can report what is unreadable.
     """
-    subdirs = sorted(p.name for p in root.iterdir() if p.is_dir() and _visible(Path(p.name)))
+    subdirs = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     split_dirs = [d for d in subdirs if d in SPLIT_DIRS]
     if split_dirs and len(split_dirs) != len(subdirs):
         others = [d for d in subdirs if d not in SPLIT_DIRS]
         raise PipelineError(f"{root} mixes split folders ({', '.join(split_dirs)}) with "
                             f"other folders ({', '.join(others[:5])}); use one layout")
-    loose = sorted(p.name for p in root.iterdir() if p.is_file() and _visible(Path(p.name)))
+    loose = sorted(p.name for p in root.iterdir() if p.is_file() and not p.name.startswith("."))
     if loose:
         print(f"warning: {len(loose)} files directly in {root} have no class folder and are "
               f"left out: {', '.join(loose[:5])}", file=sys.stderr)
     rows = []
     for split in split_dirs or [""]:
         base = root / split if split else root
-        for class_dir in sorted(p for p in base.iterdir() if p.is_dir() and _visible(Path(p.name))):
+        class_dirs = [p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")]
+        for class_dir in sorted(class_dirs):
             for file in sorted(class_dir.rglob("*")):
                 rel = file.relative_to(root)
                 if file.is_file() and _visible(rel):
