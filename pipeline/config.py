@@ -70,6 +70,7 @@ class EmbedConfig:
     weights: str  # as model.weights
     image_size: int = field(metadata=_range(ge=8, le=1024))  # pixels, square
     batch_size: int = field(metadata=_range(ge=1))
+    max_pixels: int = field(metadata=_range(gt=0))  # larger images are unreadable (bombs)
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,6 @@ class MaxRates:
 class CleanConfig:
     """Data-quality checks and what to do with what they find."""
 
-    max_pixels: int = field(metadata=_range(gt=0))  # larger images are unreadable (bombs)
     exact_duplicates: Literal["drop", "flag"]  # drop all but one member of each cluster
     near_duplicates: Literal["drop", "flag"]  # drop all but one member of each cluster
     near_duplicate_threshold: float = field(metadata=_range(gt=0, le=1))  # cosine similarity

@@ -18,11 +18,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from pipeline import paths
 from pipeline.config import CleanConfig, DataConfig, PipelineError, load_sections, run_stage
-from pipeline.images import UnreadableImage, decode_image, pixel_hash, thumbnail_png
+from pipeline.images import UnreadableImage, decode_image, thumbnail_png
 from pipeline.manifest import read_manifest, resolve, write_manifest
 from pipeline.quality import (
     conflicting_clusters,
@@ -82,25 +81,19 @@ def review_page(review: pd.DataFrame, root: Path) -> str:
 def run(data: DataConfig, cfg: CleanConfig, prepared: Path, embed_dir: Path, output: Path,
         metrics: Path, *, decisions: Path = paths.DECISIONS, review_out: Path = paths.REVIEW,
         review_html: Path = paths.REVIEW_PAGE) -> pd.DataFrame:
-    """Decode every image once, find problems, apply the policies, write the results."""
+    """Find problems from the embed stage's pass, apply the policies, write the results."""
     df = read_manifest(prepared)
     root = Path(data.root)
-    hashes: list[str | None] = []
-    errors: list[str] = []
-    for rel in tqdm(df["path"], desc="decoding", mininterval=1.0):
-        try:
-            hashes.append(pixel_hash(decode_image(resolve(root, rel), max_pixels=cfg.max_pixels)))
-            errors.append("")
-        except UnreadableImage as exc:
-            hashes.append(None)
-            errors.append(str(exc))
     ids = list(df["image_id"])
     embeddings = np.load(embed_dir / "embeddings.npy")
     embed_meta = json.loads((embed_dir / "meta.json").read_text())
     if embed_meta["ids"] != ids:
         raise PipelineError(f"{embed_dir} does not match {prepared}: rerun dvc repro")
-    unreadable = np.array([h is None for h in hashes])
-    valid = np.array(embed_meta["valid"]) & ~unreadable
+    # the embed stage decoded every image once: its pixel hashes and reasons
+    hashes: list[str | None] = embed_meta["pixel_hash"]
+    errors: list[str] = embed_meta["error"]
+    valid = np.array(embed_meta["valid"], dtype=bool)
+    unreadable = ~valid
 
     exact = exact_duplicate_clusters(hashes, order=ids)
     index, sims = neighbours(embeddings, k=cfg.neighbours)
