@@ -177,11 +177,20 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class Phase:
-    """One training phase: which part of the network trains, for how long."""
+    """One training phase: which layer groups train, for how long, at what learning rate."""
 
     epochs: int = field(metadata=_range(ge=1))
-    unfreeze: Literal["head", "all"]  # head: backbone frozen (BatchNorm too); all: everything
-    lr_mult: float = field(metadata=_range(gt=0))  # this phase's lr = train.lr * lr_mult
+    # head: only the new head; an integer n: the head and the n layer groups below it;
+    # all: everything. Frozen groups keep their weights and BatchNorm statistics.
+    unfreeze: Literal["head", "all"] | int
+    lr_mult: float = field(default=1.0, metadata=_range(gt=0))  # lr = train.lr * lr_mult
+    # "" takes train.schedule
+    schedule: Literal["", "cosine", "step", "onecycle", "plateau", "constant"] = ""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.unfreeze, int) and self.unfreeze < 0:
+            raise ParamsError(f"unfreeze = {self.unfreeze}: give head, all or a number of "
+                              f"layer groups >= 0")
 
 
 @dataclass(frozen=True)
@@ -189,15 +198,31 @@ class TrainConfig:
     """Fine-tuning schedule and optimisation."""
 
     seed: int = field(metadata=_range(ge=0))
-    lr: float = field(metadata=_range(gt=0, le=10))
-    weight_decay: float = field(metadata=_range(ge=0))
+    lr: float = field(metadata=_range(gt=0, le=10))  # the head's learning rate
+    layer_decay: float = field(metadata=_range(gt=0, le=1))  # x this per group below the head
+    optimizer: Literal["adamw", "sgd"]
+    momentum: float = field(metadata=_range(ge=0, lt=1))  # sgd only
+    weight_decay: float = field(metadata=_range(ge=0))  # never on norm and bias parameters
     batch_size: int = field(metadata=_range(ge=1))
+    accumulate: int = field(metadata=_range(ge=1))  # batches per optimizer step
+    clip_grad: float = field(metadata=_range(ge=0))  # max gradient norm (0: off)
+    schedule: Literal["cosine", "step", "onecycle", "plateau", "constant"]
     warmup_epochs: float = field(metadata=_range(ge=0))  # linear warmup at each phase start
+    decay_epochs: int = field(metadata=_range(ge=1))  # step: lr x decay_gamma every N epochs
+    decay_gamma: float = field(metadata=_range(gt=0, lt=1))  # step and plateau factor
+    plateau_patience: int = field(metadata=_range(ge=0))  # plateau: epochs without gain
     label_smoothing: float = field(metadata=_range(ge=0, lt=1))
+    mixup: float = field(metadata=_range(ge=0))  # Beta(alpha, alpha) of mixup (0: off)
+    cutmix: float = field(metadata=_range(ge=0))  # Beta(alpha, alpha) of cutmix (0: off)
+    ema_decay: float = field(metadata=_range(ge=0, lt=1))  # EMA of the weights (0: off)
+    monitor: Literal["val_accuracy", "val_macro_f1", "val_loss"]  # picks the best epoch
+    patience: int = field(metadata=_range(ge=0))  # end a phase after N epochs without gain
     bn: Literal["frozen", "train"]  # BatchNorm statistics of trainable layers (see models)
+    feature_cache: bool  # head-only phases train on stored backbone features
     hflip: bool  # random horizontal flips each epoch (off for digits and text)
     shift: int = field(metadata=_range(ge=0))  # random translation each epoch, pixels
     amp: bool  # mixed precision on CUDA; ignored on CPU
+    compile: bool  # torch.compile the model
     phases: tuple[Phase, ...]
 
     def __post_init__(self) -> None:
@@ -329,6 +354,9 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     for name, f in fields.items():
         key = f"{prefix}.{name}"
         if name not in data:
+            if f.default is not dataclasses.MISSING:  # optional keys (phases only)
+                kwargs[name] = f.default
+                continue
             raise ParamsError(f"missing key {key!r} in params.yaml")
         value = _convert(data[name], hints[name], key)
         if "range" in f.metadata:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,6 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from pipeline.augment import random_flip_shift
 from pipeline.models import Preprocessing
 
 
@@ -87,17 +86,26 @@ def load_split(cache_dir: Path, split: str, ids: list[str], *, view: int | None 
     return ArraySplit(images, labels, tuple(ids))
 
 
-def batches(data: ArraySplit, batch_size: int, *, generator: torch.Generator | None = None
-            ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield (B, H, W, 3) uint8 and (B,) int64 batches; shuffled when given a generator."""
-    n = len(data.labels)
-    if generator is not None:
-        order = torch.randperm(n, generator=generator).numpy()
-    else:
-        order = np.arange(n)
+def batch_indices(n: int, batch_size: int, *, generator: torch.Generator | None = None,
+                  rank: int = 0, world: int = 1) -> Iterator[np.ndarray]:
+    """Row indices of each batch (sorted: ascending reads are sequential); shuffled when
+    given a generator. Under DistributedDataParallel every rank draws the same order and
+    takes its own share (``rank::world``) of each global batch."""
+    order = torch.randperm(n, generator=generator).numpy() if generator is not None \
+        else np.arange(n)
     for start in range(0, n, batch_size):
-        index = np.sort(order[start:start + batch_size])  # ascending reads are sequential
-        yield torch.from_numpy(data.images[index]), torch.from_numpy(data.labels[index])
+        yield np.sort(order[start:start + batch_size])[rank::world]
+
+
+def batches(data: ArraySplit, batch_size: int, *, generator: torch.Generator | None = None,
+            rank: int = 0, world: int = 1, pin: bool = False
+            ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield (B, H, W, 3) uint8 and (B,) int64 batches; shuffled when given a generator;
+    ``pin`` puts them in page-locked memory for asynchronous copies to a GPU."""
+    for index in batch_indices(len(data.labels), batch_size, generator=generator,
+                               rank=rank, world=world):
+        images, labels = torch.from_numpy(data.images[index]), torch.from_numpy(data.labels[index])
+        yield (images.pin_memory(), labels.pin_memory()) if pin else (images, labels)
 
 
 def to_input(images: torch.Tensor, prep: Preprocessing, device: torch.device) -> torch.Tensor:
@@ -118,35 +126,65 @@ def _autocast(device: torch.device, amp: bool) -> Any:
     return torch.autocast(device.type, dtype=dtype, enabled=amp and device.type == "cuda")
 
 
-def train_one_epoch(model: nn.Module, data: ArraySplit, *, optimizer: torch.optim.Optimizer,
-                    scheduler: torch.optim.lr_scheduler.LRScheduler, prep: Preprocessing,
-                    device: torch.device, batch_size: int, generator: torch.Generator,
-                    loss_fn: nn.Module, hflip: bool, shift: int, amp: bool, desc: str
-                    ) -> dict[str, float]:
-    """One pass over ``data``; the scheduler steps per batch. Returns loss and speed.
+def train_one_epoch(net: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], *,
+                    steps: int, optimizer: torch.optim.Optimizer, on_step: Callable[[], None],
+                    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                    device: torch.device, amp: bool, scaler: torch.amp.GradScaler,
+                    accumulate: int = 1, clip_grad: float = 0.0,
+                    mix: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+                    | None = None, desc: str = "") -> dict[str, float]:
+    """One pass over ``batches`` of model-ready inputs and labels; returns loss and speed.
 
-    ``hflip`` and ``shift`` are the per-epoch random flips and translations. The caller
-    sets train/eval modes (frozen BatchNorm stays in eval mode).
+    Gradients of ``accumulate`` batches make one optimizer step, after which ``on_step``
+    runs (learning-rate schedule, EMA). ``mix`` turns (x, labels) into mixed inputs and
+    soft targets (mixup / cutmix). The caller sets train/eval modes (frozen BatchNorm
+    stays in eval mode).
     """
     start = time.perf_counter()
     total_loss, seen = 0.0, 0
-    steps = -(-len(data.labels) // batch_size)
-    for images, labels in tqdm(batches(data, batch_size, generator=generator), total=steps,
-                               desc=desc, leave=False, mininterval=1.0):
-        x = random_flip_shift(to_input(images, prep, device), hflip=hflip, shift=shift,
-                              generator=generator)
-        y = labels.to(device)
+    optimizer.zero_grad(set_to_none=True)
+    for i, (x, labels) in enumerate(tqdm(batches, total=steps, desc=desc, leave=False,
+                                         mininterval=1.0)):
+        y = labels.to(device, non_blocking=True)
+        target = y
+        if mix is not None:
+            x, target = mix(x, y)
         with _autocast(device, amp):
-            loss = loss_fn(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
+            loss = loss_fn(net(x), target)
+        scaler.scale(loss / accumulate).backward()
+        if (i + 1) % accumulate == 0 or i + 1 == steps:
+            if clip_grad > 0:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]
+                                          if p.grad is not None], clip_grad)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            on_step()
         total_loss += loss.item() * len(y)
         seen += len(y)
     seconds = time.perf_counter() - start
-    return {"loss": total_loss / max(seen, 1), "seconds": seconds,
-            "images_per_second": seen / seconds if seconds > 0 else 0.0}
+    return {"loss_sum": total_loss, "seen": seen, "seconds": seconds}
+
+
+@torch.inference_mode()
+def head_inputs(model: nn.Module, head: nn.Module, data: ArraySplit, *, prep: Preprocessing,
+                device: torch.device, batch_size: int, amp: bool = False) -> torch.Tensor:
+    """(N, D) float32 inputs of ``head`` for every row: the frozen backbone's features.
+
+    Run once per cached view when only the head trains: in eval mode these never change,
+    so the head can train on them without recomputing the backbone.
+    """
+    captured: list[torch.Tensor] = []
+    hook = head.register_forward_pre_hook(lambda _, args: captured.append(args[0].float()))
+    model.eval()  # the caller restores its modes (models.train_mode)
+    try:
+        for images, _ in batches(data, batch_size):
+            with _autocast(device, amp):
+                model(to_input(images, prep, device))
+    finally:
+        hook.remove()
+    return torch.cat(captured) if captured else torch.zeros((0, 0), device=device)
 
 
 def tta_views(x: torch.Tensor, tta: str) -> list[torch.Tensor]:

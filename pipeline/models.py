@@ -196,7 +196,9 @@ def create_model(cfg: ModelConfig, num_classes: int, *, pretrained: bool = True
             tag_pretrained = file is None and spec not in ("none",) and not (
                 spec == "default" and arch == PACKAGE_ARCH)
             name = arch if spec in ("default", "none") or file else f"{arch}.{spec}"
-            model = timm.create_model(name, pretrained=tag_pretrained, drop_rate=cfg.drop_rate)
+            # dropout goes into the new head below, so that the head module alone is the
+            # part that trains on stored features in head-only phases
+            model = timm.create_model(name, pretrained=tag_pretrained)
             if spec == "default" and arch == PACKAGE_ARCH:
                 mapped = _package_state_dict(model)
                 missing, unexpected = model.load_state_dict(mapped, strict=False)
@@ -227,45 +229,140 @@ def create_model(cfg: ModelConfig, num_classes: int, *, pretrained: bool = True
         head_keys = {f"{head_name}.{k}" for k in old_head.state_dict()}
         _load_file_into(model, file, head_keys)
         info["sha256"] = file_sha256(file)
-    if library == "timm":
-        model.reset_classifier(num_classes)  # type: ignore[operator]
-    elif num_classes == 0:  # a feature extractor: pooled features out
-        _set_module(model, head_name, nn.Identity())
-    else:
-        assert isinstance(old_head, nn.Linear)
-        new_head: nn.Module = nn.Linear(old_head.in_features, num_classes)
-        if cfg.drop_rate > 0:
-            new_head = nn.Sequential(nn.Dropout(cfg.drop_rate), new_head)
-        _set_module(model, head_name, new_head)
+    if num_classes == 0:  # a feature extractor: pooled features out
+        if library == "timm":
+            model.reset_classifier(0)  # type: ignore[operator]
+        else:
+            _set_module(model, head_name, nn.Identity())
+        return model, prep, info
+    in_features = getattr(old_head, "in_features", None)
+    if in_features is None:
+        raise PipelineError(f"{cfg.name}: its classifier {head_name} is a "
+                            f"{type(old_head).__name__}, not a linear layer to replace")
+    new_head: nn.Module = nn.Linear(in_features, num_classes)
+    if cfg.drop_rate > 0:
+        new_head = nn.Sequential(nn.Dropout(cfg.drop_rate), new_head)
+    _set_module(model, head_name, new_head)
     return model, prep, info
 
 
-def set_trainable(model: nn.Module, unfreeze: str) -> int:
-    """Make the head (``head``) or everything (``all``) trainable; return trainable count.
+@dataclass(frozen=True)
+class LayerGroup:
+    """A block of the network that is frozen or trained as a whole (stem ... head)."""
+
+    name: str
+    params: tuple[str, ...]  # parameter names, in model order
+    size: int  # number of scalar parameters
+
+
+# Layer groups of torchvision families, as timm group_matcher specs (regex -> ordinal;
+# MATCH_PREV_GROUP / (99999,) fold a part into the group before it). Keyed by class name.
+_PREV = (99999,)
+TORCHVISION_GROUPS: dict[str, dict[str, Any]] = {
+    "ResNet": {"stem": r"^conv1|^bn1", "blocks": r"^layer(\d+)"},
+    "EfficientNet": {"stem": r"^features\.0\.", "blocks": r"^features\.(\d+)"},
+    "MobileNetV2": {"stem": r"^features\.0\.", "blocks": r"^features\.(\d+)"},
+    "MobileNetV3": {"stem": r"^features\.0\.", "blocks": r"^features\.(\d+)"},
+    "ConvNeXt": {"stem": r"^features\.0\.", "blocks": r"^features\.(\d+)"},
+    "RegNet": {"stem": r"^stem", "blocks": r"^trunk_output\.block(\d+)"},
+    "DenseNet": {"stem": r"^features\.(?:conv0|norm0)",
+                 "blocks": [(r"^features\.denseblock(\d+)", None),
+                            (r"^features\.transition(\d+)", _PREV),
+                            (r"^features\.norm5", _PREV)]},
+    "VisionTransformer": {"stem": r"^conv_proj|^class_token|^encoder\.pos_embedding",
+                          "blocks": [(r"^encoder\.layers\.encoder_layer_(\d+)", None),
+                                     (r"^encoder\.ln", _PREV)]},
+}
+
+
+def _group_names(groups: list[list[str]]) -> list[str]:
+    """Short distinct labels for groups of parameter names: the module paths they cover,
+    as shallow as keeps the labels apart (``conv_stem+bn1``, ``blocks.3``)."""
+    def label(names: list[str], depth: int) -> str:
+        paths = list(dict.fromkeys(".".join(n.split(".")[:-1][:depth]) or n for n in names))
+        return "+".join(paths[:3]) + ("+..." if len(paths) > 3 else "")
+
+    for depth in range(1, 5):
+        labels = [label(names, depth) for names in groups]
+        if len(set(labels)) == len(labels):
+            break
+    return labels
+
+
+def layer_groups(model: nn.Module) -> list[LayerGroup]:
+    """Ordered layer groups from the stem to the head; the last one is the new head.
+
+    timm models bring their own ``group_matcher`` (coarse: stem, one group per stage);
+    torchvision families use :data:`TORCHVISION_GROUPS`; anything else falls back to one
+    group per top-level child. Parameters no rule matches (a final norm, say) form their
+    own group just below the head.
+    """
+    from timm.models import group_parameters
+
+    head_names = {f"{_classifier(model)[0]}.{n}" for n, _ in head_module(model).named_parameters()}
+    if hasattr(model, "group_matcher"):
+        matcher: Any = model.group_matcher(coarse=True)  # type: ignore[operator]
+    elif type(model).__name__ in TORCHVISION_GROUPS:
+        matcher = TORCHVISION_GROUPS[type(model).__name__]
+    else:
+        children = [n for n, _ in model.named_children()]
+        matcher = lambda name: children.index(name.split(".")[0])  # noqa: E731
+    grouped = group_parameters(model, matcher)
+    sizes = dict((n, p.numel()) for n, p in model.named_parameters())
+    body = [kept for _, names in sorted(grouped.items())
+            if (kept := [n for n in names if n not in head_names])]
+    groups = [LayerGroup(label, tuple(names), sum(sizes[n] for n in names))
+              for label, names in zip(_group_names(body), body)]
+    head = tuple(n for n in sizes if n in head_names)
+    groups.append(LayerGroup("head", head, sum(sizes[n] for n in head)))
+    return groups
+
+
+def trainable_groups(unfreeze: str | int, groups: list[LayerGroup]) -> int:
+    """How many groups from the top a phase trains: head = 1, n = n + 1, all = every one."""
+    if unfreeze == "head":
+        return 1
+    if unfreeze == "all":
+        return len(groups)
+    assert isinstance(unfreeze, int)
+    if unfreeze > len(groups) - 1:
+        raise PipelineError(f"unfreeze = {unfreeze}, but the model has only "
+                            f"{len(groups) - 1} layer groups below the head "
+                            f"({', '.join(g.name for g in groups[:-1])}); use all or a "
+                            f"smaller number")
+    return unfreeze + 1
+
+
+def set_trainable(model: nn.Module, groups: list[LayerGroup], top: int) -> int:
+    """Make the ``top`` groups nearest the head trainable, freeze the rest; return the
+    number of trainable parameters.
 
     Call :func:`train_mode` rather than ``model.train()`` so frozen BatchNorm layers keep
     their running statistics.
     """
-    head = head_module(model)
-    head_params = {id(p) for p in head.parameters()}
-    for p in model.parameters():
-        p.requires_grad_(unfreeze == "all" or id(p) in head_params)
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+    trainable = {n for g in groups[len(groups) - top:] for n in g.params}
+    count = 0
+    for name, p in model.named_parameters():
+        p.requires_grad_(name in trainable)
+        count += p.numel() if name in trainable else 0
+    return count
 
 
-def train_mode(model: nn.Module, unfreeze: str, *, bn: str) -> None:
-    """Put the trainable part in training mode; the frozen backbone stays in eval mode.
+def train_mode(model: nn.Module, *, bn: str) -> None:
+    """Training mode for the trainable part; every module whose parameters are all frozen
+    stays in eval mode (BatchNorm statistics, dropout and drop-path included).
 
     ``bn="frozen"`` also keeps every BatchNorm layer of the trainable part in eval mode
     (pretrained running statistics, affine weights still trained): on small or
     domain-shifted data, batch statistics swing the features the head was fitted on.
     ``bn="train"`` lets trainable BatchNorm use and update batch statistics.
+    Call after :func:`set_trainable`.
     """
-    if unfreeze == "all":
-        model.train()
-    else:
-        model.eval()
-        head_module(model).train()
+    model.train()
+    for module in model.modules():
+        params = list(module.parameters())
+        if params and not any(p.requires_grad for p in params):
+            module.eval()
     if bn == "frozen":
         for module in model.modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm):

@@ -16,3 +16,4 @@ CACHE_DIR = Path("data/cache")
 MODEL = Path("models/model.pt")
 METRICS_DIR = Path("metrics")
 CURVES_DIR = METRICS_DIR / "curves"
+CHECKPOINT_DIR = Path("checkpoints/train")  # persisted by DVC: a killed run resumes

@@ -87,15 +87,15 @@ def test_chain_with_views_trains_from_the_cache_alone(tmp_path, monkeypatch):
     shutil.copytree(root, kept)  # for predicting outside the pipeline, below
     shutil.rmtree(root)  # training must not open a single image file
     seen = []
-    real_epoch = train.train_one_epoch
+    real_batches = train.batches
 
-    def spy(model, data, **kwargs):
+    def spy(data, *args, **kwargs):
         seen.append(data.images.path.name)
-        return real_epoch(model, data, **kwargs)
+        return real_batches(data, *args, **kwargs)
 
-    monkeypatch.setattr(train, "train_one_epoch", spy)
+    monkeypatch.setattr(train, "batches", spy)
     metrics = train.run(base, model_cfg, train_cfg, d / "cache", tmp_path / "model.pt",
-                        tmp_path / "train.json", tmp_path / "curves")
+                        tmp_path / "train.json", tmp_path / "curves", tmp_path / "ckpt")
     assert seen == ["train_view0_images.npy", "train_view1_images.npy",
                     "train_view0_images.npy"]  # epoch e reads view e mod K
     assert metrics["epochs"] == 3

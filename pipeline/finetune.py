@@ -1,0 +1,155 @@
+"""The fine-tuning schedule: param groups with discriminative learning rates, the
+optimizer, per-phase warmup + schedule, and the state a resumed run needs.
+
+One optimizer holds every parameter from the start, in one param group per layer group
+(two when weight decay applies: norms and biases get none). Frozen parameters never get
+gradients, so the optimizer skips them; when a phase unfreezes them they start
+training, and the state of parameters that were already training carries over.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from pipeline.config import Phase, PipelineError, TrainConfig
+from pipeline.models import LayerGroup
+
+
+def param_groups(model: nn.Module, groups: list[LayerGroup], weight_decay: float
+                 ) -> list[dict[str, Any]]:
+    """Optimizer param groups: per layer group, decayed weights and undecayed norms and
+    biases (1-D tensors). Each carries ``layer`` (its index, 0 = stem) and ``name``."""
+    params = dict(model.named_parameters())
+    out = []
+    for index, group in enumerate(groups):
+        decay = [params[n] for n in group.params if params[n].ndim > 1]
+        no_decay = [params[n] for n in group.params if params[n].ndim <= 1]
+        for tensors, wd in ((decay, weight_decay), (no_decay, 0.0)):
+            if tensors:
+                out.append({"params": tensors, "weight_decay": wd, "layer": index,
+                            "name": group.name})
+    return out
+
+
+def make_optimizer(cfg: TrainConfig, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
+    """train.optimizer over the param groups (learning rates are set per phase)."""
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr)
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
+
+
+def group_lrs(cfg: TrainConfig, phase: Phase, n_groups: int, top: int) -> list[float]:
+    """Peak learning rate of each layer group in a phase: ``train.lr * lr_mult *
+    layer_decay ** (distance from the head)`` for the ``top`` trainable groups, 0 below."""
+    lr = cfg.lr * phase.lr_mult
+    return [lr * cfg.layer_decay ** (n_groups - 1 - i) if i >= n_groups - top else 0.0
+            for i in range(n_groups)]
+
+
+def set_lrs(optimizer: torch.optim.Optimizer, lrs: list[float]) -> None:
+    """Set every param group's learning rate (and the schedules' base) from its layer."""
+    for group in optimizer.param_groups:
+        group["lr"] = group["initial_lr"] = lrs[group["layer"]]
+
+
+@dataclass
+class Schedule:
+    """A phase's learning-rate schedule: ``batch`` steps after every optimizer step,
+    ``plateau`` (schedule plateau only) after every validation."""
+
+    batch: torch.optim.lr_scheduler.LRScheduler
+    plateau: torch.optim.lr_scheduler.ReduceLROnPlateau | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"batch": self.batch.state_dict(),
+                "plateau": self.plateau.state_dict() if self.plateau else None}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.batch.load_state_dict(state["batch"])
+        if self.plateau is not None:
+            self.plateau.load_state_dict(state["plateau"])
+
+
+def make_schedule(optimizer: torch.optim.Optimizer, cfg: TrainConfig, phase: Phase, *,
+                  steps_per_epoch: int, mode: Literal["min", "max"]) -> Schedule:
+    """Linear warmup over ``train.warmup_epochs``, then the phase's schedule, over every
+    param group. Call after :func:`set_lrs`; ``mode`` is ``max`` or ``min`` (plateau)."""
+    kind = phase.schedule or cfg.schedule
+    total = phase.epochs * steps_per_epoch
+    warmup = min(round(cfg.warmup_epochs * steps_per_epoch), total - 1)
+    if kind == "onecycle":  # its own warmup: rises for warmup_epochs (30 % when 0)
+        if total < 3:
+            raise PipelineError(f"schedule onecycle needs at least 3 optimizer steps in a "
+                                f"phase; this one has {total}: use more epochs or another "
+                                f"schedule")
+        rise = warmup / total if warmup > 0 else 0.3
+        return Schedule(torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=total,
+            pct_start=min(max(rise, 2 / total), 1 - 1 / total), cycle_momentum=False))
+    if kind == "plateau":  # warmup multiplies; the plateau rule then divides per epoch
+        warm = torch.optim.lr_scheduler.LinearLR(
+            optimizer, start_factor=1 / (warmup + 1), total_iters=warmup)
+        return Schedule(warm, torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode=mode, factor=cfg.decay_gamma, patience=cfg.plateau_patience))
+    step_size = cfg.decay_epochs * steps_per_epoch
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        done = step - warmup
+        if kind == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * min(done / max(1, total - warmup), 1.0)))
+        if kind == "step":
+            return float(cfg.decay_gamma ** (done // step_size))
+        return 1.0  # constant
+
+    return Schedule(torch.optim.lr_scheduler.LambdaLR(optimizer, factor))
+
+
+def check_phases(cfg: TrainConfig, groups: list[LayerGroup]) -> list[int]:
+    """Trainable group count per phase (from the top), or a clear error before training."""
+    from pipeline.models import trainable_groups
+
+    tops = []
+    for i, phase in enumerate(cfg.phases):
+        try:
+            tops.append(trainable_groups(phase.unfreeze, groups))
+        except PipelineError as exc:
+            raise PipelineError(f"train.phases[{i}].{exc}") from None
+    return tops
+
+
+# ----------------------------------------------------------------------------- RNG state
+
+
+def rng_state(generator: torch.Generator) -> dict[str, Any]:
+    """Every random state a resumed run needs, as tensors and plain data (weights_only)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)  # type: ignore[misc]
+    assert isinstance(keys, np.ndarray)
+    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+             "generator": generator.get_state(),
+             "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)),
+                       "pos": pos, "has_gauss": has_gauss, "gauss": gauss}}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
+    """Restore what :func:`rng_state` saved."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    torch.set_rng_state(state["torch"])
+    generator.set_state(state["generator"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"],
+                         n["has_gauss"], n["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,248 @@
+"""The train stage's machinery: layer groups, phases, frozen groups, the feature cache,
+exact resume after a kill, determinism and DistributedDataParallel on CPU."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from pipeline.config import ModelConfig, ParamsError, PipelineError, parse_sections
+from pipeline.engine import load_split, to_input, train_one_epoch
+from pipeline.finetune import check_phases, group_lrs, make_optimizer, param_groups, set_lrs
+from pipeline.models import create_model, layer_groups, set_trainable, train_mode
+from pipeline.stages import train
+
+from .conftest import REPO, class_image, repo_params
+
+TINY = {"model.name": "timm:test_efficientnet", "model.weights": "none",
+        "train.batch_size": 8, "cache.image_size": 32}
+
+
+def write_cache(cache: Path, *, train_n: int = 48, size: int = 32) -> Path:
+    """A cache stage's output with 3 classes of tiny synthetic images."""
+    cache.mkdir(parents=True, exist_ok=True)
+    meta: dict = {"classes": ["c0", "c1", "c2"], "image_size": size, "fit": "crop",
+                  "views": 0, "ids": {}}
+    for split, n in (("train", train_n), ("val", 12), ("test", 12)):
+        labels = np.arange(n) % 3
+        offset = {"train": 0, "val": 500, "test": 900}[split]
+        images = np.stack([class_image(int(c), offset + i, size) for i, c in enumerate(labels)])
+        np.save(cache / f"{split}_images.npy", images)
+        np.save(cache / f"{split}_labels.npy", labels.astype(np.int64))
+        meta["ids"][split] = [f"{split}{i:03d}" for i in range(n)]
+    (cache / "meta.json").write_text(json.dumps(meta))
+    return cache
+
+
+def sections(**overrides):
+    return parse_sections(repo_params(**{**TINY, **overrides}), "base", "model", "train")
+
+
+def train_in(tmp: Path, cache: Path, **overrides) -> dict:
+    base, model_cfg, cfg = sections(**overrides)
+    return train.run(base, model_cfg, cfg, cache, tmp / "model.pt", tmp / "train.json",
+                     tmp / "curves", tmp / "checkpoints")
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, weights_only=True)["state_dict"]
+
+
+def test_layer_groups_cover_every_parameter_once_from_stem_to_head():
+    for name in ("timm:test_efficientnet", "torchvision:resnet18",
+                 "torchvision:mobilenet_v3_small", "torchvision:regnet_y_400mf",
+                 "torchvision:alexnet"):
+        model, _, _ = create_model(ModelConfig(name, "none", 0.1), 5)
+        groups = layer_groups(model)
+        names = [n for g in groups for n in g.params]
+        assert sorted(names) == sorted(n for n, _ in model.named_parameters()), name
+        assert len(set(names)) == len(names)
+        assert groups[-1].name == "head" and groups[-1].size == sum(
+            p.numel() for p in model.get_submodule(groups[-1].params[0].rsplit(".", 2)[0])
+            .parameters())
+        assert len(groups) >= 3 and len({g.name for g in groups}) == len(groups)
+    resnet, _, _ = create_model(ModelConfig("torchvision:resnet18", "none", 0.0), 5)
+    assert [g.name for g in layer_groups(resnet)] == [
+        "conv1+bn1", "layer1", "layer2", "layer3", "layer4", "head"]
+
+
+def test_discriminative_learning_rates_fall_off_with_depth():
+    _, _, cfg = sections(**{"train.lr": 0.1, "train.layer_decay": 0.5, "train.phases": [
+        {"epochs": 1, "unfreeze": 2, "lr_mult": 2.0}]})
+    lrs = group_lrs(cfg, cfg.phases[0], 5, top=3)
+    assert lrs == pytest.approx([0.0, 0.0, 0.05, 0.1, 0.2])
+    model, _, _ = create_model(ModelConfig("timm:test_efficientnet", "none", 0.0), 3)
+    groups = layer_groups(model)
+    optimizer = make_optimizer(cfg, param_groups(model, groups, 0.01))
+    set_lrs(optimizer, group_lrs(cfg, cfg.phases[0], len(groups), top=3))
+    by_layer = {g["layer"]: g["lr"] for g in optimizer.param_groups}
+    assert by_layer[len(groups) - 1] == pytest.approx(0.2)
+    assert by_layer[len(groups) - 3] == pytest.approx(0.05)
+    assert all(g["weight_decay"] == 0 for g in optimizer.param_groups
+               if all(p.ndim == 1 for p in g["params"]))  # no decay on norms and biases
+
+
+def test_invalid_schedules_fail_before_training_with_a_clear_message():
+    with pytest.raises(ParamsError, match=r"phases\[0\]\.epochs = 0 .* at least 1"):
+        sections(**{"train.phases": [{"epochs": 0, "unfreeze": "head"}]})
+    with pytest.raises(ParamsError, match="schedule = 'linear'.*cosine, step, onecycle"):
+        sections(**{"train.schedule": "linear"})
+    with pytest.raises(ParamsError, match="unfreeze = 'some'"):
+        sections(**{"train.phases": [{"epochs": 1, "unfreeze": "some"}]})
+    _, _, cfg = sections(**{"train.phases": [{"epochs": 1, "unfreeze": "head"},
+                                             {"epochs": 1, "unfreeze": 40}]})
+    model, _, _ = create_model(ModelConfig("timm:test_efficientnet", "none", 0.0), 3)
+    with pytest.raises(PipelineError, match=r"phases\[1\]\.unfreeze = 40, but the model has "
+                                            r"only 6 layer groups below the head"):
+        check_phases(cfg, layer_groups(model))
+
+
+@pytest.mark.parametrize("bn", ["frozen", "train"])
+def test_frozen_groups_keep_weights_and_batchnorm_statistics_bit_identical(tmp_path, bn):
+    cache = write_cache(tmp_path / "cache")
+    data = load_split(cache, "train", [f"train{i:03d}" for i in range(48)])
+    _, _, cfg = sections(**{"train.weight_decay": 0.1})
+    model, prep, _ = create_model(ModelConfig("timm:test_efficientnet", "none", 0.0), 3)
+    groups = layer_groups(model)
+    optimizer = make_optimizer(cfg, param_groups(model, groups, 0.1))
+    set_lrs(optimizer, [0.05] * len(groups))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    set_trainable(model, groups, 2)  # the head and the group below it
+    train_mode(model, bn=bn)
+    stream = ((to_input(torch.from_numpy(data.images[np.arange(i, i + 8)]), prep,
+                        torch.device("cpu")), torch.from_numpy(data.labels[i:i + 8]))
+              for i in range(0, 48, 8))
+    train_one_epoch(model, stream, steps=6, optimizer=optimizer, on_step=lambda: None,
+                    loss_fn=torch.nn.CrossEntropyLoss(), device=torch.device("cpu"),
+                    amp=False, scaler=torch.amp.GradScaler("cpu", enabled=False))
+    after = model.state_dict()
+    trained = {n for g in groups[-2:] for n in g.params}
+    trained_modules = {n.rsplit(".", 1)[0] for n in trained}
+    for key, value in before.items():
+        if key.rsplit(".", 1)[0] in trained_modules:
+            continue
+        assert torch.equal(value, after[key]), key  # weights and running statistics
+    assert all(not torch.equal(before[k], after[k]) for k in trained if k.endswith("weight"))
+    bn_stats = [k for k in before if k.endswith("running_mean")
+                and k.rsplit(".", 1)[0] in trained_modules]
+    assert bn_stats  # the group below the head has BatchNorm layers
+    changed = [not torch.equal(before[k], after[k]) for k in bn_stats]
+    assert any(changed) if bn == "train" else not any(changed)
+
+
+def test_feature_cache_matches_the_full_forward_pass(tmp_path):
+    cache = write_cache(tmp_path / "cache")
+    phases = [{"epochs": 2, "unfreeze": "head", "lr_mult": 5.0}]
+    fast = train_in(tmp_path / "fast", cache, **{"train.phases": phases,
+                                                 "model.drop_rate": 0.2})
+    full = train_in(tmp_path / "full", cache, **{"train.phases": phases,
+                                                 "model.drop_rate": 0.2,
+                                                 "train.feature_cache": False})
+    a, b = weights(tmp_path / "fast/model.pt"), weights(tmp_path / "full/model.pt")
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-5) for k in a)
+    assert fast["best_val_loss"] == pytest.approx(full["best_val_loss"], abs=1e-5)
+
+
+def test_schedules_warmup_and_options_all_train(tmp_path):
+    cache = write_cache(tmp_path / "cache", train_n=24)
+    for i, extra in enumerate([
+        {"train.schedule": "step", "train.optimizer": "sgd", "train.clip_grad": 1.0,
+         "train.accumulate": 2},
+        {"train.schedule": "onecycle", "train.mixup": 0.4},
+        {"train.schedule": "plateau", "train.cutmix": 1.0, "train.ema_decay": 0.9,
+         "train.monitor": "val_loss", "train.patience": 1},
+        {"train.schedule": "constant", "train.monitor": "val_macro_f1"},
+    ]):
+        phases = [{"epochs": 1, "unfreeze": "head"}, {"epochs": 1, "unfreeze": 1},
+                  {"epochs": 1, "unfreeze": "all", "schedule": "cosine", "lr_mult": 0.1}]
+        metrics = train_in(tmp_path / str(i), cache, **{"train.phases": phases, **extra})
+        assert 1 <= metrics["best_epoch"] <= metrics["epochs"] == 3, extra
+        lrs = (tmp_path / str(i) / "curves/plots/metrics/lr")
+        assert len(list(lrs.iterdir())) == 7  # one curve per layer group
+        assert not (tmp_path / str(i) / "checkpoints/last.pt").exists()  # finished
+
+
+def _project(tmp: Path, cache: Path, **overrides) -> Path:
+    (tmp / "data").mkdir(parents=True)
+    os.symlink(cache, tmp / "data/cache")
+    (tmp / "params.yaml").write_text(yaml.safe_dump(repo_params(**{**TINY, **overrides})))
+    return tmp
+
+
+def _train_process(project: Path, *launcher: str) -> subprocess.Popen:
+    """``python -m pipeline.stages.train`` in ``project``, or under a launcher (torchrun)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([*(launcher or [sys.executable]), "-m", "pipeline.stages.train"],
+                            cwd=project, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+PHASES = [{"epochs": 1, "unfreeze": "head", "lr_mult": 5.0},
+          {"epochs": 3, "unfreeze": 2, "lr_mult": 1.0},
+          {"epochs": 1, "unfreeze": "all", "lr_mult": 0.5}]
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_bit_identical_and_reruns_are_deterministic(tmp_path):
+    cache = write_cache(tmp_path / "cache", train_n=192)
+    settings = {"train.phases": PHASES, "model.drop_rate": 0.2, "train.mixup": 0.2}
+    runs = {}
+    for name in ("a", "b"):
+        project = _project(tmp_path / name, cache, **settings)
+        done = _train_process(project)
+        out, _ = done.communicate(timeout=300)
+        assert done.returncode == 0, out
+        runs[name] = weights(project / "models/model.pt")
+    assert all(torch.equal(runs["a"][k], runs["b"][k]) for k in runs["a"])  # same seed
+
+    project = _project(tmp_path / "killed", cache, **settings)
+    checkpoint = project / "checkpoints/train/last.pt"
+    proc = _train_process(project)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if checkpoint.exists():
+            loop = torch.load(checkpoint, weights_only=True)["loop"]
+            if loop["phase"] == 1 and loop["phase_epoch"] >= 1:  # mid-phase
+                break
+        time.sleep(0.05)
+    assert proc.poll() is None, "training ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    assert not (project / "models/model.pt").exists()
+    resumed = _train_process(project)
+    out, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0 and "resuming" in out, out
+    final = weights(project / "models/model.pt")
+    assert all(torch.equal(runs["a"][k], final[k]) for k in final)
+    curves = (project / "metrics/curves/plots/metrics/train_loss.tsv").read_text()
+    assert len(curves.splitlines()) == 1 + sum(p["epochs"] for p in PHASES)
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_match_a_single_process(tmp_path):
+    cache = write_cache(tmp_path / "cache", train_n=96)
+    phases = [{"epochs": 1, "unfreeze": "head", "lr_mult": 5.0},
+              {"epochs": 2, "unfreeze": "all", "lr_mult": 0.5}]
+    losses = {}
+    for name, prefix in (("single", ()), ("ddp", (sys.executable, "-m", "torch.distributed.run",
+                                                  "--nproc_per_node", "2", "--master_port",
+                                                  "29533"))):
+        project = _project(tmp_path / name, cache, **{  # no dropout: same random draws
+            "train.phases": phases, "base.device": "cpu", "model.drop_rate": 0.0})
+        proc = _train_process(project, *prefix)
+        out, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 0, out
+        rows = (project / "metrics/curves/plots/metrics/train_loss.tsv").read_text()
+        losses[name] = [float(r.split("\t")[-1]) for r in rows.splitlines()[1:]]
+    assert len(losses["ddp"]) == 3
+    assert losses["ddp"] == pytest.approx(losses["single"], rel=1e-4)
