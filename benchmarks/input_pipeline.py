@@ -35,10 +35,18 @@ from PIL import Image
 from torch import nn
 from torchvision import datasets, transforms
 
+from pipeline.augment import random_flip_shift
 from pipeline.config import parse_sections
-from pipeline.engine import ArraySplit, NpyRows, load_split, train_one_epoch
+from pipeline.engine import ArraySplit, NpyRows, batches, load_split, to_input, train_one_epoch
 from pipeline.manifest import write_manifest
-from pipeline.models import Preprocessing, create_model, set_trainable, train_mode
+from pipeline.models import (
+    Preprocessing,
+    create_model,
+    layer_groups,
+    set_trainable,
+    train_mode,
+)
+from pipeline.seeding import dataloader_seeding
 from pipeline.stages import cache, prepare
 
 REPO = Path(__file__).resolve().parents[1]
@@ -82,12 +90,28 @@ def _bound(model: nn.Module, optimizer: torch.optim.Optimizer, steps: int, batch
     return steps * batch / (time.perf_counter() - start)
 
 
+def epoch(model: nn.Module, data: ArraySplit, optimizer: torch.optim.Optimizer,
+          scheduler: torch.optim.lr_scheduler.LRScheduler, prep: Preprocessing, batch: int,
+          generator: torch.Generator, *, hflip: bool, shift: int, desc: str
+          ) -> dict[str, float]:
+    """One epoch of the train stage's loop on cached images (engine.train_one_epoch)."""
+    cpu = torch.device("cpu")
+    stream = ((random_flip_shift(to_input(x, prep, cpu), hflip=hflip, shift=shift,
+                                 generator=generator), y)
+              for x, y in batches(data, batch, generator=generator))
+    return train_one_epoch(model, stream, steps=-(-len(data.labels) // batch),
+                           optimizer=optimizer, on_step=scheduler.step,
+                           loss_fn=nn.CrossEntropyLoss(), device=cpu, amp=False,
+                           scaler=torch.amp.GradScaler("cpu", enabled=False), desc=desc)
+
+
 def _tutorial(model: nn.Module, optimizer: torch.optim.Optimizer, root: Path, batch: int,
               size: int, prep: Preprocessing) -> float:
     tf = transforms.Compose([transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip(),
                              transforms.ToTensor(), transforms.Normalize(prep.mean, prep.std)])
     loader = torch.utils.data.DataLoader(datasets.ImageFolder(str(root), tf), batch_size=batch,
-                                         shuffle=True, num_workers=2)
+                                         shuffle=True, num_workers=2,
+                                         **dataloader_seeding(0))
     loss_fn = nn.CrossEntropyLoss()
     seen = 0
     start = time.perf_counter()
@@ -120,8 +144,9 @@ def throughput(images: Path, size: int, batch: int, epochs: int) -> None:
         torch.manual_seed(0)
         model, prep, _ = create_model(model_cfg, classes)
         model.to(memory_format=torch.channels_last)  # as the train stage does
-        set_trainable(model, "all")
-        train_mode(model, "all", bn="frozen")
+        groups = layer_groups(model)
+        set_trainable(model, groups, len(groups))
+        train_mode(model, bn="frozen")
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
         _bound(model, optimizer, 2, batch, size, classes)  # warm-up
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
@@ -130,10 +155,8 @@ def throughput(images: Path, size: int, batch: int, epochs: int) -> None:
         bounds = [_bound(model, optimizer, epochs * steps, batch, size, classes)]
         seen, seconds = 0, 0.0
         for _ in range(epochs):
-            stats = train_one_epoch(model, train, optimizer=optimizer, scheduler=scheduler,
-                                    prep=prep, device=torch.device("cpu"), batch_size=batch,
-                                    generator=generator, loss_fn=nn.CrossEntropyLoss(),
-                                    hflip=True, shift=0, amp=False, desc="loop")
+            stats = epoch(model, train, optimizer, scheduler, prep, batch, generator,
+                          hflip=True, shift=0, desc="loop")
             seen += len(train.labels)
             seconds += stats["seconds"]
         loop = seen / seconds
@@ -166,12 +189,9 @@ def memory_child(cache_dir: Path) -> None:
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
     before = _peak_rss_mib()
-    stats = train_one_epoch(model, data, optimizer=optimizer, scheduler=scheduler,
-                            prep=Preprocessing((0.5,) * 3, (0.5,) * 3),
-                            device=torch.device("cpu"), batch_size=64,
-                            generator=torch.Generator().manual_seed(0),
-                            loss_fn=nn.CrossEntropyLoss(), hflip=True, shift=4, amp=False,
-                            desc=f"epoch on {len(labels)}")
+    stats = epoch(model, data, optimizer, scheduler, Preprocessing((0.5,) * 3, (0.5,) * 3), 64,
+                  torch.Generator().manual_seed(0), hflip=True, shift=4,
+                  desc=f"epoch on {len(labels)}")
     print(f"{len(labels)} {before:.1f} {_peak_rss_mib():.1f} {stats['seconds']:.1f}")
 
 

@@ -358,11 +358,17 @@ def train_mode(model: nn.Module, *, bn: str) -> None:
     ``bn="train"`` lets trainable BatchNorm use and update batch statistics.
     Call after :func:`set_trainable`.
     """
-    model.train()
-    for module in model.modules():
-        params = list(module.parameters())
-        if params and not any(p.requires_grad for p in params):
-            module.eval()
+    head = head_module(model)
+    head_params = {id(p) for p in head.parameters()}
+    if all(id(p) in head_params for p in model.parameters() if p.requires_grad):
+        model.eval()  # head only: all else in eval, what stored features were made in
+        head.train()
+    else:
+        model.train()
+        for module in model.modules():
+            params = list(module.parameters())
+            if params and not any(p.requires_grad for p in params):
+                module.eval()
     if bn == "frozen":
         for module in model.modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm):

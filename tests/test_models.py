@@ -6,9 +6,8 @@ from pipeline.models import (
     WeightsError,
     check_model_config,
     create_model,
-    head_module,
-    load_trained,
     layer_groups,
+    load_trained,
     set_trainable,
     train_mode,
 )
