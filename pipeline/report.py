@@ -81,9 +81,13 @@ def curves_figure(frame: pd.DataFrame, x: str, y: str, title: str, *,
     return png(fig)
 
 
-def training_figure(curves: dict[str, pd.DataFrame]) -> bytes:
-    """Loss and accuracy per epoch from dvclive's tables (step, value)."""
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+def training_figure(curves: dict[str, pd.DataFrame],
+                    lrs: dict[str, pd.DataFrame] | None = None) -> bytes:
+    """Loss, accuracy and (given ``lrs``) each layer group's learning rate per epoch, from
+    dvclive's tables (step, value)."""
+    lrs = lrs or {}
+    fig, axes = plt.subplots(1, 3 if lrs else 2, figsize=(15 if lrs else 10, 3.8))
+    left, right = axes[0], axes[1]
     for name in ("train_loss", "val_loss"):
         if name in curves:
             left.plot(curves[name]["step"] + 1, curves[name][name], marker="o", label=name)
@@ -102,6 +106,15 @@ def training_figure(curves: dict[str, pd.DataFrame]) -> bytes:
     right.legend()
     left.set_title("Loss (shaded: alternate phases)")
     right.set_title("Validation accuracy")
+    if lrs:
+        cmap = plt.get_cmap("viridis")
+        for i, (name, table) in enumerate(sorted(lrs.items())):
+            axes[2].plot(table["step"] + 1, table.iloc[:, -1], marker=".",
+                         color=cmap(i / max(1, len(lrs) - 1)), label=name)
+        axes[2].set_yscale("symlog", linthresh=1e-6)
+        axes[2].set_xlabel("epoch")
+        axes[2].set_title("Learning rate per layer group (end of epoch)")
+        axes[2].legend(fontsize=6)
     return png(fig)
 
 

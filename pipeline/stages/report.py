@@ -98,6 +98,7 @@ def run(sections: dict[str, Any], out_dir: Path) -> Path:
              for n in ("roc", "pr", "reliability")}
     curves_dir = paths.CURVES_DIR / "plots" / "metrics"
     curves = {p.stem: pd.read_csv(p, sep="\t") for p in sorted(curves_dir.glob("*.tsv"))}
+    lrs = {p.stem: pd.read_csv(p, sep="\t") for p in sorted(curves_dir.glob("lr/*.tsv"))}
     classes = model_meta["classes"]
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -169,7 +170,7 @@ def run(sections: dict[str, Any], out_dir: Path) -> Path:
                     if not k.startswith(("accuracy", "macro_f1"))]
     phases = pd.DataFrame(model_meta["params"]["train"]["phases"])
     phases.insert(0, "phase", range(len(phases)))
-    phases["lr"] = phases["lr_mult"] * model_meta["params"]["train"]["lr"]
+    phases["lr"] = phases["lr_mult"] * model_meta["params"]["train"]["lr"]  # the head's
     for key in ("seconds", "images_per_second"):
         phases[key] = [train_metrics.get(f"phase{i}_{key}") for i in phases["phase"]]
     pretrained = model_meta["pretrained"]
@@ -209,7 +210,7 @@ def run(sections: dict[str, Any], out_dir: Path) -> Path:
                  f"<p>{train_metrics['epochs']} epochs; the best validation accuracy "
                  f"{train_metrics['best_val_accuracy']:.4f} at epoch "
                  f"{train_metrics['best_epoch']} became the model.</p>",
-                 img_tag(training_figure(curves), "training curves") if curves else ""),
+                 img_tag(training_figure(curves, lrs), "training curves") if curves else ""),
         _section("Test metrics",
                  table(pd.DataFrame(metric_rows, columns=["metric", "value"])),
                  "<h3>Per class</h3>", table(per_class),
