@@ -25,6 +25,46 @@ def test_shared_clusters_and_groups_are_paired_with_a_train_row():
     assert audit(splits, labels=["a"] * 6, clusters=[""] * 6) == []
 
 
+def _unit_rows(n, seed=0, dim=16):
+    rows = np.random.default_rng(seed).normal(size=(n, dim))
+    return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_exact_and_near_copies_in_train_each_pair_once_and_dropped_exactly():
+    splits = ["train", "train", "train", "train", "test", "val", "test", "test", "train"]
+    emb = _unit_rows(9)
+    emb[4] = emb[0]  # test 4: an exact copy of train 0 (same pixels, same features)
+    emb[5] = emb[1] + 0.05 * emb[2]  # val 5: a near copy of train 1 ...
+    emb[5] /= np.linalg.norm(emb[5])
+    emb[8] = emb[1]  # ... which has an exact copy in train (8)
+    emb[6] = emb[3]  # test 6: clean clustered it with train 3, and its features agree
+    emb[7] = 0.0  # test 7: not decoded, no hash: matches nothing
+    hashes = ["h0", "h1", "h2", "h3", "h0", "h5", "h6", None, "h1"]
+    clusters = ["", "c1", "", "c3", "", "c1", "c3", "", "c1"]
+    leaks = audit(splits, labels=["a"] * 9, clusters=clusters, hashes=hashes,
+                  embeddings=emb, near_threshold=0.98)
+    got = [(leak.kind, leak.row, leak.train_row) for leak in leaks]
+    assert got == [("exact_duplicate", 4, 0), ("near_duplicate", 5, 1), ("near_duplicate", 5, 8),
+                   ("near_duplicate", 6, 3)]  # no duplicate_cluster repeats of 5-1, 6-3
+    assert leaks[0].similarity == pytest.approx(1.0) and leaks[1].similarity >= 0.98
+    drop = train_rows_to_drop(splits, leaks, clusters=clusters, groups=None, times=None)
+    assert list(np.flatnonzero(drop)) == [0, 1, 3, 8]  # exactly the train-side copies
+    kept = ~drop
+    assert audit([s for s, k in zip(splits, kept) if k], labels=["a"] * int(kept.sum()),
+                 clusters=[c for c, k in zip(clusters, kept) if k],
+                 hashes=[h for h, k in zip(hashes, kept) if k], embeddings=emb[kept],
+                 near_threshold=0.98) == []
+    # a cluster straddling the split whose features disagree is still a leak
+    far = emb.copy()
+    far[6] = _unit_rows(1, seed=9)[0]
+    leaks = audit(splits, labels=["a"] * 9, clusters=clusters, hashes=hashes,
+                  embeddings=far, near_threshold=0.98)
+    assert ("duplicate_cluster", 6, 3) in [(leak.kind, leak.row, leak.train_row)
+                                           for leak in leaks]
+    with pytest.raises(ValueError, match="near_threshold"):
+        audit(splits, labels=["a"] * 9, clusters=clusters, embeddings=emb)
+
+
 def test_temporal_order_embargo_and_missing_classes():
     splits = ["train", "train", "val", "test"]
     times = [0.0, 10.0, 12.0, 20.0]
@@ -66,21 +106,37 @@ def _predefined_manifest(tmp_path):
     # a test image whose copy sits in train: clean put both in one cluster
     df.loc[df["image_id"].isin(["t03", "s01"]), "cluster_id"] = "t03"
     write_manifest(df, tmp_path / "clean.csv")
+    # the embed stage's outputs: features that agree on no pair (clean's cluster above
+    # came from elsewhere, e.g. a lower threshold), one image it could not decode
+    ids = sorted(df["image_id"])
+    embeddings = _unit_rows(len(ids), dim=64)
+    embeddings[ids.index("t05")] = 0.0
+    (tmp_path / "embed").mkdir()
+    np.save(tmp_path / "embed" / "embeddings.npy", embeddings)
+    (tmp_path / "embed" / "meta.json").write_text(json.dumps({
+        "ids": ids, "valid": [i != "t05" for i in ids],
+        "pixel_hash": [None if i == "t05" else f"hash-{i}" for i in ids],
+        "error": ["" if i != "t05" else "corrupt" for i in ids]}))
     return tmp_path / "clean.csv"
 
 
 @pytest.mark.parametrize("policy", ["fail", "warn", "drop_from_train"])
 def test_leakage_policies_on_a_user_imposed_split(tmp_path, policy):
     clean = _predefined_manifest(tmp_path)
-    base, cfg = parse_sections(repo_params(**{"split.method": "predefined",
-                                              "split.on_leakage": policy}), "base", "split")
-    args = (clean, tmp_path / "split.csv", tmp_path / "split.json", tmp_path / "leak.csv")
+    base, data, cfg = parse_sections(repo_params(**{
+        "split.method": "predefined", "split.on_leakage": policy,
+        "data.source": "folder", "data.root": str(tmp_path / "images")}),
+        "base", "data", "split")
+    args = (clean, tmp_path / "embed", tmp_path / "split.csv", tmp_path / "split.json")
+    outputs = {"leakage_csv": tmp_path / "leak.csv", "leakage_html": tmp_path / "leak.html"}
     if policy == "fail":
         with pytest.raises(PipelineError, match=r"(?s)the split leaks .*test/b/1\.png ~ train "
                                                 r"train/b/3\.png"):
-            split.run(base, cfg, *args)
+            split.run(base, data, cfg, *args, **outputs)
+        page = (tmp_path / "leak.html").read_text()
+        assert "<h2>duplicate_cluster (1)</h2>" in page and "unreadable: file not found" in page
         return
-    out = split.run(base, cfg, *args)
+    out = split.run(base, data, cfg, *args, **outputs)
     pairs = pd.read_csv(tmp_path / "leak.csv")
     assert list(zip(pairs["image_id"], pairs["train_image_id"])) == [("s01", "t03")]
     counts = json.loads((tmp_path / "split.json").read_text())
@@ -88,3 +144,18 @@ def test_leakage_policies_on_a_user_imposed_split(tmp_path, policy):
     assert ("t03" in set(out["image_id"])) == (policy == "warn")
     assert counts["dropped_from_train"] == (1 if policy == "drop_from_train" else 0)
     assert len(out) == (16 if policy == "warn" else 15)
+
+
+def test_no_leak_reads_no_leakage_found(tmp_path):
+    clean = _predefined_manifest(tmp_path)
+    df = pd.read_csv(clean, dtype=str, keep_default_na=False)
+    df["cluster_id"] = ""
+    df.to_csv(clean, index=False)
+    base, data, cfg = parse_sections(repo_params(**{"split.method": "predefined"}),
+                                     "base", "data", "split")
+    split.run(base, data, cfg, clean, tmp_path / "embed", tmp_path / "split.csv",
+              tmp_path / "split.json", leakage_csv=tmp_path / "leak.csv",
+              leakage_html=tmp_path / "leak.html")
+    assert "No leakage found" in (tmp_path / "leak.html").read_text()
+    assert pd.read_csv(tmp_path / "leak.csv").empty
+
