@@ -1,10 +1,14 @@
 """Benchmark: split and audit a large manifest with groups. Run on purpose; prints numbers.
 
-    python benchmarks/split_large.py [--rows 1000000] [--method group]
+    PYTHONPATH=. python benchmarks/split_large.py [--rows 1000000] [--method group] [--dim 0]
 
 Makes a synthetic kept-rows manifest (100 classes, one group per 20 rows, 1 % of rows
-in duplicate clusters of two), then times the split stage's assignment and its leakage
-audit, as ``dvc repro`` runs them (file I/O aside).
+in duplicate clusters of two, a pixel hash per row), then times the split stage's
+assignment and its leakage audit, as ``dvc repro`` runs them (file I/O aside). With
+``--dim D`` the rows also get random unit embeddings of dimension D (1280 for the
+default backbone; N x D float32 must fit in memory) and the audit runs the near-copy
+search. ``PYTHONPATH=.`` makes Python import this checkout's ``pipeline``, not an
+installed one.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--method", default="group")
+    parser.add_argument("--dim", type=int, default=0, help="embedding dimension (0: none)")
     args = parser.parse_args()
     n = args.rows
     rng = np.random.default_rng(0)
@@ -40,6 +45,12 @@ def main() -> None:
                        "timestamp": pd.to_datetime(rng.integers(0, 10**9, n), unit="s"
                                                    ).astype(str),
                        "cluster_id": clusters})
+    # pixel hashes: the members of a duplicate cluster are identical images
+    hashes: list[str | None] = [c or i for c, i in zip(clusters, ids)]
+    embeddings = None
+    if args.dim:
+        embeddings = rng.standard_normal((n, args.dim), dtype=np.float32)
+        embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["split"]["method"] = args.method
     (cfg,) = parse_sections(params, "split")
@@ -47,11 +58,13 @@ def main() -> None:
     splits = assign(df, cfg, seed=0)
     split_seconds = time.perf_counter() - start
     start = time.perf_counter()
-    leaks = audit_split(df.assign(split=splits).reset_index(drop=True), cfg)
+    leaks = audit_split(df.assign(split=splits).reset_index(drop=True), cfg,
+                        embeddings=embeddings, hashes=hashes)
     audit_seconds = time.perf_counter() - start
     counts = pd.Series(splits).value_counts().to_dict()
-    print(f"{n:,} rows, method {args.method}: assign {split_seconds:.1f} s, audit "
-          f"{audit_seconds:.1f} s, total {split_seconds + audit_seconds:.1f} s; "
+    print(f"{n:,} rows, method {args.method}, embedding dimension {args.dim or 'none'}: "
+          f"assign {split_seconds:.1f} s, audit {audit_seconds:.1f} s, total "
+          f"{split_seconds + audit_seconds:.1f} s; "
           f"splits {counts}; leaks {len(leaks)}")
 
 

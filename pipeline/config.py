@@ -130,6 +130,9 @@ class SplitConfig:
     cutoffs: tuple[str, ...]  # temporal: (val start, test start) dates; empty: by fractions
     embargo_days: float = field(metadata=_range(ge=0))  # temporal gap left out between splits
     on_leakage: Literal["fail", "warn", "drop_from_train"]  # what the leakage audit does
+    # cosine similarity of embed's features at or above which a val/test image is a near
+    # copy of a train image (as clean.near_duplicate_threshold)
+    near_duplicate_threshold: float = field(metadata=_range(gt=0, le=1))
 
     def __post_init__(self) -> None:
         if self.cutoffs and len(self.cutoffs) != 2:

@@ -1,8 +1,9 @@
 """Leakage audit of a finished split: pure functions over row arrays, no file I/O.
 
-Finds val/test rows that share a duplicate cluster or a group with train rows, val/test
-rows older than (or within the embargo of) an earlier split, and classes evaluated but
-never trained on.
+Finds val/test rows with an exact copy (equal pixel hash) or a near copy (cosine
+similarity of embeddings at or above a threshold) among the train rows, val/test rows
+that share a duplicate cluster or a group with train rows, val/test rows older than (or
+within the embargo of) an earlier split, and classes evaluated but never trained on.
 """
 
 from __future__ import annotations
@@ -12,7 +13,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-KINDS = ("duplicate_cluster", "group", "temporal", "missing_class")
+from pipeline.quality import similar_pairs
+
+KINDS = ("exact_duplicate", "near_duplicate", "duplicate_cluster", "group", "temporal",
+         "missing_class")
+COPY_KINDS = ("exact_duplicate", "near_duplicate")  # the leak is the pair itself
 
 
 @dataclass(frozen=True)
@@ -23,6 +28,7 @@ class Leak:
     row: int
     train_row: int
     detail: str
+    similarity: float = float("nan")  # cosine similarity of the two embeddings, if known
 
 
 def _shared(splits: np.ndarray, keys: Sequence[str | None], kind: str) -> list[Leak]:
@@ -35,9 +41,46 @@ def _shared(splits: np.ndarray, keys: Sequence[str | None], kind: str) -> list[L
             if key and split in ("val", "test") and key in first_train]
 
 
+def _similarity(embeddings: np.ndarray | None, i: int, j: int) -> float:
+    return float(embeddings[i] @ embeddings[j]) if embeddings is not None else float("nan")
+
+
+def copies_in_train(splits: np.ndarray, *, hashes: Sequence[str | None] | None,
+                    embeddings: np.ndarray | None, threshold: float) -> list[Leak]:
+    """Every (val/test row, train row) pair of exact or near copies, each pair once.
+
+    An exact copy (equal pixel hash) is reported as ``exact_duplicate``; a pair whose
+    cosine similarity is at least ``threshold`` as ``near_duplicate``. Rows without a
+    hash (None) or with a zero embedding (not decoded) match nothing.
+    """
+    train = np.flatnonzero(splits == "train")
+    later = np.flatnonzero(np.isin(splits, ("val", "test")))
+    pairs: dict[tuple[int, int], Leak] = {}
+    if hashes is not None:
+        by_hash: dict[str, list[int]] = {}
+        for j in map(int, train):
+            if hashes[j]:
+                by_hash.setdefault(str(hashes[j]), []).append(j)
+        for i in map(int, later):
+            for j in by_hash.get(str(hashes[i]), []) if hashes[i] else []:
+                pairs[(i, j)] = Leak("exact_duplicate", i, j, "identical pixels",
+                                     _similarity(embeddings, i, j))
+    if embeddings is not None:
+        rows, cols, sims = similar_pairs(embeddings[later], embeddings[train],
+                                         threshold=threshold)
+        for a, b, sim in zip(rows, cols, sims):
+            i, j = int(later[a]), int(train[b])
+            pairs.setdefault((i, j), Leak("near_duplicate", i, j, f"cosine similarity "
+                                          f"{sim:.4f} >= {threshold:g}", float(sim)))
+    return sorted(pairs.values(), key=lambda leak: (leak.row, KINDS.index(leak.kind),
+                                                    -leak.similarity, leak.train_row))
+
+
 def audit(splits: Sequence[str], *, labels: Sequence[str], clusters: Sequence[str | None],
           groups: Sequence[str | None] | None = None, times: Sequence[float] | None = None,
-          embargo: float = 0.0) -> list[Leak]:
+          embargo: float = 0.0, hashes: Sequence[str | None] | None = None,
+          embeddings: np.ndarray | None = None, near_threshold: float | None = None
+          ) -> list[Leak]:
     """Every leak in a split.
 
     Args:
@@ -48,9 +91,25 @@ def audit(splits: Sequence[str], *, labels: Sequence[str], clusters: Sequence[st
         times: (N,) timestamps (e.g. seconds), checked when given: a val row must be
             newer than every train row by more than ``embargo``, a test row newer than
             every train and val row by more than ``embargo``.
+        hashes: (N,) pixel hash per row (None: not decoded), checked when given.
+        embeddings: (N, D) float32 L2-normalised rows (zero rows: not decoded), checked
+            when given against ``near_threshold`` (cosine similarity).
+
+    A val/test row paired with a train copy is not reported again as a
+    ``duplicate_cluster`` leak with a train member of its own cluster: each leak is
+    reported once, by its strongest evidence (exact, near, then shared cluster).
     """
     s = np.asarray(splits, dtype=object)
-    leaks = _shared(s, clusters, "duplicate_cluster")
+    if embeddings is not None and near_threshold is None:
+        raise ValueError("embeddings given without near_threshold")
+    leaks = copies_in_train(s, hashes=hashes, embeddings=embeddings,
+                            threshold=near_threshold or 1.0)
+    paired = {(leak.row, clusters[leak.train_row]) for leak in leaks
+              if clusters[leak.train_row]}
+    leaks += [Leak(leak.kind, leak.row, leak.train_row, leak.detail,
+                   _similarity(embeddings, leak.row, leak.train_row))
+              for leak in _shared(s, clusters, "duplicate_cluster")
+              if (leak.row, clusters[leak.row]) not in paired]
     if groups is not None:
         leaks += _shared(s, groups, "group")
     if times is not None:
@@ -77,17 +136,21 @@ def audit(splits: Sequence[str], *, labels: Sequence[str], clusters: Sequence[st
 def train_rows_to_drop(splits: Sequence[str], leaks: Sequence[Leak], *,
                        clusters: Sequence[str | None], groups: Sequence[str | None] | None,
                        times: Sequence[float] | None, embargo: float = 0.0) -> np.ndarray:
-    """(N,) mask of the train rows whose removal ends the cluster, group and temporal
-    leaks: every train member of a leaking cluster or group, and train rows not older
-    than the first val/test row by more than the embargo."""
+    """(N,) mask of the train rows whose removal ends the copy, cluster, group and
+    temporal leaks: the train side of every exact or near copy, every train member of a
+    cluster or group that also has val/test rows, and train rows not older than the
+    first val/test row by more than the embargo."""
     s = np.asarray(splits, dtype=object)
     drop = np.zeros(len(s), dtype=bool)
     kinds = {leak.kind for leak in leaks}
-    for kind, keys in (("duplicate_cluster", clusters), ("group", groups)):
-        if kind in kinds and keys is not None:
-            leaking = {keys[leak.row] for leak in leaks if leak.kind == kind}
-            drop |= np.array([split == "train" and bool(k) and k in leaking
-                              for k, split in zip(keys, s)])
+    drop[[leak.train_row for leak in leaks if leak.kind in COPY_KINDS]] = True
+    for keys in (clusters, groups):
+        if keys is not None:
+            # from the data, not the leaks: a cluster leak is not reported again for a
+            # row already paired with a copy, but its other train members leak all the same
+            straddling = {keys[leak.row] for leak in _shared(s, keys, "")}
+            drop |= np.array([split == "train" and bool(k) and k in straddling
+                              for k, split in zip(keys, s)], dtype=bool)
     if "temporal" in kinds and times is not None:
         t = np.asarray(times, dtype=float)
         later = np.isin(s, ("val", "test"))

@@ -12,6 +12,7 @@ REVIEW_PAGE = Path("data/clean/review.html")
 DECISIONS = Path("data/review/decisions.csv")  # kept in git: a person's verdicts
 SPLIT = Path("data/split/manifest.csv")
 LEAKAGE = Path("data/split/leakage.csv")
+LEAKAGE_PAGE = Path("data/split/leakage.html")
 CACHE_DIR = Path("data/cache")
 MODEL = Path("models/model.pt")
 METRICS_DIR = Path("metrics")

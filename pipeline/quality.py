@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -58,8 +58,7 @@ def neighbours(embeddings: np.ndarray, *, k: int, chunk: int = 2048
     sims = np.zeros((n, k), dtype=np.float32)
     if k == 0:
         return index, sims
-    for start in range(0, n, chunk):
-        block = embeddings[start:start + chunk] @ embeddings.T  # (chunk, N)
+    for start, block in _similarity_blocks(embeddings, embeddings, chunk):  # (chunk, N)
         rows = np.arange(block.shape[0])
         block[rows, start + rows] = -np.inf  # not its own neighbour
         top = np.argpartition(-block, k - 1, axis=1)[:, :k]
@@ -68,6 +67,46 @@ def neighbours(embeddings: np.ndarray, *, k: int, chunk: int = 2048
         index[start:start + chunk] = np.take_along_axis(top, order, axis=1)
         sims[start:start + chunk] = np.take_along_axis(top_sims, order, axis=1)
     return index, sims
+
+
+def _similarity_blocks(queries: np.ndarray, reference: np.ndarray, chunk: int
+                       ) -> Iterator[tuple[int, np.ndarray]]:
+    """(start, (chunk, M) cosine similarities) for consecutive chunks of the query rows."""
+    for start in range(0, len(queries), chunk):
+        yield start, queries[start:start + chunk] @ reference.T
+
+
+def similar_pairs(queries: np.ndarray, reference: np.ndarray, *, threshold: float,
+                  chunk: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every (query, reference) pair whose cosine similarity is at least ``threshold``.
+
+    Unlike :func:`neighbours` there is no k: a query with many copies in the reference
+    set gets them all (a leakage audit must find every one).
+
+    Args:
+        queries: (Q, D) float32, L2-normalised rows (zero rows never match).
+        reference: (M, D) float32, L2-normalised rows.
+        threshold: cosine similarity in (0, 1].
+        chunk: query rows per block; by default a block holds at most 2**24
+            similarities (64 MiB), whatever M.
+    Returns:
+        (P,) int64 query rows, (P,) int64 reference rows and (P,) float32 similarities,
+        ordered by query row, then most similar first. Memory is one (chunk, M) block at
+        a time plus the pairs found: linear in Q + M, never Q x M.
+    """
+    if chunk is None:
+        chunk = max(1, min(4096, (1 << 24) // max(len(reference), 1)))
+    found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    if len(reference):
+        for start, block in _similarity_blocks(queries, reference, chunk):
+            rows, cols = np.nonzero(block >= threshold)
+            found.append((rows + start, cols, block[rows, cols]))
+    if not found:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+    rows, cols, sims = (np.concatenate(parts) for parts in zip(*found))
+    order = np.lexsort((cols, -sims, rows))
+    return (rows[order].astype(np.int64), cols[order].astype(np.int64),
+            sims[order].astype(np.float32))
 
 
 def near_duplicate_clusters(index: np.ndarray, sims: np.ndarray, *, threshold: float,

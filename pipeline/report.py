@@ -6,8 +6,6 @@ Images are embedded as data URIs so the page opens offline from any folder.
 
 from __future__ import annotations
 
-import base64
-import html
 import io
 from collections.abc import Sequence
 
@@ -28,13 +26,6 @@ def png(fig: Figure) -> bytes:
                 metadata={"Software": None})
     plt.close(fig)
     return buffer.getvalue()
-
-
-def img_tag(data: bytes, alt: str, width: int | None = None) -> str:
-    """An <img> with the PNG embedded as a data URI."""
-    size = f' width="{width}"' if width else ""
-    return (f'<img alt="{html.escape(alt)}"{size} '
-            f'src="data:image/png;base64,{base64.b64encode(data).decode()}">')
 
 
 def table(frame: pd.DataFrame, float_format: str = "{:.4f}") -> str:

@@ -7,6 +7,7 @@ from pipeline.quality import (
     near_duplicate_clusters,
     neighbours,
     outlier_scores,
+    similar_pairs,
 )
 
 
@@ -43,6 +44,24 @@ def test_neighbours_match_brute_force_in_chunks():
     np.fill_diagonal(full, -np.inf)
     assert np.array_equal(index, np.argsort(-full, axis=1, kind="stable")[:, :4])
     assert np.allclose(sims, np.sort(full, axis=1)[:, ::-1][:, :4], atol=1e-6)
+
+
+def test_similar_pairs_match_brute_force_in_chunks_without_a_k():
+    emb, _, _ = _blobs()
+    emb = _normalise(emb)
+    queries, reference = emb[:30], emb[30:]
+    queries[3] = reference[7] = reference[8] = queries[2]  # row 2 has three copies
+    queries[5] = 0.0  # not decoded: matches nothing
+    full = queries @ reference.T
+    rows, cols, sims = similar_pairs(queries, reference, threshold=0.9, chunk=4)
+    expected = sorted(zip(*np.nonzero(full >= 0.9)), key=lambda p: (p[0], -full[p], p[1]))
+    assert list(zip(rows, cols)) == expected
+    assert np.allclose(sims, [full[p] for p in expected])
+    assert {(2, 7), (2, 8), (3, 7), (3, 8)} <= set(zip(rows.tolist(), cols.tolist()))
+    assert 5 not in set(rows)
+    assert list(zip(*similar_pairs(queries, reference, threshold=0.9)[:2])) == expected
+    empty = similar_pairs(queries, reference[:0], threshold=0.9)
+    assert [len(a) for a in empty] == [0, 0, 0]
 
 
 def test_near_copies_cluster_and_outliers_score_high():

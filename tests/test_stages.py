@@ -74,8 +74,8 @@ def test_chain_with_views_trains_from_the_cache_alone(tmp_path, monkeypatch):
     embed.run(data, embed_cfg, d / "prepared.csv", d / "embed")
     clean.run(data, clean_cfg, d / "prepared.csv", d / "embed", d / "clean.csv",
               d / "clean.json")
-    split.run(base, split_cfg, d / "clean.csv", d / "split.csv", d / "split.json",
-              d / "leakage.csv")
+    split.run(base, data, split_cfg, d / "clean.csv", d / "embed", d / "split.csv",
+              d / "split.json", leakage_csv=d / "leakage.csv", leakage_html=d / "leakage.html")
     cache.run(data, cache_cfg, d / "split.csv", d / "cache")
     first = _digest(d / "cache")
     assert {"train_view0_images.npy", "train_view1_images.npy"} <= set(first)

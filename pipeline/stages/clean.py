@@ -10,7 +10,6 @@ is unreadable). Source images are only read.
 
 from __future__ import annotations
 
-import base64
 import html
 import json
 import sys
@@ -21,8 +20,8 @@ import pandas as pd
 
 from pipeline import paths
 from pipeline.config import CleanConfig, DataConfig, PipelineError, load_sections, run_stage
-from pipeline.images import UnreadableImage, decode_image, thumbnail_png
 from pipeline.manifest import read_manifest, resolve, write_manifest
+from pipeline.pages import thumbnail_tag
 from pipeline.quality import (
     conflicting_clusters,
     exact_duplicate_clusters,
@@ -64,12 +63,7 @@ def review_page(review: pd.DataFrame, root: Path) -> str:
     for issue, rows in review.groupby("issue", sort=False):
         parts.append(f"<h2>{html.escape(str(issue))} ({len(rows)})</h2>")
         for row in rows.head(200).itertuples():
-            try:
-                png = thumbnail_png(decode_image(resolve(root, row.path), max_pixels=1 << 26))
-                picture = (f"<img alt='{html.escape(row.image_id)}' src='data:image/png;"
-                           f"base64,{base64.b64encode(png).decode()}'>")
-            except UnreadableImage as exc:
-                picture = f"<div>unreadable: {html.escape(str(exc))}</div>"
+            picture = thumbnail_tag(resolve(root, row.path), row.image_id)
             suggestion = f" → {html.escape(row.suggested_label)}" if row.suggested_label else ""
             parts.append(f"<figure>{picture}<figcaption>{html.escape(row.image_id)}<br>"
                          f"{html.escape(row.path)}<br>label {html.escape(row.label)}"

@@ -24,11 +24,11 @@ from pipeline.config import PARAMS_FILE, as_dict, load_sections, run_stage
 from pipeline.engine import NpyRows
 from pipeline.images import UnreadableImage, decode_image, fit_image
 from pipeline.manifest import read_manifest, resolve
+from pipeline.pages import img_tag
 from pipeline.report import (
     confusion_figure,
     curves_figure,
     image_grid,
-    img_tag,
     table,
     training_figure,
 )

@@ -2,25 +2,38 @@
 
 Rows of one duplicate cluster (``cluster_id``) always share a split, in every method.
 The result depends only on the data and ``base.seed``, never on row order. The audit
-(every method, predefined splits included) looks for clusters and groups shared with
-train, temporal order and embargo violations and untrained classes; ``split.on_leakage``
-fails the stage (default), warns, or drops the train-side rows. Writes
-``data/split/manifest.csv``, ``data/split/leakage.csv`` (every leaking pair) and
-``metrics/split.json`` (counts per split and class, leaks by kind).
+(every method, predefined splits included) looks for exact copies (embed's pixel hashes)
+and near copies (embed's features, ``split.near_duplicate_threshold``) of val/test
+images among the train images, clusters and groups shared with train, temporal order
+and embargo violations and untrained classes; ``split.on_leakage`` fails the stage
+(default), warns, or drops the train-side rows. Writes ``data/split/manifest.csv``,
+``data/split/leakage.csv`` (every leaking pair), ``data/split/leakage.html`` (the pairs
+side by side as thumbnails, opens offline) and ``metrics/split.json`` (counts per split
+and class, leaks by kind).
 """
 
 from __future__ import annotations
 
+import html
 import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from pipeline import paths
-from pipeline.config import BaseConfig, PipelineError, SplitConfig, load_sections, run_stage
+from pipeline.config import (
+    BaseConfig,
+    DataConfig,
+    PipelineError,
+    SplitConfig,
+    load_sections,
+    run_stage,
+)
 from pipeline.leakage import KINDS, Leak, audit, train_rows_to_drop
-from pipeline.manifest import read_manifest, write_manifest
+from pipeline.manifest import read_manifest, resolve, write_manifest
+from pipeline.pages import thumbnail_tag
 from pipeline.splitting import (
     SPLITS,
     SplitError,
@@ -77,13 +90,87 @@ def assign(df: pd.DataFrame, cfg: SplitConfig, seed: int) -> pd.Series:
     return pd.Series(list(result), index=df.index)
 
 
-def audit_split(df: pd.DataFrame, cfg: SplitConfig) -> list[Leak]:
-    """The leakage audit of a split manifest (rows with a split)."""
+def read_embeddings(embed_dir: Path, ids: list[str]) -> tuple[np.ndarray, list[str | None]]:
+    """(N, D) float32 embeddings and N pixel hashes of these image ids, from the embed stage.
+
+    Rows the embed stage could not decode have a zero embedding and no hash (None): they
+    match nothing in the audit.
+    """
+    embeddings = np.load(embed_dir / "embeddings.npy", mmap_mode="r")
+    meta = json.loads((embed_dir / "meta.json").read_text())
+    position = {image_id: i for i, image_id in enumerate(meta["ids"])}
+    missing = [i for i in ids if i not in position]
+    if missing or len(meta["ids"]) != len(embeddings):
+        raise PipelineError(f"{embed_dir} does not match the clean manifest (e.g. "
+                            f"{missing[:3]} are not in it): rerun dvc repro")
+    rows = np.array([position[i] for i in ids], dtype=np.int64)
+    valid = np.array(meta["valid"], dtype=bool)[rows]
+    out = np.asarray(embeddings[rows], dtype=np.float32)
+    out[~valid] = 0.0
+    hashes = [meta["pixel_hash"][r] if ok else None for r, ok in zip(rows, valid)]
+    return out, hashes
+
+
+def audit_split(df: pd.DataFrame, cfg: SplitConfig, *, embeddings: np.ndarray | None = None,
+                hashes: list[str | None] | None = None) -> list[Leak]:
+    """The leakage audit of a split manifest (rows with a split); copies are looked for
+    when the rows' embeddings and pixel hashes are given."""
     groups = list(df[cfg.group_column]) if cfg.group_column in df else None
     times = (list(_seconds(df[cfg.time_column], cfg.time_column))
              if cfg.method == "temporal" else None)
     return audit(list(df["split"]), labels=list(df["label"]), clusters=list(df["cluster_id"]),
-                 groups=groups, times=times, embargo=cfg.embargo_days * DAY)
+                 groups=groups, times=times, embargo=cfg.embargo_days * DAY, hashes=hashes,
+                 embeddings=embeddings, near_threshold=cfg.near_duplicate_threshold)
+
+
+def leakage_table(df: pd.DataFrame, leaks: list[Leak]) -> pd.DataFrame:
+    """One row per leak: the val/test image, the train image it leaks with, similarity."""
+    columns = ["kind", "split", "image_id", "path", "label", "train_image_id", "train_path",
+               "train_label", "similarity", "detail"]
+    rows = []
+    for leak in leaks:
+        row, other = df.iloc[leak.row], df.iloc[leak.train_row] if leak.train_row >= 0 else None
+        rows.append({"kind": leak.kind, "split": row["split"], "image_id": row["image_id"],
+                     "path": row["path"], "label": row["label"],
+                     "train_image_id": "" if other is None else other["image_id"],
+                     "train_path": "" if other is None else other["path"],
+                     "train_label": "" if other is None else other["label"],
+                     "similarity": leak.similarity, "detail": leak.detail})
+    return pd.DataFrame(rows, columns=columns)
+
+
+def leakage_page(pairs: pd.DataFrame, root: Path, *, summary: list[str],
+                 limit: int = 200) -> str:
+    """An offline HTML page of the leaking pairs, side by side, grouped by kind."""
+    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>split leakage</title>"
+             "<style>body{font-family:sans-serif}table{border-collapse:collapse}"
+             "td{border:1px solid #ddd;padding:4px;vertical-align:top;font-size:12px}"
+             "</style></head><body>", "<h1>Leakage audit of the split</h1>",
+             "<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in summary) + "</ul>"]
+    if pairs.empty:
+        parts.append("<p><b>No leakage found.</b></p>")
+    for kind in KINDS:
+        rows = pairs[pairs["kind"] == kind]
+        if rows.empty:
+            continue
+        shown = f", the first {limit} (all in leakage.csv)" if len(rows) > limit else ""
+        parts.append(f"<h2>{html.escape(kind)} ({len(rows)}{shown})</h2><table>"
+                     "<tr><th>val/test image</th><th>train image</th><th>details</th></tr>")
+        for row in rows.head(limit).itertuples():
+            left = thumbnail_tag(resolve(root, row.path), row.image_id)
+            right = (thumbnail_tag(resolve(root, row.train_path), row.train_image_id)
+                     if row.train_path else "")
+            similarity = ("" if pd.isna(row.similarity)
+                          else f"similarity {row.similarity:.4f}<br>")
+            train = (f"train: {html.escape(row.train_path)} ({html.escape(row.train_image_id)}),"
+                     f" label {html.escape(row.train_label)}<br>" if row.train_path else "")
+            parts.append(f"<tr><td>{left}</td><td>{right}</td><td>{similarity}"
+                         f"{html.escape(row.split)}: {html.escape(row.path)} "
+                         f"({html.escape(row.image_id)}), label {html.escape(row.label)}<br>"
+                         f"{train}{html.escape(row.detail)}</td></tr>")
+        parts.append("</table>")
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
 
 
 def _describe(df: pd.DataFrame, leaks: list[Leak], limit: int = 10) -> str:
@@ -96,8 +183,9 @@ def _describe(df: pd.DataFrame, leaks: list[Leak], limit: int = 10) -> str:
     return "\n".join(lines) + more
 
 
-def run(base: BaseConfig, cfg: SplitConfig, clean: Path, output: Path, metrics: Path,
-        leakage_out: Path) -> pd.DataFrame:
+def run(base: BaseConfig, data: DataConfig, cfg: SplitConfig, clean: Path, embed_dir: Path,
+        output: Path, metrics: Path, *, leakage_csv: Path = paths.LEAKAGE,
+        leakage_html: Path = paths.LEAKAGE_PAGE) -> pd.DataFrame:
     """Split the kept rows, audit the split for leakage, write manifest, pairs and counts."""
     df = read_manifest(clean)
     kept = df[df["keep"]]
@@ -115,36 +203,44 @@ def run(base: BaseConfig, cfg: SplitConfig, clean: Path, output: Path, metrics: 
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
 
-    leaks = audit_split(out, cfg)
+    embeddings, hashes = read_embeddings(embed_dir, list(out["image_id"]))
+    leaks = audit_split(out, cfg, embeddings=embeddings, hashes=hashes)
     found = {kind: sum(leak.kind == kind for leak in leaks) for kind in KINDS}
-    pairs = pd.DataFrame([{"kind": leak.kind, "split": out.at[leak.row, "split"],
-                           "image_id": out.at[leak.row, "image_id"],
-                           "path": out.at[leak.row, "path"],
-                           "train_image_id": out.at[leak.train_row, "image_id"]
-                           if leak.train_row >= 0 else "",
-                           "train_path": out.at[leak.train_row, "path"]
-                           if leak.train_row >= 0 else "",
-                           "detail": leak.detail} for leak in leaks],
-                         columns=["kind", "split", "image_id", "path", "train_image_id",
-                                  "train_path", "detail"])
-    leakage_out.parent.mkdir(parents=True, exist_ok=True)
-    pairs.to_csv(leakage_out, index=False, lineterminator="\n")
-    dropped = 0
-    if leaks and cfg.on_leakage == "fail":
-        raise PipelineError(f"the split leaks ({len(leaks)} rows; all pairs in "
-                            f"{leakage_out}):\n{_describe(out, leaks)}\nset split.on_leakage "
-                            f"to warn or drop_from_train to go on")
-    if leaks and cfg.on_leakage == "warn":
-        print(f"warning: the split leaks:\n{_describe(out, leaks)}", file=sys.stderr)
+    pairs = leakage_table(out, leaks)
+    leakage_csv.parent.mkdir(parents=True, exist_ok=True)
+    pairs.to_csv(leakage_csv, index=False, lineterminator="\n", float_format="%.4f")
+    drop = np.zeros(len(out), dtype=bool)
     if leaks and cfg.on_leakage == "drop_from_train":
         groups = list(out[cfg.group_column]) if cfg.group_column in out else None
         times = (list(_seconds(out[cfg.time_column], cfg.time_column))
                  if cfg.method == "temporal" else None)
         drop = train_rows_to_drop(list(out["split"]), leaks, clusters=list(out["cluster_id"]),
                                   groups=groups, times=times, embargo=cfg.embargo_days * DAY)
-        dropped = int(drop.sum())
+    dropped = int(drop.sum())
+    outcome = {"fail": "the stage failed; set split.on_leakage to warn or drop_from_train "
+                       "to go on",
+               "warn": "the split was kept as it is (split.on_leakage = warn)",
+               "drop_from_train": f"{dropped} train images were dropped: the train side of "
+                                  f"every pair"}[cfg.on_leakage]
+    summary = [f"split.method = {cfg.method}, split.near_duplicate_threshold = "
+               f"{cfg.near_duplicate_threshold:g}",
+               "images before any drop: " + ", ".join(
+                   f"{s} {int((out['split'] == s).sum())}" for s in SPLITS),
+               "leaks by kind: " + ", ".join(f"{kind} {n}" for kind, n in found.items()),
+               *([outcome] if leaks else [])]
+    leakage_html.write_text(leakage_page(pairs, Path(data.root), summary=summary))
+    if leaks and cfg.on_leakage == "fail":
+        raise PipelineError(f"the split leaks ({len(leaks)} rows; all pairs in "
+                            f"{leakage_csv}, side by side in {leakage_html}):\n"
+                            f"{_describe(out, leaks)}\nset split.on_leakage to warn or "
+                            f"drop_from_train to go on")
+    if leaks and cfg.on_leakage == "warn":
+        print(f"warning: the split leaks:\n{_describe(out, leaks)}", file=sys.stderr)
+    if leaks and cfg.on_leakage == "drop_from_train":
         out = out[~drop].reset_index(drop=True)
-        remaining = audit_split(out, cfg)
+        embeddings = embeddings[~drop]
+        hashes = [h for h, d in zip(hashes, drop) if not d]
+        remaining = audit_split(out, cfg, embeddings=embeddings, hashes=hashes)
         if remaining:
             raise PipelineError(f"dropping {dropped} train rows left leaks that only a new "
                                 f"split can fix:\n{_describe(out, remaining)}")
@@ -165,9 +261,9 @@ def run(base: BaseConfig, cfg: SplitConfig, clean: Path, output: Path, metrics: 
 
 def main() -> None:
     """Entry point of the DVC stage."""
-    base, split = load_sections("base", "split")
-    run(base, split, paths.CLEAN, paths.SPLIT, paths.METRICS_DIR / "split.json",
-        paths.LEAKAGE)
+    base, data, split = load_sections("base", "data", "split")
+    run(base, data, split, paths.CLEAN, paths.EMBED_DIR, paths.SPLIT,
+        paths.METRICS_DIR / "split.json")
 
 
 if __name__ == "__main__":
