@@ -263,7 +263,7 @@ SECTIONS: dict[str, type] = {
 def _unknown_key(key: str, valid: Sequence[str]) -> ParamsError:
     close = difflib.get_close_matches(key.rsplit(".", 1)[-1], valid, n=3, cutoff=0.5)
     prefix = key.rsplit(".", 1)[0] + "." if "." in key else ""
-    hint = f"; did you mean {', '.join(repr(prefix + c) for c in close)}?" if close else ""
+    hint = f"; did you mean {', '.join(repr(prefix + c) for c in close)}?" if close else "."
     return ParamsError(
         f"unknown key {key!r}{hint} Valid keys here: {', '.join(prefix + v for v in valid)}")
 
