@@ -118,7 +118,6 @@ def _cell_neighbours(x: np.ndarray, *, k: int, probes: int, seed: int
     rank_in_home[by_home] = np.arange(n) - member_bounds[home[by_home]]
     cand_index = np.repeat(np.arange(n)[:, None], probes * k, axis=1)  # (N, probes * k)
     cand_sims = np.full((n, probes * k), -np.inf, dtype=np.float32)
-    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))  # shares memory
     for cell in range(cells):
         members = by_home[member_bounds[cell]:member_bounds[cell + 1]]
         pairs = probing[probe_bounds[cell]:probe_bounds[cell + 1]]
@@ -126,7 +125,7 @@ def _cell_neighbours(x: np.ndarray, *, k: int, probes: int, seed: int
             continue
         rows, slots = pairs // probes, pairs % probes
         # (rows probing the cell, its members); torch: its top-k is ~10x numpy's argpartition
-        block = xt[torch.from_numpy(rows)] @ xt[torch.from_numpy(members)].T
+        block = torch.from_numpy(x[rows]) @ torch.from_numpy(x[members]).T
         own = np.flatnonzero(slots == 0)  # rows whose home this is
         block[torch.from_numpy(own), torch.from_numpy(rank_in_home[rows[own]])] = -torch.inf
         best_sims, best = torch.topk(block, min(k, len(members)), dim=1)
