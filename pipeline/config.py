@@ -97,9 +97,13 @@ class CleanConfig:
     label_method: Literal["prune_by_noise_rate", "prune_by_class", "both",
                           "confident_learning", "predicted_neq_given"]  # cleanlab filter_by
     label_folds: int = field(metadata=_range(ge=2))  # K of the out-of-fold probe
+    label_probe: Literal["logistic", "lda"]  # the out-of-fold probe's model
+    probe_dims: int = field(metadata=_range(ge=2))  # principal components the lda probe sees
     outliers: Literal["flag", "drop"]
     outlier_threshold: float = field(metadata=_range(gt=0, le=2))  # mean cosine distance
     neighbours: int = field(metadata=_range(ge=1, le=100))  # k of the neighbour search
+    exact_search_max: int = field(metadata=_range(ge=1))  # images; above: k-means cell search
+    search_probes: int = field(metadata=_range(ge=1))  # cells each image is compared with
     max_rate: MaxRates  # gates: fail when an issue type exceeds its share
 
 

@@ -42,30 +42,100 @@ def conflicting_clusters(clusters: Sequence[str | None], labels: Sequence[str]) 
     return np.array([c is not None and len(seen[c]) > 1 for c in clusters], dtype=bool)
 
 
-def neighbours(embeddings: np.ndarray, *, k: int, chunk: int = 2048
-               ) -> tuple[np.ndarray, np.ndarray]:
+def neighbours(embeddings: np.ndarray, *, k: int, exact_max: int, probes: int,
+               seed: int = 0, chunk: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """k nearest neighbours of every row by cosine similarity, itself excluded.
+
+    Up to ``exact_max`` rows the search is exact (every pair, in chunks). Above it, rows
+    are grouped into about sqrt(N) k-means cells and each row is compared with the
+    members of its ``probes`` nearest cells only (an inverted-file search): about
+    ``probes / sqrt(N)`` of the pairs, with exact similarities for the pairs it compares.
+    Near copies share or neighbour each other's cell, so they are found; a far
+    neighbour outside the probed cells can be missed.
 
     Args:
         embeddings: (N, D) float32, L2-normalised rows (zero rows never match).
+        chunk: rows per (chunk, N) block of the exact search; default keeps the block
+            near 32 M similarities (128 MB).
     Returns:
         (N, k) int64 neighbour indices and (N, k) float32 similarities, best first.
-        Memory is (chunk, N) at a time: linear in N, never N x N.
+        Memory is linear in N, never N x N. A row that has fewer than k candidates
+        (only in the cell search, with tiny cells) is padded with itself at similarity 0.
     """
     n = len(embeddings)
     k = min(k, max(n - 1, 0))
+    if k == 0:
+        return np.zeros((n, 0), dtype=np.int64), np.zeros((n, 0), dtype=np.float32)
+    if n > exact_max:
+        return _cell_neighbours(embeddings, k=k, probes=probes, seed=seed)
+    chunk = chunk or max(1, min(2048, (1 << 25) // n))
     index = np.zeros((n, k), dtype=np.int64)
     sims = np.zeros((n, k), dtype=np.float32)
-    if k == 0:
-        return index, sims
     for start, block in _similarity_blocks(embeddings, embeddings, chunk):  # (chunk, N)
         rows = np.arange(block.shape[0])
         block[rows, start + rows] = -np.inf  # not its own neighbour
-        top = np.argpartition(-block, k - 1, axis=1)[:, :k]
-        top_sims = np.take_along_axis(block, top, axis=1)
-        order = np.argsort(-top_sims, axis=1, kind="stable")
-        index[start:start + chunk] = np.take_along_axis(top, order, axis=1)
-        sims[start:start + chunk] = np.take_along_axis(top_sims, order, axis=1)
+        index[start:start + chunk], sims[start:start + chunk] = _top_k(block, k)
+    return index, sims
+
+
+def _top_k(block: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Column positions and values of the k largest entries of each row, largest first."""
+    top = np.argpartition(-block, k - 1, axis=1)[:, :k]
+    top_sims = np.take_along_axis(block, top, axis=1)
+    order = np.argsort(-top_sims, axis=1, kind="stable")
+    return np.take_along_axis(top, order, axis=1), np.take_along_axis(top_sims, order, axis=1)
+
+
+def _cell_neighbours(x: np.ndarray, *, k: int, probes: int, seed: int
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """The inverted-file search of :func:`neighbours` (rows above ``exact_max``)."""
+    import torch
+    from sklearn.cluster import KMeans
+
+    n = len(x)
+    cells = max(2, round(np.sqrt(n)))
+    probes = min(probes, cells)
+    rng = np.random.default_rng(seed)
+    sample = x[np.sort(rng.choice(n, size=min(n, 32 * cells), replace=False))]
+    # random init: k-means++ on float32 rows upcasts to float64 and costs minutes here
+    centroids = KMeans(cells, init="random", n_init=1, max_iter=10, random_state=seed).fit(
+        sample).cluster_centers_.astype(np.float32)  # (cells, D)
+    # (N, probes) the cells nearest to each row, nearest first: the first is its home
+    near_cells = np.empty((n, probes), dtype=np.int64)
+    sq_norms = (centroids ** 2).sum(1)
+    for start in range(0, n, 8192):
+        dist = sq_norms - 2 * (x[start:start + 8192] @ centroids.T)  # squared distance - |x|^2
+        near_cells[start:start + 8192] = _top_k(-dist, probes)[0]
+    home = near_cells[:, 0]
+    by_home = np.argsort(home, kind="stable")
+    member_bounds = np.searchsorted(home[by_home], np.arange(cells + 1))
+    # every (row, probe slot) pair, grouped by the cell it probes
+    probing = np.argsort(near_cells.ravel(), kind="stable")
+    probe_bounds = np.searchsorted(near_cells.ravel()[probing], np.arange(cells + 1))
+    # a row's position among its home cell's members, to keep it from matching itself
+    rank_in_home = np.empty(n, dtype=np.int64)
+    rank_in_home[by_home] = np.arange(n) - member_bounds[home[by_home]]
+    cand_index = np.repeat(np.arange(n)[:, None], probes * k, axis=1)  # (N, probes * k)
+    cand_sims = np.full((n, probes * k), -np.inf, dtype=np.float32)
+    for cell in range(cells):
+        members = by_home[member_bounds[cell]:member_bounds[cell + 1]]
+        pairs = probing[probe_bounds[cell]:probe_bounds[cell + 1]]
+        if len(members) == 0 or len(pairs) == 0:
+            continue
+        rows, slots = pairs // probes, pairs % probes
+        # (rows probing the cell, its members); torch: its top-k is ~10x numpy's argpartition
+        block = torch.from_numpy(x[rows]) @ torch.from_numpy(x[members]).T
+        own = np.flatnonzero(slots == 0)  # rows whose home this is
+        block[torch.from_numpy(own), torch.from_numpy(rank_in_home[rows[own]])] = -torch.inf
+        best_sims, best = torch.topk(block, min(k, len(members)), dim=1)
+        columns = slots[:, None] * k + np.arange(best.shape[1])
+        cand_index[rows[:, None], columns] = members[best.numpy()]
+        cand_sims[rows[:, None], columns] = best_sims.numpy()
+    top, sims = _top_k(cand_sims, k)
+    index = np.take_along_axis(cand_index, top, axis=1)
+    missing = ~np.isfinite(sims)
+    sims[missing] = 0.0
+    index[missing] = np.repeat(np.arange(n)[:, None], k, axis=1)[missing]
     return index, sims
 
 
@@ -111,7 +181,7 @@ def similar_pairs(queries: np.ndarray, reference: np.ndarray, *, threshold: floa
 
 def near_duplicate_clusters(index: np.ndarray, sims: np.ndarray, *, threshold: float,
                             order: Sequence[str], valid: np.ndarray) -> np.ndarray:
-    """Link rows whose cosine similarity is at least ``threshold`` (union-find).
+    """Link rows whose cosine similarity is at least ``threshold`` (connected components).
 
     Args:
         index, sims: (N, k) from :func:`neighbours`.
@@ -120,45 +190,82 @@ def near_duplicate_clusters(index: np.ndarray, sims: np.ndarray, *, threshold: f
     Returns:
         (N,) object array: the cluster's key for rows in a cluster of two or more, else None.
     """
-    parent = list(range(len(order)))
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
 
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for i, (row_index, row_sims) in enumerate(zip(index, sims)):
-        if not valid[i]:
-            continue
-        for j, s in zip(row_index, row_sims):
-            if s >= threshold and valid[j]:
-                a, b = find(i), find(int(j))
-                if a != b:
-                    parent[max(a, b)] = min(a, b)
+    n = len(order)
+    rows = np.repeat(np.arange(n), index.shape[1])
+    cols = index.ravel()
+    linked = (sims.ravel() >= threshold) & valid[rows] & valid[cols] & (rows != cols)
+    graph = coo_matrix((np.ones(int(linked.sum()), dtype=np.int8),
+                        (rows[linked], cols[linked])), shape=(n, n))
+    _, component = connected_components(graph, directed=False)
+    cluster = np.full(n, None, dtype=object)
+    sizes = np.bincount(component, minlength=n)
     members: dict[int, list[int]] = {}
-    for i in range(len(order)):
-        members.setdefault(find(i), []).append(i)
-    cluster = np.full(len(order), None, dtype=object)
-    for rows in members.values():
-        if len(rows) > 1:
-            name = min(order[i] for i in rows)
-            for i in rows:
-                cluster[i] = name
+    for row in np.flatnonzero(sizes[component] > 1):
+        members.setdefault(int(component[row]), []).append(int(row))
+    for group in members.values():
+        name = min(order[i] for i in group)
+        for i in group:
+            cluster[i] = name
     return cluster
 
 
+def out_of_fold_probabilities(embeddings: np.ndarray, y: np.ndarray, *, folds: int,
+                              seed: int, probe: str, dims: int) -> np.ndarray:
+    """(N, C) predicted probabilities of a linear probe, each row from the fold that held it out.
+
+    ``probe``: ``logistic`` is a LogisticRegression on the embeddings as they are (its
+    iterative fit costs minutes at 100,000 rows and 100 classes); ``lda`` projects them on
+    their top ``dims`` principal components (unsupervised, fitted once on all rows) and
+    fits a shrinkage linear discriminant analysis in closed form (seconds at that size).
+
+    Args:
+        embeddings: (N, D) float32 features.
+        y: (N,) int class indices 0..C-1; every class needs at least ``folds`` rows.
+    """
+    from sklearn.decomposition import PCA
+    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+    cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
+    if probe == "logistic":
+        return cross_val_predict(LogisticRegression(max_iter=1000, C=1.0), embeddings, y,
+                                 method="predict_proba", cv=cv)
+    if probe != "lda":
+        raise ValueError(f"unknown probe {probe!r}; expected logistic or lda")
+    features = embeddings
+    components = min(dims, embeddings.shape[1], len(embeddings) - 1)
+    if components < embeddings.shape[1]:
+        # covariance_eigh: exact and deterministic, one (D, D) covariance for any N
+        features = PCA(components, svd_solver="covariance_eigh").fit_transform(embeddings)
+    lda = LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto")
+    return cross_val_predict(lda, features, y, method="predict_proba", cv=cv)
+
+
+def probe_accuracy(embeddings: np.ndarray, labels: Sequence[str], *, folds: int, seed: int,
+                   probe: str, dims: int) -> float:
+    """Out-of-fold accuracy of the label check's linear probe: how well it can judge labels."""
+    _, y = np.unique(np.asarray(labels, dtype=object), return_inverse=True)
+    probs = out_of_fold_probabilities(embeddings, y, folds=folds, seed=seed, probe=probe,
+                                      dims=dims)
+    return float((probs.argmax(1) == y).mean())
+
+
 def label_issues(embeddings: np.ndarray, labels: Sequence[str], *, folds: int, seed: int,
-                 filter_by: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+                 filter_by: str, probe: str = "logistic", dims: int = 128
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
     """Likely label errors from out-of-fold predictions of a linear probe (cleanlab).
+
+    ``probe`` and ``dims`` as in :func:`out_of_fold_probabilities`.
 
     Returns (N,) bool issue mask, (N,) label quality in 0..1, (N,) suggested labels (the
     probe's prediction) and a note (empty, or why fewer folds or no check ran).
     """
     from cleanlab.filter import find_label_issues
     from cleanlab.rank import get_label_quality_scores
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
     classes, y = np.unique(np.asarray(labels, dtype=object), return_inverse=True)
     n = len(y)
@@ -170,9 +277,8 @@ def label_issues(embeddings: np.ndarray, labels: Sequence[str], *, folds: int, s
     k = min(folds, smallest)
     note = "" if k == folds else (f"label check used {k} folds, not {folds}: the smallest "
                                   f"class has {smallest} images")
-    probe = LogisticRegression(max_iter=1000, C=1.0)
-    probs = cross_val_predict(probe, embeddings, y, method="predict_proba",
-                              cv=StratifiedKFold(k, shuffle=True, random_state=seed))
+    probs = out_of_fold_probabilities(embeddings, y, folds=k, seed=seed, probe=probe,
+                                      dims=dims)
     mask = find_label_issues(y, probs, filter_by=filter_by)
     quality = get_label_quality_scores(y, probs)
     return mask, quality, classes[probs.argmax(1)], note

@@ -6,6 +6,7 @@ import pytest
 from PIL import Image
 
 from pipeline.config import PipelineError, parse_sections
+from pipeline.images import file_sha256
 from pipeline.stages import clean, embed, prepare
 
 from .conftest import class_image, repo_params
@@ -59,6 +60,22 @@ def test_flag_policy_keeps_duplicates(tree, tmp_path):
     assert df["keep"].all() and (df["issues"] == "exact_duplicate").sum() == 1
 
 
+def test_large_set_settings_find_the_same_duplicates(tree, tmp_path):
+    # the cell search (above exact_search_max) and the lda probe, wired through the stage
+    shutil.copy(tree / "c0" / "img_00.png", tree / "c0" / "copy.png")
+    shutil.copy(tree / "c1" / "img_01.png", tree / "c2" / "mislabelled.png")
+    params = repo_params(**{"data.source": "folder", "data.root": str(tree), **_loose_gates(),
+                            "clean.exact_search_max": 10, "clean.search_probes": 2,
+                            "clean.label_probe": "lda", "clean.probe_dims": 8})
+    data, cfg = parse_sections(params, "data", "clean")
+    df = _clean(data, cfg, tmp_path).set_index("path")
+    assert df.loc["c0/copy.png", "cluster_id"] == df.loc["c0/img_00.png", "cluster_id"] != ""
+    assert (df["issues"].str.contains("exact_duplicate")).sum() == 2
+    assert set(df.index[df["issues"].str.contains("conflicting_labels")]) == {
+        "c1/img_01.png", "c2/mislabelled.png"}
+    assert df["label_quality"].ne("").all()
+
+
 def _loose_gates():
     return {f"clean.max_rate.{k}": 1.0 for k in ("unreadable", "exact_duplicate",
             "near_duplicate", "conflicting_labels", "label_issue", "outlier")}
@@ -98,3 +115,27 @@ def test_too_many_problems_fail_with_rate_and_limit(tree, tmp_path):
                                             r"clean\.max_rate\.unreadable = 1\.0%"):
         _clean(data, cfg, tmp_path)
     assert (tmp_path / "clean.csv").exists()  # the outputs are written before failing
+
+
+def _snapshot(root):
+    """Every path under root: (sha256, mtime) of files, mtime of folders (adds, removals)."""
+    return {p: (file_sha256(p) if p.is_file() else "dir", p.stat().st_mtime_ns)
+            for p in [root, *root.rglob("*")]}
+
+
+def test_source_images_are_never_modified(tree, tmp_path):
+    (tree / "c0" / "empty.png").write_bytes(b"")
+    (tree / "c1" / "truncated.png").write_bytes((tree / "c1" / "img_00.png").read_bytes()[:60])
+    shutil.copy(tree / "c0" / "img_00.png", tree / "c2" / "copy.png")  # a conflicting copy
+    Image.open(tree / "c0" / "img_01.png").rotate(90).save(tree / "c0" / "rotated.jpg")
+    before = _snapshot(tree)
+    params = repo_params(**{"data.source": "folder", "data.root": str(tree), **_loose_gates(),
+                            "clean.near_duplicates": "drop", "clean.label_issues": "drop",
+                            "clean.outliers": "drop"})
+    data, cfg = parse_sections(params, "data", "clean")
+    decisions = tmp_path / "decisions.csv"
+    dropped = file_sha256(tree / "c1" / "img_03.png")[:16]
+    decisions.write_text(f"image_id,action\n{dropped},drop\n")  # a person's drop, too
+    df = _clean(data, cfg, tmp_path, decisions=decisions)
+    assert not df["keep"].all()  # something was dropped, from the manifest only
+    assert _snapshot(tree) == before

@@ -7,6 +7,7 @@ from pipeline.quality import (
     near_duplicate_clusters,
     neighbours,
     outlier_scores,
+    probe_accuracy,
     similar_pairs,
 )
 
@@ -39,7 +40,7 @@ def _normalise(emb):
 def test_neighbours_match_brute_force_in_chunks():
     emb, _, _ = _blobs()
     emb = _normalise(emb)
-    index, sims = neighbours(emb, k=4, chunk=7)
+    index, sims = neighbours(emb, k=4, exact_max=1000, probes=1, chunk=7)
     full = emb @ emb.T
     np.fill_diagonal(full, -np.inf)
     assert np.array_equal(index, np.argsort(-full, axis=1, kind="stable")[:, :4])
@@ -69,7 +70,7 @@ def test_near_copies_cluster_and_outliers_score_high():
     emb[5] = emb[4] + 0.01  # a near copy of row 4
     emb[119] = rng.normal(size=32) * 5  # far from everything
     emb = _normalise(emb)
-    index, sims = neighbours(emb, k=5)
+    index, sims = neighbours(emb, k=5, exact_max=1000, probes=1)
     ids = [f"i{i:03d}" for i in range(120)]
     clusters = near_duplicate_clusters(index, sims, threshold=0.98, order=ids,
                                        valid=np.ones(120, bool))
@@ -96,3 +97,40 @@ def test_label_issues_find_flipped_labels_and_explain_small_classes():
     mask, _, _, note = label_issues(_normalise(emb[:11]), ["a"] * 10 + ["b"], folds=5,
                                     seed=0, filter_by="prune_by_noise_rate")
     assert "skipped" in note and not mask.any()
+
+
+def test_cell_search_finds_near_copies_and_most_neighbours():
+    rng = np.random.default_rng(3)
+    centers = rng.normal(size=(20, 32))
+    emb = centers[rng.integers(0, 20, 3000)] + rng.normal(size=(3000, 32)) * 0.6
+    copies = rng.choice(3000, size=40, replace=False)
+    emb[copies[20:]] = emb[copies[:20]] + rng.normal(size=(20, 32)) * 0.01
+    emb = _normalise(emb)
+    index, sims = neighbours(emb, k=5, exact_max=1000, probes=8)  # 55 cells, 8 searched
+    exact_index, exact_sims = neighbours(emb, k=5, exact_max=3000, probes=8)
+    rows = np.arange(3000)[:, None]
+    assert not (index == rows).any()
+    assert np.all(np.diff(sims, axis=1) <= 0)
+    assert np.allclose(sims, np.einsum("nd,nkd->nk", emb, emb[index]), atol=1e-5)
+    recall = np.mean([len(set(a) & set(b)) / 5 for a, b in zip(index, exact_index)])
+    assert recall > 0.8
+    assert np.all(sims <= exact_sims + 1e-6)  # it can miss a neighbour, never invent one
+    ids = [f"i{i:04d}" for i in range(3000)]
+    clusters = near_duplicate_clusters(index, sims, threshold=0.99, order=ids,
+                                       valid=np.ones(3000, bool))
+    assert all(clusters[a] is not None and clusters[a] == clusters[b]
+               for a, b in zip(copies[:20], copies[20:]))
+    assert sum(c is not None for c in clusters) == 40
+
+
+def test_lda_probe_finds_flipped_labels_on_principal_components():
+    emb, labels, _ = _blobs()
+    flipped = labels.copy()
+    flipped[[10, 50, 90]] = ["b", "c", "a"]
+    mask, quality, suggested, note = label_issues(_normalise(emb), flipped, folds=5, seed=0,
+                                                  filter_by="prune_by_noise_rate",
+                                                  probe="lda", dims=8)
+    assert mask[[10, 50, 90]].all() and mask.sum() <= 6 and note == ""
+    assert suggested[10] == "a" and quality[10] < np.median(quality)
+    assert probe_accuracy(_normalise(emb), labels, folds=5, seed=0, probe="lda",
+                          dims=8) > 0.95

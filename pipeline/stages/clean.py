@@ -90,7 +90,8 @@ def run(data: DataConfig, cfg: CleanConfig, prepared: Path, embed_dir: Path, out
     unreadable = ~valid
 
     exact = exact_duplicate_clusters(hashes, order=ids)
-    index, sims = neighbours(embeddings, k=cfg.neighbours)
+    index, sims = neighbours(embeddings, k=cfg.neighbours, exact_max=cfg.exact_search_max,
+                             probes=cfg.search_probes)
     near = near_duplicate_clusters(index, sims, threshold=cfg.near_duplicate_threshold,
                                    order=ids, valid=valid)
     clusters = np.array([n if n is not None else e for n, e in zip(near, exact)], dtype=object)
@@ -104,7 +105,7 @@ def run(data: DataConfig, cfg: CleanConfig, prepared: Path, embed_dir: Path, out
     rows = np.flatnonzero(valid)
     mask, scores, guesses, note = label_issues(
         embeddings[rows], list(df["label"].iloc[rows]), folds=cfg.label_folds,
-        seed=0, filter_by=cfg.label_method)
+        seed=0, filter_by=cfg.label_method, probe=cfg.label_probe, dims=cfg.probe_dims)
     if note:
         print(f"warning: {note}", file=sys.stderr)
     mistaken[rows], quality[rows], suggested[rows] = mask, scores, guesses
