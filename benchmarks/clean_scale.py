@@ -13,8 +13,8 @@ pipeline/quality.py: exact clusters, the neighbour search, near-duplicate cluste
 conflicting labels, label issues (out-of-fold probe + cleanlab) and outlier scores.
 Prints the wall and CPU seconds of each, the total, the peak resident memory
 (ru_maxrss) and how many planted defects were found. Params come from params.yaml with
-``--set`` overrides; ``clean.label_probe`` defaults to ``lda`` here (``logistic`` takes
-minutes at this size).
+``--set`` overrides; the default ``clean.label_probe: auto`` picks ``lda`` at this size
+(``logistic`` takes minutes).
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="params override, as dvc exp run -S (repeatable)")
     args = parser.parse_args()
-    (cfg,) = parse_sections(load_params(["clean.label_probe=lda", *args.set]), "clean")
+    (cfg,) = parse_sections(load_params(args.set), "clean")
     n = args.rows
     rng = np.random.default_rng(args.seed + 1)
     start = time.perf_counter()
@@ -122,7 +122,7 @@ def main() -> None:
           f"{len(flipped)} label flips", flush=True)
     print(f"params: neighbours={cfg.neighbours}, exact_search_max={cfg.exact_search_max}, "
           f"search_probes={cfg.search_probes}, near_duplicate_threshold="
-          f"{cfg.near_duplicate_threshold}, label_probe={cfg.label_probe}, "
+          f"{cfg.near_duplicate_threshold}, label_probe={cfg.label_probe} ({cfg.probe_for(n)}), "
           f"probe_dims={cfg.probe_dims}, label_folds={cfg.label_folds}, "
           f"label_method={cfg.label_method}", flush=True)
 
@@ -145,7 +145,7 @@ def main() -> None:
     conflicting = timed("conflicting labels", lambda: conflicting_clusters(clusters, labels))
     mask, _, _, note = timed("label issues", lambda: label_issues(
         x, labels, folds=cfg.label_folds, seed=0, filter_by=cfg.label_method,
-        probe=cfg.label_probe, dims=cfg.probe_dims))
+        probe=cfg.probe_for(len(labels)), dims=cfg.probe_dims))
     scores = timed("outlier scores", lambda: outlier_scores(sims))
     total_wall = sum(t[1] for t in timings)
     total_cpu = sum(t[2] for t in timings)

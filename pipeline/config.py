@@ -97,7 +97,8 @@ class CleanConfig:
     label_method: Literal["prune_by_noise_rate", "prune_by_class", "both",
                           "confident_learning", "predicted_neq_given"]  # cleanlab filter_by
     label_folds: int = field(metadata=_range(ge=2))  # K of the out-of-fold probe
-    label_probe: Literal["logistic", "lda"]  # the out-of-fold probe's model
+    # the out-of-fold probe's model; auto: logistic up to exact_search_max images, lda above
+    label_probe: Literal["auto", "logistic", "lda"]
     probe_dims: int = field(metadata=_range(ge=2))  # principal components the lda probe sees
     outliers: Literal["flag", "drop"]
     outlier_threshold: float = field(metadata=_range(gt=0, le=2))  # mean cosine distance
@@ -105,6 +106,13 @@ class CleanConfig:
     exact_search_max: int = field(metadata=_range(ge=1))  # images; above: k-means cell search
     search_probes: int = field(metadata=_range(ge=1))  # cells each image is compared with
     max_rate: MaxRates  # gates: fail when an issue type exceeds its share
+
+    def probe_for(self, n: int) -> str:
+        """The probe label_probe means for ``n`` images (auto: lda only for large sets,
+        where the logistic probe's K fits take minutes)."""
+        if self.label_probe != "auto":
+            return self.label_probe
+        return "lda" if n > self.exact_search_max else "logistic"
 
 
 @dataclass(frozen=True)

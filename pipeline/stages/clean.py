@@ -105,7 +105,7 @@ def run(data: DataConfig, cfg: CleanConfig, prepared: Path, embed_dir: Path, out
     rows = np.flatnonzero(valid)
     mask, scores, guesses, note = label_issues(
         embeddings[rows], list(df["label"].iloc[rows]), folds=cfg.label_folds,
-        seed=0, filter_by=cfg.label_method, probe=cfg.label_probe, dims=cfg.probe_dims)
+        seed=0, filter_by=cfg.label_method, probe=cfg.probe_for(len(rows)), dims=cfg.probe_dims)
     if note:
         print(f"warning: {note}", file=sys.stderr)
     mistaken[rows], quality[rows], suggested[rows] = mask, scores, guesses
