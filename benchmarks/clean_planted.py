@@ -61,10 +61,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 from PIL import Image, ImageEnhance
 
-from pipeline.config import parse_sections
+from pipeline.config import load_params, parse_sections
 from pipeline.images import UnreadableImage, decode_image, pixel_hash
 from pipeline.quality import probe_accuracy
 from pipeline.stages import clean, embed, prepare
@@ -86,21 +85,6 @@ class Planted:
     true_label: str
     family: str = ""  # the original's path for copies and for the original itself
     pixels: str = ""  # the decoded pixels' hash ("" for broken files)
-
-
-def load_params(overrides: Iterable[str]) -> dict:
-    """params.yaml with ``section.key=value`` overrides (values read as YAML)."""
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    for item in overrides:
-        dotted, _, value = item.partition("=")
-        node = params
-        *parents, leaf = dotted.split(".")
-        for key in parents:
-            node = node[key]
-        if leaf not in node:
-            raise SystemExit(f"--set {item}: no key {dotted} in params.yaml")
-        node[leaf] = yaml.safe_load(value)
-    return params
 
 
 def hymenoptera_originals(root: Path) -> list[tuple[str, str, Image.Image]]:
@@ -382,15 +366,16 @@ def main() -> None:
         rows = out.reset_index(drop=True).set_index("path")
         plain = [t for t in truth if t.kind in ("original", "flip")]
         x = embeddings[[rows.index.get_loc(t.path) for t in plain]]
+        probe = clean_cfg.probe_for(len(out))  # what the clean stage used
         accuracy = probe_accuracy(x, [t.true_label for t in plain],
                                   folds=clean_cfg.label_folds, seed=0,
-                                  probe=clean_cfg.label_probe, dims=clean_cfg.probe_dims)
+                                  probe=probe, dims=clean_cfg.probe_dims)
         print(f"\nparams: embed.image_size={embed_cfg.image_size}, "
               f"clean.near_duplicate_threshold={clean_cfg.near_duplicate_threshold}, "
               f"clean.label_method={clean_cfg.label_method}, "
-              f"clean.label_probe={clean_cfg.label_probe}, "
+              f"clean.label_probe={clean_cfg.label_probe} ({probe}), "
               f"clean.label_folds={clean_cfg.label_folds} (max_rate gates off)")
-        print(f"linear probe ({clean_cfg.label_probe}) on the originals' embeddings, true "
+        print(f"linear probe ({probe}) on the originals' embeddings, true "
               f"labels, {clean_cfg.label_folds}-fold: accuracy {accuracy:.4f}")
         print("time: " + ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items()))
         for name, line in score(out, truth).items():

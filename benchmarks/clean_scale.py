@@ -22,14 +22,12 @@ from __future__ import annotations
 import argparse
 import resource
 import time
-from collections.abc import Callable, Iterable
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-import yaml
 
-from pipeline.config import parse_sections
+from pipeline.config import load_params, parse_sections
 from pipeline.quality import (
     conflicting_clusters,
     exact_duplicate_clusters,
@@ -38,23 +36,6 @@ from pipeline.quality import (
     neighbours,
     outlier_scores,
 )
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def load_params(overrides: Iterable[str]) -> dict:
-    """params.yaml with ``section.key=value`` overrides (values read as YAML)."""
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    for item in overrides:
-        dotted, _, value = item.partition("=")
-        node = params
-        *parents, leaf = dotted.split(".")
-        for key in parents:
-            node = node[key]
-        if leaf not in node:
-            raise SystemExit(f"--set {item}: no key {dotted} in params.yaml")
-        node[leaf] = yaml.safe_load(value)
-    return params
 
 
 def synthesise(n: int, dim: int, classes: int, seed: int, *, separation: float

@@ -21,7 +21,7 @@ import torch
 import yaml
 
 from pipeline import paths
-from pipeline.config import parse_sections
+from pipeline.config import load_params, parse_sections
 from pipeline.engine import load_split, predict
 from pipeline.models import load_trained
 from pipeline.stages import train
@@ -42,14 +42,7 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--only", action="append", default=[])
     args = parser.parse_args()
-    params = yaml.safe_load(Path("params.yaml").read_text())
-    for item in args.set:
-        key, value = item.split("=", 1)
-        section, *rest = key.split(".")
-        node = params[section]
-        for part in rest[:-1]:
-            node = node[part]
-        node[rest[-1]] = yaml.safe_load(value)
+    params = load_params(args.set)
     meta = yaml.safe_load((paths.CACHE_DIR / "meta.json").read_text())
     test = load_split(paths.CACHE_DIR, "test", meta["ids"]["test"])
     rows = []

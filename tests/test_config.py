@@ -4,7 +4,7 @@ import pytest
 
 from pipeline.config import ParamsError, parse_sections
 
-from .conftest import repo_params
+from .conftest import REPO, repo_params
 
 
 def test_repo_params_load_into_typed_frozen_objects():
@@ -69,3 +69,17 @@ def test_bad_phase_is_named_by_index():
     params["train"]["phases"][0]["unfreez"] = "all"
     with pytest.raises(ParamsError, match=r"train\.phases\[0\]\.unfreez.*did you mean"):
         parse_sections(params, "train")
+
+
+def test_load_params_applies_overrides_as_dvc_does(tmp_path):
+    from pipeline.config import load_params
+
+    path = tmp_path / "params.yaml"
+    path.write_text((REPO / "params.yaml").read_text())
+    params = load_params(["train.lr=1e-06", "train.phases=[{epochs: 1, unfreeze: 2}]"],
+                         path=path)
+    (train,) = parse_sections(params, "train")
+    assert train.lr == 1e-06 and train.phases[0].unfreeze == 2
+    assert train.phases[0].lr_mult == 1.0 and train.phases[0].schedule == ""
+    with pytest.raises(ParamsError, match="train.lrr=1"):
+        load_params(["train.lrr=1"], path=path)
