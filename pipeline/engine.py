@@ -120,10 +120,17 @@ def to_input(images: torch.Tensor, prep: Preprocessing, device: torch.device) ->
     return (x - mean) / std
 
 
+def amp_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
+    """The mixed-precision dtype on this device: bf16 where the GPU has it, else fp16
+    (which needs a gradient scaler); None when off (``amp`` false, or not CUDA)."""
+    if not amp or device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
 def _autocast(device: torch.device, amp: bool) -> Any:
-    dtype = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() \
-        else torch.float16
-    return torch.autocast(device.type, dtype=dtype, enabled=amp and device.type == "cuda")
+    dtype = amp_dtype(device, amp)
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
 def train_one_epoch(net: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], *,

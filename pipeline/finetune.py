@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from pipeline.config import Phase, PipelineError, TrainConfig
-from pipeline.models import LayerGroup
+from pipeline.models import LayerGroup, trainable_groups
 
 
 def param_groups(model: nn.Module, groups: list[LayerGroup], weight_decay: float
@@ -115,8 +115,6 @@ def make_schedule(optimizer: torch.optim.Optimizer, cfg: TrainConfig, phase: Pha
 
 def check_phases(cfg: TrainConfig, groups: list[LayerGroup]) -> list[int]:
     """Trainable group count per phase (from the top), or a clear error before training."""
-    from pipeline.models import trainable_groups
-
     tops = []
     for i, phase in enumerate(cfg.phases):
         try:

@@ -111,13 +111,21 @@ def read_embeddings(embed_dir: Path, ids: list[str]) -> tuple[np.ndarray, list[s
     return out, hashes
 
 
+def _groups_and_times(df: pd.DataFrame, cfg: SplitConfig
+                      ) -> tuple[list[str] | None, list[float] | None]:
+    """The rows' groups (when the manifest has the group column) and, for a temporal
+    split, their times in seconds: what the audit and the drop rule check."""
+    groups = list(df[cfg.group_column]) if cfg.group_column in df else None
+    times = (list(_seconds(df[cfg.time_column], cfg.time_column))
+             if cfg.method == "temporal" else None)
+    return groups, times
+
+
 def audit_split(df: pd.DataFrame, cfg: SplitConfig, *, embeddings: np.ndarray | None = None,
                 hashes: list[str | None] | None = None) -> list[Leak]:
     """The leakage audit of a split manifest (rows with a split); copies are looked for
     when the rows' embeddings and pixel hashes are given."""
-    groups = list(df[cfg.group_column]) if cfg.group_column in df else None
-    times = (list(_seconds(df[cfg.time_column], cfg.time_column))
-             if cfg.method == "temporal" else None)
+    groups, times = _groups_and_times(df, cfg)
     return audit(list(df["split"]), labels=list(df["label"]), clusters=list(df["cluster_id"]),
                  groups=groups, times=times, embargo=cfg.embargo_days * DAY, hashes=hashes,
                  embeddings=embeddings, near_threshold=cfg.near_duplicate_threshold)
@@ -211,9 +219,7 @@ def run(base: BaseConfig, data: DataConfig, cfg: SplitConfig, clean: Path, embed
     pairs.to_csv(leakage_csv, index=False, lineterminator="\n", float_format="%.4f")
     drop = np.zeros(len(out), dtype=bool)
     if leaks and cfg.on_leakage == "drop_from_train":
-        groups = list(out[cfg.group_column]) if cfg.group_column in out else None
-        times = (list(_seconds(out[cfg.time_column], cfg.time_column))
-                 if cfg.method == "temporal" else None)
+        groups, times = _groups_and_times(out, cfg)
         drop = train_rows_to_drop(list(out["split"]), leaks, clusters=list(out["cluster_id"]),
                                   groups=groups, times=times, embargo=cfg.embargo_days * DAY)
     dropped = int(drop.sum())

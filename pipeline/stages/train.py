@@ -24,7 +24,6 @@ import torch
 import torch.distributed as dist
 from dvclive import Live
 from scmrepo.exceptions import SCMError
-from sklearn.metrics import f1_score
 from torch import nn
 
 from pipeline import paths
@@ -40,6 +39,7 @@ from pipeline.config import (
 )
 from pipeline.engine import (
     ArraySplit,
+    amp_dtype,
     batch_indices,
     batches,
     head_inputs,
@@ -59,6 +59,7 @@ from pipeline.finetune import (
     set_lrs,
     set_rng_state,
 )
+from pipeline.metrics import headline
 from pipeline.models import (
     check_model_config,
     create_model,
@@ -82,6 +83,14 @@ def _live(curves_dir: Path) -> Live:
                             f"(git commit) before training") from None
 
 
+def _log(live: Live | None, record: dict[str, float]) -> None:
+    """One epoch's numbers to dvclive (rank 0 only: other ranks have no logger)."""
+    if live is not None:
+        for name, value in record.items():
+            live.log_metric(name, value)
+        live.next_step()
+
+
 def _distributed(device_name: str) -> tuple[int, int, torch.device]:
     """(rank, world size, device); starts the process group when run under torchrun."""
     device = resolve_device(device_name)
@@ -97,12 +106,9 @@ def _distributed(device_name: str) -> tuple[int, int, torch.device]:
 
 def validate(model: nn.Module, data: ArraySplit, **kwargs: Any) -> dict[str, float]:
     """Loss, accuracy and macro-F1 on a cached split (kwargs: engine.predict's)."""
-    probs = predict(model, data, **kwargs)
-    pred = probs.argmax(1)
-    loss = nn.functional.nll_loss(torch.from_numpy(probs).clamp_min(1e-12).log(),
-                                  torch.from_numpy(data.labels))
-    return {"val_loss": float(loss), "val_accuracy": float((pred == data.labels).mean()),
-            "val_macro_f1": float(f1_score(data.labels, pred, average="macro"))}
+    scores = headline(data.labels, predict(model, data, **kwargs))
+    return {"val_loss": scores["log_loss"], "val_accuracy": scores["accuracy"],
+            "val_macro_f1": scores["macro_f1"]}
 
 
 def fingerprint(base: BaseConfig, model_cfg: ModelConfig, cfg: TrainConfig, cache_meta: str,
@@ -131,7 +137,8 @@ def run(base: BaseConfig, model_cfg: ModelConfig, cfg: TrainConfig, cache_dir: P
     meta_path = cache_dir / "meta.json"
     if not meta_path.exists():
         raise PipelineError(f"{meta_path} not found: run the cache stage first (dvc repro)")
-    cache_meta = json.loads(meta_path.read_text())
+    cache_meta_text = meta_path.read_text()
+    cache_meta = json.loads(cache_meta_text)
     classes = cache_meta["classes"]
     train_ids = cache_meta["ids"]["train"]
     # epoch e (from 0) reads pre-augmented view e mod K when the cache has K views
@@ -156,8 +163,8 @@ def run(base: BaseConfig, model_cfg: ModelConfig, cfg: TrainConfig, cache_dir: P
     model.to(device).to(memory_format=torch.channels_last)  # see engine.to_input
     head = head_module(model)
     optimizer = make_optimizer(cfg, param_groups(model, groups, cfg.weight_decay))
-    fp16 = cfg.amp and device.type == "cuda" and not torch.cuda.is_bf16_supported()
-    scaler = torch.amp.GradScaler(device.type, enabled=fp16)
+    scaler = torch.amp.GradScaler(device.type,
+                                  enabled=amp_dtype(device, cfg.amp) == torch.float16)
     ema = None
     if cfg.ema_decay > 0:
         from timm.utils import ModelEmaV3
@@ -182,7 +189,7 @@ def run(base: BaseConfig, model_cfg: ModelConfig, cfg: TrainConfig, cache_dir: P
         loss_fn = SoftTargetCrossEntropy()
 
     checkpoint_path = checkpoint_dir / CHECKPOINT
-    key = fingerprint(base, model_cfg, cfg, meta_path.read_text(), world)
+    key = fingerprint(base, model_cfg, cfg, cache_meta_text, world)
     resume = _load_checkpoint(checkpoint_path, key)
     mode: Literal["min", "max"] = "min" if cfg.monitor == "val_loss" else "max"
     sign = -1.0 if mode == "min" else 1.0
@@ -212,10 +219,7 @@ def run(base: BaseConfig, model_cfg: ModelConfig, cfg: TrainConfig, cache_dir: P
     steps_per_epoch = -(-steps // cfg.accumulate)  # optimizer steps per epoch
     live = _live(curves_dir) if rank == 0 else None
     for record in st["history"]:  # a resumed run's curves start where it stopped
-        assert live is not None
-        for name, value in record.items():
-            live.log_metric(name, value)
-        live.next_step()
+        _log(live, record)
 
     def images_stream(data: ArraySplit) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for images, labels in batches(data, cfg.batch_size, generator=order, rank=rank,
@@ -295,7 +299,6 @@ def run(base: BaseConfig, model_cfg: ModelConfig, cfg: TrainConfig, cache_dir: P
             seconds = stats["seconds"] + extra
             t = st["timing"]
             t[f"phase{p}_seconds"] = t.get(f"phase{p}_seconds", 0.0) + seconds
-            t[f"phase{p}_images"] = t.get(f"phase{p}_images", 0) + len(train_ids)
             record = {"train_loss": train_loss, **val, "phase": p,
                       "trainable_params": trainable}
             seen_names = set()
@@ -304,10 +307,7 @@ def run(base: BaseConfig, model_cfg: ModelConfig, cfg: TrainConfig, cache_dir: P
                     seen_names.add(pg["name"])
                     record[f"lr/{pg['layer']:02d}_{pg['name']}"] = pg["lr"]
             st["history"].append(record)
-            if live is not None:
-                for name, value in record.items():
-                    live.log_metric(name, value)
-                live.next_step()
+            _log(live, record)
             if better(val, st["best"]):
                 st["best"] = {**val, "epoch": st["epoch"], "phase": p}
                 st["best_state"] = {k: v.detach().cpu().clone()
@@ -346,8 +346,8 @@ def run(base: BaseConfig, model_cfg: ModelConfig, cfg: TrainConfig, cache_dir: P
         if f"phase{p}_seconds" in st["timing"]:
             seconds = st["timing"][f"phase{p}_seconds"]
             timing[f"phase{p}_seconds"] = round(seconds, 2)
-            timing[f"phase{p}_images_per_second"] = round(
-                st["timing"][f"phase{p}_images"] / seconds, 1)
+            epochs = sum(record["phase"] == p for record in st["history"])
+            timing[f"phase{p}_images_per_second"] = round(epochs * len(train_ids) / seconds, 1)
     meta = {
         "classes": classes,
         "model": as_dict(model_cfg),
