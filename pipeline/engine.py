@@ -93,8 +93,14 @@ def batch_indices(n: int, batch_size: int, *, generator: torch.Generator | None 
     takes its own share (``rank::world``) of each global batch."""
     order = torch.randperm(n, generator=generator).numpy() if generator is not None \
         else np.arange(n)
-    for start in range(0, n, batch_size):
+    for start in range(0, batch_count(n, batch_size, world) * batch_size, batch_size):
         yield np.sort(order[start:start + batch_size])[rank::world]
+
+
+def batch_count(n: int, batch_size: int, world: int = 1) -> int:
+    """Batches :func:`batch_indices` yields: a last global batch too small to give every
+    rank a row is left out (an empty share would make a rank's loss NaN)."""
+    return n // batch_size + (n % batch_size >= world)
 
 
 def batches(data: ArraySplit, batch_size: int, *, generator: torch.Generator | None = None,

@@ -246,3 +246,16 @@ def test_two_gloo_processes_match_a_single_process(tmp_path):
         losses[name] = [float(r.split("\t")[-1]) for r in rows.splitlines()[1:]]
     assert len(losses["ddp"]) == 3
     assert losses["ddp"] == pytest.approx(losses["single"], rel=1e-4)
+
+
+def test_every_rank_gets_rows_from_every_batch():
+    from pipeline.engine import batch_count, batch_indices
+
+    for n, world in ((17, 2), (16, 2), (9, 3), (10, 1)):
+        shares = [list(batch_indices(n, 8, generator=torch.Generator().manual_seed(0),
+                                     rank=r, world=world)) for r in range(world)]
+        assert all(len(s) == batch_count(n, 8, world) for s in shares)
+        assert all(len(batch) > 0 for s in shares for batch in s)
+        rows = np.concatenate([b for s in shares for b in s])
+        assert len(set(rows)) == len(rows)  # no row twice
+        assert len(rows) == (n if n % 8 >= world or n % 8 == 0 else n - n % 8)

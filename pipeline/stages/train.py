@@ -40,6 +40,7 @@ from pipeline.config import (
 from pipeline.engine import (
     ArraySplit,
     amp_dtype,
+    batch_count,
     batch_indices,
     batches,
     head_inputs,
@@ -215,7 +216,7 @@ def run(base: BaseConfig, model_cfg: ModelConfig, cfg: TrainConfig, cache_dir: P
         st = resume["loop"]
         print(f"resuming {checkpoint_path}: phase {st['phase']}, epoch {st['epoch']}")
 
-    steps = -(-len(train_ids) // cfg.batch_size)  # batches per epoch (each rank)
+    steps = batch_count(len(train_ids), cfg.batch_size, world)  # batches per epoch, each rank
     steps_per_epoch = -(-steps // cfg.accumulate)  # optimizer steps per epoch
     live = _live(curves_dir) if rank == 0 else None
     for record in st["history"]:  # a resumed run's curves start where it stopped
