@@ -2,6 +2,7 @@
 # One entry point for people and CI:
 #   bash run.sh demo   set up .venv if needed, then run the whole pipeline (dvc repro)
 #   bash run.sh test   set up .venv if needed, then run the test suite
+#   bash run.sh lock   re-resolve requirements.lock on purpose (uv; add --upgrade to move on)
 # Extra arguments go to dvc repro or pytest.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -9,13 +10,14 @@ VENV=${VENV:-.venv}
 PY=${PYTHON:-python3}
 
 setup() {
-  # Re-install when pyproject.toml changed since the last install.
-  if [ ! -x "$VENV/bin/python" ] || [ pyproject.toml -nt "$VENV/.installed" ]; then
-    echo "setting up $VENV (first run downloads PyTorch and friends, a few GB)..."
+  # Re-install when the lock changed since the last install. Every package comes from
+  # requirements.lock at its exact version and hash; the project itself adds no others.
+  if [ ! -x "$VENV/bin/python" ] || [ requirements.lock -nt "$VENV/.installed" ] \
+      || [ pyproject.toml -nt "$VENV/.installed" ]; then
+    echo "setting up $VENV from requirements.lock (first run downloads PyTorch, a few GB)..."
     "$PY" -m venv "$VENV"
-    "$VENV/bin/python" -m pip install --upgrade pip
-    # torch and torchvision are left for pip to pair (see pyproject.toml).
-    "$VENV/bin/python" -m pip install -e ".[dev]"
+    "$VENV/bin/python" -m pip install --require-hashes -r requirements.lock
+    "$VENV/bin/python" -m pip install --no-deps --no-build-isolation -e .
     touch "$VENV/.installed"
   fi
   export PATH="$PWD/$VENV/bin:$PATH"
@@ -37,8 +39,18 @@ case "$cmd" in
     mypy pipeline
     pytest "$@"
     ;;
+  lock)
+    # Keeps every locked version that still fits pyproject.toml (pass --upgrade or
+    # --upgrade-package NAME to move on); resolves for every platform and Python >= 3.11,
+    # with hashes. torch/torchvision stay a matching pair from PyPI (CUDA build on Linux
+    # x86-64, which also runs on CPU).
+    setup
+    "$VENV/bin/uv" pip compile pyproject.toml --extra dev --universal \
+      --fork-strategy fewest --generate-hashes --index-url https://pypi.org/simple \
+      -o requirements.lock "$@"
+    ;;
   *)
-    echo "usage: bash run.sh demo|test [args for dvc repro or pytest]" >&2
+    echo "usage: bash run.sh demo|test|lock [args for dvc repro or pytest]" >&2
     exit 2
     ;;
 esac
