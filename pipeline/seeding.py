@@ -16,8 +16,10 @@ def seed_everything(seed: int, *, deterministic: bool) -> torch.Generator:
     """Seed Python, NumPy and torch; return a torch Generator for data order.
 
     ``deterministic`` turns on torch's deterministic algorithms (and the cuBLAS
-    workspace setting CUDA needs for them), so a rerun gives bit-identical weights.
+    workspace setting CUDA needs for them) and pins the CPU code paths
+    (:func:`pin_cpu`), so a rerun gives bit-identical weights, on this machine or another.
     """
+    pin_cpu(deterministic=deterministic)
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -54,3 +56,37 @@ def resolve_device(name: str) -> torch.device:
         raise PipelineError("base.device = cuda but no CUDA device is available; "
                             "use auto or cpu")
     return torch.device(name)
+
+
+# Deterministic mode pins what changes float results between CPU machines. Measured with
+# benchmarks/determinism.py: the thread count (1 vs 2), ATen's kernels (AVX-512 vs AVX2),
+# oneDNN's ISA and MKL's code path each change the trained weights on their own.
+DETERMINISTIC_THREADS = 2  # a constant, not the core count: any machine runs the same split
+CPU_PINS = {
+    "ATEN_CPU_CAPABILITY": "avx2",  # ATen's vectorised kernels (read at first use)
+    "ONEDNN_MAX_CPU_ISA": "AVX2",   # oneDNN convolutions (read when oneDNN starts)
+    "MKL_CBWR": "AVX2",             # MKL's conditional numerical reproducibility
+}
+
+
+def pin_cpu(*, deterministic: bool) -> dict[str, Any]:
+    """Pin the CPU code paths and thread count that decide float results, so that the same
+    commit and lock give bit-identical outputs on any x86-64 machine with AVX2.
+
+    Call it first in a stage, before any tensor op: ATen, oneDNN and MKL read their
+    settings once, at first use. An explicit environment variable still wins. Returns
+    what the process computes with (for provenance). Without ``deterministic`` nothing
+    is pinned and torch uses every core and the widest kernels it has.
+    """
+    if deterministic:
+        for name, value in CPU_PINS.items():
+            os.environ.setdefault(name, value)
+        torch.set_num_threads(DETERMINISTIC_THREADS)
+        wanted = os.environ["ATEN_CPU_CAPABILITY"].upper()
+        if torch.backends.cpu.get_cpu_capability() not in (wanted, "DEFAULT"):
+            raise PipelineError(f"base.deterministic: ATen already chose its "
+                                f"{torch.backends.cpu.get_cpu_capability()} kernels; "
+                                f"pin_cpu must run before any tensor op")
+    return {"cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "threads": torch.get_num_threads(),
+            "pins": {n: os.environ[n] for n in CPU_PINS if n in os.environ}}
