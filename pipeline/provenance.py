@@ -1,0 +1,71 @@
+"""What made a result: library versions, the lock, the CPU code path (hashed outputs), and
+the run record of wall times, machine and commit (``metrics/run.json``, never hashed).
+
+Two kinds of facts, kept apart on purpose. Those that decide the numbers (versions, the
+lock's hash, the kernels, the thread count, the device) are saved inside models and
+metrics, so the same commit and lock give the same bytes. Those that change on every run
+or machine (wall times, host, the git commit, which cannot sit inside a file that the
+commit itself records) go to ``metrics/run.json``: shown by ``dvc metrics show`` and
+``dvc exp show`` and the report, listed at the top level of ``dvc.yaml`` rather than as a
+stage output, so no hash in ``dvc.lock`` depends on the clock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+LOCK_FILE = Path("requirements.lock")
+RUN_RECORD = Path("metrics/run.json")
+LIBRARIES = ["torch", "torchvision", "timm", "numpy", "pillow", "scikit-learn"]
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that shape results, saved with models and metrics."""
+    return {n: importlib.metadata.version(n) for n in LIBRARIES}
+
+
+def lock_hash(path: Path = LOCK_FILE) -> str:
+    """sha256 of the dependency lock the environment was installed from ('' if absent)."""
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else ""
+
+
+def environment(device: str, cpu: dict[str, Any]) -> dict[str, Any]:
+    """The facts that decide a result's numbers, for a model's or a metrics file's meta.
+
+    ``cpu`` is what :func:`pipeline.seeding.pin_cpu` returned (kernels, threads, pins).
+    """
+    return {"versions": library_versions(), "lock_sha256": lock_hash(),
+            "python": platform.python_version(), "device": device, **cpu}
+
+
+def git_commit() -> str:
+    """The checked-out commit, with ``+dirty`` when tracked files differ ('' outside git)."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+    return head + ("+dirty" if dirty else "")
+
+
+def record_run(stage: str, values: dict[str, float], *, path: Path = RUN_RECORD) -> None:
+    """Merge one stage's wall times (``{stage}_{key}``) into the run record, with the
+    machine and commit they were measured on. Never a DVC output: see the module doc."""
+    record = json.loads(path.read_text()) if path.exists() else {}
+    record.update({f"{stage}_{k}": round(v, 2) for k, v in values.items()})
+    record.update({"git_commit": git_commit(), "host": platform.node(),
+                   "cpu": platform.processor() or platform.machine(),
+                   "cores": os.cpu_count() or 0})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)
