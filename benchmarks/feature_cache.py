@@ -23,17 +23,12 @@ import yaml
 from torch import nn
 
 from pipeline import paths
+from pipeline.backbones import create_model, head_module
 from pipeline.config import parse_sections
-from pipeline.engine import (
-    batch_indices,
-    batches,
-    head_inputs,
-    load_split,
-    to_input,
-    train_one_epoch,
-)
+from pipeline.engine import batch_indices, batches, head_inputs, load_split, train_one_epoch
 from pipeline.finetune import group_lrs, make_optimizer, param_groups, set_lrs
-from pipeline.models import create_model, head_module, layer_groups, set_trainable, train_mode
+from pipeline.inputs import to_input
+from pipeline.models import layer_groups, set_trainable, train_mode
 
 
 def main() -> None:

@@ -21,9 +21,9 @@ import torch
 import yaml
 
 from pipeline import paths
+from pipeline.backbones import load_trained
 from pipeline.config import load_params, parse_sections
 from pipeline.engine import load_split, predict
-from pipeline.models import load_trained
 from pipeline.stages import train
 
 

@@ -10,25 +10,17 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
-import sys
-import time
 import types
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
+from pipeline.errors import ParamsError, PipelineError, run_stage  # noqa: F401 (re-exported)
+
 PARAMS_FILE = Path("params.yaml")
-
-
-class PipelineError(Exception):
-    """An error in the user's input (params, data, weights) with a message meant for them."""
-
-
-class ParamsError(PipelineError):
-    """A key in params.yaml is unknown, missing, mistyped or out of range."""
 
 
 def _range(*, gt: float | None = None, ge: float | None = None, le: float | None = None,
@@ -427,14 +419,3 @@ def load_params(overrides: Sequence[str] = (), *, path: Path = PARAMS_FILE) -> d
 def as_dict(config: Any) -> dict[str, Any]:
     """A config object as plain data (for saving with models and metrics)."""
     return dataclasses.asdict(config)
-
-
-def run_stage(name: str, main: Callable[[], None]) -> None:
-    """Run a stage's main(); user errors end it with one clear line and exit code 2."""
-    start = time.perf_counter()
-    try:
-        main()
-    except PipelineError as exc:
-        print(f"[{name}] error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    print(f"[{name}] done in {time.perf_counter() - start:.1f} s", file=sys.stderr)

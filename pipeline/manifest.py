@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.config import PipelineError
+from pipeline.errors import PipelineError
 
 BOOL_COLUMNS = ("keep",)
 

@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.engine import to_input
+from pipeline.backbones import load_trained
 from pipeline.images import UnreadableImage, decode_image, fit_image
-from pipeline.models import Preprocessing, load_trained
+from pipeline.inputs import Preprocessing, to_input
 from pipeline.seeding import resolve_device
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")

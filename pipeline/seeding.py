@@ -1,4 +1,5 @@
-"""Reproducibility in one place: seeding and the deterministic switch."""
+"""Reproducibility in one place: seeding, the deterministic switch, and every RNG state
+a resumed run needs."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.config import PipelineError
+from pipeline.errors import PipelineError
 
 
 def seed_everything(seed: int, *, deterministic: bool) -> torch.Generator:
@@ -54,3 +55,32 @@ def resolve_device(name: str) -> torch.device:
         raise PipelineError("base.device = cuda but no CUDA device is available; "
                             "use auto or cpu")
     return torch.device(name)
+
+
+# ----------------------------------------------------------------------------- RNG state
+
+
+def rng_state(generator: torch.Generator) -> dict[str, Any]:
+    """Every random state a resumed run needs, as tensors and plain data (weights_only)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)  # type: ignore[misc]
+    assert isinstance(keys, np.ndarray)
+    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+             "generator": generator.get_state(),
+             "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)),
+                       "pos": pos, "has_gauss": has_gauss, "gauss": gauss}}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
+    """Restore what :func:`rng_state` saved."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    torch.set_rng_state(state["torch"])
+    generator.set_state(state["generator"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"],
+                         n["has_gauss"], n["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

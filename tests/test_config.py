@@ -2,7 +2,8 @@ import dataclasses
 
 import pytest
 
-from pipeline.config import ParamsError, parse_sections
+from pipeline.config import parse_sections
+from pipeline.errors import ParamsError
 
 from .conftest import REPO, repo_params
 

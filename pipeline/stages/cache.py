@@ -19,7 +19,8 @@ from tqdm import tqdm
 
 from pipeline import paths
 from pipeline.augment import make_views, view_transform
-from pipeline.config import CacheConfig, DataConfig, PipelineError, load_sections, run_stage
+from pipeline.config import CacheConfig, DataConfig, load_sections
+from pipeline.errors import PipelineError, run_stage
 from pipeline.images import UnreadableImage, decode_image, fit_image, natural_key
 from pipeline.manifest import read_manifest, resolve
 from pipeline.splitting import SPLITS

@@ -19,7 +19,8 @@ import numpy as np
 import pandas as pd
 
 from pipeline import paths
-from pipeline.config import CleanConfig, DataConfig, PipelineError, load_sections, run_stage
+from pipeline.config import CleanConfig, DataConfig, load_sections
+from pipeline.errors import PipelineError, run_stage
 from pipeline.manifest import read_manifest, resolve, write_manifest
 from pipeline.pages import thumbnail_tag
 from pipeline.quality import (

@@ -17,18 +17,19 @@ import torch
 from tqdm import tqdm
 
 from pipeline import paths
-from pipeline.config import DataConfig, EmbedConfig, ModelConfig, load_sections, run_stage
-from pipeline.engine import to_input
+from pipeline.backbones import BackboneSpec, check_model_config, create_model
+from pipeline.config import DataConfig, EmbedConfig, load_sections
+from pipeline.errors import run_stage
 from pipeline.images import UnreadableImage, decode_image, fit_image, pixel_hash
+from pipeline.inputs import to_input
 from pipeline.manifest import read_manifest, resolve
-from pipeline.models import check_model_config, create_model
 from pipeline.seeding import resolve_device
 
 
 def run(data: DataConfig, cfg: EmbedConfig, prepared: Path, out_dir: Path, *,
         device: str = "auto") -> np.ndarray:
     """Decode every image of the prepared manifest once and embed it; return (N, D)."""
-    model_cfg = ModelConfig(name=cfg.model, weights=cfg.weights, drop_rate=0.0)
+    model_cfg = BackboneSpec(name=cfg.model, weights=cfg.weights)
     check_model_config(model_cfg)
     df = read_manifest(prepared)
     dev = resolve_device(device)

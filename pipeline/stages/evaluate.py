@@ -20,8 +20,10 @@ import torch
 from sklearn.metrics import accuracy_score, f1_score
 
 from pipeline import paths
-from pipeline.config import BaseConfig, EvaluateConfig, PipelineError, load_sections, run_stage
+from pipeline.backbones import load_trained
+from pipeline.config import BaseConfig, EvaluateConfig, load_sections
 from pipeline.engine import ArraySplit, load_split, predict
+from pipeline.errors import PipelineError, run_stage
 from pipeline.manifest import read_manifest
 from pipeline.metrics import (
     apply_temperature,
@@ -33,7 +35,6 @@ from pipeline.metrics import (
     per_class,
     reliability,
 )
-from pipeline.models import load_trained
 from pipeline.seeding import resolve_device
 
 

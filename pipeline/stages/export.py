@@ -17,9 +17,10 @@ import onnxruntime as ort
 import torch
 
 from pipeline import paths
-from pipeline.config import PipelineError, run_stage
-from pipeline.engine import batches, load_split, to_input
-from pipeline.models import load_trained
+from pipeline.backbones import load_trained
+from pipeline.engine import batches, load_split
+from pipeline.errors import PipelineError, run_stage
+from pipeline.inputs import to_input
 
 TOLERANCE = 1e-4  # largest allowed probability difference to PyTorch
 

@@ -20,8 +20,9 @@ import torch
 import yaml
 
 from pipeline import paths
-from pipeline.config import PARAMS_FILE, as_dict, load_sections, run_stage
+from pipeline.config import PARAMS_FILE, as_dict, load_sections
 from pipeline.engine import NpyRows
+from pipeline.errors import run_stage
 from pipeline.images import UnreadableImage, decode_image, fit_image
 from pipeline.manifest import read_manifest, resolve
 from pipeline.pages import img_tag

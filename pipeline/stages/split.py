@@ -23,14 +23,8 @@ import numpy as np
 import pandas as pd
 
 from pipeline import paths
-from pipeline.config import (
-    BaseConfig,
-    DataConfig,
-    PipelineError,
-    SplitConfig,
-    load_sections,
-    run_stage,
-)
+from pipeline.config import BaseConfig, DataConfig, SplitConfig, load_sections
+from pipeline.errors import PipelineError, run_stage
 from pipeline.leakage import KINDS, Leak, audit, train_rows_to_drop
 from pipeline.manifest import read_manifest, resolve, write_manifest
 from pipeline.pages import thumbnail_tag

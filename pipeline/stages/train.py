@@ -28,15 +28,8 @@ from torch import nn
 
 from pipeline import paths
 from pipeline.augment import random_flip_shift
-from pipeline.config import (
-    BaseConfig,
-    ModelConfig,
-    PipelineError,
-    TrainConfig,
-    as_dict,
-    load_sections,
-    run_stage,
-)
+from pipeline.backbones import check_model_config, create_model, head_module, library_versions
+from pipeline.config import BaseConfig, ModelConfig, TrainConfig, as_dict, load_sections
 from pipeline.engine import (
     ArraySplit,
     amp_dtype,
@@ -46,9 +39,9 @@ from pipeline.engine import (
     head_inputs,
     load_split,
     predict,
-    to_input,
     train_one_epoch,
 )
+from pipeline.errors import PipelineError, run_stage
 from pipeline.finetune import (
     Schedule,
     check_phases,
@@ -56,21 +49,12 @@ from pipeline.finetune import (
     make_optimizer,
     make_schedule,
     param_groups,
-    rng_state,
     set_lrs,
-    set_rng_state,
 )
+from pipeline.inputs import to_input
 from pipeline.metrics import headline
-from pipeline.models import (
-    check_model_config,
-    create_model,
-    head_module,
-    layer_groups,
-    library_versions,
-    set_trainable,
-    train_mode,
-)
-from pipeline.seeding import resolve_device, seed_everything
+from pipeline.models import layer_groups, set_trainable, train_mode
+from pipeline.seeding import resolve_device, rng_state, seed_everything, set_rng_state
 
 CHECKPOINT = "last.pt"
 
