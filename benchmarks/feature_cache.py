@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import statistics
 import time
 from pathlib import Path
@@ -24,8 +23,9 @@ from torch import nn
 
 from pipeline import paths
 from pipeline.backbones import create_model, head_module
+from pipeline.cachefiles import open_split, read_meta
 from pipeline.config import parse_sections
-from pipeline.engine import batch_indices, batches, head_inputs, load_split, train_one_epoch
+from pipeline.engine import batch_indices, batches, head_inputs, train_one_epoch
 from pipeline.finetune import group_lrs, make_optimizer, param_groups, set_lrs
 from pipeline.inputs import to_input
 from pipeline.models import layer_groups, set_trainable, train_mode
@@ -37,11 +37,11 @@ def main() -> None:
     args = parser.parse_args()
     params = yaml.safe_load(Path("params.yaml").read_text())
     model_cfg, cfg = parse_sections(params, "model", "train")
-    meta = json.loads((paths.CACHE_DIR / "meta.json").read_text())
-    data = load_split(paths.CACHE_DIR, "train", meta["ids"]["train"])
+    meta = read_meta(paths.CACHE_DIR)
+    data = open_split(paths.CACHE_DIR, meta, "train")
     cpu = torch.device("cpu")
     torch.manual_seed(0)
-    model, prep, _ = create_model(model_cfg, len(meta["classes"]))
+    model, prep, _ = create_model(model_cfg, len(meta.classes))
     model.to(memory_format=torch.channels_last)
     groups = layer_groups(model)
     steps = -(-len(data.labels) // cfg.batch_size)
@@ -83,7 +83,7 @@ def main() -> None:
     full, fast = results["backbone"][0], results["features"][0]
     diff = max(float((heads["backbone"][k] - heads["features"][k]).abs().max())
                for k in heads["backbone"])
-    print(f"{len(data.labels)} train images, {meta['image_size']} px, {model_cfg.name}, "
+    print(f"{len(data.labels)} train images, {meta.image_size} px, {model_cfg.name}, "
           f"batch {cfg.batch_size}, {torch.get_num_threads()} threads, {args.epochs} epochs")
     print(f"head epoch through the frozen backbone: {full:.3f} s "
           f"({len(data.labels) / full:.0f} images/s)")

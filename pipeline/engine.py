@@ -6,11 +6,8 @@ and the cheap per-epoch augmentation run batch-wise on tensors, on the GPU if pr
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,72 +15,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from pipeline.cachefiles import ArraySplit
 from pipeline.inputs import Preprocessing, to_input
-
-
-class NpyRows:
-    """Random access to the rows of an (N, ...) .npy file by positioned reads.
-
-    Unlike a memory map, nothing stays mapped: rows read once live only in the OS page
-    cache, so a process's resident memory does not grow with the file.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        with open(self.path, "rb") as fh:
-            version = np.lib.format.read_magic(fh)
-            header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                      else np.lib.format.read_array_header_2_0)
-            shape, fortran, dtype = header(fh)
-            self.offset = fh.tell()
-        if fortran:
-            raise ValueError(f"{path} is Fortran-ordered; the cache writes C order")
-        self.shape: tuple[int, ...] = tuple(shape)
-        self.dtype = np.dtype(dtype)
-        self.row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
-        self._fd = os.open(self.path, os.O_RDONLY)
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __getitem__(self, index: np.ndarray) -> np.ndarray:
-        """Rows at ``index`` ((B,) int) as a new (B, ...) array."""
-        out = np.empty((len(index), *self.shape[1:]), dtype=self.dtype)
-        for j, i in enumerate(np.asarray(index, dtype=np.int64)):
-            if not 0 <= i < self.shape[0]:
-                raise IndexError(f"row {i} out of range for {self.path} ({self.shape[0]} rows)")
-            os.preadv(self._fd, [out[j]], self.offset + int(i) * self.row_bytes)
-        return out
-
-    def __del__(self) -> None:
-        fd = getattr(self, "_fd", None)
-        if fd is not None:
-            os.close(fd)
-
-
-@dataclass(frozen=True)
-class ArraySplit:
-    """One cached split: (N, H, W, 3) uint8 images and (N,) int64 labels, row-aligned."""
-
-    images: NpyRows
-    labels: np.ndarray
-    ids: tuple[str, ...]
-
-
-def load_split(cache_dir: Path, split: str, ids: list[str], *, view: int | None = None
-               ) -> ArraySplit:
-    """Open one split of the cache (read batch by batch, never loaded whole).
-
-    ``view`` k picks the k-th pre-augmented copy of the train split instead of the plain
-    resized images.
-    """
-    name = f"{split}_images.npy" if view is None else f"{split}_view{view}_images.npy"
-    images = NpyRows(Path(cache_dir) / name)
-    labels = np.load(Path(cache_dir) / f"{split}_labels.npy")
-    if len(images) != len(labels) or len(labels) != len(ids):
-        raise ValueError(f"{cache_dir}: {name} has {len(images)} rows, labels {len(labels)}, "
-                         f"ids {len(ids)}; rebuild the cache (dvc repro)")
-    return ArraySplit(images, labels, tuple(ids))
 
 
 def batch_indices(n: int, batch_size: int, *, generator: torch.Generator | None = None,

@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from pipeline.augment import make_views, random_flip_shift, view_transform
+from pipeline.cachefiles import NpyRows
 from pipeline.config import parse_sections
-from pipeline.engine import NpyRows
 
 from .conftest import class_image, repo_params
 

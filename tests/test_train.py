@@ -17,8 +17,9 @@ import torch
 import yaml
 
 from pipeline.backbones import create_model
+from pipeline.cachefiles import load_split
 from pipeline.config import ModelConfig, parse_sections
-from pipeline.engine import load_split, train_one_epoch
+from pipeline.engine import train_one_epoch
 from pipeline.errors import ParamsError, PipelineError
 from pipeline.finetune import check_phases, group_lrs, make_optimizer, param_groups, set_lrs
 from pipeline.inputs import to_input

@@ -18,7 +18,8 @@ import torch
 
 from pipeline import paths
 from pipeline.backbones import load_trained
-from pipeline.engine import batches, load_split
+from pipeline.cachefiles import open_split, read_meta
+from pipeline.engine import batches
 from pipeline.errors import PipelineError, run_stage
 from pipeline.inputs import to_input
 
@@ -29,8 +30,7 @@ def run(model_path: Path, cache_dir: Path, out_dir: Path, metrics_out: Path) -> 
     """Export, reload both exports, compare them with PyTorch on the test split."""
     model, prep, meta = load_trained(model_path)
     model.eval()
-    cache_meta = json.loads((cache_dir / "meta.json").read_text())
-    test = load_split(cache_dir, "test", cache_meta["ids"]["test"])
+    test = open_split(cache_dir, read_meta(cache_dir), "test")
     first = next(batches(test, 8))[0]
     example = to_input(first, prep, torch.device("cpu")).contiguous()
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -20,8 +20,8 @@ import torch
 import yaml
 
 from pipeline import paths
+from pipeline.cachefiles import NpyRows, images_name, read_meta
 from pipeline.config import PARAMS_FILE, as_dict, load_sections
-from pipeline.engine import NpyRows
 from pipeline.errors import run_stage
 from pipeline.images import UnreadableImage, decode_image, fit_image
 from pipeline.manifest import read_manifest, resolve
@@ -72,7 +72,7 @@ def params_vs_committed(current: dict[str, Any]) -> pd.DataFrame:
 
 def _thumbs_from_cache(cache_dir: Path, split: str, ids: list[str], wanted: list[str]
                        ) -> list[np.ndarray]:
-    rows = NpyRows(cache_dir / f"{split}_images.npy")
+    rows = NpyRows(cache_dir / images_name(split))
     position = {image_id: i for i, image_id in enumerate(ids)}
     return list(rows[np.array([position[w] for w in wanted], dtype=np.int64)]) if wanted else []
 
@@ -87,7 +87,7 @@ def run(sections: dict[str, Any], out_dir: Path) -> Path:
     metrics_dir, cache_dir = paths.METRICS_DIR, paths.CACHE_DIR
     clean = read_manifest(paths.CLEAN)
     split = read_manifest(paths.SPLIT)
-    cache_meta = json.loads((cache_dir / "meta.json").read_text())
+    cache_meta = read_meta(cache_dir)
     model_meta = torch.load(paths.MODEL, map_location="cpu", weights_only=True)["meta"]
     results = json.loads((metrics_dir / "eval.json").read_text())
     train_metrics = json.loads((metrics_dir / "train.json").read_text())
@@ -114,7 +114,7 @@ def run(sections: dict[str, Any], out_dir: Path) -> Path:
     wrong = predictions.assign(loss=-np.log(np.clip(true_prob, 1e-12, 1)))
     wrong = wrong[wrong["label"] != wrong["pred"]].sort_values(["loss", "image_id"],
                                                                ascending=[False, True]).head(24)
-    mistakes = _thumbs_from_cache(cache_dir, "test", cache_meta["ids"]["test"],
+    mistakes = _thumbs_from_cache(cache_dir, "test", cache_meta.ids["test"],
                                   list(wrong["image_id"]))
     figures["mistakes"] = image_grid(
         mistakes or [np.zeros((THUMB, THUMB, 3), np.uint8)],
@@ -129,7 +129,7 @@ def run(sections: dict[str, Any], out_dir: Path) -> Path:
     samples = samples.assign(order=samples["label"].map(classes.index)).sort_values(
         ["order", "image_id"])
     sample_grid = image_grid(
-        _thumbs_from_cache(cache_dir, "train", cache_meta["ids"]["train"],
+        _thumbs_from_cache(cache_dir, "train", cache_meta.ids["train"],
                            list(samples["image_id"])),
         list(samples["label"]), columns=10, title="Two training images per class (as cached)")
 
