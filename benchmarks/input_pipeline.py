@@ -35,11 +35,10 @@ from PIL import Image
 from torch import nn
 from torchvision import datasets, transforms
 
-from pipeline.augment import random_flip_shift
 from pipeline.backbones import create_model
 from pipeline.cachefiles import ArraySplit, NpyRows, load_split
 from pipeline.config import parse_sections
-from pipeline.engine import batches, train_one_epoch
+from pipeline.engine import batches, random_flip_shift, train_one_epoch
 from pipeline.inputs import Preprocessing, to_input
 from pipeline.manifest import write_manifest
 from pipeline.models import layer_groups, set_trainable, train_mode

@@ -47,6 +47,25 @@ def batches(data: ArraySplit, batch_size: int, *, generator: torch.Generator | N
         yield (images.pin_memory(), labels.pin_memory()) if pin else (images, labels)
 
 
+def random_flip_shift(x: torch.Tensor, *, hflip: bool, shift: int,
+                      generator: torch.Generator) -> torch.Tensor:
+    """Per-image random left-right flip and translation of a (B, C, H, W) batch.
+
+    Translation pads by ``shift`` pixels (edge values) and crops back at a random
+    offset in [0, 2 * shift] per image. Random numbers come from ``generator`` (CPU).
+    """
+    if hflip:
+        flip = (torch.rand(x.shape[0], generator=generator) < 0.5).to(x.device)
+        x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+    if shift > 0:
+        b, _, h, w = x.shape
+        padded = torch.nn.functional.pad(x, (shift, shift, shift, shift), mode="replicate")
+        offsets = torch.randint(0, 2 * shift + 1, (b, 2), generator=generator)
+        x = torch.stack([padded[i, :, dy:dy + h, dx:dx + w]
+                         for i, (dy, dx) in enumerate(offsets.tolist())])
+    return x
+
+
 def amp_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
     """The mixed-precision dtype on this device: bf16 where the GPU has it, else fp16
     (which needs a gradient scaler); None when off (``amp`` false, or not CUDA)."""

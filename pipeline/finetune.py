@@ -16,9 +16,9 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from pipeline.config import Phase, TrainConfig
 from pipeline.errors import PipelineError
 from pipeline.models import LayerGroup, trainable_groups
+from pipeline.params.train import Phase, TrainConfig
 
 
 def param_groups(model: nn.Module, groups: list[LayerGroup], weight_decay: float

@@ -25,10 +25,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from pipeline.augment import random_flip_shift
 from pipeline.backbones import create_model, head_module
 from pipeline.cachefiles import ArraySplit
-from pipeline.config import ModelConfig, TrainConfig
 from pipeline.engine import (
     amp_dtype,
     batch_count,
@@ -36,6 +34,7 @@ from pipeline.engine import (
     batches,
     head_inputs,
     predict,
+    random_flip_shift,
     train_one_epoch,
 )
 from pipeline.finetune import (
@@ -50,6 +49,8 @@ from pipeline.finetune import (
 from pipeline.inputs import Preprocessing, to_input
 from pipeline.metrics import headline
 from pipeline.models import LayerGroup, layer_groups, set_trainable, train_mode
+from pipeline.params.model import ModelConfig
+from pipeline.params.train import TrainConfig
 from pipeline.seeding import rng_state, set_rng_state
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

@@ -73,3 +73,11 @@ def test_package_init_files_are_empty():
     # Importing pipeline.x runs pipeline/__init__.py, which no stage declares.
     for init in (REPO / "pipeline").rglob("__init__.py"):
         assert init.read_text().strip() == "", init
+
+
+@pytest.mark.parametrize("stage", sorted(DVC))
+def test_stage_imports_the_schema_of_every_section_it_loads(stage):
+    # config.load_sections imports pipeline/params/<section>.py by name; the stage must
+    # import it too, so that dvc.yaml declares it and a schema change reruns the stage.
+    loaded = _sections_loaded(REPO / "pipeline" / "stages" / f"{stage}.py")
+    assert {f"pipeline.params.{s}" for s in loaded} <= _closure(f"pipeline.stages.{stage}")

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from pipeline.backbones import create_model
-from pipeline.config import ModelConfig
+from pipeline.params.model import ModelConfig
 
 from .conftest import REPO, class_image
 

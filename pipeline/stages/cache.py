@@ -20,10 +20,12 @@ from tqdm import tqdm
 from pipeline import paths
 from pipeline.augment import make_views, view_transform
 from pipeline.cachefiles import CacheMeta, images_name, labels_name, write_meta
-from pipeline.config import CacheConfig, DataConfig, load_sections
+from pipeline.config import load_sections
 from pipeline.errors import PipelineError, run_stage
 from pipeline.images import UnreadableImage, decode_image, fit_image, natural_key
 from pipeline.manifest import read_manifest, resolve
+from pipeline.params.cache import CacheConfig
+from pipeline.params.data import DataConfig
 from pipeline.splitting import SPLITS
 
 # The clean stage has already rejected images above its own limit; this guard only

@@ -19,10 +19,12 @@ import numpy as np
 import pandas as pd
 
 from pipeline import paths
-from pipeline.config import CleanConfig, DataConfig, load_sections
+from pipeline.config import load_sections
 from pipeline.errors import PipelineError, run_stage
 from pipeline.manifest import read_manifest, resolve, write_manifest
 from pipeline.pages import thumbnail_tag
+from pipeline.params.clean import CleanConfig
+from pipeline.params.data import DataConfig
 from pipeline.quality import (
     conflicting_clusters,
     exact_duplicate_clusters,

@@ -18,11 +18,13 @@ from tqdm import tqdm
 
 from pipeline import paths
 from pipeline.backbones import BackboneSpec, check_model_config, create_model
-from pipeline.config import DataConfig, EmbedConfig, load_sections
+from pipeline.config import load_sections
 from pipeline.errors import run_stage
 from pipeline.images import UnreadableImage, decode_image, fit_image, pixel_hash
 from pipeline.inputs import to_input
 from pipeline.manifest import read_manifest, resolve
+from pipeline.params.data import DataConfig
+from pipeline.params.embed import EmbedConfig
 from pipeline.seeding import resolve_device
 
 

@@ -22,7 +22,7 @@ from sklearn.metrics import accuracy_score, f1_score
 from pipeline import paths
 from pipeline.backbones import load_trained
 from pipeline.cachefiles import ArraySplit, open_split, read_meta
-from pipeline.config import BaseConfig, EvaluateConfig, load_sections
+from pipeline.config import load_sections
 from pipeline.engine import predict
 from pipeline.errors import PipelineError, run_stage
 from pipeline.manifest import read_manifest
@@ -36,6 +36,8 @@ from pipeline.metrics import (
     per_class,
     reliability,
 )
+from pipeline.params.base import BaseConfig
+from pipeline.params.evaluate import EvaluateConfig
 from pipeline.seeding import resolve_device
 
 

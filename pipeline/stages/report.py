@@ -19,6 +19,16 @@ import pandas as pd
 import torch
 import yaml
 
+# The schemas of the sections the report shows (load_sections imports them by name):
+# imported here so that dvc.yaml declares them (tests/test_dvc_yaml.py).
+import pipeline.params.base  # noqa: F401
+import pipeline.params.cache  # noqa: F401
+import pipeline.params.clean  # noqa: F401
+import pipeline.params.data  # noqa: F401
+import pipeline.params.evaluate  # noqa: F401
+import pipeline.params.model  # noqa: F401
+import pipeline.params.split  # noqa: F401
+import pipeline.params.train  # noqa: F401
 from pipeline import paths
 from pipeline.cachefiles import NpyRows, images_name, read_meta
 from pipeline.config import PARAMS_FILE, as_dict, load_sections

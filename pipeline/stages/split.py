@@ -23,11 +23,14 @@ import numpy as np
 import pandas as pd
 
 from pipeline import paths
-from pipeline.config import BaseConfig, DataConfig, SplitConfig, load_sections
+from pipeline.config import load_sections
 from pipeline.errors import PipelineError, run_stage
 from pipeline.leakage import KINDS, Leak, audit, train_rows_to_drop
 from pipeline.manifest import read_manifest, resolve, write_manifest
 from pipeline.pages import thumbnail_tag
+from pipeline.params.base import BaseConfig
+from pipeline.params.data import DataConfig
+from pipeline.params.split import SplitConfig
 from pipeline.splitting import (
     SPLITS,
     SplitError,

@@ -25,8 +25,11 @@ from scmrepo.exceptions import SCMError
 from pipeline import paths
 from pipeline.backbones import check_model_config, library_versions
 from pipeline.cachefiles import CacheMeta, open_split, read_meta, read_meta_text, train_views
-from pipeline.config import BaseConfig, ModelConfig, TrainConfig, as_dict, load_sections
+from pipeline.config import as_dict, load_sections
 from pipeline.errors import PipelineError, run_stage
+from pipeline.params.base import BaseConfig
+from pipeline.params.model import ModelConfig
+from pipeline.params.train import TrainConfig
 from pipeline.seeding import resolve_device, seed_everything
 from pipeline.training import Checkpointer, LoopState, Run, Setup, build_setup, train_phases
 
