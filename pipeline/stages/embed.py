@@ -9,16 +9,16 @@ decodes nothing but the thumbnails of what it flags.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from pipeline import paths
+from pipeline import embedfiles, paths
 from pipeline.backbones import BackboneSpec, check_model_config, create_model
 from pipeline.config import load_sections
+from pipeline.embedfiles import EmbedMeta
 from pipeline.errors import run_stage
 from pipeline.images import UnreadableImage, decode_image, fit_image, pixel_hash
 from pipeline.inputs import to_input
@@ -63,12 +63,10 @@ def run(data: DataConfig, cfg: EmbedConfig, prepared: Path, out_dir: Path, *,
     stacked = np.concatenate(feats) if feats else np.zeros((0, 0), np.float32)
     embeddings = np.zeros((len(df), stacked.shape[1]), dtype=np.float32)
     embeddings[rows] = stacked
-    out_dir.mkdir(parents=True, exist_ok=True)
-    np.save(out_dir / "embeddings.npy", embeddings)
     valid = [h is not None for h in hashes]
-    meta = {"ids": list(df["image_id"]), "valid": valid, "pixel_hash": hashes,
-            "error": errors, "model": info, "image_size": cfg.image_size}
-    (out_dir / "meta.json").write_text(json.dumps(meta) + "\n")
+    embedfiles.write(out_dir, embeddings, EmbedMeta(
+        ids=list(df["image_id"]), valid=valid, pixel_hash=hashes, error=errors, model=info,
+        image_size=cfg.image_size))
     print(f"embed: {sum(valid)} of {len(df)} images, dimension {embeddings.shape[1]}")
     return embeddings
 
