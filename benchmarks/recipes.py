@@ -18,11 +18,12 @@ import time
 from pathlib import Path
 
 import torch
+from common import load_params
 
 from pipeline import paths
 from pipeline.backbones import load_trained
 from pipeline.cachefiles import open_split, read_meta
-from pipeline.config import load_params, parse_sections
+from pipeline.config import parse_sections
 from pipeline.engine import predict
 from pipeline.stages import train
 

@@ -191,24 +191,6 @@ def load_sections(*names: str, path: Path = PARAMS_FILE) -> tuple[Any, ...]:
     return parse_sections(params, *names)
 
 
-def load_params(overrides: Sequence[str] = (), *, path: Path = PARAMS_FILE) -> dict[str, Any]:
-    """params.yaml as plain data with ``section.key=value`` overrides (values read as
-    YAML, as ``dvc exp run -S`` does), for benchmarks and scripts; validate the result
-    with :func:`parse_sections`. An override of a key params.yaml lacks is an error."""
-    params = yaml.safe_load(path.read_text()) or {}
-    for item in overrides:
-        dotted, sep, value = item.partition("=")
-        node = params
-        *parents, leaf = dotted.split(".")
-        for key in parents:
-            node = node.get(key) if isinstance(node, dict) else None
-        if not sep or not isinstance(node, dict) or leaf not in node:
-            raise ParamsError(f"override {item!r}: give section.key=value with a key that "
-                              f"params.yaml has")
-        node[leaf] = yaml.safe_load(value)
-    return params
-
-
 def as_dict(config: Any) -> dict[str, Any]:
     """A config object as plain data (for saving with models and metrics)."""
     return dataclasses.asdict(config)

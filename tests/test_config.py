@@ -73,7 +73,7 @@ def test_bad_phase_is_named_by_index():
 
 
 def test_load_params_applies_overrides_as_dvc_does(tmp_path):
-    from pipeline.config import load_params
+    from benchmarks.common import load_params
 
     path = tmp_path / "params.yaml"
     path.write_text((REPO / "params.yaml").read_text())
