@@ -81,3 +81,11 @@ def test_stage_imports_the_schema_of_every_section_it_loads(stage):
     # import it too, so that dvc.yaml declares it and a schema change reruns the stage.
     loaded = _sections_loaded(REPO / "pipeline" / "stages" / f"{stage}.py")
     assert {f"pipeline.params.{s}" for s in loaded} <= _closure(f"pipeline.stages.{stage}")
+
+
+@pytest.mark.parametrize("stage", ["embed", "clean", "split", "cache"])
+def test_stages_before_train_import_no_training_code(stage):
+    # an edit to the training loop, the schedule or the layer groups must not rerun them
+    training_only = {"pipeline.engine", "pipeline.finetune", "pipeline.models",
+                     "pipeline.training", "pipeline.params.train", "pipeline.params.model"}
+    assert not training_only & _closure(f"pipeline.stages.{stage}")
