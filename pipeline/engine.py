@@ -16,7 +16,8 @@ from torch import nn
 from tqdm import tqdm
 
 from pipeline.cachefiles import ArraySplit
-from pipeline.inputs import Preprocessing, to_input
+from pipeline.inputs import ImageInput, Preprocessing
+from pipeline.modality import BatchAdapter
 
 
 def batch_indices(n: int, batch_size: int, *, generator: torch.Generator | None = None,
@@ -122,19 +123,21 @@ def train_one_epoch(net: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.
 
 @torch.inference_mode()
 def head_inputs(model: nn.Module, head: nn.Module, data: ArraySplit, *, prep: Preprocessing,
-                device: torch.device, batch_size: int, amp: bool = False) -> torch.Tensor:
+                device: torch.device, batch_size: int, amp: bool = False,
+                inputs: BatchAdapter | None = None) -> torch.Tensor:
     """(N, D) float32 inputs of ``head`` for every row: the frozen backbone's features.
 
     Run once per cached view when only the head trains: in eval mode these never change,
     so the head can train on them without recomputing the backbone.
     """
+    adapter = inputs or ImageInput(prep)  # how cached rows become model input
     captured: list[torch.Tensor] = []
     hook = head.register_forward_pre_hook(lambda _, args: captured.append(args[0].float()))
     model.eval()  # the caller restores its modes (models.train_mode)
     try:
         for images, _ in batches(data, batch_size):
             with _autocast(device, amp):
-                model(to_input(images, prep, device))
+                model(adapter.to_input(images, device))
     finally:
         hook.remove()
     return torch.cat(captured) if captured else torch.zeros((0, 0), device=device)
@@ -157,13 +160,14 @@ def tta_views(x: torch.Tensor, tta: str) -> list[torch.Tensor]:
 @torch.inference_mode()
 def predict(model: nn.Module, data: ArraySplit, *, prep: Preprocessing,
             device: torch.device, batch_size: int, amp: bool = False,
-            tta: str = "none") -> np.ndarray:
+            tta: str = "none", inputs: BatchAdapter | None = None) -> np.ndarray:
     """(N, C) float64 class probabilities for every image, in row order (averaged over
     the test-time views when ``tta`` is not ``none``)."""
+    adapter = inputs or ImageInput(prep)  # how cached rows become model input
     model.eval()
     out = []
     for images, _ in batches(data, batch_size):
-        views = tta_views(to_input(images, prep, device), tta)
+        views = tta_views(adapter.to_input(images, device), tta)
         probs = torch.zeros(())
         for x in views:
             with _autocast(device, amp):

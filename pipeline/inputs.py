@@ -27,3 +27,14 @@ def to_input(images: torch.Tensor, prep: Preprocessing, device: torch.device) ->
     mean = torch.tensor(prep.mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(prep.std, device=device).view(1, 3, 1, 1)
     return (x - mean) / std
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    """Image batches to model input (:class:`pipeline.modality.BatchAdapter`)."""
+
+    prep: Preprocessing
+
+    def to_input(self, batch: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """(B, H, W, 3) uint8 -> normalised (B, 3, H, W) float32 (:func:`to_input`)."""
+        return to_input(batch, self.prep, device)

@@ -23,8 +23,9 @@ import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from sklearn.metrics import confusion_matrix  # noqa: E402
 
-from pipeline.images import UnreadableImage, decode_image, fit_image  # noqa: E402
+from pipeline.images import IMAGES  # noqa: E402
 from pipeline.manifest import ISSUES, resolve, split_issues  # noqa: E402
+from pipeline.modality import UnreadableItem  # noqa: E402
 from pipeline.pages import img_tag  # noqa: E402
 
 THUMB = 64  # pixels
@@ -173,10 +174,10 @@ def issues_html(clean: pd.DataFrame, root: Path) -> list[str]:
         thumbs, captions = [], []
         for rel, label in zip(head["path"], head["label"]):
             try:
-                pixels = decode_image(resolve(root, rel), max_pixels=1 << 26)
-                thumbs.append(fit_image(pixels, THUMB, fit="pad"))
+                pixels = IMAGES.decode(resolve(root, rel), max_pixels=1 << 26)
+                thumbs.append(IMAGES.fit(pixels, THUMB, fit="pad"))
                 captions.append(f"{label}: {Path(rel).name[:18]}")
-            except UnreadableImage:
+            except UnreadableItem:
                 continue
         grid = img_tag(image_grid(thumbs, captions), issue) if thumbs else ""
         parts.append(f"<h3>{issue}: {len(rows)} images, {int((~rows['keep']).sum())} "

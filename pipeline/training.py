@@ -46,8 +46,9 @@ from pipeline.finetune import (
     param_groups,
     set_lrs,
 )
-from pipeline.inputs import Preprocessing, to_input
+from pipeline.inputs import ImageInput, Preprocessing
 from pipeline.metrics import headline
+from pipeline.modality import BatchAdapter, BatchAugment
 from pipeline.models import LayerGroup, layer_groups, set_trainable, train_mode
 from pipeline.params.model import ModelConfig
 from pipeline.params.train import TrainConfig
@@ -76,6 +77,8 @@ class Setup:
     ema: Any  # timm ModelEmaV3, or None
     loss_fn: Loss
     mix: Mix | None
+    inputs: BatchAdapter  # cached rows to model input (the modality's)
+    augment: BatchAugment  # per-epoch augmentation of model input (the modality's)
 
 
 def make_loss(cfg: TrainConfig, num_classes: int) -> tuple[Loss, Mix | None]:
@@ -121,7 +124,7 @@ def build_setup(model_cfg: ModelConfig, cfg: TrainConfig, num_classes: int,
     forward: Any = torch.compile(model) if cfg.compile else model
     loss_fn, mix = make_loss(cfg, num_classes)
     return Setup(model, prep, weights_info, groups, tops, head, forward, optimizer, scaler,
-                 ema, loss_fn, mix)
+                 ema, loss_fn, mix, ImageInput(prep), random_flip_shift)
 
 
 # ----------------------------------------------------------------------------- loop state
@@ -296,13 +299,13 @@ def validate(model: nn.Module, data: ArraySplit, **kwargs: Any) -> dict[str, flo
             "val_macro_f1": scores["macro_f1"]}
 
 
-def image_batches(run: Run, data: ArraySplit) -> Batches:
+def input_batches(run: Run, data: ArraySplit) -> Batches:
     """Shuffled, augmented, model-ready batches of one cached view."""
-    cfg, device = run.cfg, run.device
-    for images, labels in batches(data, cfg.batch_size, generator=run.order, rank=run.rank,
-                                  world=run.world, pin=device.type == "cuda"):
-        yield random_flip_shift(to_input(images, run.setup.prep, device), hflip=cfg.hflip,
-                                shift=cfg.shift, generator=run.augment_rng), labels
+    cfg, device, s = run.cfg, run.device, run.setup
+    for rows, labels in batches(data, cfg.batch_size, generator=run.order, rank=run.rank,
+                                world=run.world, pin=device.type == "cuda"):
+        yield s.augment(s.inputs.to_input(rows, device), hflip=cfg.hflip, shift=cfg.shift,
+                        generator=run.augment_rng), labels
 
 
 def feature_batches(run: Run, feats: torch.Tensor, labels: np.ndarray) -> Batches:
@@ -369,14 +372,14 @@ def epoch_batches(run: Run, phase: PhaseRun, data: ArraySplit, view: int
                   ) -> tuple[Batches, float]:
     """This epoch's batches, and the seconds spent storing the view's features first."""
     if not phase.use_features:
-        return image_batches(run, data), 0.0
+        return input_batches(run, data), 0.0
     extra = 0.0
     if view not in phase.features:
         s = run.setup
         start = time.perf_counter()
         phase.features[view] = head_inputs(s.model, s.head, data, prep=s.prep,
                                            device=run.device, batch_size=run.cfg.batch_size,
-                                           amp=run.cfg.amp)
+                                           amp=run.cfg.amp, inputs=s.inputs)
         extra = time.perf_counter() - start
     return feature_batches(run, phase.features[view], data.labels), extra
 
@@ -406,7 +409,7 @@ def run_epoch(run: Run, loop: LoopState, phase: PhaseRun) -> dict[str, Any]:
     train_loss = float(totals[0] / totals[1])
     scored = s.ema.module if s.ema is not None else s.model
     val = validate(scored, run.val, prep=s.prep, device=run.device,
-                   batch_size=cfg.batch_size, amp=cfg.amp)
+                   batch_size=cfg.batch_size, amp=cfg.amp, inputs=s.inputs)
     if phase.schedule.plateau is not None:
         phase.schedule.plateau.step(val[cfg.monitor])
     loop.epoch += 1

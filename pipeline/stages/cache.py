@@ -22,8 +22,9 @@ from pipeline.augment import make_views, view_transform
 from pipeline.cachefiles import CacheMeta, images_name, labels_name, write_meta
 from pipeline.config import load_sections
 from pipeline.errors import PipelineError, run_stage
-from pipeline.images import UnreadableImage, decode_image, fit_image, natural_key
+from pipeline.images import IMAGES, natural_key
 from pipeline.manifest import read_manifest, resolve
+from pipeline.modality import UnreadableItem
 from pipeline.params.cache import CacheConfig
 from pipeline.params.data import DataConfig
 from pipeline.splitting import SPLITS
@@ -57,11 +58,11 @@ def run(data: DataConfig, cfg: CacheConfig, split_manifest: Path, out_dir: Path)
                              dtype=np.uint8, shape=shape) for k in range(k_views)]
         for i, rel in enumerate(tqdm(rows["path"], desc=f"cache {split}", mininterval=1.0)):
             try:
-                pixels = decode_image(resolve(root, rel), max_pixels=MAX_PIXELS)
-            except UnreadableImage as exc:
+                pixels = IMAGES.decode(resolve(root, rel), max_pixels=MAX_PIXELS)
+            except UnreadableItem as exc:
                 raise PipelineError(f"{rel} became unreadable after cleaning ({exc}); "
                                     f"rerun dvc repro") from None
-            images[i] = fit_image(pixels, size, fit=cfg.fit)
+            images[i] = IMAGES.fit(pixels, size, fit=cfg.fit)
             if k_views:
                 made = make_views(pixels, transform, views=k_views, size=size, seed=cfg.seed,
                                   row=i)

@@ -20,9 +20,10 @@ from pipeline.backbones import BackboneSpec, check_model_config, create_model
 from pipeline.config import load_sections
 from pipeline.embedfiles import EmbedMeta
 from pipeline.errors import run_stage
-from pipeline.images import UnreadableImage, decode_image, fit_image, pixel_hash
-from pipeline.inputs import to_input
+from pipeline.images import IMAGES
+from pipeline.inputs import ImageInput
 from pipeline.manifest import read_manifest, resolve
+from pipeline.modality import UnreadableItem
 from pipeline.params.data import DataConfig
 from pipeline.params.embed import EmbedConfig
 from pipeline.seeding import resolve_device
@@ -38,6 +39,7 @@ def run(data: DataConfig, cfg: EmbedConfig, prepared: Path, out_dir: Path, *,
     model, prep, info = create_model(model_cfg, num_classes=0)
     model.to(dev).to(memory_format=torch.channels_last).eval()
     root = Path(data.root)
+    codec, inputs = IMAGES, ImageInput(prep)  # the modality seam (pipeline.modality)
     hashes: list[str | None] = [None] * len(df)
     errors = [""] * len(df)
     rows: list[int] = []
@@ -48,16 +50,16 @@ def run(data: DataConfig, cfg: EmbedConfig, prepared: Path, out_dir: Path, *,
             batch, batch_rows = [], []
             for i in range(start, min(start + cfg.batch_size, len(df))):
                 try:
-                    pixels = decode_image(resolve(root, paths_list[i]),
+                    pixels = codec.decode(resolve(root, paths_list[i]),
                                           max_pixels=cfg.max_pixels)
-                except UnreadableImage as exc:
+                except UnreadableItem as exc:
                     errors[i] = str(exc)
                     continue
-                hashes[i] = pixel_hash(pixels)
-                batch.append(fit_image(pixels, cfg.image_size, fit="crop"))
+                hashes[i] = codec.content_hash(pixels)
+                batch.append(codec.fit(pixels, cfg.image_size, fit="crop"))
                 batch_rows.append(i)
             if batch:
-                x = to_input(torch.from_numpy(np.stack(batch)), prep, dev)
+                x = inputs.to_input(torch.from_numpy(np.stack(batch)), dev)
                 feats.append(torch.nn.functional.normalize(model(x).float(), dim=1).cpu().numpy())
                 rows.extend(batch_rows)
     stacked = np.concatenate(feats) if feats else np.zeros((0, 0), np.float32)

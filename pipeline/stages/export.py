@@ -21,7 +21,7 @@ from pipeline.backbones import load_trained
 from pipeline.cachefiles import open_split, read_meta
 from pipeline.engine import batches
 from pipeline.errors import PipelineError, run_stage
-from pipeline.inputs import to_input
+from pipeline.inputs import ImageInput
 
 TOLERANCE = 1e-4  # largest allowed probability difference to PyTorch
 
@@ -32,7 +32,8 @@ def run(model_path: Path, cache_dir: Path, out_dir: Path, metrics_out: Path) -> 
     model.eval()
     test = open_split(cache_dir, read_meta(cache_dir), "test")
     first = next(batches(test, 8))[0]
-    example = to_input(first, prep, torch.device("cpu")).contiguous()
+    inputs = ImageInput(prep)  # the modality seam (pipeline.modality)
+    example = inputs.to_input(first, torch.device("cpu")).contiguous()
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {"torchscript": out_dir / "model.ts", "onnx": out_dir / "model.onnx"}
     with torch.inference_mode():
@@ -52,7 +53,7 @@ def run(model_path: Path, cache_dir: Path, out_dir: Path, metrics_out: Path) -> 
     disagree = {"torchscript": 0, "onnx": 0}
     sizes = set()
     for images, _ in batches(test, 64):  # the last batch is smaller: dynamic batch size
-        x = to_input(images, prep, torch.device("cpu")).contiguous()
+        x = inputs.to_input(images, torch.device("cpu")).contiguous()
         sizes.add(len(x))
         with torch.inference_mode():
             reference = torch.softmax(model(x), 1).numpy()
