@@ -61,11 +61,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from common import load_params, probe_accuracy
 from PIL import Image, ImageEnhance
 
-from pipeline.config import load_params, parse_sections
+from pipeline.config import parse_sections
 from pipeline.images import UnreadableImage, decode_image, pixel_hash
-from pipeline.quality import probe_accuracy
 from pipeline.stages import clean, embed, prepare
 
 REPO = Path(__file__).resolve().parents[1]

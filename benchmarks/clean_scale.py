@@ -26,8 +26,9 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from common import load_params
 
-from pipeline.config import load_params, parse_sections
+from pipeline.config import parse_sections
 from pipeline.quality import (
     conflicting_clusters,
     exact_duplicate_clusters,

@@ -32,7 +32,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.config import load_params  # noqa: E402
+from common import load_params  # noqa: E402
 
 # Each case: environment variables that make this machine behave like another one.
 CASES: dict[str, dict[str, str]] = {

@@ -3,37 +3,37 @@
     python benchmarks/feature_cache.py [--epochs 3]
 
 Uses the demo cache (``dvc repro cache`` first) and params.yaml's model and train
-settings. Times, with the train stage's own functions: computing the features once
-(engine.head_inputs), head-only epochs on them, and head-only epochs that run the frozen
-backbone forward every batch (train.feature_cache: false). Prints the median epoch times,
+settings. Times, with the train stage's own parts (pipeline.training: build_setup,
+start_phase, run_epoch): computing the features once, head-only epochs on them, and
+head-only epochs that run the frozen backbone forward every batch (train.feature_cache:
+false). Prints the median epoch times,
 their ratio, and how far apart the two heads end up.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
-import json
+import dataclasses
 import statistics
-import time
+import tempfile
 from pathlib import Path
 
 import torch
 import yaml
-from torch import nn
 
 from pipeline import paths
+from pipeline.cachefiles import open_split, read_meta
 from pipeline.config import parse_sections
-from pipeline.engine import (
-    batch_indices,
-    batches,
-    head_inputs,
-    load_split,
-    to_input,
-    train_one_epoch,
+from pipeline.params.train import Phase
+from pipeline.training import (
+    Checkpointer,
+    LoopState,
+    Run,
+    build_setup,
+    epoch_batches,
+    run_epoch,
+    start_phase,
 )
-from pipeline.finetune import group_lrs, make_optimizer, param_groups, set_lrs
-from pipeline.models import create_model, head_module, layer_groups, set_trainable, train_mode
 
 
 def main() -> None:
@@ -42,53 +42,37 @@ def main() -> None:
     args = parser.parse_args()
     params = yaml.safe_load(Path("params.yaml").read_text())
     model_cfg, cfg = parse_sections(params, "model", "train")
-    meta = json.loads((paths.CACHE_DIR / "meta.json").read_text())
-    data = load_split(paths.CACHE_DIR, "train", meta["ids"]["train"])
+    # one head-only phase at a constant lr, nothing that changes inputs every epoch
+    cfg = dataclasses.replace(
+        cfg, hflip=False, shift=0, mixup=0.0, cutmix=0.0, ema_decay=0.0, compile=False,
+        patience=0, phases=(Phase(epochs=args.epochs, unfreeze="head",
+                                  lr_mult=cfg.phases[0].lr_mult, schedule="constant"),))
+    meta = read_meta(paths.CACHE_DIR)
+    data, val = open_split(paths.CACHE_DIR, meta, "train"), open_split(paths.CACHE_DIR, meta, "val")
     cpu = torch.device("cpu")
-    torch.manual_seed(0)
-    model, prep, _ = create_model(model_cfg, len(meta["classes"]))
-    model.to(memory_format=torch.channels_last)
-    groups = layer_groups(model)
-    steps = -(-len(data.labels) // cfg.batch_size)
-    results = {}
-    heads = {}
+    results, heads = {}, {}
     for mode in ("backbone", "features"):
-        net = copy.deepcopy(model)
-        head = head_module(net)
-        set_trainable(net, groups, 1)
-        optimizer = make_optimizer(cfg, param_groups(net, groups, cfg.weight_decay))
-        set_lrs(optimizer, group_lrs(cfg, cfg.phases[0], len(groups), 1))
-        order = torch.Generator().manual_seed(0)
+        mode_cfg = dataclasses.replace(cfg, feature_cache=mode == "features")
+        torch.manual_seed(0)  # the same new head in both modes
+        setup = build_setup(model_cfg, mode_cfg, len(meta.classes), cpu, verbose=False)
+        run = Run(mode_cfg, setup, [data], val, cpu, torch.Generator().manual_seed(0),
+                  torch.Generator().manual_seed(1), Checkpointer(Path(tempfile.gettempdir()), []),
+                  log=lambda record: None)
+        loop = LoopState()
+        phase = start_phase(run, loop, None)
+        _, extract = epoch_batches(run, phase, data, 0)  # stores the features (features mode)
         torch.manual_seed(1)  # the same dropout masks in both modes
-        extract = 0.0
-        if mode == "features":
-            start = time.perf_counter()
-            feats = head_inputs(net, head, data, prep=prep, device=cpu,
-                                batch_size=cfg.batch_size)
-            extract = time.perf_counter() - start
         times = []
         for _ in range(args.epochs):
-            train_mode(net, bn=cfg.bn)
-            if mode == "features":
-                stream = ((feats[torch.from_numpy(i)], torch.from_numpy(data.labels[i]))
-                          for i in batch_indices(len(data.labels), cfg.batch_size,
-                                                 generator=order))
-                target: nn.Module = head
-            else:
-                stream = ((to_input(x, prep, cpu), y)
-                          for x, y in batches(data, cfg.batch_size, generator=order))
-                target = net
-            stats = train_one_epoch(target, stream, steps=steps, optimizer=optimizer,
-                                    on_step=lambda: None, loss_fn=nn.CrossEntropyLoss(),
-                                    device=cpu, amp=False,
-                                    scaler=torch.amp.GradScaler("cpu", enabled=False))
-            times.append(stats["seconds"])
+            before = loop.timing.get("phase0_seconds", 0.0)
+            run_epoch(run, loop, phase)  # the train stage's own epoch (validation untimed)
+            times.append(loop.timing["phase0_seconds"] - before)
         results[mode] = (statistics.median(times), extract)
-        heads[mode] = head.state_dict()
+        heads[mode] = setup.head.state_dict()
     full, fast = results["backbone"][0], results["features"][0]
     diff = max(float((heads["backbone"][k] - heads["features"][k]).abs().max())
                for k in heads["backbone"])
-    print(f"{len(data.labels)} train images, {meta['image_size']} px, {model_cfg.name}, "
+    print(f"{len(data.labels)} train images, {meta.image_size} px, {model_cfg.name}, "
           f"batch {cfg.batch_size}, {torch.get_num_threads()} threads, {args.epochs} epochs")
     print(f"head epoch through the frozen backbone: {full:.3f} s "
           f"({len(data.labels) / full:.0f} images/s)")

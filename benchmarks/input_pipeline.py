@@ -35,17 +35,13 @@ from PIL import Image
 from torch import nn
 from torchvision import datasets, transforms
 
-from pipeline.augment import random_flip_shift
+from pipeline.backbones import create_model
+from pipeline.cachefiles import ArraySplit, NpyRows, load_split
 from pipeline.config import parse_sections
-from pipeline.engine import ArraySplit, NpyRows, batches, load_split, to_input, train_one_epoch
+from pipeline.engine import batches, random_flip_shift, train_one_epoch
+from pipeline.inputs import Preprocessing, to_input
 from pipeline.manifest import write_manifest
-from pipeline.models import (
-    Preprocessing,
-    create_model,
-    layer_groups,
-    set_trainable,
-    train_mode,
-)
+from pipeline.models import layer_groups, set_trainable, train_mode
 from pipeline.seeding import dataloader_seeding
 from pipeline.stages import cache, prepare
 

@@ -18,12 +18,13 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
+from common import load_params
 
 from pipeline import paths
-from pipeline.config import load_params, parse_sections
-from pipeline.engine import load_split, predict
-from pipeline.models import load_trained
+from pipeline.backbones import load_trained
+from pipeline.cachefiles import open_split, read_meta
+from pipeline.config import parse_sections
+from pipeline.engine import predict
 from pipeline.stages import train
 
 
@@ -43,8 +44,7 @@ def main() -> None:
     parser.add_argument("--only", action="append", default=[])
     args = parser.parse_args()
     params = load_params(args.set)
-    meta = yaml.safe_load((paths.CACHE_DIR / "meta.json").read_text())
-    test = load_split(paths.CACHE_DIR, "test", meta["ids"]["test"])
+    test = open_split(paths.CACHE_DIR, read_meta(paths.CACHE_DIR), "test")
     rows = []
     for name, phases in recipes(params["train"]["phases"]).items():
         if args.only and name not in args.only:

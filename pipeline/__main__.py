@@ -9,7 +9,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from pipeline.config import PipelineError
+from pipeline.errors import PipelineError
 from pipeline.predict import Predictor, expand, predict_files, top_k
 
 MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb limit

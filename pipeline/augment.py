@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from pipeline.config import AugmentConfig
+from pipeline.params.cache import AugmentConfig
 
 
 def view_transform(cfg: AugmentConfig, size: int) -> v2.Compose:
@@ -55,22 +55,3 @@ def make_views(pixels: np.ndarray, transform: v2.Compose, *, views: int, size: i
         torch.manual_seed(int(np.random.SeedSequence([seed, k, row]).generate_state(1)[0]))
         out[k] = transform(chw).permute(1, 2, 0).numpy()
     return out
-
-
-def random_flip_shift(x: torch.Tensor, *, hflip: bool, shift: int,
-                      generator: torch.Generator) -> torch.Tensor:
-    """Per-image random left-right flip and translation of a (B, C, H, W) batch.
-
-    Translation pads by ``shift`` pixels (edge values) and crops back at a random
-    offset in [0, 2 * shift] per image. Random numbers come from ``generator`` (CPU).
-    """
-    if hflip:
-        flip = (torch.rand(x.shape[0], generator=generator) < 0.5).to(x.device)
-        x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
-    if shift > 0:
-        b, _, h, w = x.shape
-        padded = torch.nn.functional.pad(x, (shift, shift, shift, shift), mode="replicate")
-        offsets = torch.randint(0, 2 * shift + 1, (b, 2), generator=generator)
-        x = torch.stack([padded[i, :, dy:dy + h, dx:dx + w]
-                         for i, (dy, dx) in enumerate(offsets.tolist())])
-    return x

@@ -1,5 +1,5 @@
 """The fine-tuning schedule: param groups with discriminative learning rates, the
-optimizer, per-phase warmup + schedule, and the state a resumed run needs.
+optimizer and per-phase warmup + schedule.
 
 One optimizer holds every parameter from the start, in one param group per layer group
 (two when weight decay applies: norms and biases get none). Frozen parameters never get
@@ -10,16 +10,15 @@ training, and the state of parameters that were already training carries over.
 from __future__ import annotations
 
 import math
-import random
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from torch import nn
 
-from pipeline.config import Phase, PipelineError, TrainConfig
+from pipeline.errors import PipelineError
 from pipeline.models import LayerGroup, trainable_groups
+from pipeline.params.train import Phase, TrainConfig
 
 
 def param_groups(model: nn.Module, groups: list[LayerGroup], weight_decay: float
@@ -122,32 +121,3 @@ def check_phases(cfg: TrainConfig, groups: list[LayerGroup]) -> list[int]:
         except PipelineError as exc:
             raise PipelineError(f"train.phases[{i}].{exc}") from None
     return tops
-
-
-# ----------------------------------------------------------------------------- RNG state
-
-
-def rng_state(generator: torch.Generator) -> dict[str, Any]:
-    """Every random state a resumed run needs, as tensors and plain data (weights_only)."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)  # type: ignore[misc]
-    assert isinstance(keys, np.ndarray)
-    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
-             "generator": generator.get_state(),
-             "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)),
-                       "pos": pos, "has_gauss": has_gauss, "gauss": gauss}}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
-    """Restore what :func:`rng_state` saved."""
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    torch.set_rng_state(state["torch"])
-    generator.set_state(state["generator"])
-    n = state["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"],
-                         n["has_gauss"], n["gauss"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])

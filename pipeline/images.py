@@ -12,11 +12,13 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from pipeline.modality import UnreadableItem
+
 # Broken files must fail, never train on half an image.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 
-class UnreadableImage(Exception):
+class UnreadableImage(UnreadableItem):
     """The file cannot be decoded into an image; ``str(exc)`` is the reason."""
 
 
@@ -119,3 +121,32 @@ def natural_key(text: str) -> tuple[tuple[int, int | str], ...]:
     """Sort key that orders "2" before "10" (class folders named by numbers)."""
     return tuple((0, int(part)) if part.isdigit() else (1, part)
                  for part in re.split(r"(\d+)", text) if part)
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+class ImageCodec:
+    """Images as the pipeline's items (:class:`pipeline.modality.ItemCodec`)."""
+
+    name: str = "image"
+    suffixes: tuple[str, ...] = IMAGE_SUFFIXES
+
+    def decode(self, path: Path, *, max_pixels: int) -> np.ndarray:
+        """(H, W, 3) uint8 RGB, EXIF orientation applied (:func:`decode_image`)."""
+        return decode_image(path, max_pixels=max_pixels)
+
+    def content_hash(self, item: np.ndarray) -> str:
+        """Hash of the decoded pixels (:func:`pixel_hash`)."""
+        return pixel_hash(item)
+
+    def fit(self, item: np.ndarray, size: int, *, fit: str) -> np.ndarray:
+        """(size, size, 3) uint8 (:func:`fit_image`)."""
+        return fit_image(item, size, fit=fit)
+
+    def thumbnail(self, item: np.ndarray, size: int) -> bytes:
+        """PNG bytes, longer side at most ``size`` (:func:`thumbnail_png`)."""
+        return thumbnail_png(item, size)
+
+
+IMAGES = ImageCodec()

@@ -6,9 +6,23 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.config import PipelineError
+from pipeline.errors import PipelineError
 
 BOOL_COLUMNS = ("keep",)
+# The names of the clean manifest's ``issues`` column (;-joined), in the order clean
+# checks, counts and reports them; clean.max_rate has one key per name.
+ISSUES = ("unreadable", "exact_duplicate", "near_duplicate", "conflicting_labels",
+          "label_issue", "outlier")
+
+
+def join_issues(names: list[str]) -> str:
+    """The ``issues`` cell of a row with these issues."""
+    return ";".join(names)
+
+
+def split_issues(cell: str) -> list[str]:
+    """The issue names of an ``issues`` cell."""
+    return cell.split(";") if cell else []
 
 
 def read_manifest(path: Path) -> pd.DataFrame:

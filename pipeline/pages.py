@@ -7,7 +7,8 @@ import base64
 import html
 from pathlib import Path
 
-from pipeline.images import UnreadableImage, decode_image, thumbnail_png
+from pipeline.images import IMAGES
+from pipeline.modality import ItemCodec, UnreadableItem
 
 # Thumbnails never decode larger images (decompression bombs): pixels.
 THUMB_MAX_PIXELS = 1 << 26
@@ -20,11 +21,11 @@ def img_tag(data: bytes, alt: str, width: int | None = None) -> str:
             f'src="data:image/png;base64,{base64.b64encode(data).decode()}">')
 
 
-def thumbnail_tag(path: Path, alt: str, *, size: int = 96) -> str:
+def thumbnail_tag(path: Path, alt: str, *, size: int = 96, codec: ItemCodec = IMAGES) -> str:
     """An <img> thumbnail (longer side at most ``size`` pixels) of an image file, or a
     short note saying why the file cannot be shown."""
     try:
-        pixels = decode_image(path, max_pixels=THUMB_MAX_PIXELS)
-    except UnreadableImage as exc:
+        pixels = codec.decode(path, max_pixels=THUMB_MAX_PIXELS)
+    except UnreadableItem as exc:
         return f"<div>unreadable: {html.escape(str(exc))}</div>"
-    return img_tag(thumbnail_png(pixels, size), alt)
+    return img_tag(codec.thumbnail(pixels, size), alt)

@@ -18,3 +18,4 @@ MODEL = Path("models/model.pt")
 METRICS_DIR = Path("metrics")
 CURVES_DIR = METRICS_DIR / "curves"
 CHECKPOINT_DIR = Path("checkpoints/train")  # persisted by DVC: a killed run resumes
+REPORTS_DIR = Path("reports")

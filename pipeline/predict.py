@@ -14,12 +14,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.engine import to_input
-from pipeline.images import UnreadableImage, decode_image, fit_image
-from pipeline.models import Preprocessing, load_trained
+from pipeline.backbones import load_trained
+from pipeline.images import IMAGES, UnreadableImage, decode_image, fit_image
+from pipeline.inputs import ImageInput, Preprocessing
 from pipeline.seeding import resolve_device
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
 @dataclass
@@ -52,7 +50,8 @@ class Predictor:
     @torch.inference_mode()
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """(B, S, S, 3) uint8 prepared images -> (B, C) float64 probabilities."""
-        x = to_input(torch.from_numpy(np.ascontiguousarray(images)), self.prep, self.device)
+        x = ImageInput(self.prep).to_input(torch.from_numpy(np.ascontiguousarray(images)),
+                                           self.device)
         return torch.softmax(self.model(x).float(), 1).cpu().double().numpy()
 
 
@@ -68,7 +67,7 @@ def expand(inputs: Sequence[Path]) -> list[Path]:
     for item in inputs:
         if item.is_dir():
             files.extend(sorted(p for p in item.rglob("*")
-                                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES))
+                                if p.is_file() and p.suffix.lower() in IMAGES.suffixes))
         else:
             files.append(item)
     return files

@@ -245,15 +245,6 @@ def out_of_fold_probabilities(embeddings: np.ndarray, y: np.ndarray, *, folds: i
     return cross_val_predict(lda, features, y, method="predict_proba", cv=cv)
 
 
-def probe_accuracy(embeddings: np.ndarray, labels: Sequence[str], *, folds: int, seed: int,
-                   probe: str, dims: int) -> float:
-    """Out-of-fold accuracy of the label check's linear probe: how well it can judge labels."""
-    _, y = np.unique(np.asarray(labels, dtype=object), return_inverse=True)
-    probs = out_of_fold_probabilities(embeddings, y, folds=folds, seed=seed, probe=probe,
-                                      dims=dims)
-    return float((probs.argmax(1) == y).mean())
-
-
 def label_issues(embeddings: np.ndarray, labels: Sequence[str], *, folds: int, seed: int,
                  filter_by: str, probe: str = "logistic", dims: int = 128
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:

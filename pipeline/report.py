@@ -6,8 +6,13 @@ Images are embedded as data URIs so the page opens offline from any folder.
 
 from __future__ import annotations
 
+import dataclasses
+import html
 import io
+import json
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -17,6 +22,23 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from sklearn.metrics import confusion_matrix  # noqa: E402
+
+from pipeline.images import IMAGES  # noqa: E402
+from pipeline.manifest import ISSUES, resolve, split_issues  # noqa: E402
+from pipeline.modality import UnreadableItem  # noqa: E402
+from pipeline.pages import img_tag  # noqa: E402
+
+THUMB = 64  # pixels
+STYLE = """body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}
+h1{margin-bottom:0}h2{border-bottom:1px solid #ccc;margin-top:2em}
+table.t{border-collapse:collapse;font-size:13px;margin:.5em 0}
+table.t td,table.t th{border:1px solid #ddd;padding:3px 8px;text-align:right}
+.muted{color:#666}code{background:#f3f3f3;padding:1px 4px}img{max-width:100%}"""
+# Marks the page once every image has decoded: data-broken-images="0" when all load.
+CHECK_IMAGES = """<script>window.addEventListener('load',function(){var b=0;
+document.querySelectorAll('img').forEach(function(i){if(!i.complete||i.naturalWidth===0)b++;});
+document.body.setAttribute('data-broken-images',String(b));
+document.body.setAttribute('data-images',String(document.images.length));});</script>"""
 
 
 def png(fig: Figure) -> bytes:
@@ -122,3 +144,93 @@ def image_grid(images: Sequence[np.ndarray], captions: Sequence[str], *, columns
     if title:
         fig.suptitle(title)
     return png(fig)
+
+
+# ----------------------------------------------------------------------------- HTML
+
+
+def section(title: str, *parts: str) -> str:
+    """A titled section of the page."""
+    return f"<h2>{html.escape(title)}</h2>\n" + "\n".join(parts)
+
+
+def page(body: list[str]) -> str:
+    """The whole self-contained page around its sections."""
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>Fine-tuning report"
+            f"</title><style>{STYLE}</style></head><body>\n" + "\n".join(body) +
+            f"\n{CHECK_IMAGES}</body></html>\n")
+
+
+def issues_html(clean: pd.DataFrame, root: Path) -> list[str]:
+    """One part per issue clean found: a listing and thumbnails from the source files."""
+    parts = []
+    flagged = clean[clean["issues"] != ""]
+    for issue in ISSUES:
+        rows = flagged[flagged["issues"].map(lambda x, i=issue: i in split_issues(x))]
+        if rows.empty:
+            continue
+        head = rows.sort_values("image_id").head(16)
+        listing = table(head[["path", "label", "keep", "cluster_id", "error"]])
+        thumbs, captions = [], []
+        for rel, label in zip(head["path"], head["label"]):
+            try:
+                pixels = IMAGES.decode(resolve(root, rel), max_pixels=1 << 26)
+                thumbs.append(IMAGES.fit(pixels, THUMB, fit="pad"))
+                captions.append(f"{label}: {Path(rel).name[:18]}")
+            except UnreadableItem:
+                continue
+        grid = img_tag(image_grid(thumbs, captions), issue) if thumbs else ""
+        parts.append(f"<h3>{issue}: {len(rows)} images, {int((~rows['keep']).sum())} "
+                     f"dropped</h3>{listing}{grid}")
+    return parts
+
+
+def split_counts(split: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
+    """Images per class and split."""
+    counts = split.groupby(["label", "split"]).size().unstack(fill_value=0)
+    counts = counts.reindex(index=classes, columns=["train", "val", "test"], fill_value=0)
+    counts = counts.reset_index().rename(columns={"label": "class"})
+    counts.columns.name = None
+    return counts
+
+
+def metric_rows(results: dict[str, Any]) -> pd.DataFrame:
+    """The test metrics, accuracy and macro-F1 with their 95 % intervals first."""
+    ci = "{:.4f} [{:.4f}, {:.4f}]"
+    rows = [("accuracy (95 % CI)", ci.format(results["accuracy"],
+             results["accuracy_ci_low"], results["accuracy_ci_high"])),
+            ("macro-F1 (95 % CI)", ci.format(results["macro_f1"],
+             results["macro_f1_ci_low"], results["macro_f1_ci_high"]))]
+    rows += [(k, f"{v:.4f}" if isinstance(v, float) else str(v)) for k, v in results.items()
+             if not k.startswith(("accuracy", "macro_f1"))]
+    return pd.DataFrame(rows, columns=["metric", "value"])
+
+
+def phases_table(model_meta: dict[str, Any], train_metrics: dict[str, Any]) -> pd.DataFrame:
+    """The training schedule that ran, with each phase's time from metrics/train.json."""
+    phases = pd.DataFrame(model_meta["params"]["train"]["phases"])
+    phases.insert(0, "phase", range(len(phases)))
+    phases["lr"] = phases["lr_mult"] * model_meta["params"]["train"]["lr"]  # the head's
+    for key in ("seconds", "images_per_second"):
+        phases[key] = [train_metrics.get(f"phase{i}_{key}") for i in phases["phase"]]
+    return phases
+
+
+def model_table(model_meta: dict[str, Any]) -> pd.DataFrame:
+    """Library, architecture, weights and preprocessing of the trained model."""
+    pretrained, prep = model_meta["pretrained"], model_meta["preprocessing"]
+    return pd.DataFrame([{"library": model_meta["library"], "architecture": model_meta["arch"],
+                          "weights": pretrained["weights"],
+                          "sha256": pretrained.get("sha256", ""),
+                          "image size": prep["image_size"], "mean": str(prep["mean"]),
+                          "std": str(prep["std"])}])
+
+
+def split_html(split_cfg: Any, seed: int, split_metrics: dict[str, Any]) -> list[str]:
+    """The split's method, fractions and seed, and the leakage audit's counts."""
+    leak_keys = {k: v for k, v in split_metrics.items() if k.startswith("leak")}
+    return [f"<p>Method <code>{html.escape(split_cfg.method)}</code>, fractions "
+            f"{html.escape(json.dumps(dataclasses.asdict(split_cfg.fractions)))}, seed "
+            f"{seed}. Duplicate clusters are kept inside one split.</p>",
+            table(pd.DataFrame([leak_keys])) if leak_keys else
+            "<p>Leakage audit: not run by this version of the split stage.</p>"]

@@ -1,4 +1,5 @@
-"""Reproducibility in one place: seeding and the deterministic switch."""
+"""Reproducibility in one place: seeding, the deterministic switch, and every RNG state
+a resumed run needs."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.config import PipelineError
+from pipeline.errors import PipelineError
 
 
 def seed_everything(seed: int, *, deterministic: bool) -> torch.Generator:
@@ -90,3 +91,32 @@ def pin_cpu(*, deterministic: bool) -> dict[str, Any]:
     return {"cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "threads": torch.get_num_threads(),
             "pins": {n: os.environ[n] for n in CPU_PINS if n in os.environ}}
+
+
+# ----------------------------------------------------------------------------- RNG state
+
+
+def rng_state(generator: torch.Generator) -> dict[str, Any]:
+    """Every random state a resumed run needs, as tensors and plain data (weights_only)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)  # type: ignore[misc]
+    assert isinstance(keys, np.ndarray)
+    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+             "generator": generator.get_state(),
+             "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)),
+                       "pos": pos, "has_gauss": has_gauss, "gauss": gauss}}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
+    """Restore what :func:`rng_state` saved."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    torch.set_rng_state(state["torch"])
+    generator.set_state(state["generator"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"],
+                         n["has_gauss"], n["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

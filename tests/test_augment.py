@@ -2,9 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.augment import make_views, random_flip_shift, view_transform
+from pipeline.augment import make_views, view_transform
+from pipeline.cachefiles import NpyRows
 from pipeline.config import parse_sections
-from pipeline.engine import NpyRows
+from pipeline.engine import random_flip_shift
 
 from .conftest import class_image, repo_params
 

@@ -5,7 +5,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pipeline.config import PipelineError, parse_sections
+from pipeline.config import parse_sections
+from pipeline.errors import PipelineError
 from pipeline.images import file_sha256
 from pipeline.stages import clean, embed, prepare
 

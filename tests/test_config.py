@@ -2,7 +2,8 @@ import dataclasses
 
 import pytest
 
-from pipeline.config import ParamsError, parse_sections
+from pipeline.config import parse_sections
+from pipeline.errors import ParamsError
 
 from .conftest import REPO, repo_params
 
@@ -72,7 +73,7 @@ def test_bad_phase_is_named_by_index():
 
 
 def test_load_params_applies_overrides_as_dvc_does(tmp_path):
-    from pipeline.config import load_params
+    from benchmarks.common import load_params
 
     path = tmp_path / "params.yaml"
     path.write_text((REPO / "params.yaml").read_text())
@@ -83,3 +84,13 @@ def test_load_params_applies_overrides_as_dvc_does(tmp_path):
     assert train.phases[0].lr_mult == 1.0 and train.phases[0].schedule == ""
     with pytest.raises(ParamsError, match="train.lrr=1"):
         load_params(["train.lrr=1"], path=path)
+
+
+def test_max_rate_has_one_key_per_issue_name():
+    # the issue names live in pipeline.manifest.ISSUES; clean.max_rate mirrors them
+    import dataclasses
+
+    from pipeline.manifest import ISSUES
+    from pipeline.params.clean import MaxRates
+
+    assert tuple(f.name for f in dataclasses.fields(MaxRates)) == ISSUES

@@ -73,3 +73,19 @@ def test_package_init_files_are_empty():
     # Importing pipeline.x runs pipeline/__init__.py, which no stage declares.
     for init in (REPO / "pipeline").rglob("__init__.py"):
         assert init.read_text().strip() == "", init
+
+
+@pytest.mark.parametrize("stage", sorted(DVC))
+def test_stage_imports_the_schema_of_every_section_it_loads(stage):
+    # config.load_sections imports pipeline/params/<section>.py by name; the stage must
+    # import it too, so that dvc.yaml declares it and a schema change reruns the stage.
+    loaded = _sections_loaded(REPO / "pipeline" / "stages" / f"{stage}.py")
+    assert {f"pipeline.params.{s}" for s in loaded} <= _closure(f"pipeline.stages.{stage}")
+
+
+@pytest.mark.parametrize("stage", ["embed", "clean", "split", "cache"])
+def test_stages_before_train_import_no_training_code(stage):
+    # an edit to the training loop, the schedule or the layer groups must not rerun them
+    training_only = {"pipeline.engine", "pipeline.finetune", "pipeline.models",
+                     "pipeline.training", "pipeline.params.train", "pipeline.params.model"}
+    assert not training_only & _closure(f"pipeline.stages.{stage}")

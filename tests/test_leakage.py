@@ -5,7 +5,8 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
-from pipeline.config import PipelineError, parse_sections
+from pipeline.config import parse_sections
+from pipeline.errors import PipelineError
 from pipeline.leakage import audit, train_rows_to_drop
 from pipeline.manifest import write_manifest
 from pipeline.splitting import split_temporal

@@ -5,8 +5,9 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline.config import PipelineError, parse_sections
+from pipeline.config import parse_sections
 from pipeline.engine import tta_views
+from pipeline.errors import PipelineError
 from pipeline.metrics import (
     apply_temperature,
     bootstrap_ci,

@@ -1,16 +1,10 @@
 import pytest
 import torch
 
-from pipeline.config import ModelConfig, PipelineError
-from pipeline.models import (
-    WeightsError,
-    check_model_config,
-    create_model,
-    layer_groups,
-    load_trained,
-    set_trainable,
-    train_mode,
-)
+from pipeline.backbones import WeightsError, check_model_config, create_model, load_trained
+from pipeline.errors import PipelineError
+from pipeline.models import layer_groups, set_trainable, train_mode
+from pipeline.params.model import ModelConfig
 
 
 def _cfg(name="tf_efficientnet_lite0", weights="none", drop_rate=0.0):

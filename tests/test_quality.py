@@ -1,5 +1,6 @@
 import numpy as np
 
+from benchmarks.common import probe_accuracy
 from pipeline.quality import (
     conflicting_clusters,
     exact_duplicate_clusters,
@@ -7,7 +8,6 @@ from pipeline.quality import (
     near_duplicate_clusters,
     neighbours,
     outlier_scores,
-    probe_accuracy,
     similar_pairs,
 )
 

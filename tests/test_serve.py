@@ -14,8 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.config import ModelConfig
-from pipeline.models import create_model
+from pipeline.backbones import create_model
+from pipeline.params.model import ModelConfig
 
 from .conftest import REPO, class_image
 

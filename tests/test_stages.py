@@ -12,6 +12,7 @@ import torch
 from sklearn import metrics as skm
 
 from pipeline import __main__ as cli
+from pipeline import training
 from pipeline.config import parse_sections
 from pipeline.metrics import fit_temperature
 from pipeline.stages import cache, clean, embed, evaluate, export, prepare, split, train
@@ -87,13 +88,13 @@ def test_chain_with_views_trains_from_the_cache_alone(tmp_path, monkeypatch):
     shutil.copytree(root, kept)  # for predicting outside the pipeline, below
     shutil.rmtree(root)  # training must not open a single image file
     seen = []
-    real_batches = train.batches
+    real_batches = training.batches
 
     def spy(data, *args, **kwargs):
         seen.append(data.images.path.name)
         return real_batches(data, *args, **kwargs)
 
-    monkeypatch.setattr(train, "batches", spy)
+    monkeypatch.setattr(training, "batches", spy)  # the epoch runner's
     metrics = train.run(base, model_cfg, train_cfg, d / "cache", tmp_path / "model.pt",
                         tmp_path / "train.json", tmp_path / "curves", tmp_path / "ckpt")
     assert seen == ["train_view0_images.npy", "train_view1_images.npy",

@@ -16,10 +16,15 @@ import pytest
 import torch
 import yaml
 
-from pipeline.config import ModelConfig, ParamsError, PipelineError, parse_sections
-from pipeline.engine import load_split, to_input, train_one_epoch
+from pipeline.backbones import create_model
+from pipeline.cachefiles import load_split
+from pipeline.config import parse_sections
+from pipeline.engine import train_one_epoch
+from pipeline.errors import ParamsError, PipelineError
 from pipeline.finetune import check_phases, group_lrs, make_optimizer, param_groups, set_lrs
-from pipeline.models import create_model, layer_groups, set_trainable, train_mode
+from pipeline.inputs import to_input
+from pipeline.models import layer_groups, set_trainable, train_mode
+from pipeline.params.model import ModelConfig
 from pipeline.stages import train
 
 from .conftest import REPO, class_image, repo_params

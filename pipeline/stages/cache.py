@@ -19,9 +19,14 @@ from tqdm import tqdm
 
 from pipeline import paths
 from pipeline.augment import make_views, view_transform
-from pipeline.config import CacheConfig, DataConfig, PipelineError, load_sections, run_stage
-from pipeline.images import UnreadableImage, decode_image, fit_image, natural_key
+from pipeline.cachefiles import CacheMeta, images_name, labels_name, write_meta
+from pipeline.config import load_sections
+from pipeline.errors import PipelineError, run_stage
+from pipeline.images import IMAGES, natural_key
 from pipeline.manifest import read_manifest, resolve
+from pipeline.modality import UnreadableItem
+from pipeline.params.cache import CacheConfig
+from pipeline.params.data import DataConfig
 from pipeline.splitting import SPLITS
 
 # The clean stage has already rejected images above its own limit; this guard only
@@ -38,26 +43,26 @@ def run(data: DataConfig, cfg: CacheConfig, split_manifest: Path, out_dir: Path)
     if out_dir.exists():
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True)
-    meta: dict = {"classes": classes, "image_size": cfg.image_size, "fit": cfg.fit,
-                  "views": cfg.views, "ids": {}}
+    meta = CacheMeta(classes=classes, image_size=cfg.image_size, fit=cfg.fit,
+                     views=cfg.views, ids={})
     size = cfg.image_size
     transform = view_transform(cfg.augment, size)
     for split in SPLITS:
         rows = df[df["split"] == split].sort_values("image_id", kind="stable")
         shape = (len(rows), size, size, 3)
         # open_memmap writes row by row: the stage's memory does not grow with N.
-        images = open_memmap(out_dir / f"{split}_images.npy", mode="w+", dtype=np.uint8,
+        images = open_memmap(out_dir / images_name(split), mode="w+", dtype=np.uint8,
                              shape=shape)
         k_views = cfg.views if split == "train" else 0
-        views = [open_memmap(out_dir / f"{split}_view{k}_images.npy", mode="w+",
+        views = [open_memmap(out_dir / images_name(split, k), mode="w+",
                              dtype=np.uint8, shape=shape) for k in range(k_views)]
         for i, rel in enumerate(tqdm(rows["path"], desc=f"cache {split}", mininterval=1.0)):
             try:
-                pixels = decode_image(resolve(root, rel), max_pixels=MAX_PIXELS)
-            except UnreadableImage as exc:
+                pixels = IMAGES.decode(resolve(root, rel), max_pixels=MAX_PIXELS)
+            except UnreadableItem as exc:
                 raise PipelineError(f"{rel} became unreadable after cleaning ({exc}); "
                                     f"rerun dvc repro") from None
-            images[i] = fit_image(pixels, size, fit=cfg.fit)
+            images[i] = IMAGES.fit(pixels, size, fit=cfg.fit)
             if k_views:
                 made = make_views(pixels, transform, views=k_views, size=size, seed=cfg.seed,
                                   row=i)
@@ -67,12 +72,12 @@ def run(data: DataConfig, cfg: CacheConfig, split_manifest: Path, out_dir: Path)
             array.flush()
         del images, views
         labels = np.array([class_index[c] for c in rows["label"]], dtype=np.int64)
-        np.save(out_dir / f"{split}_labels.npy", labels)
-        meta["ids"][split] = list(rows["image_id"])
-    (out_dir / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
-    print("cache: " + ", ".join(f"{s} {len(meta['ids'][s])}" for s in SPLITS) +
+        np.save(out_dir / labels_name(split), labels)
+        meta.ids[split] = list(rows["image_id"])
+    write_meta(out_dir, meta)
+    print("cache: " + ", ".join(f"{s} {len(meta.ids[s])}" for s in SPLITS) +
           f" images at {cfg.image_size}x{cfg.image_size}")
-    return meta
+    return json.loads(meta.to_json())
 
 
 def main() -> None:

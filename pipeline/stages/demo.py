@@ -15,7 +15,7 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 from pipeline import paths
-from pipeline.config import run_stage
+from pipeline.errors import run_stage
 
 
 def run(root: Path, manifest: Path) -> int:

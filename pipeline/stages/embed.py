@@ -9,32 +9,37 @@ decodes nothing but the thumbnails of what it flags.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from pipeline import paths
-from pipeline.config import DataConfig, EmbedConfig, ModelConfig, load_sections, run_stage
-from pipeline.engine import to_input
-from pipeline.images import UnreadableImage, decode_image, fit_image, pixel_hash
+from pipeline import embedfiles, paths
+from pipeline.backbones import BackboneSpec, check_model_config, create_model
+from pipeline.config import load_sections
+from pipeline.embedfiles import EmbedMeta
+from pipeline.errors import run_stage
+from pipeline.images import IMAGES
+from pipeline.inputs import ImageInput
 from pipeline.manifest import read_manifest, resolve
-from pipeline.models import check_model_config, create_model
+from pipeline.modality import UnreadableItem
+from pipeline.params.data import DataConfig
+from pipeline.params.embed import EmbedConfig
 from pipeline.seeding import resolve_device
 
 
 def run(data: DataConfig, cfg: EmbedConfig, prepared: Path, out_dir: Path, *,
         device: str = "auto") -> np.ndarray:
     """Decode every image of the prepared manifest once and embed it; return (N, D)."""
-    model_cfg = ModelConfig(name=cfg.model, weights=cfg.weights, drop_rate=0.0)
+    model_cfg = BackboneSpec(name=cfg.model, weights=cfg.weights)
     check_model_config(model_cfg)
     df = read_manifest(prepared)
     dev = resolve_device(device)
     model, prep, info = create_model(model_cfg, num_classes=0)
     model.to(dev).to(memory_format=torch.channels_last).eval()
     root = Path(data.root)
+    codec, inputs = IMAGES, ImageInput(prep)  # the modality seam (pipeline.modality)
     hashes: list[str | None] = [None] * len(df)
     errors = [""] * len(df)
     rows: list[int] = []
@@ -45,27 +50,25 @@ def run(data: DataConfig, cfg: EmbedConfig, prepared: Path, out_dir: Path, *,
             batch, batch_rows = [], []
             for i in range(start, min(start + cfg.batch_size, len(df))):
                 try:
-                    pixels = decode_image(resolve(root, paths_list[i]),
+                    pixels = codec.decode(resolve(root, paths_list[i]),
                                           max_pixels=cfg.max_pixels)
-                except UnreadableImage as exc:
+                except UnreadableItem as exc:
                     errors[i] = str(exc)
                     continue
-                hashes[i] = pixel_hash(pixels)
-                batch.append(fit_image(pixels, cfg.image_size, fit="crop"))
+                hashes[i] = codec.content_hash(pixels)
+                batch.append(codec.fit(pixels, cfg.image_size, fit="crop"))
                 batch_rows.append(i)
             if batch:
-                x = to_input(torch.from_numpy(np.stack(batch)), prep, dev)
+                x = inputs.to_input(torch.from_numpy(np.stack(batch)), dev)
                 feats.append(torch.nn.functional.normalize(model(x).float(), dim=1).cpu().numpy())
                 rows.extend(batch_rows)
     stacked = np.concatenate(feats) if feats else np.zeros((0, 0), np.float32)
     embeddings = np.zeros((len(df), stacked.shape[1]), dtype=np.float32)
     embeddings[rows] = stacked
-    out_dir.mkdir(parents=True, exist_ok=True)
-    np.save(out_dir / "embeddings.npy", embeddings)
     valid = [h is not None for h in hashes]
-    meta = {"ids": list(df["image_id"]), "valid": valid, "pixel_hash": hashes,
-            "error": errors, "model": info, "image_size": cfg.image_size}
-    (out_dir / "meta.json").write_text(json.dumps(meta) + "\n")
+    embedfiles.write(out_dir, embeddings, EmbedMeta(
+        ids=list(df["image_id"]), valid=valid, pixel_hash=hashes, error=errors, model=info,
+        image_size=cfg.image_size))
     print(f"embed: {sum(valid)} of {len(df)} images, dimension {embeddings.shape[1]}")
     return embeddings
 

@@ -20,8 +20,11 @@ import torch
 from sklearn.metrics import accuracy_score, f1_score
 
 from pipeline import paths
-from pipeline.config import BaseConfig, EvaluateConfig, PipelineError, load_sections, run_stage
-from pipeline.engine import ArraySplit, load_split, predict
+from pipeline.backbones import load_trained
+from pipeline.cachefiles import ArraySplit, open_split, read_meta
+from pipeline.config import load_sections
+from pipeline.engine import predict
+from pipeline.errors import PipelineError, run_stage
 from pipeline.manifest import read_manifest
 from pipeline.metrics import (
     apply_temperature,
@@ -33,7 +36,8 @@ from pipeline.metrics import (
     per_class,
     reliability,
 )
-from pipeline.models import load_trained
+from pipeline.params.base import BaseConfig
+from pipeline.params.evaluate import EvaluateConfig
 from pipeline.seeding import resolve_device
 
 
@@ -100,16 +104,16 @@ def run(base: BaseConfig, cfg: EvaluateConfig, model_path: Path, cache_dir: Path
     """Predict val and test, write the tables, metrics and curves under ``out_dir``."""
     device = resolve_device(base.device)
     model, prep, meta = load_trained(model_path)
-    cache_meta = json.loads((cache_dir / "meta.json").read_text())
+    cache_meta = read_meta(cache_dir)
     classes = meta["classes"]
-    if cache_meta["classes"] != classes:
+    if cache_meta.classes != classes:
         raise PipelineError("the model's classes differ from the cache's: rerun dvc repro")
-    test = load_split(cache_dir, "test", cache_meta["ids"]["test"])
-    val = load_split(cache_dir, "val", cache_meta["ids"]["val"])
+    test = open_split(cache_dir, cache_meta, "test")
+    val = open_split(cache_dir, cache_meta, "val")
     if len(test.labels) == 0 or len(val.labels) == 0:
         raise PipelineError("the test and val splits must not be empty: give "
                             "split.fractions.test and split.fractions.val > 0")
-    model.to(device).to(memory_format=torch.channels_last)  # see engine.to_input
+    model.to(device).to(memory_format=torch.channels_last)  # see inputs.to_input
     manifest = read_manifest(split_manifest).set_index("image_id")
 
     def probs(data: ArraySplit, tta: str = "none") -> np.ndarray:

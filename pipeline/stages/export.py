@@ -17,9 +17,11 @@ import onnxruntime as ort
 import torch
 
 from pipeline import paths
-from pipeline.config import PipelineError, run_stage
-from pipeline.engine import batches, load_split, to_input
-from pipeline.models import load_trained
+from pipeline.backbones import load_trained
+from pipeline.cachefiles import open_split, read_meta
+from pipeline.engine import batches
+from pipeline.errors import PipelineError, run_stage
+from pipeline.inputs import ImageInput
 
 TOLERANCE = 1e-4  # largest allowed probability difference to PyTorch
 
@@ -28,10 +30,10 @@ def run(model_path: Path, cache_dir: Path, out_dir: Path, metrics_out: Path) -> 
     """Export, reload both exports, compare them with PyTorch on the test split."""
     model, prep, meta = load_trained(model_path)
     model.eval()
-    cache_meta = json.loads((cache_dir / "meta.json").read_text())
-    test = load_split(cache_dir, "test", cache_meta["ids"]["test"])
+    test = open_split(cache_dir, read_meta(cache_dir), "test")
     first = next(batches(test, 8))[0]
-    example = to_input(first, prep, torch.device("cpu")).contiguous()
+    inputs = ImageInput(prep)  # the modality seam (pipeline.modality)
+    example = inputs.to_input(first, torch.device("cpu")).contiguous()
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {"torchscript": out_dir / "model.ts", "onnx": out_dir / "model.onnx"}
     with torch.inference_mode():
@@ -51,7 +53,7 @@ def run(model_path: Path, cache_dir: Path, out_dir: Path, metrics_out: Path) -> 
     disagree = {"torchscript": 0, "onnx": 0}
     sizes = set()
     for images, _ in batches(test, 64):  # the last batch is smaller: dynamic batch size
-        x = to_input(images, prep, torch.device("cpu")).contiguous()
+        x = inputs.to_input(images, torch.device("cpu")).contiguous()
         sizes.add(len(x))
         with torch.inference_mode():
             reference = torch.softmax(model(x), 1).numpy()

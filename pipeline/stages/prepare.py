@@ -15,9 +15,11 @@ import pandas as pd
 from tqdm import tqdm
 
 from pipeline import paths
-from pipeline.config import DataConfig, PipelineError, load_sections, run_stage
+from pipeline.config import load_sections
+from pipeline.errors import PipelineError, run_stage
 from pipeline.images import file_sha256
 from pipeline.manifest import resolve, write_manifest
+from pipeline.params.data import DataConfig
 
 SPLIT_DIRS = ("train", "val", "test")
 OPTIONAL_COLUMNS = ("timestamp", "group", "split")

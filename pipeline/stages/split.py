@@ -14,26 +14,24 @@ and class, leaks by kind).
 
 from __future__ import annotations
 
-import html
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from pipeline import paths
-from pipeline.config import (
-    BaseConfig,
-    DataConfig,
-    PipelineError,
-    SplitConfig,
-    load_sections,
-    run_stage,
-)
+from pipeline.config import load_sections
+from pipeline.embedfiles import read_rows
+from pipeline.errors import PipelineError, run_stage
 from pipeline.leakage import KINDS, Leak, audit, train_rows_to_drop
-from pipeline.manifest import read_manifest, resolve, write_manifest
-from pipeline.pages import thumbnail_tag
+from pipeline.leakage_page import leakage_page
+from pipeline.manifest import read_manifest, write_manifest
+from pipeline.params.base import BaseConfig
+from pipeline.params.data import DataConfig
+from pipeline.params.split import SplitConfig
 from pipeline.splitting import (
     SPLITS,
     SplitError,
@@ -90,27 +88,6 @@ def assign(df: pd.DataFrame, cfg: SplitConfig, seed: int) -> pd.Series:
     return pd.Series(list(result), index=df.index)
 
 
-def read_embeddings(embed_dir: Path, ids: list[str]) -> tuple[np.ndarray, list[str | None]]:
-    """(N, D) float32 embeddings and N pixel hashes of these image ids, from the embed stage.
-
-    Rows the embed stage could not decode have a zero embedding and no hash (None): they
-    match nothing in the audit.
-    """
-    embeddings = np.load(embed_dir / "embeddings.npy", mmap_mode="r")
-    meta = json.loads((embed_dir / "meta.json").read_text())
-    position = {image_id: i for i, image_id in enumerate(meta["ids"])}
-    missing = [i for i in ids if i not in position]
-    if missing or len(meta["ids"]) != len(embeddings):
-        raise PipelineError(f"{embed_dir} does not match the clean manifest (e.g. "
-                            f"{missing[:3]} are not in it): rerun dvc repro")
-    rows = np.array([position[i] for i in ids], dtype=np.int64)
-    valid = np.array(meta["valid"], dtype=bool)[rows]
-    out = np.asarray(embeddings[rows], dtype=np.float32)
-    out[~valid] = 0.0
-    hashes = [meta["pixel_hash"][r] if ok else None for r, ok in zip(rows, valid)]
-    return out, hashes
-
-
 def _groups_and_times(df: pd.DataFrame, cfg: SplitConfig
                       ) -> tuple[list[str] | None, list[float] | None]:
     """The rows' groups (when the manifest has the group column) and, for a temporal
@@ -147,40 +124,6 @@ def leakage_table(df: pd.DataFrame, leaks: list[Leak]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
-def leakage_page(pairs: pd.DataFrame, root: Path, *, summary: list[str],
-                 limit: int = 200) -> str:
-    """An offline HTML page of the leaking pairs, side by side, grouped by kind."""
-    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>split leakage</title>"
-             "<style>body{font-family:sans-serif}table{border-collapse:collapse}"
-             "td{border:1px solid #ddd;padding:4px;vertical-align:top;font-size:12px}"
-             "</style></head><body>", "<h1>Leakage audit of the split</h1>",
-             "<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in summary) + "</ul>"]
-    if pairs.empty:
-        parts.append("<p><b>No leakage found.</b></p>")
-    for kind in KINDS:
-        rows = pairs[pairs["kind"] == kind]
-        if rows.empty:
-            continue
-        shown = f", the first {limit} (all in leakage.csv)" if len(rows) > limit else ""
-        parts.append(f"<h2>{html.escape(kind)} ({len(rows)}{shown})</h2><table>"
-                     "<tr><th>val/test image</th><th>train image</th><th>details</th></tr>")
-        for row in rows.head(limit).itertuples():
-            left = thumbnail_tag(resolve(root, row.path), row.image_id)
-            right = (thumbnail_tag(resolve(root, row.train_path), row.train_image_id)
-                     if row.train_path else "")
-            similarity = ("" if pd.isna(row.similarity)
-                          else f"similarity {row.similarity:.4f}<br>")
-            train = (f"train: {html.escape(row.train_path)} ({html.escape(row.train_image_id)}),"
-                     f" label {html.escape(row.train_label)}<br>" if row.train_path else "")
-            parts.append(f"<tr><td>{left}</td><td>{right}</td><td>{similarity}"
-                         f"{html.escape(row.split)}: {html.escape(row.path)} "
-                         f"({html.escape(row.image_id)}), label {html.escape(row.label)}<br>"
-                         f"{train}{html.escape(row.detail)}</td></tr>")
-        parts.append("</table>")
-    parts.append("</body></html>")
-    return "\n".join(parts) + "\n"
-
-
 def _describe(df: pd.DataFrame, leaks: list[Leak], limit: int = 10) -> str:
     lines = []
     for leak in leaks[:limit]:
@@ -191,17 +134,83 @@ def _describe(df: pd.DataFrame, leaks: list[Leak], limit: int = 10) -> str:
     return "\n".join(lines) + more
 
 
-def run(base: BaseConfig, data: DataConfig, cfg: SplitConfig, clean: Path, embed_dir: Path,
-        output: Path, metrics: Path, *, leakage_csv: Path = paths.LEAKAGE,
-        leakage_html: Path = paths.LEAKAGE_PAGE) -> pd.DataFrame:
-    """Split the kept rows, audit the split for leakage, write manifest, pairs and counts."""
+@dataclass
+class LeakPolicy:
+    """What split.on_leakage acts on: the split, its leaks and their evidence."""
+
+    cfg: SplitConfig
+    out: pd.DataFrame
+    leaks: list[Leak]
+    drop: np.ndarray  # (N,) bool: the train rows drop_from_train removes
+    embeddings: np.ndarray
+    hashes: list[str | None]
+    where: str  # the files that show every pair
+
+
+def fail_on_leaks(p: LeakPolicy) -> pd.DataFrame:
+    """split.on_leakage = fail: stop, naming the leaking pairs."""
+    raise PipelineError(f"the split leaks ({len(p.leaks)} rows; all pairs in {p.where}):\n"
+                        f"{_describe(p.out, p.leaks)}\nset split.on_leakage to warn or "
+                        f"drop_from_train to go on")
+
+
+def warn_on_leaks(p: LeakPolicy) -> pd.DataFrame:
+    """split.on_leakage = warn: keep the split as it is."""
+    print(f"warning: the split leaks:\n{_describe(p.out, p.leaks)}", file=sys.stderr)
+    return p.out
+
+
+def drop_train_side(p: LeakPolicy) -> pd.DataFrame:
+    """split.on_leakage = drop_from_train: remove the train side of every pair, then
+    audit again (a leak that dropping cannot fix is an error)."""
+    out = p.out[~p.drop].reset_index(drop=True)
+    hashes = [h for h, d in zip(p.hashes, p.drop) if not d]
+    remaining = audit_split(out, p.cfg, embeddings=p.embeddings[~p.drop], hashes=hashes)
+    dropped = int(p.drop.sum())
+    if remaining:
+        raise PipelineError(f"dropping {dropped} train rows left leaks that only a new "
+                            f"split can fix:\n{_describe(out, remaining)}")
+    print(f"dropped {dropped} train rows that leaked into val/test", file=sys.stderr)
+    return out
+
+
+ON_LEAKAGE = {"fail": fail_on_leaks, "warn": warn_on_leaks, "drop_from_train": drop_train_side}
+
+
+def rows_to_drop(out: pd.DataFrame, leaks: list[Leak], cfg: SplitConfig) -> np.ndarray:
+    """(N,) bool: the train rows drop_from_train would remove (none under other policies)."""
+    if not leaks or cfg.on_leakage != "drop_from_train":
+        return np.zeros(len(out), dtype=bool)
+    groups, times = _groups_and_times(out, cfg)
+    return train_rows_to_drop(list(out["split"]), leaks, clusters=list(out["cluster_id"]),
+                              groups=groups, times=times, embargo=cfg.embargo_days * DAY)
+
+
+def page_summary(out: pd.DataFrame, cfg: SplitConfig, found: dict[str, int], leaks: bool,
+                 dropped: int) -> list[str]:
+    """The lines at the top of the leakage page."""
+    outcome = {"fail": "the stage failed; set split.on_leakage to warn or drop_from_train "
+                       "to go on",
+               "warn": "the split was kept as it is (split.on_leakage = warn)",
+               "drop_from_train": f"{dropped} train images were dropped: the train side of "
+                                  f"every pair"}[cfg.on_leakage]
+    return [f"split.method = {cfg.method}, split.near_duplicate_threshold = "
+            f"{cfg.near_duplicate_threshold:g}",
+            "images before any drop: " + ", ".join(
+                f"{s} {int((out['split'] == s).sum())}" for s in SPLITS),
+            "leaks by kind: " + ", ".join(f"{kind} {n}" for kind, n in found.items()),
+            *([outcome] if leaks else [])]
+
+
+def split_rows(clean: Path, cfg: SplitConfig, seed: int) -> tuple[pd.DataFrame, int]:
+    """The kept rows of the clean manifest with their split (rows in an embargo gap left
+    out), and how many were left out."""
     df = read_manifest(clean)
     kept = df[df["keep"]]
     if kept.empty:
         raise PipelineError(f"{clean} has no kept images to split")
     try:
-        splits = assign(kept, cfg, base.seed)
-        out = kept.assign(split=splits)
+        out = kept.assign(split=assign(kept, cfg, seed))
         embargoed = int((out["split"] == "").sum())
         out = out[out["split"] != ""].sort_values("image_id", kind="stable")
         out = out.reset_index(drop=True)
@@ -210,54 +219,41 @@ def run(base: BaseConfig, data: DataConfig, cfg: SplitConfig, clean: Path, embed
         raise PipelineError(f"split.method = {cfg.method}: {exc}") from None
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
+    return out, embargoed
 
-    embeddings, hashes = read_embeddings(embed_dir, list(out["image_id"]))
-    leaks = audit_split(out, cfg, embeddings=embeddings, hashes=hashes)
-    found = {kind: sum(leak.kind == kind for leak in leaks) for kind in KINDS}
-    pairs = leakage_table(out, leaks)
-    leakage_csv.parent.mkdir(parents=True, exist_ok=True)
-    pairs.to_csv(leakage_csv, index=False, lineterminator="\n", float_format="%.4f")
-    drop = np.zeros(len(out), dtype=bool)
-    if leaks and cfg.on_leakage == "drop_from_train":
-        groups, times = _groups_and_times(out, cfg)
-        drop = train_rows_to_drop(list(out["split"]), leaks, clusters=list(out["cluster_id"]),
-                                  groups=groups, times=times, embargo=cfg.embargo_days * DAY)
-    dropped = int(drop.sum())
-    outcome = {"fail": "the stage failed; set split.on_leakage to warn or drop_from_train "
-                       "to go on",
-               "warn": "the split was kept as it is (split.on_leakage = warn)",
-               "drop_from_train": f"{dropped} train images were dropped: the train side of "
-                                  f"every pair"}[cfg.on_leakage]
-    summary = [f"split.method = {cfg.method}, split.near_duplicate_threshold = "
-               f"{cfg.near_duplicate_threshold:g}",
-               "images before any drop: " + ", ".join(
-                   f"{s} {int((out['split'] == s).sum())}" for s in SPLITS),
-               "leaks by kind: " + ", ".join(f"{kind} {n}" for kind, n in found.items()),
-               *([outcome] if leaks else [])]
-    leakage_html.write_text(leakage_page(pairs, Path(data.root), summary=summary))
-    if leaks and cfg.on_leakage == "fail":
-        raise PipelineError(f"the split leaks ({len(leaks)} rows; all pairs in "
-                            f"{leakage_csv}, side by side in {leakage_html}):\n"
-                            f"{_describe(out, leaks)}\nset split.on_leakage to warn or "
-                            f"drop_from_train to go on")
-    if leaks and cfg.on_leakage == "warn":
-        print(f"warning: the split leaks:\n{_describe(out, leaks)}", file=sys.stderr)
-    if leaks and cfg.on_leakage == "drop_from_train":
-        out = out[~drop].reset_index(drop=True)
-        embeddings = embeddings[~drop]
-        hashes = [h for h, d in zip(hashes, drop) if not d]
-        remaining = audit_split(out, cfg, embeddings=embeddings, hashes=hashes)
-        if remaining:
-            raise PipelineError(f"dropping {dropped} train rows left leaks that only a new "
-                                f"split can fix:\n{_describe(out, remaining)}")
-        print(f"dropped {dropped} train rows that leaked into val/test", file=sys.stderr)
 
-    write_manifest(out, output)
+def split_counts(out: pd.DataFrame, found: dict[str, int], dropped: int, embargoed: int
+                 ) -> dict[str, int]:
+    """metrics/split.json: images per split, leaks by kind, drops, images per class."""
     counts: dict[str, int] = {f"{s}_images": int((out["split"] == s).sum()) for s in SPLITS}
     counts |= {f"leak_{kind}": n for kind, n in found.items()}
     counts |= {"dropped_from_train": dropped, "embargoed": embargoed}
     for (label, split), n in out.groupby(["label", "split"]).size().items():
         counts[f"{split}_class_{label}"] = int(n)
+    return counts
+
+
+def run(base: BaseConfig, data: DataConfig, cfg: SplitConfig, clean: Path, embed_dir: Path,
+        output: Path, metrics: Path, *, leakage_csv: Path = paths.LEAKAGE,
+        leakage_html: Path = paths.LEAKAGE_PAGE) -> pd.DataFrame:
+    """Split the kept rows, audit the split for leakage, write manifest, pairs and counts."""
+    out, embargoed = split_rows(clean, cfg, base.seed)
+    embeddings, hashes = read_rows(embed_dir, list(out["image_id"]))
+    leaks = audit_split(out, cfg, embeddings=embeddings, hashes=hashes)
+    found = {kind: sum(leak.kind == kind for leak in leaks) for kind in KINDS}
+    pairs = leakage_table(out, leaks)
+    leakage_csv.parent.mkdir(parents=True, exist_ok=True)
+    pairs.to_csv(leakage_csv, index=False, lineterminator="\n", float_format="%.4f")
+    drop = rows_to_drop(out, leaks, cfg)
+    dropped = int(drop.sum())
+    summary = page_summary(out, cfg, found, bool(leaks), dropped)
+    leakage_html.write_text(leakage_page(pairs, Path(data.root), summary=summary))
+    if leaks:
+        out = ON_LEAKAGE[cfg.on_leakage](LeakPolicy(
+            cfg, out, leaks, drop, embeddings, hashes,
+            where=f"{leakage_csv}, side by side in {leakage_html}"))
+    write_manifest(out, output)
+    counts = split_counts(out, found, dropped, embargoed)
     metrics.parent.mkdir(parents=True, exist_ok=True)
     metrics.write_text(json.dumps(counts, indent=2) + "\n")
     print("split: " + ", ".join(f"{s} {counts[f'{s}_images']}" for s in SPLITS) +

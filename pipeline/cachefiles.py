@@ -1,0 +1,144 @@
+"""The cache's file contract, read and written here only: ``{split}_images.npy``
+((N, S, S, 3) uint8), ``{split}_labels.npy`` ((N,) int64), ``train_view{k}_images.npy``
+(K augmented copies of the train split) and ``meta.json`` (class names in index order,
+image size, fit, views, image ids per split, row-aligned).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.errors import PipelineError
+
+META = "meta.json"
+
+
+def images_name(split: str, view: int | None = None) -> str:
+    """File of a split's images; ``view`` k: the k-th pre-augmented copy."""
+    return f"{split}_images.npy" if view is None else f"{split}_view{view}_images.npy"
+
+
+def labels_name(split: str) -> str:
+    """File of a split's (N,) int64 class indices."""
+    return f"{split}_labels.npy"
+
+
+@dataclass(frozen=True)
+class CacheMeta:
+    """``meta.json`` of the cache."""
+
+    classes: list[str]  # class names in index order
+    image_size: int  # pixels, square
+    fit: str  # how a non-square image became square
+    views: int  # K augmented copies of the train split
+    ids: dict[str, list[str]]  # image ids per split, row-aligned with its arrays
+
+    def to_json(self) -> str:
+        """The file's text (key order fixed: the cache's hash depends on it)."""
+        return json.dumps({"classes": self.classes, "image_size": self.image_size,
+                           "fit": self.fit, "views": self.views, "ids": self.ids},
+                          indent=1) + "\n"
+
+
+def write_meta(out_dir: Path, meta: CacheMeta) -> None:
+    """Write ``meta.json`` into the cache folder."""
+    (Path(out_dir) / META).write_text(meta.to_json())
+
+
+def read_meta_text(cache_dir: Path) -> str:
+    """``meta.json`` as written (a training checkpoint's fingerprint includes it)."""
+    path = Path(cache_dir) / META
+    if not path.exists():
+        raise PipelineError(f"{path} not found: run the cache stage first (dvc repro)")
+    return path.read_text()
+
+
+def read_meta(cache_dir: Path) -> CacheMeta:
+    """The cache's ``meta.json``; a clear error when the cache stage has not run."""
+    raw: dict[str, Any] = json.loads(read_meta_text(cache_dir))
+    return CacheMeta(classes=raw["classes"], image_size=raw["image_size"], fit=raw["fit"],
+                     views=raw["views"], ids=raw["ids"])
+
+
+class NpyRows:
+    """Random access to the rows of an (N, ...) .npy file by positioned reads.
+
+    Unlike a memory map, nothing stays mapped: rows read once live only in the OS page
+    cache, so a process's resident memory does not grow with the file.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        with open(self.path, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                      else np.lib.format.read_array_header_2_0)
+            shape, fortran, dtype = header(fh)
+            self.offset = fh.tell()
+        if fortran:
+            raise ValueError(f"{path} is Fortran-ordered; the cache writes C order")
+        self.shape: tuple[int, ...] = tuple(shape)
+        self.dtype = np.dtype(dtype)
+        self.row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+        self._fd = os.open(self.path, os.O_RDONLY)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index: np.ndarray) -> np.ndarray:
+        """Rows at ``index`` ((B,) int) as a new (B, ...) array."""
+        out = np.empty((len(index), *self.shape[1:]), dtype=self.dtype)
+        for j, i in enumerate(np.asarray(index, dtype=np.int64)):
+            if not 0 <= i < self.shape[0]:
+                raise IndexError(f"row {i} out of range for {self.path} ({self.shape[0]} rows)")
+            os.preadv(self._fd, [out[j]], self.offset + int(i) * self.row_bytes)
+        return out
+
+    def __del__(self) -> None:
+        fd = getattr(self, "_fd", None)
+        if fd is not None:
+            os.close(fd)
+
+
+@dataclass(frozen=True)
+class ArraySplit:
+    """One cached split: (N, H, W, 3) uint8 images and (N,) int64 labels, row-aligned."""
+
+    images: NpyRows
+    labels: np.ndarray
+    ids: tuple[str, ...]
+
+
+def load_split(cache_dir: Path, split: str, ids: list[str], *, view: int | None = None
+               ) -> ArraySplit:
+    """Open one split of the cache (read batch by batch, never loaded whole).
+
+    ``view`` k picks the k-th pre-augmented copy of the train split instead of the plain
+    resized images.
+    """
+    name = images_name(split, view)
+    images = NpyRows(Path(cache_dir) / name)
+    labels = np.load(Path(cache_dir) / labels_name(split))
+    if len(images) != len(labels) or len(labels) != len(ids):
+        raise ValueError(f"{cache_dir}: {name} has {len(images)} rows, labels {len(labels)}, "
+                         f"ids {len(ids)}; rebuild the cache (dvc repro)")
+    return ArraySplit(images, labels, tuple(ids))
+
+
+def open_split(cache_dir: Path, meta: CacheMeta, split: str, *, view: int | None = None
+               ) -> ArraySplit:
+    """One split (or train view) of the cache, with its ids from ``meta``."""
+    return load_split(cache_dir, split, meta.ids[split], view=view)
+
+
+def train_views(cache_dir: Path, meta: CacheMeta) -> list[ArraySplit]:
+    """The K augmented train views, or the plain train split when K is 0 (epoch e reads
+    view e mod K)."""
+    return [open_split(cache_dir, meta, "train", view=k) for k in range(meta.views)] or \
+        [open_split(cache_dir, meta, "train")]

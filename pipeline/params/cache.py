@@ -1,0 +1,36 @@
+"""params.yaml section cache: decoded, resized arrays and their augmented views.
+
+One module per section, so that DVC reruns only the stages that read the section whose
+schema changed (each stage declares the modules it imports). Loaded by
+:func:`pipeline.config.load_sections`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pipeline.params.fields import in_range
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """The seeded torchvision transforms.v2 policy that makes the cached training views."""
+
+    crop_scale_min: float = field(metadata=in_range(gt=0, le=1))  # RandomResizedCrop area
+    hflip: bool  # random left-right flip
+    rotation: float = field(metadata=in_range(ge=0, le=180))  # degrees, uniform in +-rotation
+    color_jitter: float = field(metadata=in_range(ge=0, le=1))  # brightness/contrast/saturation
+    auto: Literal["none", "randaugment", "trivialaugment"]  # an automatic policy on top
+    erasing: float = field(metadata=in_range(ge=0, le=1))  # RandomErasing probability
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """Decoded, resized arrays that training reads instead of image files."""
+
+    image_size: int = field(metadata=in_range(ge=8, le=1024))  # pixels, square
+    fit: Literal["crop", "pad", "stretch"]  # how a non-square image becomes square
+    views: int = field(metadata=in_range(ge=0, le=1000))  # K augmented copies per train image
+    seed: int = field(metadata=in_range(ge=0))  # seeds the views: same seed, same bytes
+    augment: AugmentConfig

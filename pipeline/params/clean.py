@@ -1,0 +1,55 @@
+"""params.yaml section clean: data-quality checks and their policies.
+
+One module per section, so that DVC reruns only the stages that read the section whose
+schema changed (each stage declares the modules it imports). Loaded by
+:func:`pipeline.config.load_sections`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pipeline.params.fields import in_range
+
+
+@dataclass(frozen=True)
+class MaxRates:
+    """Largest acceptable share of images per issue type; above it the clean stage fails."""
+
+    unreadable: float = field(metadata=in_range(ge=0, le=1))
+    exact_duplicate: float = field(metadata=in_range(ge=0, le=1))
+    near_duplicate: float = field(metadata=in_range(ge=0, le=1))
+    conflicting_labels: float = field(metadata=in_range(ge=0, le=1))
+    label_issue: float = field(metadata=in_range(ge=0, le=1))
+    outlier: float = field(metadata=in_range(ge=0, le=1))
+
+
+@dataclass(frozen=True)
+class CleanConfig:
+    """Data-quality checks and what to do with what they find."""
+
+    exact_duplicates: Literal["drop", "flag"]  # drop all but one member of each cluster
+    near_duplicates: Literal["drop", "flag"]  # drop all but one member of each cluster
+    near_duplicate_threshold: float = field(metadata=in_range(gt=0, le=1))  # cosine similarity
+    conflicting_labels: Literal["drop", "flag"]  # drop every member of a mixed-label cluster
+    label_issues: Literal["flag", "drop"]  # likely label errors (cleanlab)
+    label_method: Literal["prune_by_noise_rate", "prune_by_class", "both",
+                          "confident_learning", "predicted_neq_given"]  # cleanlab filter_by
+    label_folds: int = field(metadata=in_range(ge=2))  # K of the out-of-fold probe
+    # the out-of-fold probe's model; auto: logistic up to exact_search_max images, lda above
+    label_probe: Literal["auto", "logistic", "lda"]
+    probe_dims: int = field(metadata=in_range(ge=2))  # principal components the lda probe sees
+    outliers: Literal["flag", "drop"]
+    outlier_threshold: float = field(metadata=in_range(gt=0, le=2))  # mean cosine distance
+    neighbours: int = field(metadata=in_range(ge=1, le=100))  # k of the neighbour search
+    exact_search_max: int = field(metadata=in_range(ge=1))  # images; above: k-means cell search
+    search_probes: int = field(metadata=in_range(ge=1))  # cells each image is compared with
+    max_rate: MaxRates  # gates: fail when an issue type exceeds its share
+
+    def probe_for(self, n: int) -> str:
+        """The probe label_probe means for ``n`` images (auto: lda only for large sets,
+        where the logistic probe's K fits take minutes)."""
+        if self.label_probe != "auto":
+            return self.label_probe
+        return "lda" if n > self.exact_search_max else "logistic"

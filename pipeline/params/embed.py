@@ -1,0 +1,23 @@
+"""params.yaml section embed: the backbone whose features the data-quality checks use.
+
+One module per section, so that DVC reruns only the stages that read the section whose
+schema changed (each stage declares the modules it imports). Loaded by
+:func:`pipeline.config.load_sections`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pipeline.params.fields import in_range
+
+
+@dataclass(frozen=True)
+class EmbedConfig:
+    """The pretrained backbone whose pooled features the data-quality checks use."""
+
+    model: str  # a timm or torchvision model name, as model.name
+    weights: str  # as model.weights
+    image_size: int = field(metadata=in_range(ge=8, le=1024))  # pixels, square
+    batch_size: int = field(metadata=in_range(ge=1))
+    max_pixels: int = field(metadata=in_range(gt=0))  # larger images are unreadable (bombs)

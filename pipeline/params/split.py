@@ -1,0 +1,52 @@
+"""params.yaml section split: how kept images become train, val and test.
+
+One module per section, so that DVC reruns only the stages that read the section whose
+schema changed (each stage declares the modules it imports). Loaded by
+:func:`pipeline.config.load_sections`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pipeline.errors import ParamsError
+from pipeline.params.fields import in_range
+
+
+@dataclass(frozen=True)
+class Fractions:
+    """Share of images per split; they sum to 1."""
+
+    train: float = field(metadata=in_range(gt=0, le=1))
+    val: float = field(metadata=in_range(ge=0, lt=1))
+    test: float = field(metadata=in_range(ge=0, lt=1))
+
+    def __post_init__(self) -> None:
+        total = self.train + self.val + self.test
+        if not math.isclose(total, 1.0, abs_tol=1e-6):
+            raise ParamsError(
+                f"split.fractions: train + val + test must be 1, got "
+                f"{self.train} + {self.val} + {self.test} = {total:g}")
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """How kept images are divided into train, val and test."""
+
+    method: Literal["random", "stratified", "group", "temporal", "predefined"]
+    fractions: Fractions
+    group_column: str
+    time_column: str
+    cutoffs: tuple[str, ...]  # temporal: (val start, test start) dates; empty: by fractions
+    embargo_days: float = field(metadata=in_range(ge=0))  # temporal gap left out between splits
+    on_leakage: Literal["fail", "warn", "drop_from_train"]  # what the leakage audit does
+    # cosine similarity of embed's features at or above which a val/test image is a near
+    # copy of a train image (as clean.near_duplicate_threshold)
+    near_duplicate_threshold: float = field(metadata=in_range(gt=0, le=1))
+
+    def __post_init__(self) -> None:
+        if self.cutoffs and len(self.cutoffs) != 2:
+            raise ParamsError(f"split.cutoffs = {list(self.cutoffs)}: give two dates (val "
+                              f"start, test start) or an empty list")

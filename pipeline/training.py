@@ -1,0 +1,459 @@
+"""The training run in named parts: set-up, loop state, checkpointer, phase and epoch.
+
+The train stage strings them together (:mod:`pipeline.stages.train`); a benchmark or an
+LR finder calls :func:`build_setup` and :func:`run_epoch` instead of copying the stage.
+Structured like timm's ``train.py`` (a ``CheckpointSaver`` that owns saving and the
+best state) and nanoGPT (one plain state object saved whole): the loop state is a
+dataclass that the checkpoint saves and restores with every RNG state, so a killed run
+resumes exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from pipeline.backbones import create_model, head_module
+from pipeline.cachefiles import ArraySplit
+from pipeline.engine import (
+    amp_dtype,
+    batch_count,
+    batch_indices,
+    batches,
+    head_inputs,
+    predict,
+    random_flip_shift,
+    train_one_epoch,
+)
+from pipeline.finetune import (
+    Schedule,
+    check_phases,
+    group_lrs,
+    make_optimizer,
+    make_schedule,
+    param_groups,
+    set_lrs,
+)
+from pipeline.inputs import ImageInput, Preprocessing
+from pipeline.metrics import headline
+from pipeline.modality import BatchAdapter, BatchAugment
+from pipeline.models import LayerGroup, layer_groups, set_trainable, train_mode
+from pipeline.params.model import ModelConfig
+from pipeline.params.train import TrainConfig
+from pipeline.seeding import rng_state, set_rng_state
+
+Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Mix = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+Batches = Iterator[tuple[torch.Tensor, torch.Tensor]]
+
+# ----------------------------------------------------------------------------- set-up
+
+
+@dataclass
+class Setup:
+    """Everything built before the first epoch: the model and what trains it."""
+
+    model: nn.Module
+    prep: Preprocessing
+    weights_info: dict[str, Any]
+    groups: list[LayerGroup]
+    tops: list[int]  # trainable groups (from the top) per phase
+    head: nn.Module
+    forward: nn.Module  # the model, or its torch.compile wrapper
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    ema: Any  # timm ModelEmaV3, or None
+    loss_fn: Loss
+    mix: Mix | None
+    inputs: BatchAdapter  # cached rows to model input (the modality's)
+    augment: BatchAugment  # per-epoch augmentation of model input (the modality's)
+
+
+def make_loss(cfg: TrainConfig, num_classes: int) -> tuple[Loss, Mix | None]:
+    """The loss and, with mixup or cutmix, the batch mixer that makes its soft targets."""
+    if cfg.mixup <= 0 and cfg.cutmix <= 0:
+        return nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing), None
+    from timm.data.mixup import Mixup, mixup_target
+    from timm.loss import SoftTargetCrossEntropy
+
+    mixer = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix,
+                  label_smoothing=cfg.label_smoothing, num_classes=num_classes)
+
+    def mix(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if len(x) % 2:  # timm mixes pairs: an odd batch trains unmixed
+            return x, mixup_target(y, num_classes, smoothing=cfg.label_smoothing)
+        return mixer(x, y)
+
+    return SoftTargetCrossEntropy(), mix
+
+
+def build_setup(model_cfg: ModelConfig, cfg: TrainConfig, num_classes: int,
+                device: torch.device, *, verbose: bool = True) -> Setup:
+    """Model with pretrained weights and a new head, layer groups, optimizer, scaler,
+    EMA and loss; a bad schedule fails here, before any work. Seed first: the new head's
+    initial weights come from torch's global generator."""
+    model, prep, weights_info = create_model(model_cfg, num_classes)
+    groups = layer_groups(model)
+    tops = check_phases(cfg, groups)
+    if verbose:
+        print(f"{len(groups)} layer groups, stem to head:")
+        for i, g in enumerate(groups):
+            print(f"  {i:2d} {g.name:<32} {g.size:>12,} parameters")
+    model.to(device).to(memory_format=torch.channels_last)  # see inputs.to_input
+    head = head_module(model)
+    optimizer = make_optimizer(cfg, param_groups(model, groups, cfg.weight_decay))
+    scaler = torch.amp.GradScaler(device.type,
+                                  enabled=amp_dtype(device, cfg.amp) == torch.float16)
+    ema = None
+    if cfg.ema_decay > 0:
+        from timm.utils import ModelEmaV3
+
+        ema = ModelEmaV3(model, decay=cfg.ema_decay)
+    forward: Any = torch.compile(model) if cfg.compile else model
+    loss_fn, mix = make_loss(cfg, num_classes)
+    return Setup(model, prep, weights_info, groups, tops, head, forward, optimizer, scaler,
+                 ema, loss_fn, mix, ImageInput(prep), random_flip_shift)
+
+
+# ----------------------------------------------------------------------------- loop state
+
+
+@dataclass
+class LoopState:
+    """Where the run is; saved whole in every checkpoint (as plain data, weights_only)."""
+
+    phase: int = 0  # index into train.phases
+    phase_epoch: int = 0  # epochs done in this phase
+    epoch: int = 0  # epochs done in all
+    best: dict[str, Any] | None = None  # validation scores of the best epoch, + epoch, phase
+    best_state: dict[str, torch.Tensor] = field(default_factory=dict)  # its weights (CPU)
+    history: list[dict[str, Any]] = field(default_factory=list)  # one record per epoch
+    timing: dict[str, float] = field(default_factory=dict)  # phase{p}_seconds
+    phase_best: dict[str, float] | None = None  # best validation of this phase
+    since_best: int = 0  # epochs of this phase without gain
+    stopped: bool = False  # early stop: the phase ends
+
+    def as_dict(self) -> dict[str, Any]:
+        """Shallow plain-data copy for the checkpoint (tensors stay tensors)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def next_phase(self) -> None:
+        """Move to the next phase's first epoch."""
+        self.phase += 1
+        self.phase_epoch, self.phase_best, self.since_best, self.stopped = 0, None, 0, False
+
+
+@dataclass(frozen=True)
+class Monitor:
+    """The metric that picks the best epoch (train.monitor) and how to compare two."""
+
+    metric: str
+
+    @property
+    def mode(self) -> Literal["min", "max"]:
+        return "min" if self.metric == "val_loss" else "max"
+
+    def better(self, new: dict[str, float], old: dict[str, float] | None) -> bool:
+        """A higher (lower) monitored metric; on a tie, the lower val loss."""
+        if old is None:
+            return True
+        sign = -1.0 if self.mode == "min" else 1.0
+        return (sign * new[self.metric], -new["val_loss"]) > \
+            (sign * old[self.metric], -old["val_loss"])
+
+
+# ----------------------------------------------------------------------------- checkpointer
+
+
+class Checkpointer:
+    """Owns ``last.pt``: the fingerprint a resumable checkpoint must carry, atomic saves,
+    resuming, and the best epoch's weights."""
+
+    NAME = "last.pt"
+
+    def __init__(self, directory: Path, identity: Sequence[Any]) -> None:
+        self.directory = Path(directory)
+        self.path = self.directory / self.NAME
+        # what a checkpoint must have been made with: params, data, world size, torch
+        blob = json.dumps([*identity, torch.__version__], sort_keys=True)
+        self.key = hashlib.sha256(blob.encode()).hexdigest()
+
+    def load(self) -> dict[str, Any] | None:
+        """The saved state, or None when absent or made with other params or data."""
+        if not self.path.exists():
+            return None
+        state = torch.load(self.path, map_location="cpu", weights_only=True)
+        if state.get("fingerprint") != self.key:
+            print(f"{self.path} was written with other params or data: starting afresh")
+            return None
+        return state
+
+    def restore(self, setup: Setup, order: torch.Generator, augment_rng: torch.Generator
+                ) -> tuple[LoopState, dict[str, Any] | None]:
+        """The loop state to start from (and the raw checkpoint, whose schedule state the
+        interrupted phase needs); model, optimizer, scaler, EMA and RNGs restored."""
+        resume = self.load()
+        if resume is None:
+            return LoopState(), None
+        setup.model.load_state_dict(resume["model"])
+        setup.optimizer.load_state_dict(resume["optimizer"])
+        setup.scaler.load_state_dict(resume["scaler"])
+        if setup.ema is not None:
+            setup.ema.module.load_state_dict(resume["ema"])
+        set_rng_state(resume["rng"], order)
+        augment_rng.set_state(resume["augment_rng"])
+        loop = LoopState(**resume["loop"])
+        print(f"resuming {self.path}: phase {loop.phase}, epoch {loop.epoch}")
+        return loop, resume
+
+    def keep_best(self, loop: LoopState, val: dict[str, float], scored: nn.Module,
+                  monitor: Monitor, phase: int) -> None:
+        """Record this epoch as the best so far when it is."""
+        if monitor.better(val, loop.best):
+            loop.best = {**val, "epoch": loop.epoch, "phase": phase}
+            loop.best_state = {k: v.detach().cpu().clone()
+                               for k, v in scored.state_dict().items()}
+
+    def save(self, setup: Setup, schedule: Schedule, loop: LoopState, order: torch.Generator,
+             augment_rng: torch.Generator) -> None:
+        """Write every state a resumed run needs, atomically: a kill mid-write leaves the
+        previous checkpoint intact."""
+        state = {
+            "fingerprint": self.key, "model": setup.model.state_dict(),
+            "optimizer": setup.optimizer.state_dict(), "schedule": schedule.state_dict(),
+            "scaler": setup.scaler.state_dict(),
+            "ema": setup.ema.module.state_dict() if setup.ema is not None else None,
+            "rng": rng_state(order), "augment_rng": augment_rng.get_state(),
+            "loop": loop.as_dict()}
+        self.directory.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, self.path)
+
+    def finish(self) -> None:
+        """The run finished: a forced rerun trains afresh."""
+        self.path.unlink(missing_ok=True)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        (self.directory / "README.txt").write_text(
+            "A killed train stage leaves last.pt here; the next run resumes from it.\n")
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+@dataclass
+class Run:
+    """What every phase and epoch of one run shares."""
+
+    cfg: TrainConfig
+    setup: Setup
+    train_views: list[ArraySplit]  # epoch e reads view e mod K
+    val: ArraySplit
+    device: torch.device
+    order: torch.Generator  # batch order
+    augment_rng: torch.Generator  # flips and shifts
+    checkpointer: Checkpointer
+    log: Callable[[dict[str, Any]], None]  # one epoch's record to the curves
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def monitor(self) -> Monitor:
+        return Monitor(self.cfg.monitor)
+
+    @property
+    def steps(self) -> int:
+        """Batches per epoch, each rank."""
+        return batch_count(len(self.train_views[0].labels), self.cfg.batch_size, self.world)
+
+
+@dataclass
+class PhaseRun:
+    """One phase's fixed parts: what trains, on what, with which schedule."""
+
+    index: int
+    epochs: int
+    trainable: int  # trainable parameters
+    schedule: Schedule
+    use_features: bool  # head only, on stored backbone features
+    net: nn.Module
+    features: dict[int, torch.Tensor] = field(default_factory=dict)  # per view, (N, D)
+
+
+def validate(model: nn.Module, data: ArraySplit, **kwargs: Any) -> dict[str, float]:
+    """Loss, accuracy and macro-F1 on a cached split (kwargs: engine.predict's)."""
+    scores = headline(data.labels, predict(model, data, **kwargs))
+    return {"val_loss": scores["log_loss"], "val_accuracy": scores["accuracy"],
+            "val_macro_f1": scores["macro_f1"]}
+
+
+def input_batches(run: Run, data: ArraySplit) -> Batches:
+    """Shuffled, augmented, model-ready batches of one cached view."""
+    cfg, device, s = run.cfg, run.device, run.setup
+    for rows, labels in batches(data, cfg.batch_size, generator=run.order, rank=run.rank,
+                                world=run.world, pin=device.type == "cuda"):
+        yield s.augment(s.inputs.to_input(rows, device), hflip=cfg.hflip, shift=cfg.shift,
+                        generator=run.augment_rng), labels
+
+
+def feature_batches(run: Run, feats: torch.Tensor, labels: np.ndarray) -> Batches:
+    """Shuffled batches of stored backbone features (head-only phases)."""
+    for index in batch_indices(len(labels), run.cfg.batch_size, generator=run.order,
+                               rank=run.rank, world=run.world):
+        yield feats[torch.from_numpy(index).to(feats.device)], torch.from_numpy(labels[index])
+
+
+def feature_cache_off(cfg: TrainConfig) -> list[str]:
+    """Settings that change the inputs every epoch, so stored features cannot serve."""
+    return [n for n, on in (("hflip", cfg.hflip), ("shift", cfg.shift > 0),
+                            ("mixup", cfg.mixup > 0), ("cutmix", cfg.cutmix > 0)) if on]
+
+
+def start_phase(run: Run, loop: LoopState, resume: dict[str, Any] | None) -> PhaseRun:
+    """Freeze and unfreeze, set the phase's learning rates and schedule (restored when a
+    killed run resumes mid-phase), and pick images or stored features."""
+    cfg, s, p = run.cfg, run.setup, loop.phase
+    phase, top = cfg.phases[p], s.tops[p]
+    trainable = set_trainable(s.model, s.groups, top)
+    lrs = group_lrs(cfg, phase, len(s.groups), top)
+    set_lrs(s.optimizer, lrs)
+    schedule = make_schedule(s.optimizer, cfg, phase,
+                             steps_per_epoch=-(-run.steps // cfg.accumulate),
+                             mode=run.monitor.mode)
+    if resume is not None and loop.phase_epoch > 0:  # killed mid-phase
+        s.optimizer.load_state_dict(resume["optimizer"])  # the lrs where it stopped
+        schedule.load_state_dict(resume["schedule"])
+    reasons = feature_cache_off(cfg)
+    use_features = top == 1 and cfg.feature_cache and not reasons
+    if run.rank == 0:
+        print(f"phase {p}: {top} of {len(s.groups)} layer groups trainable "
+              f"({trainable:,} parameters), head lr {lrs[-1]:g}, lowest trained lr "
+              f"{lrs[len(s.groups) - top]:g}, {phase.schedule or cfg.schedule}, "
+              f"{phase.epochs} epochs" + (", on stored backbone features"
+                                          if use_features else ""))
+        if top == 1 and cfg.feature_cache and reasons:
+            print(f"  feature cache off: {', '.join(reasons)} change the inputs every epoch")
+    net: nn.Module = s.head if use_features else s.forward
+    if run.world > 1:
+        net = nn.parallel.DistributedDataParallel(
+            net, device_ids=[run.device.index] if run.device.type == "cuda" else None)
+    return PhaseRun(p, phase.epochs, trainable, schedule, use_features, net)
+
+
+def run_phase(run: Run, loop: LoopState, resume: dict[str, Any] | None) -> None:
+    """Train one phase to its last epoch (or early stop), checkpointing after each."""
+    phase = start_phase(run, loop, resume)
+    while loop.phase == phase.index:
+        run_epoch(run, loop, phase)
+        if run.rank == 0:
+            run.checkpointer.save(run.setup, phase.schedule, loop, run.order, run.augment_rng)
+
+
+def train_phases(run: Run, loop: LoopState, resume: dict[str, Any] | None) -> None:
+    """Every phase from where ``loop`` stands."""
+    while loop.phase < len(run.cfg.phases):
+        run_phase(run, loop, resume)
+        resume = None
+
+
+def epoch_batches(run: Run, phase: PhaseRun, data: ArraySplit, view: int
+                  ) -> tuple[Batches, float]:
+    """This epoch's batches, and the seconds spent storing the view's features first."""
+    if not phase.use_features:
+        return input_batches(run, data), 0.0
+    extra = 0.0
+    if view not in phase.features:
+        s = run.setup
+        start = time.perf_counter()
+        phase.features[view] = head_inputs(s.model, s.head, data, prep=s.prep,
+                                           device=run.device, batch_size=run.cfg.batch_size,
+                                           amp=run.cfg.amp, inputs=s.inputs)
+        extra = time.perf_counter() - start
+    return feature_batches(run, phase.features[view], data.labels), extra
+
+
+def run_epoch(run: Run, loop: LoopState, phase: PhaseRun) -> dict[str, Any]:
+    """One pass over a training view, validation, best-state and early-stop bookkeeping;
+    returns the epoch's record (also in ``loop.history``)."""
+    cfg, s, p = run.cfg, run.setup, phase.index
+    view = loop.epoch % len(run.train_views)
+    data = run.train_views[view]
+    stream, extra = epoch_batches(run, phase, data, view)
+    train_mode(s.model, bn=cfg.bn)
+
+    def on_step(schedule: Schedule = phase.schedule) -> None:
+        schedule.batch.step()
+        if s.ema is not None:
+            s.ema.update(s.model)
+
+    stats = train_one_epoch(
+        phase.net, stream, steps=run.steps, optimizer=s.optimizer, on_step=on_step,
+        loss_fn=s.loss_fn, device=run.device, amp=cfg.amp, scaler=s.scaler,
+        accumulate=cfg.accumulate, clip_grad=cfg.clip_grad,
+        mix=None if phase.use_features else s.mix, desc=f"epoch {loop.epoch + 1}")
+    totals = torch.tensor([stats["loss_sum"], stats["seen"]], dtype=torch.float64)
+    if run.world > 1:
+        dist.all_reduce(totals)
+    train_loss = float(totals[0] / totals[1])
+    scored = s.ema.module if s.ema is not None else s.model
+    val = validate(scored, run.val, prep=s.prep, device=run.device,
+                   batch_size=cfg.batch_size, amp=cfg.amp, inputs=s.inputs)
+    if phase.schedule.plateau is not None:
+        phase.schedule.plateau.step(val[cfg.monitor])
+    loop.epoch += 1
+    loop.phase_epoch += 1
+    seconds = add_phase_time(loop, p, stats["seconds"] + extra)
+    record = {"train_loss": train_loss, **val, "phase": p,
+              "trainable_params": phase.trainable, **lr_record(s.optimizer)}
+    loop.history.append(record)
+    run.log(record)
+    end_of_epoch(run, loop, phase, val, scored)
+    if run.rank == 0:
+        print(f"epoch {loop.epoch} (phase {p}): train loss {train_loss:.4f}, "
+              f"val loss {val['val_loss']:.4f}, val accuracy "
+              f"{val['val_accuracy']:.4f}, macro-F1 {val['val_macro_f1']:.4f}, "
+              f"{len(data.labels) / seconds:.0f} images/s"
+              + (f"; no gain for {loop.since_best} epochs: phase ends"
+                 if loop.stopped else ""))
+    if loop.phase_epoch == phase.epochs or loop.stopped:
+        loop.next_phase()
+    return record
+
+
+def end_of_epoch(run: Run, loop: LoopState, phase: PhaseRun, val: dict[str, float],
+                 scored: nn.Module) -> None:
+    """Keep the best weights; count epochs without gain in the phase (early stop)."""
+    monitor = run.monitor
+    run.checkpointer.keep_best(loop, val, scored, monitor, phase.index)
+    if monitor.better(val, loop.phase_best):
+        loop.phase_best, loop.since_best = val, 0
+    else:
+        loop.since_best += 1
+        loop.stopped = 0 < run.cfg.patience <= loop.since_best
+
+
+def lr_record(optimizer: torch.optim.Optimizer) -> dict[str, float]:
+    """The learning rate of each layer group, as ``lr/<layer>_<name>`` curve names."""
+    record: dict[str, float] = {}
+    for pg in optimizer.param_groups:
+        record.setdefault(f"lr/{pg['layer']:02d}_{pg['name']}", pg["lr"])
+    return record
+
+
+def add_phase_time(loop: LoopState, phase: int, seconds: float) -> float:
+    """Add an epoch's wall time (training pass, not validation) to its phase; return it."""
+    key = f"phase{phase}_seconds"
+    loop.timing[key] = loop.timing.get(key, 0.0) + seconds
+    return seconds
