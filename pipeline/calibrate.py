@@ -27,7 +27,7 @@ from __future__ import annotations
 import io
 import itertools
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from PIL import Image, ImageEnhance
@@ -228,7 +228,7 @@ class Calibration:
     false_match_rate: float  # share of images the rule links to a distinct image
     separable: bool  # recall >= min_recall within the false-match budget
     recall_by_kind: dict[str, float] = field(default_factory=dict)
-    suspected_copies: int = 0  # user's pairs as similar as a typical synthetic copy
+    copy_share: float = 0.0  # estimated share of the user's images with a near copy
     note: str = ""
 
     def fires(self, sims: np.ndarray) -> np.ndarray:
@@ -252,7 +252,8 @@ class Calibration:
         rule = " or ".join(f"{n} >= {t:.4f}" for n, t in zip(self.signals, self.thresholds)
                            if np.isfinite(t)) or "nothing"
         text = (f"near copy when {rule}: estimated recall {self.recall:.3f} on synthetic "
-                f"copies, false-match rate {self.false_match_rate:.4f}")
+                f"copies, false-match rate {self.false_match_rate:.4f}, images with a "
+                f"near copy already {self.copy_share:.3f}")
         return text + (f" ({self.note})" if self.note else "")
 
 
@@ -265,95 +266,137 @@ def _candidates(values: np.ndarray, *, limit: int) -> np.ndarray:
 def calibrate(copy_sims: np.ndarray, distinct_sims: np.ndarray, *,
               signals: Sequence[str], owner: np.ndarray | None = None,
               kinds: np.ndarray | None = None, max_false_rate: float = 0.002,
-              min_recall: float = 0.9, limit: int = 64) -> Calibration:
+              min_recall: float = 0.9, limit: int = 200, floor_recall: float = 0.25
+              ) -> Calibration:
+    """The best OR rule over every subset of the signals (see :func:`calibrate_rule`).
+
+    Each non-empty subset of signals is calibrated on its own (its own estimate of the
+    share of real copies: a signal that cannot separate copies makes that estimate and
+    the joint grid noisy, which is why the subsets are tried one by one); the subset with
+    the highest estimated recall wins, ties going to fewer signals, then fewer false
+    matches. Signals left out get an infinite threshold. Arguments as
+    :func:`calibrate_rule`.
+    """
+    copy_sims = np.asarray(copy_sims, dtype=np.float64)
+    pairs = np.asarray(distinct_sims, dtype=np.float64)
+    best: Calibration | None = None
+    best_key: tuple[float, int, float] | None = None
+    for r in range(1, len(signals) + 1):
+        for subset in itertools.combinations(range(len(signals)), r):
+            cols = list(subset)
+            cal = calibrate_rule(copy_sims[:, cols], pairs[:, cols],
+                                 signals=[signals[j] for j in cols], owner=owner,
+                                 kinds=kinds, max_false_rate=max_false_rate,
+                                 min_recall=min_recall, limit=limit,
+                                 floor_recall=floor_recall)
+            key = (round(cal.recall, 6), -r, -cal.false_match_rate)
+            if best_key is None or key > best_key:
+                thresholds = [np.inf] * len(signals)
+                for j, t in zip(cols, cal.thresholds):
+                    thresholds[j] = t
+                best_key = key
+                best = replace(cal, signals=tuple(signals), thresholds=tuple(thresholds))
+    assert best is not None
+    return best
+
+
+def calibrate_rule(copy_sims: np.ndarray, distinct_sims: np.ndarray, *,
+                   signals: Sequence[str], owner: np.ndarray | None = None,
+                   kinds: np.ndarray | None = None, max_false_rate: float = 0.002,
+                   min_recall: float = 0.9, limit: int = 200, floor_recall: float = 0.25
+                   ) -> Calibration:
     """Pick one threshold per signal for the rule "copy when any signal reaches its own".
 
-    Searches the joint grid of thresholds just above the ``limit`` largest distinct
-    similarities of each signal (and "off"), keeps the settings whose false-match rate is
-    at most ``max_false_rate``, and among them takes the highest recall on the synthetic
-    copies (ties: fewer false matches, then the most margin). Each chosen threshold is
-    then moved to the middle of the gap between the distinct pair just below it and the
-    next copy or distinct pair above it, so that real copies a little less similar than
+    Searches the joint grid of thresholds just above the ``limit`` largest
+    nearest-neighbour similarities of each signal (and "off"), keeps the settings whose
+    estimated false-match rate is at most ``max_false_rate``, and among them takes the
+    highest recall on the synthetic copies (ties: fewer matches, then the strictest).
+    Each chosen threshold is then moved to the middle of the gap between the pair just
+    below it and the next pair above it, so that real copies a little less similar than
     the synthetic ones still pass.
 
-    The user's own images may hold real near copies: a distinct pair at least as similar
-    as the median synthetic copy in every signal is counted as a suspected copy, not as a
-    false match (``suspected_copies``), otherwise a data set with a few per cent of copies
-    would push every threshold above them.
+    The user's images may already hold near copies, so the nearest-neighbour pairs are
+    a mixture: a share ``pi`` of images with a real copy (which fires at the synthetic
+    copies' rate ``r(t)``, if the synthetic copies are like the real ones) and distinct
+    pairs. With ``n(t)`` the share of images with a firing pair,
+    ``n(t) = pi * r(t) + false(t)``; ``pi`` is estimated as the smallest ``n(t) / r(t)``
+    over the grid (settings with ``r(t) >= floor_recall``: an upper bound of ``pi``,
+    tight where the strictest settings fire on copies only), and the false-match rate as
+    ``n(t) - pi * r(t)``. Without copies in the data ``pi`` comes out near 0 and the
+    estimate is the plain share of images linked to their nearest distinct neighbour.
 
     Args:
         copy_sims: (M, S) similarity of each synthetic copy to its original
             (:func:`copy_similarities`).
-        distinct_sims: (P, S) similarities of image / nearest distinct neighbour pairs
-            (:func:`distinct_similarities`).
+        distinct_sims: (P, S) similarities of image / nearest-neighbour pairs, exact
+            duplicates left out (:func:`distinct_similarities`).
         signals: S signal names, e.g. ("embedding", "thumbnail").
-        owner: (P,) image each distinct pair belongs to; the false-match rate is the
-            share of images with at least one firing pair (default: one pair per image).
+        owner: (P,) image each pair belongs to; rates are shares of these images
+            (default: one pair per image).
         kinds: (M,) copy kind of each row of ``copy_sims``, for the per-kind recall.
         max_false_rate: the largest acceptable share of images linked to a distinct one.
         min_recall: below this estimated recall the signals "cannot separate".
         limit: candidate thresholds per signal.
+        floor_recall: the settings that estimate the share of real copies.
     """
     copy_sims = np.asarray(copy_sims, dtype=np.float64)
-    distinct_sims = np.asarray(distinct_sims, dtype=np.float64)
+    pairs = np.asarray(distinct_sims, dtype=np.float64)
     s = copy_sims.shape[1]
-    if len(signals) != s or distinct_sims.shape[1] != s:
-        raise ValueError(f"{len(signals)} signal names for {s} and {distinct_sims.shape[1]} "
+    if len(signals) != s or pairs.shape[1] != s:
+        raise ValueError(f"{len(signals)} signal names for {s} and {pairs.shape[1]} "
                          "columns of similarities")
     if len(copy_sims) == 0:
         raise ValueError("calibrate needs at least one synthetic copy")
-    owner = np.arange(len(distinct_sims)) if owner is None else np.asarray(owner)
-    core = np.median(copy_sims, axis=0)  # (S,) a typical synthetic copy
-    suspected = (distinct_sims >= core).all(axis=1)
-    negatives, neg_owner = distinct_sims[~suspected], owner[~suspected]
-    _, neg_owner = np.unique(neg_owner, return_inverse=True)
-    n_owners = max(1, len(np.unique(owner)))
+    owner = np.arange(len(pairs)) if owner is None else np.asarray(owner)
+    _, owner = np.unique(owner, return_inverse=True)
+    n_owners = max(1, int(owner.max()) + 1 if len(owner) else 1)
 
-    grids = [_candidates(negatives[:, j], limit=limit) for j in range(s)]
-    # (len(grid_j), M) and (len(grid_j), P') firing masks of each candidate, per signal
+    limit = min(limit, int(50_000 ** (1 / s)))  # keep the joint grid near 50,000 settings
+    grids = [_candidates(pairs[:, j], limit=limit) for j in range(s)]
+    # (len(grid_j), M) and (len(grid_j), P) firing masks of each candidate, per signal
     copy_fire = [copy_sims[:, j][None, :] >= g[:, None] for j, g in enumerate(grids)]
-    neg_fire = [negatives[:, j][None, :] >= g[:, None] for j, g in enumerate(grids)]
-    best: tuple[float, float, float] | None = None
-    choice: tuple[int, ...] = tuple(0 for _ in range(s))
-    for combo in itertools.product(*(range(len(g)) for g in grids)):
-        fired = np.zeros(len(negatives), dtype=bool)
-        for j, c in enumerate(combo):
-            fired |= neg_fire[j][c]
-        false_rate = len(np.unique(neg_owner[fired])) / n_owners
-        if false_rate > max_false_rate:
-            continue
+    pair_fire = [pairs[:, j][None, :] >= g[:, None] for j, g in enumerate(grids)]
+    combos = list(itertools.product(*(range(len(g)) for g in grids)))
+    recall = np.zeros(len(combos))
+    fired = np.zeros(len(combos))  # share of owners with a firing pair
+    for c, combo in enumerate(combos):
         hit = np.zeros(len(copy_sims), dtype=bool)
-        for j, c in enumerate(combo):
-            hit |= copy_fire[j][c]
-        margin = min((grids[j][c] - negatives[:, j].max() if np.isfinite(grids[j][c])
-                      else 1.0) for j, c in enumerate(combo)) if len(negatives) else 1.0
-        key = (float(hit.mean()), -false_rate, margin)
-        if best is None or key > best:
-            best, choice = key, combo
+        fire = np.zeros(len(pairs), dtype=bool)
+        for j, g in enumerate(combo):
+            hit |= copy_fire[j][g]
+            fire |= pair_fire[j][g]
+        recall[c] = hit.mean()
+        fired[c] = np.bincount(owner[fire], minlength=n_owners).astype(bool).sum() / n_owners
+    usable = recall >= floor_recall
+    share = float(np.min(fired[usable] / recall[usable])) if usable.any() else 0.0
+    false_rate = np.maximum(0.0, fired - share * recall)
+    ok = np.flatnonzero(false_rate <= max_false_rate)
+    # most recall, then fewest matches, then the strictest (latest in product order)
+    best = ok[np.lexsort((ok, -fired[ok], recall[ok]))[-1]] if len(ok) else 0
     thresholds = []
-    for j, c in enumerate(choice):
-        t = grids[j][c]
+    for j, g in enumerate(combos[best]):
+        t = grids[j][g]
         if np.isfinite(t):
-            below = negatives[:, j][negatives[:, j] < t]
-            above = np.concatenate([copy_sims[:, j], negatives[:, j]])
-            above = above[above >= t]
+            pooled = np.concatenate([copy_sims[:, j], pairs[:, j]])
+            below, above = pairs[:, j][pairs[:, j] < t], pooled[pooled >= t]
             if len(below) and len(above):
                 t = (below.max() + above.min()) / 2
         thresholds.append(float(t))
     cal = np.asarray(thresholds)
     hit = (copy_sims >= cal).any(axis=1)
-    fired = (negatives >= cal).any(axis=1)
-    false_rate = len(np.unique(neg_owner[fired])) / n_owners
-    recall = float(hit.mean())
+    fire = (pairs >= cal).any(axis=1)
+    n_fired = np.bincount(owner[fire], minlength=n_owners).astype(bool).sum() / n_owners
+    est_recall = float(hit.mean())
+    est_false = float(max(0.0, n_fired - share * est_recall))
     by_kind = ({str(k): float(hit[kinds == k].mean()) for k in dict.fromkeys(kinds)}
                if kinds is not None else {})
-    separable = recall >= min_recall
+    separable = est_recall >= min_recall
     note = "" if separable else (
         f"CANNOT SEPARATE: no thresholds on {', '.join(signals)} find {min_recall:.0%} "
         f"of the synthetic copies at a false-match rate <= {max_false_rate:g}; near "
         "copies will be missed")
-    return Calibration(tuple(signals), tuple(thresholds), recall, false_rate, separable,
-                       by_kind, int(suspected.sum()), note)
+    return Calibration(tuple(signals), tuple(thresholds), est_recall, est_false, separable,
+                       by_kind, share, note)
 
 
 # --------------------------------------------------------------------------- detection
