@@ -233,7 +233,8 @@ class Calibration:
 
     def fires(self, sims: np.ndarray) -> np.ndarray:
         """(P,) bool: pairs, given as (P, S) similarities, that the rule calls copies."""
-        return (np.asarray(sims) >= np.asarray(self.thresholds, dtype=np.float64)).any(axis=1)
+        above = np.asarray(sims) >= np.asarray(self.thresholds, dtype=np.float64)
+        return np.asarray(above.any(axis=1), dtype=bool)
 
     def metrics(self, prefix: str = "near_duplicate") -> dict[str, float | bool | str]:
         """Flat numbers for metrics/*.json (``dvc metrics show``)."""
@@ -383,8 +384,8 @@ def calibrate_rule(copy_sims: np.ndarray, distinct_sims: np.ndarray, *,
                 t = (below.max() + above.min()) / 2
         thresholds.append(float(t))
     cal = np.asarray(thresholds)
-    hit = (copy_sims >= cal).any(axis=1)
-    fire = (pairs >= cal).any(axis=1)
+    hit = np.asarray((copy_sims >= cal).any(axis=1), dtype=bool)
+    fire = np.asarray((pairs >= cal).any(axis=1), dtype=bool)
     n_fired = np.bincount(owner[fire], minlength=n_owners).astype(bool).sum() / n_owners
     est_recall = float(hit.mean())
     est_false = float(max(0.0, n_fired - share * est_recall))
