@@ -1,0 +1,456 @@
+"""Near-copy detection calibrated on the user's own images: pure functions, no file I/O.
+
+One fixed cosine threshold on backbone embeddings cannot tell copies from distinct images
+on every data set: on 8x8 digits and on synthetic textures a JPEG or cropped copy sits at
+cosine 0.6-0.94 to its original while distinct images sit at 0.92. So the detector:
+
+1. makes synthetic near copies of a sample of the user's images (:func:`make_copies`:
+   JPEG quality 50-80, 10-25 % smaller, a few pixels cropped, brightness +-5-10 %, and all
+   four combined);
+2. measures, per *signal* (the backbone embedding, and pixel-space signals that do not
+   depend on the backbone: :func:`thumbnails`, :func:`phash`), how similar each copy is to
+   its original and how similar each image is to its nearest distinct neighbour;
+3. picks one threshold per signal (:func:`calibrate`): a pair is a near copy when *any*
+   signal reaches its threshold (an OR rule, so that each signal's search stays the
+   existing linear-memory neighbour search of :mod:`pipeline.quality`), the thresholds
+   jointly maximising the recall on the synthetic copies under a false-match budget, and
+   records the estimated recall (per copy kind) and false-match rate. When no setting
+   reaches ``min_recall`` within the budget the result says so (``separable`` false).
+
+Every signal is a matrix of L2-normalised rows compared by cosine similarity, so
+:func:`pipeline.quality.neighbours` and :func:`pipeline.quality.similar_pairs` serve
+all of them.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+from PIL import Image, ImageEnhance
+
+from pipeline.quality import near_duplicate_clusters, neighbours
+
+COPY_KINDS = ("jpeg", "resize", "crop", "brightness", "combined")
+
+
+# --------------------------------------------------------------------------- copies
+
+
+def _jpeg(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    buffer = io.BytesIO()
+    img.save(buffer, format="JPEG", quality=int(rng.integers(50, 81)))  # quality 50..80
+    buffer.seek(0)
+    with Image.open(buffer) as out:
+        return out.convert("RGB")
+
+
+def _resize(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    scale = rng.uniform(0.75, 0.90)  # 10-25 % smaller
+    w, h = img.size
+    return img.resize((max(1, round(w * scale)), max(1, round(h * scale))),
+                      Image.Resampling.BICUBIC)
+
+
+def _crop(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    w, h = img.size
+    cut = max(1, round(min(w, h) / 100))  # "a few pixels": up to 1 % of the short side
+    sides = rng.integers(0, cut + 1, size=4)  # left, top, right, bottom, pixels
+    if sides.sum() == 0:
+        sides[int(rng.integers(4))] = 1  # at least one pixel goes
+    left, top, right, bottom = (int(s) for s in sides)
+    if w - left - right < 1 or h - top - bottom < 1:
+        return img
+    return img.crop((left, top, w - right, h - bottom))
+
+
+def _brightness(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    factor = 1 + rng.choice([-1, 1]) * rng.uniform(0.05, 0.10)  # +-5-10 %
+    return ImageEnhance.Brightness(img).enhance(float(factor))
+
+
+def make_copies(images: Sequence[np.ndarray], *, kinds: Sequence[str] = COPY_KINDS,
+                seed: int = 0) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """Synthetic near copies of each image, one per kind, the way real copies arise.
+
+    Kinds: ``jpeg`` (re-encoded at quality 50-80), ``resize`` (10-25 % smaller, bicubic),
+    ``crop`` (0 to 1 % of the short side off each side, at least one pixel),
+    ``brightness`` (x 0.90-0.95 or 1.05-1.10), ``combined`` (crop, resize, brightness,
+    then JPEG). Sizes change (resize, crop): compare copies through a fixed-size view
+    (the embed stage's ``fit_image``, :func:`thumbnails`), never pixel by pixel.
+
+    Args:
+        images: N images, (H, W, 3) uint8 RGB each (sizes may differ).
+        kinds: a subset of :data:`COPY_KINDS`.
+        seed: the same images, kinds and seed give the same copies.
+    Returns:
+        the N x len(kinds) copies ((h, w, 3) uint8 each, image-major order), (M,) int64
+        index of each copy's source image and (M,) str kind of each copy.
+    """
+    unknown = set(kinds) - set(COPY_KINDS)
+    if unknown:
+        raise ValueError(f"unknown copy kinds {sorted(unknown)}; expected {COPY_KINDS}")
+    rng = np.random.default_rng(seed)
+    steps = {"jpeg": [_jpeg], "resize": [_resize], "crop": [_crop],
+             "brightness": [_brightness], "combined": [_crop, _resize, _brightness, _jpeg]}
+    copies: list[np.ndarray] = []
+    source: list[int] = []
+    names: list[str] = []
+    for i, pixels in enumerate(images):
+        for kind in kinds:
+            img = Image.fromarray(pixels)
+            for step in steps[kind]:
+                img = step(img, rng)
+            copies.append(np.asarray(img.convert("RGB"), dtype=np.uint8))
+            source.append(i)
+            names.append(kind)
+    return copies, np.asarray(source, dtype=np.int64), np.asarray(names, dtype=object)
+
+
+# --------------------------------------------------------------------------- signals
+
+
+def _grey(pixels: np.ndarray, size: int) -> np.ndarray:
+    """(size, size) float32 luma of an (H, W, 3) uint8 image, stretched (antialiased)."""
+    img = Image.fromarray(pixels).convert("L")
+    return np.asarray(img.resize((size, size), Image.Resampling.BILINEAR), dtype=np.float32)
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm; all-zero rows stay zero (they then match nothing)."""
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.divide(x, norms, out=np.zeros_like(x), where=norms > 1e-6).astype(np.float32)
+
+
+def thumbnails(images: Sequence[np.ndarray], *, size: int = 16) -> np.ndarray:
+    """Pixel-space signal: small grey thumbnails, zero-mean and unit-norm.
+
+    The whole image is stretched to ``size`` x ``size`` (so a copy with a few pixels
+    cropped lines up with its original to within a fraction of a thumbnail pixel),
+    then centred and normalised: the cosine of two rows is the correlation of the two
+    thumbnails, blind to brightness and contrast changes. A flat image gives a zero row.
+
+    Returns:
+        (N, size * size) float32, L2-normalised rows.
+    """
+    grey = np.stack([_grey(p, size).ravel() for p in images]) if len(images) else \
+        np.zeros((0, size * size), np.float32)
+    return _unit_rows(grey - grey.mean(axis=1, keepdims=True))
+
+
+def phash(images: Sequence[np.ndarray], *, bits: int = 8) -> np.ndarray:
+    """Pixel-space signal: the perceptual hash (DCT of a 4x thumbnail, low frequencies).
+
+    Each image's ``bits`` x ``bits`` lowest DCT frequencies (DC left out) of a
+    ``4 * bits`` px grey thumbnail are compared with their median; the hash is stored as
+    +-1 / bits entries, so the cosine of two rows is 1 - 2 * Hamming distance / bits**2.
+
+    Returns:
+        (N, bits * bits) float32, unit-norm rows.
+    """
+    from scipy.fft import dctn
+
+    rows = np.zeros((len(images), bits * bits), np.float32)
+    for i, pixels in enumerate(images):
+        freq = dctn(_grey(pixels, 4 * bits), norm="ortho")[:bits, :bits].ravel()
+        freq[0] = np.median(freq[1:])  # the DC term carries brightness only
+        rows[i] = np.where(freq > np.median(freq), 1.0, -1.0) / bits
+    return rows
+
+
+# --------------------------------------------------------------------------- pairs
+
+
+def copy_similarities(signals: Sequence[np.ndarray], copies: Sequence[np.ndarray],
+                      source: np.ndarray) -> np.ndarray:
+    """(M, S) cosine similarity of each copy to its original, per signal.
+
+    Args:
+        signals: S matrices (N, D_s) of the originals, L2-normalised rows.
+        copies: S matrices (M, D_s) of the copies, in the same signal order.
+        source: (M,) row of each copy's original.
+    """
+    return np.stack([np.einsum("md,md->m", c, s[source]) for s, c in zip(signals, copies)],
+                    axis=1).astype(np.float32)
+
+
+def distinct_similarities(signals: Sequence[np.ndarray], *, rows: np.ndarray | None = None,
+                          hashes: Sequence[str | None] | None = None, k: int = 1,
+                          exact_max: int = 20000, probes: int = 8, seed: int = 0
+                          ) -> tuple[np.ndarray, np.ndarray]:
+    """Every signal's similarities of the pairs (image, one of its k nearest neighbours).
+
+    The neighbours come from each signal's own search (:func:`pipeline.quality.neighbours`,
+    linear memory); every candidate pair is then scored in every signal, so the OR rule
+    of :func:`calibrate` sees what each signal would say about the pairs any signal finds.
+    Pixel-identical pairs (equal ``hashes``) are left out: they are exact duplicates,
+    found by their hash, not distinct images.
+
+    Args:
+        signals: S matrices (N, D_s), L2-normalised rows.
+        rows: (R,) the images whose neighbours to score (default all); neighbours are
+            searched among all N.
+        hashes: (N,) pixel hash per image (None where not decoded), or None.
+    Returns:
+        (P, S) float32 similarities and (P,) int64 owner (the image of ``rows`` each pair
+        belongs to), pairs unique per owner.
+    """
+    n = len(signals[0])
+    rows = np.arange(n) if rows is None else np.asarray(rows, dtype=np.int64)
+    found: list[np.ndarray] = []
+    for sig in signals:
+        index, _ = neighbours(sig, k=k, exact_max=exact_max, probes=probes, seed=seed)
+        found.append(np.stack([np.repeat(rows, index.shape[1]), index[rows].ravel()], 1))
+    pairs = np.unique(np.concatenate(found), axis=0)  # (P, 2) owner, neighbour
+    pairs = pairs[pairs[:, 0] != pairs[:, 1]]
+    if hashes is not None:
+        same = np.array([hashes[a] is not None and hashes[a] == hashes[b] for a, b in pairs],
+                        dtype=bool).reshape(-1)
+        pairs = pairs[~same]
+    sims = np.stack([np.einsum("pd,pd->p", s[pairs[:, 0]], s[pairs[:, 1]]) for s in signals],
+                    axis=1).astype(np.float32)
+    return sims.reshape(len(pairs), len(signals)), pairs[:, 0].astype(np.int64)
+
+
+# --------------------------------------------------------------------------- calibration
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Per-signal thresholds of the OR rule and their estimated error rates."""
+
+    signals: tuple[str, ...]
+    thresholds: tuple[float, ...]  # cosine similarity per signal; inf = signal not used
+    recall: float  # share of the synthetic copies the rule finds
+    false_match_rate: float  # share of images the rule links to a distinct image
+    separable: bool  # recall >= min_recall within the false-match budget
+    recall_by_kind: dict[str, float] = field(default_factory=dict)
+    copy_share: float = 0.0  # estimated share of the user's images with a near copy
+    note: str = ""
+
+    def fires(self, sims: np.ndarray) -> np.ndarray:
+        """(P,) bool: pairs, given as (P, S) similarities, that the rule calls copies."""
+        above = np.asarray(sims) >= np.asarray(self.thresholds, dtype=np.float64)
+        return np.asarray(above.any(axis=1), dtype=bool)
+
+    def metrics(self, prefix: str = "near_duplicate") -> dict[str, float | bool | str]:
+        """Flat numbers for metrics/*.json (``dvc metrics show``)."""
+        out: dict[str, float | bool | str] = {}
+        for name, t in zip(self.signals, self.thresholds):
+            out[f"{prefix}_threshold_{name}"] = float(t) if np.isfinite(t) else "off"
+        out[f"{prefix}_estimated_recall"] = round(self.recall, 4)
+        out[f"{prefix}_estimated_false_match_rate"] = round(self.false_match_rate, 5)
+        out[f"{prefix}_separable"] = self.separable
+        for kind, r in self.recall_by_kind.items():
+            out[f"{prefix}_estimated_recall_{kind}"] = round(r, 4)
+        return out
+
+    def summary(self) -> str:
+        """One line for the log: thresholds, estimated recall and false-match rate."""
+        rule = " or ".join(f"{n} >= {t:.4f}" for n, t in zip(self.signals, self.thresholds)
+                           if np.isfinite(t)) or "nothing"
+        text = (f"near copy when {rule}: estimated recall {self.recall:.3f} on synthetic "
+                f"copies, false-match rate {self.false_match_rate:.4f}, images with a "
+                f"near copy already {self.copy_share:.3f}")
+        return text + (f" ({self.note})" if self.note else "")
+
+
+def _candidates(values: np.ndarray, *, limit: int) -> np.ndarray:
+    """Thresholds just above each of the ``limit`` largest distinct values, plus 'off'."""
+    top = np.unique(values)[::-1][:limit]
+    return np.concatenate([[np.inf], np.nextafter(top.astype(np.float64), np.inf)])
+
+
+def calibrate(copy_sims: np.ndarray, distinct_sims: np.ndarray, *,
+              signals: Sequence[str], owner: np.ndarray | None = None,
+              kinds: np.ndarray | None = None, max_false_rate: float = 0.002,
+              min_recall: float = 0.9, limit: int = 200, floor_recall: float = 0.25
+              ) -> Calibration:
+    """The best OR rule over every subset of the signals (see :func:`calibrate_rule`).
+
+    Each non-empty subset of signals is calibrated on its own (its own estimate of the
+    share of real copies: a signal that cannot separate copies makes that estimate and
+    the joint grid noisy, which is why the subsets are tried one by one); the subset with
+    the highest estimated recall wins, ties going to fewer signals, then fewer false
+    matches. Signals left out get an infinite threshold. Arguments as
+    :func:`calibrate_rule`.
+    """
+    copy_sims = np.asarray(copy_sims, dtype=np.float64)
+    pairs = np.asarray(distinct_sims, dtype=np.float64)
+    best: Calibration | None = None
+    best_key: tuple[float, int, float] | None = None
+    for r in range(1, len(signals) + 1):
+        for subset in itertools.combinations(range(len(signals)), r):
+            cols = list(subset)
+            cal = calibrate_rule(copy_sims[:, cols], pairs[:, cols],
+                                 signals=[signals[j] for j in cols], owner=owner,
+                                 kinds=kinds, max_false_rate=max_false_rate,
+                                 min_recall=min_recall, limit=limit,
+                                 floor_recall=floor_recall)
+            key = (round(cal.recall, 6), -r, -cal.false_match_rate)
+            if best_key is None or key > best_key:
+                thresholds = [np.inf] * len(signals)
+                for j, t in zip(cols, cal.thresholds):
+                    thresholds[j] = t
+                best_key = key
+                best = replace(cal, signals=tuple(signals), thresholds=tuple(thresholds))
+    assert best is not None
+    return best
+
+
+def calibrate_rule(copy_sims: np.ndarray, distinct_sims: np.ndarray, *,
+                   signals: Sequence[str], owner: np.ndarray | None = None,
+                   kinds: np.ndarray | None = None, max_false_rate: float = 0.002,
+                   min_recall: float = 0.9, limit: int = 200, floor_recall: float = 0.25
+                   ) -> Calibration:
+    """Pick one threshold per signal for the rule "copy when any signal reaches its own".
+
+    Searches the joint grid of thresholds just above the ``limit`` largest
+    nearest-neighbour similarities of each signal (and "off"), keeps the settings whose
+    estimated false-match rate is at most ``max_false_rate``, and among them takes the
+    highest recall on the synthetic copies (ties: fewer matches, then the strictest).
+    Each chosen threshold is then moved to the middle of the gap between the pair just
+    below it and the next pair above it, so that real copies a little less similar than
+    the synthetic ones still pass.
+
+    The user's images may already hold near copies, so the nearest-neighbour pairs are
+    a mixture: a share ``pi`` of images with a real copy (which fires at the synthetic
+    copies' rate ``r(t)``, if the synthetic copies are like the real ones) and distinct
+    pairs. With ``n(t)`` the share of images with a firing pair,
+    ``n(t) = pi * r(t) + false(t)``; ``pi`` is estimated as the smallest ``n(t) / r(t)``
+    over the grid (settings with ``r(t) >= floor_recall``: an upper bound of ``pi``,
+    tight where the strictest settings fire on copies only), and the false-match rate as
+    ``n(t) - pi * r(t)``. Without copies in the data ``pi`` comes out near 0 and the
+    estimate is the plain share of images linked to their nearest distinct neighbour.
+
+    Args:
+        copy_sims: (M, S) similarity of each synthetic copy to its original
+            (:func:`copy_similarities`).
+        distinct_sims: (P, S) similarities of image / nearest-neighbour pairs, exact
+            duplicates left out (:func:`distinct_similarities`).
+        signals: S signal names, e.g. ("embedding", "thumbnail").
+        owner: (P,) image each pair belongs to; rates are shares of these images
+            (default: one pair per image).
+        kinds: (M,) copy kind of each row of ``copy_sims``, for the per-kind recall.
+        max_false_rate: the largest acceptable share of images linked to a distinct one.
+        min_recall: below this estimated recall the signals "cannot separate".
+        limit: candidate thresholds per signal.
+        floor_recall: the settings that estimate the share of real copies.
+    """
+    copy_sims = np.asarray(copy_sims, dtype=np.float64)
+    pairs = np.asarray(distinct_sims, dtype=np.float64)
+    s = copy_sims.shape[1]
+    if len(signals) != s or pairs.shape[1] != s:
+        raise ValueError(f"{len(signals)} signal names for {s} and {pairs.shape[1]} "
+                         "columns of similarities")
+    if len(copy_sims) == 0:
+        raise ValueError("calibrate needs at least one synthetic copy")
+    owner = np.arange(len(pairs)) if owner is None else np.asarray(owner)
+    _, owner = np.unique(owner, return_inverse=True)
+    n_owners = max(1, int(owner.max()) + 1 if len(owner) else 1)
+
+    limit = min(limit, int(50_000 ** (1 / s)))  # keep the joint grid near 50,000 settings
+    grids = [_candidates(pairs[:, j], limit=limit) for j in range(s)]
+    # (len(grid_j), M) and (len(grid_j), P) firing masks of each candidate, per signal
+    copy_fire = [copy_sims[:, j][None, :] >= g[:, None] for j, g in enumerate(grids)]
+    pair_fire = [pairs[:, j][None, :] >= g[:, None] for j, g in enumerate(grids)]
+    combos = list(itertools.product(*(range(len(g)) for g in grids)))
+    recall = np.zeros(len(combos))
+    fired = np.zeros(len(combos))  # share of owners with a firing pair
+    for c, combo in enumerate(combos):
+        hit = np.zeros(len(copy_sims), dtype=bool)
+        fire = np.zeros(len(pairs), dtype=bool)
+        for j, g in enumerate(combo):
+            hit |= copy_fire[j][g]
+            fire |= pair_fire[j][g]
+        recall[c] = hit.mean()
+        fired[c] = np.bincount(owner[fire], minlength=n_owners).astype(bool).sum() / n_owners
+    usable = recall >= floor_recall
+    share = float(np.min(fired[usable] / recall[usable])) if usable.any() else 0.0
+    false_rate = np.maximum(0.0, fired - share * recall)
+    ok = np.flatnonzero(false_rate <= max_false_rate)
+    # most recall, then fewest matches, then the strictest (latest in product order)
+    best = ok[np.lexsort((ok, -fired[ok], recall[ok]))[-1]] if len(ok) else 0
+    thresholds = []
+    for j, g in enumerate(combos[best]):
+        t = grids[j][g]
+        if np.isfinite(t):
+            pooled = np.concatenate([copy_sims[:, j], pairs[:, j]])
+            below, above = pairs[:, j][pairs[:, j] < t], pooled[pooled >= t]
+            if len(below) and len(above):
+                t = (below.max() + above.min()) / 2
+        thresholds.append(float(t))
+    cal = np.asarray(thresholds)
+    hit = np.asarray((copy_sims >= cal).any(axis=1), dtype=bool)
+    fire = np.asarray((pairs >= cal).any(axis=1), dtype=bool)
+    n_fired = np.bincount(owner[fire], minlength=n_owners).astype(bool).sum() / n_owners
+    est_recall = float(hit.mean())
+    est_false = float(max(0.0, n_fired - share * est_recall))
+    by_kind = ({str(k): float(hit[kinds == k].mean()) for k in dict.fromkeys(kinds)}
+               if kinds is not None else {})
+    separable = est_recall >= min_recall
+    note = "" if separable else (
+        f"CANNOT SEPARATE: no thresholds on {', '.join(signals)} find {min_recall:.0%} "
+        f"of the synthetic copies at a false-match rate <= {max_false_rate:g}; near "
+        "copies will be missed")
+    return Calibration(tuple(signals), tuple(thresholds), est_recall, est_false, separable,
+                       by_kind, share, note)
+
+
+# --------------------------------------------------------------------------- detection
+
+
+def near_copy_clusters(signals: Sequence[np.ndarray], calibration: Calibration, *, k: int,
+                       exact_max: int, probes: int, order: Sequence[str], valid: np.ndarray,
+                       seed: int = 0) -> np.ndarray:
+    """Near-copy clusters under a calibrated OR rule (connected components, linear memory).
+
+    Each used signal's k-nearest-neighbour search (:func:`pipeline.quality.neighbours`)
+    yields its candidate pairs; a pair links when its similarity in that signal reaches
+    that signal's threshold. The per-signal lists are concatenated, shifted by their
+    thresholds, and linked at 0 by :func:`pipeline.quality.near_duplicate_clusters`.
+
+    Returns:
+        (N,) object array: the cluster's key (smallest member of ``order``) or None.
+    """
+    index_parts, margin_parts = [], []
+    for sig, t in zip(signals, calibration.thresholds):
+        if not np.isfinite(t):
+            continue
+        index, sims = neighbours(sig, k=k, exact_max=exact_max, probes=probes, seed=seed)
+        index_parts.append(index)
+        margin_parts.append(sims - np.float32(t))  # >= 0 where this signal fires
+    if not index_parts:
+        return np.full(len(order), None, dtype=object)
+    return near_duplicate_clusters(np.concatenate(index_parts, 1),
+                                   np.concatenate(margin_parts, 1), threshold=0.0,
+                                   order=order, valid=valid)
+
+
+def copy_pairs(queries: Sequence[np.ndarray], reference: Sequence[np.ndarray],
+               calibration: Calibration) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every (query, reference) pair that the calibrated OR rule calls a copy.
+
+    For the split stage's leakage audit (val/test rows as queries, train rows as
+    reference): each used signal's :func:`pipeline.quality.similar_pairs` at its own
+    threshold, united. Linear memory in Q + M.
+
+    Returns:
+        (P,) int64 query rows, (P,) int64 reference rows, (P,) int64 index of the signal
+        that found the pair first (in ``calibration.signals`` order), sorted by query.
+    """
+    from pipeline.quality import similar_pairs
+
+    found: dict[tuple[int, int], int] = {}
+    for j, (q, r, t) in enumerate(zip(queries, reference, calibration.thresholds)):
+        if not np.isfinite(t):
+            continue
+        rows, cols, _ = similar_pairs(q, r, threshold=float(t))
+        for a, b in zip(rows.tolist(), cols.tolist()):
+            found.setdefault((a, b), j)
+    keys = sorted(found)
+    return (np.array([a for a, _ in keys], np.int64), np.array([b for _, b in keys], np.int64),
+            np.array([found[key] for key in keys], np.int64))

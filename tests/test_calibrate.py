@@ -1,0 +1,82 @@
+import numpy as np
+import pytest
+
+from pipeline.autosize import backbone_input_size, resolve_image_size
+from pipeline.calibrate import (
+    COPY_KINDS,
+    calibrate,
+    copy_pairs,
+    copy_similarities,
+    distinct_similarities,
+    make_copies,
+    near_copy_clusters,
+    phash,
+    thumbnails,
+)
+
+
+def _textures(n=60, size=64, seed=0):
+    """Distinct smooth random images (tiny, synthetic)."""
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        noise = gaussian_filter(rng.normal(size=(size, size, 3)), (3, 3, 0))
+        out.append(np.clip(128 + 60 * noise / noise.std(), 0, 255).astype(np.uint8))
+    return out
+
+
+def test_auto_size_follows_data_and_backbone():
+    assert resolve_image_size("auto", backbone_size=224, short_sides=[8] * 5)[0] == 48
+    assert resolve_image_size("auto", backbone_size=224, short_sides=[8] * 5, upscale=8)[0] == 64
+    size, reason = resolve_image_size("auto", backbone_size=224, short_sides=[300, 500, 375])
+    assert size == 224 and "backbone" in reason
+    assert resolve_image_size(96, backbone_size=224, short_sides=[8])[0] == 96  # explicit wins
+    with pytest.raises(ValueError):
+        resolve_image_size("big", backbone_size=224, short_sides=[8])
+
+
+def test_backbone_input_size_reads_timm_config():
+    assert backbone_input_size("timm", "tf_efficientnet_lite0")[0] == 224
+
+
+def test_copies_are_seeded_and_of_every_kind():
+    images = _textures(3)
+    a, source, kinds = make_copies(images, seed=1)
+    b, _, _ = make_copies(images, seed=1)
+    assert len(a) == 3 * len(COPY_KINDS) and list(source[:len(COPY_KINDS)]) == [0] * 5
+    assert set(kinds) == set(COPY_KINDS)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert all(c.dtype == np.uint8 and c.ndim == 3 for c in a)
+
+
+def test_calibration_finds_a_planted_copy_and_not_a_distinct_image():
+    images = _textures(60)
+    planted, _, _ = make_copies([images[0]], kinds=["combined"], seed=7)
+    data = images + planted  # row 60 is a near copy of row 0
+    copies, source, kinds = make_copies(images[:20], seed=0)
+    signals = [thumbnails(data), phash(data)]
+    distinct, owner = distinct_similarities(signals, hashes=None, k=1)
+    cal = calibrate(copy_similarities(signals, [thumbnails(copies), phash(copies)], source),
+                    distinct, owner=owner, signals=("thumbnail", "phash"), kinds=kinds,
+                    max_false_rate=0.05)  # 61 images: one pair = 2 of 61 images
+    assert cal.separable and cal.recall >= 0.9 and set(cal.recall_by_kind) == set(COPY_KINDS)
+    ids = [f"{i:03d}" for i in range(len(data))]
+    clusters = near_copy_clusters(signals, cal, k=5, exact_max=1000, probes=4, order=ids,
+                                  valid=np.ones(len(data), bool))
+    assert clusters[0] == clusters[60] == "000"
+    assert sum(c is not None for c in clusters) == 2  # no distinct image joins
+    # the leakage audit: the copy as a val row against the originals as train rows
+    rows, cols, _ = copy_pairs([s[60:] for s in signals], [s[:60] for s in signals], cal)
+    assert list(zip(rows, cols)) == [(0, 0)]
+    assert set(cal.metrics()) >= {"near_duplicate_estimated_recall",
+                                  "near_duplicate_estimated_false_match_rate"}
+
+
+def test_cannot_separate_is_reported():
+    rng = np.random.default_rng(0)
+    copies = rng.uniform(0.5, 0.9, size=(50, 1))  # copies no more alike than distinct pairs
+    distinct = rng.uniform(0.5, 0.9, size=(200, 1))
+    cal = calibrate(copies, distinct, signals=("embedding",))
+    assert not cal.separable and "CANNOT SEPARATE" in cal.note and cal.recall < 0.9
