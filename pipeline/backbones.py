@@ -9,7 +9,6 @@ only training needs (layer groups and freezing live in :mod:`pipeline.models`).
 
 from __future__ import annotations
 
-import importlib.metadata
 import importlib.resources
 from dataclasses import dataclass
 from pathlib import Path
@@ -260,12 +259,6 @@ class BackboneSpec:
     name: str
     weights: str
     drop_rate: float = 0.0
-
-
-def library_versions() -> dict[str, str]:
-    """Versions of the libraries that shape results, saved with models and metrics."""
-    names = ["torch", "torchvision", "timm", "numpy", "pillow", "scikit-learn"]
-    return {n: importlib.metadata.version(n) for n in names}
 
 
 def load_trained(path: Path) -> tuple[nn.Module, Preprocessing, dict[str, Any]]:

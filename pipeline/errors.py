@@ -7,6 +7,8 @@ import sys
 import time
 from collections.abc import Callable
 
+from pipeline.provenance import record_run
+
 
 class PipelineError(Exception):
     """An error in the user's input (params, data, weights) with a message meant for them."""
@@ -24,4 +26,6 @@ def run_stage(name: str, main: Callable[[], None]) -> None:
     except PipelineError as exc:
         print(f"[{name}] error: {exc}", file=sys.stderr)
         sys.exit(2)
-    print(f"[{name}] done in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    seconds = time.perf_counter() - start
+    record_run(name, {"seconds": seconds})  # metrics/run.json: never a hashed output
+    print(f"[{name}] done in {seconds:.1f} s", file=sys.stderr)

@@ -19,3 +19,5 @@ METRICS_DIR = Path("metrics")
 CURVES_DIR = METRICS_DIR / "curves"
 CHECKPOINT_DIR = Path("checkpoints/train")  # persisted by DVC: a killed run resumes
 REPORTS_DIR = Path("reports")
+LOCK = Path("requirements.lock")  # the dependency lock: a dep of every stage
+RUN_RECORD = METRICS_DIR / "run.json"  # wall times: never a stage output (provenance.py)

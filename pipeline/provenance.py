@@ -21,8 +21,9 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-LOCK_FILE = Path("requirements.lock")
-RUN_RECORD = Path("metrics/run.json")
+from pipeline.paths import LOCK as LOCK_FILE
+from pipeline.paths import RUN_RECORD
+
 LIBRARIES = ["torch", "torchvision", "timm", "numpy", "pillow", "scikit-learn"]
 
 
@@ -61,7 +62,7 @@ def record_run(stage: str, values: dict[str, float], *, path: Path = RUN_RECORD)
     """Merge one stage's wall times (``{stage}_{key}``) into the run record, with the
     machine and commit they were measured on. Never a DVC output: see the module doc."""
     record = json.loads(path.read_text()) if path.exists() else {}
-    record.update({f"{stage}_{k}": round(v, 2) for k, v in values.items()})
+    record.update({f"{stage}_{k}": float(f"{v:.4g}") for k, v in values.items()})
     record.update({"git_commit": git_commit(), "host": platform.node(),
                    "cpu": platform.processor() or platform.machine(),
                    "cores": os.cpu_count() or 0})

@@ -206,14 +206,37 @@ def metric_rows(results: dict[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["metric", "value"])
 
 
-def phases_table(model_meta: dict[str, Any], train_metrics: dict[str, Any]) -> pd.DataFrame:
-    """The training schedule that ran, with each phase's time from metrics/train.json."""
+def phases_table(model_meta: dict[str, Any]) -> pd.DataFrame:
+    """The training schedule that ran (its wall times are in :func:`timings_page`)."""
     phases = pd.DataFrame(model_meta["params"]["train"]["phases"])
     phases.insert(0, "phase", range(len(phases)))
     phases["lr"] = phases["lr_mult"] * model_meta["params"]["train"]["lr"]  # the head's
-    for key in ("seconds", "images_per_second"):
-        phases[key] = [train_metrics.get(f"phase{i}_{key}") for i in phases["phase"]]
     return phases
+
+
+def provenance_table(model_meta: dict[str, Any]) -> pd.DataFrame:
+    """What made the model's numbers: the lock, Python, the device, kernels and threads."""
+    keys = ["lock_sha256", "python", "device", "cpu_capability", "threads", "pins"]
+    return pd.DataFrame([(k, str(model_meta.get(k, ""))) for k in keys],
+                        columns=["fact", "value"])
+
+
+def timings_html() -> str:
+    """The report's wall-time section: a frame showing ``timings.html`` beside the page.
+    The times stay out of the page itself, so that its hash reproduces (see
+    :mod:`pipeline.provenance`)."""
+    return ("<p>Wall times, the machine and the commit of the run that made these files "
+            "(<code>metrics/run.json</code>; also <code>dvc metrics show</code>). They are "
+            "kept out of this page so that its hash reproduces.</p>"
+            "<iframe src='timings.html' title='wall times' "
+            "style='width:100%;height:14em;border:1px solid #ccc'></iframe>")
+
+
+def timings_page(record: dict[str, Any]) -> str:
+    """``reports/timings.html``: the run record as a table (never a DVC output)."""
+    rows = pd.DataFrame(sorted(record.items()), columns=["key", "value"])
+    return page([table(rows, "{:.4g}") if len(rows) else
+                 "<p>No run record yet (metrics/run.json).</p>"])
 
 
 def model_table(model_meta: dict[str, Any]) -> pd.DataFrame:

@@ -24,9 +24,10 @@ from pipeline.images import IMAGES
 from pipeline.inputs import ImageInput
 from pipeline.manifest import read_manifest, resolve
 from pipeline.modality import UnreadableItem
+from pipeline.params.base import BaseConfig
 from pipeline.params.data import DataConfig
 from pipeline.params.embed import EmbedConfig
-from pipeline.seeding import resolve_device
+from pipeline.seeding import pin_cpu, resolve_device
 
 
 def run(data: DataConfig, cfg: EmbedConfig, prepared: Path, out_dir: Path, *,
@@ -75,7 +76,9 @@ def run(data: DataConfig, cfg: EmbedConfig, prepared: Path, out_dir: Path, *,
 
 def main() -> None:
     """Entry point of the DVC stage."""
-    data, embed = load_sections("data", "embed")
+    base, data, embed = load_sections("base", "data", "embed")
+    assert isinstance(base, BaseConfig)
+    pin_cpu(deterministic=base.deterministic)  # first: kernels are chosen at first use
     run(data, embed, paths.PREPARED, paths.EMBED_DIR)
 
 

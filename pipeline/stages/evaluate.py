@@ -38,7 +38,7 @@ from pipeline.metrics import (
 )
 from pipeline.params.base import BaseConfig
 from pipeline.params.evaluate import EvaluateConfig
-from pipeline.seeding import resolve_device
+from pipeline.seeding import pin_cpu, resolve_device
 
 
 def prediction_table(data: ArraySplit, probs: np.ndarray, classes: list[str],
@@ -167,6 +167,7 @@ def gate(cfg: EvaluateConfig, results: dict[str, Any]) -> None:
 def main() -> None:
     """Entry point of the DVC stage."""
     base, evaluate = load_sections("base", "evaluate")
+    pin_cpu(deterministic=base.deterministic)  # first: kernels are chosen at first use
     run(base, evaluate, paths.MODEL, paths.CACHE_DIR, paths.SPLIT, paths.METRICS_DIR)
 
 

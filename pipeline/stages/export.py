@@ -5,23 +5,36 @@ and ``models/model.json`` (what a caller must do to an image first: classes, siz
 mean, std). Both exports take (B, 3, S, S) float32 normalised images and return logits;
 at export time they must agree with PyTorch on every test image (same argmax,
 probability difference under 1e-4), or the stage fails.
+
+Both files are byte-reproducible: TorchScript's debug records (absolute paths of this
+machine's source files) and random serialization id, and ONNX's per-node stack traces,
+are left out. ONNX Runtime picks its kernels by CPU (AVX-512 or AVX2) and cannot be
+pinned, so its exact probability difference goes to the run record, and
+``metrics/export.json`` keeps only whether it is within the tolerance.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import torch
 
 from pipeline import paths
 from pipeline.backbones import load_trained
 from pipeline.cachefiles import open_split, read_meta
+from pipeline.config import load_sections
 from pipeline.engine import batches
 from pipeline.errors import PipelineError, run_stage
 from pipeline.inputs import ImageInput
+from pipeline.params.base import BaseConfig
+from pipeline.provenance import record_run
+from pipeline.seeding import pin_cpu
 
 TOLERANCE = 1e-4  # largest allowed probability difference to PyTorch
 
@@ -39,9 +52,11 @@ def run(model_path: Path, cache_dir: Path, out_dir: Path, metrics_out: Path) -> 
     with torch.inference_mode():
         traced = torch.jit.trace(model, example)
     traced.save(str(files["torchscript"]))
+    reproducible_torchscript(files["torchscript"])
     torch.onnx.export(model, (example,), str(files["onnx"]), input_names=["images"],
                       output_names=["logits"], dynamo=True, verbose=False, external_data=False,
                       dynamic_shapes=({0: torch.export.Dim("batch")},))
+    reproducible_onnx(files["onnx"])
     preprocessing = {"classes": meta["classes"], **meta["preprocessing"],
                      "input": "float32 (batch, 3, size, size), RGB scaled to 0..1, then "
                               "(x - mean) / std", "output": "logits (batch, classes)"}
@@ -63,20 +78,57 @@ def run(model_path: Path, cache_dir: Path, out_dir: Path, metrics_out: Path) -> 
         for name, probs in outputs.items():
             diffs[name] = max(diffs[name], float(np.abs(probs - reference).max()))
             disagree[name] += int((probs.argmax(1) != reference.argmax(1)).sum())
-    report = {f"{n}_max_prob_diff": float(f"{d:.3g}") for n, d in diffs.items()}
+    report: dict = {"torchscript_max_prob_diff": float(f"{diffs['torchscript']:.3g}"),
+                    "onnx_within_tolerance": diffs["onnx"] < TOLERANCE, "tolerance": TOLERANCE}
     report |= {f"{n}_argmax_disagreements": v for n, v in disagree.items()}
     report["test_images"] = len(test.labels)
     metrics_out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"export: {', '.join(f'{k} {v}' for k, v in report.items())} "
-          f"(batch sizes {sorted(sizes)})")
+    record_run("export", {"onnx_max_prob_diff": diffs["onnx"]},
+               path=metrics_out.parent / paths.RUN_RECORD.name)
+    print(f"export: {', '.join(f'{k} {v}' for k, v in report.items())}, onnx max prob diff "
+          f"{diffs['onnx']:.3g} (batch sizes {sorted(sizes)})")
     bad = [n for n in diffs if diffs[n] >= TOLERANCE or disagree[n]]
     if bad:
         raise PipelineError(f"exported {' and '.join(bad)} disagree with PyTorch: {report}")
     return report
 
 
+def reproducible_torchscript(path: Path) -> None:
+    """Rewrite a saved TorchScript archive without its ``.debug_pkl`` records (source
+    ranges naming this machine's absolute paths; loading does not need them) and with a
+    serialization id derived from the content instead of a random one."""
+    with zipfile.ZipFile(path) as src:
+        records = [(info.filename, src.read(info)) for info in src.infolist()
+                   if not info.filename.endswith(".debug_pkl")]
+    digest = hashlib.sha256()
+    for name, data in records:
+        if not name.endswith("serialization_id"):
+            digest.update(name.encode() + data)
+    partial = path.with_suffix(".tmp")
+    with zipfile.ZipFile(partial, "w", zipfile.ZIP_STORED) as dst:
+        for name, data in records:
+            if name.endswith("serialization_id"):
+                data = str(int(digest.hexdigest()[:30], 16)).encode()
+            dst.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), data)
+    partial.replace(path)
+
+
+def reproducible_onnx(path: Path) -> None:
+    """Drop the per-node stack traces (absolute source paths) the exporter records."""
+    model = onnx.load(str(path))
+    nodes = list(model.graph.node) + [n for f in model.functions for n in f.node]
+    for node in nodes:
+        keep = [p for p in node.metadata_props if "stack_trace" not in p.key]
+        del node.metadata_props[:]
+        node.metadata_props.extend(keep)
+    onnx.save(model, str(path))
+
+
 def main() -> None:
     """Entry point of the DVC stage."""
+    (base,) = load_sections("base")
+    assert isinstance(base, BaseConfig)
+    pin_cpu(deterministic=base.deterministic)  # first: kernels are chosen at first use
     run(paths.MODEL, paths.CACHE_DIR, paths.MODEL.parent, paths.METRICS_DIR / "export.json")
 
 

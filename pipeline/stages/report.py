@@ -36,6 +36,7 @@ from pipeline.config import PARAMS_FILE, load_sections
 from pipeline.errors import run_stage
 from pipeline.manifest import read_manifest
 from pipeline.pages import img_tag
+from pipeline.provenance import RUN_RECORD
 from pipeline.report import (
     THUMB,
     confusion_figure,
@@ -46,10 +47,13 @@ from pipeline.report import (
     model_table,
     page,
     phases_table,
+    provenance_table,
     section,
     split_counts,
     split_html,
     table,
+    timings_html,
+    timings_page,
     training_figure,
 )
 
@@ -181,7 +185,7 @@ def body(inp: Inputs, sections: dict[str, Any], pictures: dict[str, bytes], samp
         section("Split", *split_html(sections["split"], sections["base"].seed,
                                      inp.split_metrics)),
         section("Model and weights", table(model_table(meta))),
-        section("Training schedule that ran", table(phases_table(meta, tm), "{:.4g}"),
+        section("Training schedule that ran", table(phases_table(meta), "{:.4g}"),
                 f"<p>{tm['epochs']} epochs; the best validation accuracy "
                 f"{tm['best_val_accuracy']:.4f} at epoch {tm['best_epoch']} became the "
                 f"model.</p>",
@@ -199,6 +203,8 @@ def body(inp: Inputs, sections: dict[str, Any], pictures: dict[str, bytes], samp
         section("Params that differ from the committed params.yaml",
                 table(changed) if len(changed) else "<p>None: the committed defaults.</p>"),
         section("Library versions", table(versions)),
+        section("Provenance", table(provenance_table(meta))),
+        section("Wall times", timings_html()),
     ]
 
 
@@ -213,6 +219,8 @@ def run(sections: dict[str, Any], clean: Path, split: Path, cache_dir: Path, mod
     text = page(body(inp, sections, pictures, sample_grid(inp, cache_dir)))
     target = out_dir / "report.html"
     target.write_text(text)
+    record = json.loads(RUN_RECORD.read_text()) if RUN_RECORD.exists() else {}
+    (out_dir / "timings.html").write_text(timings_page(record))  # not a DVC output
     print(f"report: {target} ({len(text) / 1024:.0f} KiB)")
     return target
 

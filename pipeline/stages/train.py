@@ -23,14 +23,15 @@ from dvclive import Live
 from scmrepo.exceptions import SCMError
 
 from pipeline import paths
-from pipeline.backbones import check_model_config, library_versions
+from pipeline.backbones import check_model_config
 from pipeline.cachefiles import CacheMeta, open_split, read_meta, read_meta_text, train_views
 from pipeline.config import as_dict, load_sections
 from pipeline.errors import PipelineError, run_stage
 from pipeline.params.base import BaseConfig
 from pipeline.params.model import ModelConfig
 from pipeline.params.train import TrainConfig
-from pipeline.seeding import resolve_device, seed_everything
+from pipeline.provenance import environment, record_run
+from pipeline.seeding import pin_cpu, resolve_device, seed_everything
 from pipeline.training import Checkpointer, LoopState, Run, Setup, build_setup, train_phases
 
 
@@ -68,7 +69,8 @@ def _distributed(device_name: str) -> tuple[int, int, torch.device]:
 
 def timing_metrics(loop: LoopState, phases: int, train_images: int) -> dict[str, float]:
     """Wall time of each phase's training passes (not validation) and its speed: the only
-    place that turns the loop's timing into metrics."""
+    place that turns the loop's timing into numbers. They go to the run record
+    (``metrics/run.json``), never into a hashed output."""
     timing = {}
     for p in range(phases):
         if f"phase{p}_seconds" in loop.timing:
@@ -80,8 +82,9 @@ def timing_metrics(loop: LoopState, phases: int, train_images: int) -> dict[str,
 
 
 def model_meta(base: BaseConfig, model_cfg: ModelConfig, cfg: TrainConfig, cache: CacheMeta,
-               setup: Setup, best: dict[str, Any]) -> dict[str, Any]:
-    """The ``meta`` saved with the model (DESIGN.md's contract for models/model.pt)."""
+               setup: Setup, best: dict[str, Any], env: dict[str, Any]) -> dict[str, Any]:
+    """The ``meta`` saved with the model (DESIGN.md's contract for models/model.pt);
+    ``env`` is :func:`pipeline.provenance.environment` (versions, lock, kernels)."""
     info = setup.weights_info
     return {
         "classes": cache.classes,
@@ -94,18 +97,18 @@ def model_meta(base: BaseConfig, model_cfg: ModelConfig, cfg: TrainConfig, cache
                           "mean": list(setup.prep.mean), "std": list(setup.prep.std)},
         "params": {"base": as_dict(base), "train": as_dict(cfg)},
         "best": best,
-        "versions": library_versions(),
+        **env,
     }
 
 
 def run_metrics(cfg: TrainConfig, loop: LoopState, train_images: int) -> dict[str, Any]:
-    """metrics/train.json: the best epoch's scores, epochs run, phase timings."""
+    """metrics/train.json: the best epoch's scores and the epochs run (no wall times)."""
     best = loop.best
     assert best is not None
     return {f"best_{cfg.monitor}": round(best[cfg.monitor], 6),
             "best_val_accuracy": round(best["val_accuracy"], 6),
             "best_val_loss": round(best["val_loss"], 6), "best_epoch": best["epoch"],
-            "epochs": loop.epoch, **timing_metrics(loop, len(cfg.phases), train_images)}
+            "epochs": loop.epoch}
 
 
 def run(base: BaseConfig, model_cfg: ModelConfig, cfg: TrainConfig, cache_dir: Path,
@@ -119,6 +122,7 @@ def run(base: BaseConfig, model_cfg: ModelConfig, cfg: TrainConfig, cache_dir: P
         raise PipelineError("the val split is empty: give split.fractions.val > 0, it "
                             "chooses the checkpoint")
     rank, world, device = _distributed(base.device)
+    cpu = pin_cpu(deterministic=base.deterministic)  # first: kernels are chosen at first use
     order = seed_everything(cfg.seed, deterministic=base.deterministic)  # batch order
     augment_rng = torch.Generator().manual_seed(cfg.seed + 1 + rank)  # flips and shifts
     setup = build_setup(model_cfg, cfg, len(cache.classes), device, verbose=rank == 0)
@@ -135,8 +139,11 @@ def run(base: BaseConfig, model_cfg: ModelConfig, cfg: TrainConfig, cache_dir: P
         live.end()
     metrics = run_metrics(cfg, loop, len(cache.ids["train"]))
     if rank == 0:
-        _save(model_out, loop, model_meta(base, model_cfg, cfg, cache, setup, loop.best or {}),
-              metrics_out, metrics)
+        meta = model_meta(base, model_cfg, cfg, cache, setup, loop.best or {},
+                          environment(device.type, cpu))
+        _save(model_out, loop, meta, metrics_out, metrics)
+        record_run("train", timing_metrics(loop, len(cfg.phases), len(cache.ids["train"])),
+                   path=metrics_out.parent / paths.RUN_RECORD.name)
         checkpointer.finish()
         best = loop.best or {}
         print(f"best {cfg.monitor} {best[cfg.monitor]:.4f} at epoch {best['epoch']}; "
@@ -151,7 +158,9 @@ def _save(model_out: Path, loop: LoopState, meta: dict[str, Any], metrics_out: P
           metrics: dict[str, Any]) -> None:
     """The best epoch's weights with their meta, and the metrics file."""
     model_out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": loop.best_state, "meta": meta}, model_out)
+    partial = model_out.with_suffix(".tmp")  # a full disk never leaves a truncated model
+    torch.save({"state_dict": loop.best_state, "meta": meta}, partial)
+    partial.replace(model_out)
     metrics_out.parent.mkdir(parents=True, exist_ok=True)
     metrics_out.write_text(json.dumps(metrics, indent=2) + "\n")
 
