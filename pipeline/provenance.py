@@ -62,6 +62,9 @@ def record_run(stage: str, values: dict[str, float], *, path: Path = RUN_RECORD)
     """Merge one stage's wall times (``{stage}_{key}``) into the run record, with the
     machine and commit they were measured on. Never a DVC output: see the module doc."""
     record = json.loads(path.read_text()) if path.exists() else {}
+    if "seconds" not in values:  # a stage's detailed times replace its previous ones
+        record = {k: v for k, v in record.items()
+                  if not k.startswith(f"{stage}_") or k == f"{stage}_seconds"}
     record.update({f"{stage}_{k}": float(f"{v:.4g}") for k, v in values.items()})
     record.update({"git_commit": git_commit(), "host": platform.node(),
                    "cpu": platform.processor() or platform.machine(),
