@@ -43,7 +43,7 @@ def environment(device: str, cpu: dict[str, Any]) -> dict[str, Any]:
     ``cpu`` is what :func:`pipeline.seeding.pin_cpu` returned (kernels, threads, pins).
     """
     return {"versions": library_versions(), "lock_sha256": lock_hash(),
-            "python": platform.python_version(), "device": device, **cpu}
+            "python": ".".join(platform.python_version_tuple()[:2]), "device": device, **cpu}
 
 
 def git_commit() -> str:

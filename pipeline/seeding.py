@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 
 from pipeline.errors import PipelineError
 
@@ -84,6 +85,9 @@ def pin_cpu(*, deterministic: bool) -> dict[str, Any]:
         for name, value in CPU_PINS.items():
             os.environ.setdefault(name, value)
         torch.set_num_threads(DETERMINISTIC_THREADS)
+        # NumPy's and SciPy's BLAS (clean's probe, similarity searches) and OpenMP: their
+        # sums also split by thread count (a 1-thread run changed label_quality digits).
+        threadpool_limits(limits=DETERMINISTIC_THREADS)
         wanted = os.environ["ATEN_CPU_CAPABILITY"].upper()
         if torch.backends.cpu.get_cpu_capability() not in (wanted, "DEFAULT"):
             # Only in a process that computed before (a test session): a stage is fresh.

@@ -23,6 +23,7 @@ from pipeline.config import load_sections
 from pipeline.embedfiles import read_aligned
 from pipeline.errors import PipelineError, run_stage
 from pipeline.manifest import ISSUES, join_issues, read_manifest, write_manifest
+from pipeline.params.base import BaseConfig
 from pipeline.params.clean import CleanConfig
 from pipeline.params.data import DataConfig
 from pipeline.quality import (
@@ -34,6 +35,7 @@ from pipeline.quality import (
     outlier_scores,
 )
 from pipeline.review_page import review_page
+from pipeline.seeding import pin_cpu
 
 ACTIONS = "keep, drop or relabel:<label>"
 ISSUE_ORDER = {name: i for i, name in enumerate(ISSUES)}
@@ -206,7 +208,9 @@ def run(data: DataConfig, cfg: CleanConfig, prepared: Path, embed_dir: Path, out
 
 def main() -> None:
     """Entry point of the DVC stage."""
-    data, clean = load_sections("data", "clean")
+    base, data, clean = load_sections("base", "data", "clean")
+    assert isinstance(base, BaseConfig)
+    pin_cpu(deterministic=base.deterministic)  # BLAS threads: the probe's sums
     run(data, clean, paths.PREPARED, paths.EMBED_DIR, paths.CLEAN,
         paths.METRICS_DIR / "clean.json")
 

@@ -32,6 +32,7 @@ from pipeline.manifest import read_manifest, write_manifest
 from pipeline.params.base import BaseConfig
 from pipeline.params.data import DataConfig
 from pipeline.params.split import SplitConfig
+from pipeline.seeding import pin_cpu
 from pipeline.splitting import (
     SPLITS,
     SplitError,
@@ -264,6 +265,7 @@ def run(base: BaseConfig, data: DataConfig, cfg: SplitConfig, clean: Path, embed
 def main() -> None:
     """Entry point of the DVC stage."""
     base, data, split = load_sections("base", "data", "split")
+    pin_cpu(deterministic=base.deterministic)  # BLAS threads: the audit's similarities
     run(base, data, split, paths.CLEAN, paths.EMBED_DIR, paths.SPLIT,
         paths.METRICS_DIR / "split.json")
 
