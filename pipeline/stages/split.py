@@ -88,7 +88,7 @@ def assign(df: pd.DataFrame, cfg: SplitConfig, seed: int) -> pd.Series:
                                 "(no train/ val/ test/ folders, no split column)")
         given, decision = predefined_layout(list(df["split"]))
         val_share = cfg.fractions.val / (cfg.fractions.train + cfg.fractions.val)
-        if "carved" in decision:
+        if not (given == "val").any():  # carve_val moves this share of train/ to val
             decision += f" (split.fractions.val / (train + val) = {val_share:.1%} of train/)"
         print(f"split: {decision}")
         result = carve_val(labels, clusters, list(given), val_fraction=val_share, seed=seed)
