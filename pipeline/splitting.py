@@ -70,6 +70,49 @@ def split_units(labels: Sequence[str], keys: Sequence[str], *, fractions: Sequen
     return out
 
 
+def predefined_layout(given: Sequence[str]) -> tuple[np.ndarray, str]:
+    """What a source's own split folders mean, before any val is carved.
+
+    ``train/ val/ test/`` and ``train/ test/`` are used as they are (a missing val is
+    carved from train afterwards). ``train/ val/`` (the layout of PyTorch's
+    transfer-learning tutorial and of Ultralytics) has no test set: its ``val/`` is
+    the held-out set the user evaluates on, so it becomes test, and val is carved from
+    train. Layouts without train, or with nothing held out, cannot work.
+
+    Args:
+        given: (N,) split per row from the source (train, val or test).
+
+    Returns:
+        (N,) split per row as the pipeline uses it, and the decision in words.
+
+    Raises:
+        SplitError: values other than train/val/test, or a layout that cannot work; the
+            message names the layout and what to do.
+    """
+    given_arr = np.asarray(given, dtype=object)
+    bad = sorted({str(s) for s in given_arr if s not in SPLITS})
+    if bad:
+        raise SplitError(f"predefined split has values {bad}; expected train, val or test")
+    counts = {s: int((given_arr == s).sum()) for s in SPLITS if (given_arr == s).any()}
+    layout = " ".join(f"{s}/ ({n})" for s, n in counts.items())
+    if "train" not in counts:
+        raise SplitError(f"the source has {layout} but no train/: nothing to train on; add "
+                         f"a train/ folder (or train rows in the split column), or use "
+                         f"split.method: stratified to divide all images by split.fractions")
+    if "val" not in counts and "test" not in counts:
+        raise SplitError(f"the source has only {layout}: no held-out images to test on; add "
+                         f"a test/ (or val/) folder, or use split.method: stratified to "
+                         f"divide the images by split.fractions")
+    if "test" not in counts:
+        return (np.where(given_arr == "val", "test", given_arr).astype(object),
+                f"layout {layout}: val/ is the held-out set, so it becomes test; val is "
+                f"carved from train/, stratified")
+    if "val" not in counts:
+        return given_arr.copy(), f"layout {layout}: test/ is test; val is carved from " \
+                                 f"train/, stratified"
+    return given_arr.copy(), f"layout {layout}: used as it is"
+
+
 def carve_val(labels: Sequence[str], keys: Sequence[str], given: Sequence[str], *,
               val_fraction: float, seed: int) -> np.ndarray:
     """Keep a predefined split; when it has no val rows, move a stratified share of train.

@@ -36,12 +36,14 @@ def class_image(label: int, index: int, size: int = 20) -> np.ndarray:
     return img
 
 
-def write_tree(root: Path, classes: int = 3, per_class: int = 10, size: int = 20) -> Path:
-    """A class-per-folder tree of PNGs: root/c<k>/img_<i>.png."""
+def write_tree(root: Path, classes: int = 3, per_class: int = 10, size: int = 20,
+               first: int = 0) -> Path:
+    """A class-per-folder tree of PNGs: root/c<k>/img_<i>.png, i from ``first`` (trees
+    with different ``first`` share no image)."""
     for label in range(classes):
         folder = root / f"c{label}"
         folder.mkdir(parents=True, exist_ok=True)
-        for i in range(per_class):
+        for i in range(first, first + per_class):
             Image.fromarray(class_image(label, i, size)).save(folder / f"img_{i:02d}.png")
     return root
 

@@ -1,6 +1,7 @@
 import json
 import shutil
 
+import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
@@ -140,3 +141,40 @@ def test_source_images_are_never_modified(tree, tmp_path):
     df = _clean(data, cfg, tmp_path, decisions=decisions)
     assert not df["keep"].all()  # something was dropped, from the manifest only
     assert _snapshot(tree) == before
+
+
+def test_policies_only_flag_fixed_val_test_rows_and_drop_train_side_copies():
+    # issue 12: every drop policy on; rows 1, 5, 7, 8, 11 are a fixed val/test set
+    split = ["train", "test", "train", "train", "train", "val", "train", "test", "val",
+             "train", "train", "test"]
+    clusters = ["0", "0", "0", "3", "3", "5", "5", None, None, None, None, None]
+    exact = ["0", "0", None, None, None, None, None, None, None, None, None, None]
+
+    def rows(*idx):
+        mask = np.zeros(12, dtype=bool)
+        mask[list(idx)] = True
+        return mask
+
+    # what detect reports: each cluster keeps its smallest id unflagged
+    found = dict(zip(clean.ISSUES, (rows(11), rows(1), rows(2, 4, 6), rows(5, 6),
+                                    rows(7, 9), rows(8, 10))))
+    findings = clean.Findings(found, {}, clusters, exact, np.full(12, np.nan),
+                              np.full(12, "", dtype=object))
+    fixed = clean.fixed_rows(pd.DataFrame({"split": split}))
+    assert list(np.flatnonzero(fixed)) == [1, 5, 7, 8, 11]
+    copies = clean.aim_at_train_side(findings, fixed)
+    assert list(np.flatnonzero(copies)) == [0, 2, 6]  # train rows sharing a val/test cluster
+    params = repo_params(**{"clean.label_issues": "drop", "clean.outliers": "drop"})
+    (cfg,) = parse_sections(params, "clean")
+    keep, issues = clean.apply_policies(findings, cfg, fixed)
+    assert list(np.flatnonzero(keep)) == [1, 3, 5, 7, 8]
+    # the fixed rows are flagged, kept (an unreadable one cannot be kept)
+    assert [issues[i] for i in (1, 5, 7, 8, 11)] == [
+        ["exact_duplicate"], ["near_duplicate", "conflicting_labels"], ["label_issue"],
+        ["outlier"], ["unreadable"]]
+    assert issues[0] == ["exact_duplicate"] and issues[2] == ["near_duplicate"]
+    # without a fixed set, the policies are as before: the smallest id of a cluster stays
+    findings.found = dict(zip(clean.ISSUES, (rows(11), rows(1), rows(2, 4, 6), rows(5, 6),
+                                             rows(7, 9), rows(8, 10))))
+    keep, _ = clean.apply_policies(findings, cfg)
+    assert list(np.flatnonzero(keep)) == [0, 3]

@@ -287,17 +287,63 @@ def test_audit_finds_every_copy_in_a_user_supplied_test_folder(leaky_folder, tmp
         _split(work, tmp_path, "fail")
 
 
-def test_clean_default_policies_keep_one_image_of_each_copy_cluster(leaky_folder, tmp_path):
-    # clean's default drops all but the smallest image_id of each cluster, whatever the
-    # split: the leak goes, but sometimes with the test-side copy (see the README)
+def test_clean_default_policies_drop_the_train_side_of_copies_of_a_fixed_test_set(
+        leaky_folder, tmp_path):
+    # issue 12: the source's val/ and test/ are a fixed evaluation set. In a duplicate
+    # cluster that straddles train and val/test, clean's drop policies remove the train
+    # members and keep every val/test member (flagged); before, the smallest image_id
+    # was kept whatever its split, which sometimes removed the test-side copy
     work = leaky_folder
     cleaned = _clean(work, tmp_path, **GATES)
     out = _split(work, tmp_path, "fail")  # the audit passes
     kept = set(out["path"])
+    fixed = set(cleaned.loc[cleaned["split"] != "train", "path"])
+    assert fixed <= kept  # every (readable) val/test image goes through
+    dropped_train = set()
     for copy_path, original, _, _ in PLANTED:
         members = cleaned[cleaned["cluster_id"] == cleaned.set_index("path").at[
             original, "cluster_id"]]
         assert copy_path in set(members["path"])
-        assert set(members.loc[members["keep"], "path"]) == {
-            members.sort_values("image_id")["path"].iloc[0]}
-        assert len(kept & set(members["path"])) == 1
+        in_fixed = members["split"] != "train"
+        assert members.loc[in_fixed, "keep"].all()
+        assert members.loc[in_fixed, "issues"].str.contains("duplicate").all()
+        if in_fixed.any():
+            assert not members.loc[~in_fixed, "keep"].any()
+            dropped_train |= set(members.loc[~in_fixed, "path"])
+        else:  # a cluster inside train keeps its smallest image_id
+            assert set(members.loc[members["keep"], "path"]) == {
+                members.sort_values("image_id")["path"].iloc[0]}
+        assert len(kept & set(members["path"])) == max(1, int(in_fixed.sum()))
+    counts = json.loads((tmp_path / "clean.json").read_text())
+    assert counts["train_copies_of_eval_dropped"] == len(dropped_train) > 0
+    assert counts["fixed_eval_images"] == counts["fixed_eval_kept"] == len(fixed)
+
+
+DROP_ALL = {"clean.exact_duplicates": "drop", "clean.near_duplicates": "drop",
+            "clean.conflicting_labels": "drop", "clean.label_issues": "drop",
+            "clean.outliers": "drop", "clean.outlier_threshold": 0.36, **GATES}
+
+
+def test_no_val_or_test_row_is_ever_dropped_with_a_predefined_split(leaky_folder, tmp_path,
+                                                                     capsys):
+    # every policy at drop, an outlier threshold that flags many: clean flags val/test
+    # rows and keeps them, split's default (auto: drop_from_train) removes train copies
+    work = leaky_folder
+    cleaned = _clean(work, tmp_path, **DROP_ALL)
+    fixed = cleaned[cleaned["split"] != "train"]
+    assert fixed["keep"].all()
+    flagged = fixed[fixed["issues"] != ""]
+    for issue in ("label_issue", "outlier", "near_duplicate"):
+        assert flagged["issues"].str.contains(issue).any(), issue  # flagged, kept
+    train = cleaned[cleaned["split"] == "train"]
+    assert not train.loc[train["issues"] != "", "keep"].any()  # the train side goes
+    base, data, cfg = parse_sections(repo_params(**_folder(work), **{
+        "split.method": "predefined"}), "base", "data", "split")
+    assert cfg.on_leakage == "auto" and cfg.leakage_policy == "drop_from_train"
+    out = split.run(base, data, cfg, tmp_path / "clean.csv", work / "embed",
+                    tmp_path / "split.csv", tmp_path / "split.json",
+                    leakage_csv=tmp_path / "leak.csv", leakage_html=tmp_path / "leak.html")
+    given = dict(zip(fixed["image_id"], fixed["split"]))
+    got = dict(zip(out["image_id"], out["split"]))
+    assert {i: got.get(i) for i in given} == given  # each in the split it came in
+    assert "layout train/" in capsys.readouterr().out

@@ -8,6 +8,7 @@ from pipeline.splitting import (
     carve_val,
     check_classes,
     merge_keys,
+    predefined_layout,
     split_temporal,
     split_units,
 )
@@ -77,3 +78,20 @@ def test_every_class_reaches_train_and_small_classes_warn():
     assert warnings == ["class 'b' has no image in val or test"]
     with pytest.raises(SplitError, match="class 'b' has no image in train"):
         check_classes(["a", "b"], ["train", "test"])
+
+
+def test_predefined_layouts_train_val_becomes_train_and_test():
+    given = ["train"] * 6 + ["val"] * 3
+    out, decision = predefined_layout(given)
+    assert list(out) == ["train"] * 6 + ["test"] * 3
+    assert "val/ is the held-out set, so it becomes test" in decision
+    assert "train/ (6) val/ (3)" in decision
+    for layout in (["train", "test"], ["train", "val", "test"]):
+        out, decision = predefined_layout(layout)
+        assert list(out) == layout  # used as they are
+    with pytest.raises(SplitError, match=r"val/ \(2\) but no train/.*split.method: stratified"):
+        predefined_layout(["val", "val"])
+    with pytest.raises(SplitError, match=r"only train/ \(2\): no held-out images.*test/"):
+        predefined_layout(["train", "train"])
+    with pytest.raises(SplitError, match="expected train, val or test"):
+        predefined_layout(["train", "validation"])

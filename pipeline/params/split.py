@@ -41,10 +41,19 @@ class SplitConfig:
     time_column: str
     cutoffs: tuple[str, ...]  # temporal: (val start, test start) dates; empty: by fractions
     embargo_days: float = field(metadata=in_range(ge=0))  # temporal gap left out between splits
-    on_leakage: Literal["fail", "warn", "drop_from_train"]  # what the leakage audit does
+    # what the leakage audit does; auto: drop_from_train for predefined splits (a fixed
+    # val/test set is never changed, its train-side copies go), fail otherwise
+    on_leakage: Literal["auto", "fail", "warn", "drop_from_train"]
     # cosine similarity of embed's features at or above which a val/test image is a near
     # copy of a train image (as clean.near_duplicate_threshold)
     near_duplicate_threshold: float = field(metadata=in_range(gt=0, le=1))
+
+    @property
+    def leakage_policy(self) -> str:
+        """What on_leakage means for this method: fail, warn or drop_from_train."""
+        if self.on_leakage != "auto":
+            return self.on_leakage
+        return "drop_from_train" if self.method == "predefined" else "fail"
 
     def __post_init__(self) -> None:
         if self.cutoffs and len(self.cutoffs) != 2:

@@ -6,6 +6,11 @@ Rows are never removed: each gets ``keep`` (by the policies in params), ``issues
 (cleanlab, from out-of-fold probabilities of a linear probe on the embed stage's
 features), ``suggested_label`` (for flagged label issues) and ``error`` (why an image
 is unreadable). Source images are only read.
+
+When the source recorded a split (train/ val/ test/ folders or a split column), its
+val/test rows are a fixed evaluation set: the policies only flag them (an unreadable
+image or a person's ``drop`` decision still removes one), and in a duplicate cluster
+that straddles train and val/test the train members are the ones removed.
 """
 
 from __future__ import annotations
@@ -64,6 +69,7 @@ class Findings:
     found: dict[str, np.ndarray]  # issue name -> (N,) bool, in ISSUES order
     scores: dict[str, np.ndarray]  # issue name -> (N,) float, higher: more suspicious
     clusters: list[str | None]  # exact or near-duplicate cluster id
+    exact: list[str | None]  # exact-duplicate (equal pixels) cluster id, None for none
     quality: np.ndarray  # (N,) float label quality, NaN where not scored
     suggested: np.ndarray  # (N,) str, cleanlab's suggested label where it flags one
 
@@ -98,7 +104,7 @@ def detect(df: pd.DataFrame, cfg: CleanConfig, embeddings: np.ndarray,
     ones = np.ones(len(ids))
     ranking = dict(zip(ISSUES, (ones, ones, sims[:, 0] if sims.shape[1] else ones, ones,
                                 1 - np.nan_to_num(quality, nan=0.0), outlier)))
-    return Findings(found, ranking, clusters, quality, suggested)
+    return Findings(found, ranking, clusters, list(exact), quality, suggested)
 
 
 def policy(cfg: CleanConfig, issue: str) -> str:
@@ -108,16 +114,55 @@ def policy(cfg: CleanConfig, issue: str) -> str:
             "label_issue": cfg.label_issues, "outlier": cfg.outliers}[issue]
 
 
-def apply_policies(findings: Findings, cfg: CleanConfig) -> tuple[np.ndarray, list[list[str]]]:
-    """(N,) keep and each row's issue names, by the policies."""
+def fixed_rows(df: pd.DataFrame) -> np.ndarray:
+    """(N,) bool: rows of a fixed evaluation set, those the source put in val/ or test/
+    (folders or the split column). Clean may flag them, never drop them (DESIGN rule 12)."""
+    if "split" not in df:
+        return np.zeros(len(df), dtype=bool)
+    return df["split"].isin(["val", "test"]).to_numpy()
+
+
+def aim_at_train_side(findings: Findings, fixed: np.ndarray) -> np.ndarray:
+    """Make the train side the copy in every duplicate cluster that holds both train and
+    fixed val/test rows (in place), and return (N,) bool: those train rows.
+
+    Without fixed rows a cluster keeps its smallest image_id and flags the others. In a
+    cluster that straddles train and a fixed evaluation set, every member is flagged
+    instead (``exact_duplicate`` where it has an identical-pixel twin in the cluster,
+    ``near_duplicate`` otherwise), so the drop policies remove all of its train members
+    and none of its val/test members.
+    """
+    clusters = findings.clusters
+    n = len(clusters)
+    if not fixed.any():
+        return np.zeros(n, dtype=bool)
+    has_fixed = {c for c, f in zip(clusters, fixed) if c is not None and f}
+    has_train = {c for c, f in zip(clusters, fixed) if c is not None and not f}
+    straddling = np.array([c is not None and c in has_fixed & has_train for c in clusters],
+                          dtype=bool)
+    twins = np.array([e is not None for e in findings.exact], dtype=bool)
+    exact, near = findings.found["exact_duplicate"], findings.found["near_duplicate"]
+    exact[straddling] = twins[straddling]
+    near[straddling] = ~twins[straddling]
+    return straddling & ~fixed
+
+
+def apply_policies(findings: Findings, cfg: CleanConfig, fixed: np.ndarray | None = None
+                   ) -> tuple[np.ndarray, list[list[str]]]:
+    """(N,) keep and each row's issue names, by the policies.
+
+    ``fixed`` (N,) bool marks rows of a fixed evaluation set: every issue but
+    ``unreadable`` only flags them, whatever its policy.
+    """
     n = len(findings.clusters)
+    fixed = np.zeros(n, dtype=bool) if fixed is None else fixed
     issues: list[list[str]] = [[] for _ in range(n)]
     keep = np.ones(n, dtype=bool)
     for name, found in findings.found.items():
         for i in np.flatnonzero(found):
             issues[i].append(name)
         if policy(cfg, name) == "drop":
-            keep &= ~found
+            keep &= ~(found if name == "unreadable" else found & ~fixed)
     return keep, issues
 
 
@@ -168,7 +213,9 @@ def run(data: DataConfig, cfg: CleanConfig, prepared: Path, embed_dir: Path, out
     # the embed stage decoded every image once: its pixel hashes and reasons
     valid = np.array(embed_meta.valid, dtype=bool)
     findings = detect(df, cfg, embeddings, embed_meta.pixel_hash, valid)
-    keep, issues = apply_policies(findings, cfg)
+    fixed = fixed_rows(df)
+    train_copies = aim_at_train_side(findings, fixed)
+    keep, issues = apply_policies(findings, cfg, fixed)
     verdicts = read_decisions(decisions, set(ids))
     labels = list(df["label"])
     apply_decisions(verdicts, ids, keep, labels, ~valid)
@@ -193,10 +240,20 @@ def run(data: DataConfig, cfg: CleanConfig, prepared: Path, embed_dir: Path, out
     counts |= {name: int(found.sum()) for name, found in findings.found.items()}
     counts["clusters"] = int(len({c for c in findings.clusters if c is not None}))
     counts["decisions"] = len(verdicts)
+    if fixed.any():  # a fixed val/test set: what clean left of it, what it took from train
+        counts["fixed_eval_images"] = int(fixed.sum())
+        counts["fixed_eval_kept"] = int((fixed & keep).sum())
+        counts["train_copies_of_eval_dropped"] = int((train_copies & ~keep).sum())
     metrics.parent.mkdir(parents=True, exist_ok=True)
     metrics.write_text(json.dumps(counts, indent=2) + "\n")
     print("clean: kept {kept} of {images} images; ".format(**counts) + ", ".join(
         f"{counts[name]} {name}" for name in ISSUES))
+    if fixed.any():
+        print(f"clean: the source's val/test images are a fixed evaluation set: "
+              f"{counts['fixed_eval_kept']} of {counts['fixed_eval_images']} kept (only "
+              f"unreadable ones or a person's decisions drop them); "
+              f"{counts['train_copies_of_eval_dropped']} train images removed for copying "
+              f"a val/test image")
     for rel, err in zip(out["path"], embed_meta.error):
         if err:
             print(f"  unreadable: {rel}: {err}")

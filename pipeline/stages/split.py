@@ -5,11 +5,14 @@ The result depends only on the data and ``base.seed``, never on row order. The a
 (every method, predefined splits included) looks for exact copies (embed's pixel hashes)
 and near copies (embed's features, ``split.near_duplicate_threshold``) of val/test
 images among the train images, clusters and groups shared with train, temporal order
-and embargo violations and untrained classes; ``split.on_leakage`` fails the stage
-(default), warns, or drops the train-side rows. Writes ``data/split/manifest.csv``,
-``data/split/leakage.csv`` (every leaking pair), ``data/split/leakage.html`` (the pairs
-side by side as thumbnails, opens offline) and ``metrics/split.json`` (counts per split
-and class, leaks by kind).
+and embargo violations and untrained classes; ``split.on_leakage`` fails the stage,
+warns, or drops the train-side rows (``auto``, the default: drop them for a predefined
+split, whose val/test set is never changed, fail otherwise). A predefined split's
+layout is decided and printed here (``train/ val/``: val/ becomes test), and a split
+without val or test images fails here, never later in train or evaluate. Writes
+``data/split/manifest.csv``, ``data/split/leakage.csv`` (every leaking pair),
+``data/split/leakage.html`` (the pairs side by side as thumbnails, opens offline) and
+``metrics/split.json`` (counts per split and class, leaks by kind).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from pipeline.splitting import (
     carve_val,
     check_classes,
     merge_keys,
+    predefined_layout,
     split_temporal,
     split_units,
 )
@@ -83,9 +87,12 @@ def assign(df: pd.DataFrame, cfg: SplitConfig, seed: int) -> pd.Series:
         if "split" not in df or (df["split"] == "").all():
             raise PipelineError("split.method = predefined, but the source recorded no split "
                                 "(no train/ val/ test/ folders, no split column)")
+        given, decision = predefined_layout(list(df["split"]))
         val_share = cfg.fractions.val / (cfg.fractions.train + cfg.fractions.val)
-        result = carve_val(labels, clusters, list(df["split"]), val_fraction=val_share,
-                           seed=seed)
+        if not (given == "val").any():  # carve_val moves this share of train/ to val
+            decision += f" (split.fractions.val / (train + val) = {val_share:.1%} of train/)"
+        print(f"split: {decision}")
+        result = carve_val(labels, clusters, list(given), val_fraction=val_share, seed=seed)
     return pd.Series(list(result), index=df.index)
 
 
@@ -180,7 +187,7 @@ ON_LEAKAGE = {"fail": fail_on_leaks, "warn": warn_on_leaks, "drop_from_train": d
 
 def rows_to_drop(out: pd.DataFrame, leaks: list[Leak], cfg: SplitConfig) -> np.ndarray:
     """(N,) bool: the train rows drop_from_train would remove (none under other policies)."""
-    if not leaks or cfg.on_leakage != "drop_from_train":
+    if not leaks or cfg.leakage_policy != "drop_from_train":
         return np.zeros(len(out), dtype=bool)
     groups, times = _groups_and_times(out, cfg)
     return train_rows_to_drop(list(out["split"]), leaks, clusters=list(out["cluster_id"]),
@@ -194,13 +201,39 @@ def page_summary(out: pd.DataFrame, cfg: SplitConfig, found: dict[str, int], lea
                        "to go on",
                "warn": "the split was kept as it is (split.on_leakage = warn)",
                "drop_from_train": f"{dropped} train images were dropped: the train side of "
-                                  f"every pair"}[cfg.on_leakage]
+                                  f"every pair"}[cfg.leakage_policy]
     return [f"split.method = {cfg.method}, split.near_duplicate_threshold = "
             f"{cfg.near_duplicate_threshold:g}",
             "images before any drop: " + ", ".join(
                 f"{s} {int((out['split'] == s).sum())}" for s in SPLITS),
             "leaks by kind: " + ", ".join(f"{kind} {n}" for kind, n in found.items()),
             *([outcome] if leaks else [])]
+
+
+def check_not_empty(out: pd.DataFrame, cfg: SplitConfig) -> None:
+    """Raise SplitError when val or test got no image: train needs val, evaluate needs
+    test, and this stage is the place to say so, before any training."""
+    counts = {s: int((out["split"] == s).sum()) for s in SPLITS}
+    empty = [s for s in ("val", "test") if counts[s] == 0]
+    if not empty:
+        return
+    got = ", ".join(f"{s} {n}" for s, n in counts.items())
+    if cfg.method != "predefined":
+        todo = (f"give split.fractions.{' and split.fractions.'.join(empty)} > 0 (each class "
+                f"needs a few images per split)")
+    elif "val" in empty:
+        todo = ("give split.fractions.val > 0 (and train/ a few images per class) so that "
+                "val is carved from train/")
+    else:
+        todo = "add readable images to test/ (or val/)"
+    raise SplitError(f"the {' and '.join(empty)} split is empty ({got}); {todo}")
+
+
+def left_out_of_fixed_sets(df: pd.DataFrame) -> int:
+    """How many of the source's val/test rows the clean manifest does not keep."""
+    if "split" not in df:
+        return 0
+    return int((df["split"].isin(["val", "test"]) & ~df["keep"].astype(bool)).sum())
 
 
 def split_rows(clean: Path, cfg: SplitConfig, seed: int) -> tuple[pd.DataFrame, int]:
@@ -216,8 +249,12 @@ def split_rows(clean: Path, cfg: SplitConfig, seed: int) -> tuple[pd.DataFrame, 
         out = out[out["split"] != ""].sort_values("image_id", kind="stable")
         out = out.reset_index(drop=True)
         warnings = check_classes(list(out["label"]), list(out["split"]))
+        check_not_empty(out, cfg)
     except SplitError as exc:
-        raise PipelineError(f"split.method = {cfg.method}: {exc}") from None
+        lost = left_out_of_fixed_sets(df) if cfg.method == "predefined" else 0
+        note = (f" (clean left out {lost} of the source's val/test images, unreadable or "
+                f"dropped by a decision: see data/clean/review.html)" if lost else "")
+        raise PipelineError(f"split.method = {cfg.method}: {exc}{note}") from None
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     return out, embargoed
@@ -250,7 +287,7 @@ def run(base: BaseConfig, data: DataConfig, cfg: SplitConfig, clean: Path, embed
     summary = page_summary(out, cfg, found, bool(leaks), dropped)
     leakage_html.write_text(leakage_page(pairs, Path(data.root), summary=summary))
     if leaks:
-        out = ON_LEAKAGE[cfg.on_leakage](LeakPolicy(
+        out = ON_LEAKAGE[cfg.leakage_policy](LeakPolicy(
             cfg, out, leaks, drop, embeddings, hashes,
             where=f"{leakage_csv}, side by side in {leakage_html}"))
     write_manifest(out, output)
