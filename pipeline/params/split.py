@@ -43,8 +43,9 @@ class SplitConfig:
     embargo_days: float = field(metadata=in_range(ge=0))  # temporal gap left out between splits
     on_leakage: Literal["fail", "warn", "drop_from_train"]  # what the leakage audit does
     # cosine similarity of embed's features at or above which a val/test image is a near
-    # copy of a train image (as clean.near_duplicate_threshold)
-    near_duplicate_threshold: float = field(metadata=in_range(gt=0, le=1))
+    # copy of a train image (as clean.near_duplicate_threshold); auto: the clean stage's
+    # calibrated rule (data/clean/calibration.json)
+    near_duplicate_threshold: float | Literal["auto"] = field(metadata=in_range(gt=0, le=1))
 
     def __post_init__(self) -> None:
         if self.cutoffs and len(self.cutoffs) != 2:
