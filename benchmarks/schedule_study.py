@@ -65,9 +65,8 @@ def train_with_test_curve() -> None:
     import pipeline.stages.train as train
     from pipeline import paths
     from pipeline.config import run_stage
-    from pipeline.engine import load_split
+    from pipeline.engine import load_split, predict
     from pipeline.metrics import headline
-    from pipeline.engine import predict
 
     meta = json.loads((paths.CACHE_DIR / "meta.json").read_text())
     test = load_split(paths.CACHE_DIR, "test", meta["ids"]["test"])

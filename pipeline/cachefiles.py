@@ -38,10 +38,12 @@ class CacheMeta:
     fit: str  # how a non-square image became square
     views: int  # K augmented copies of the train split
     ids: dict[str, list[str]]  # image ids per split, row-aligned with its arrays
+    image_size_reason: str = ""  # what cache.image_size resolved to, and why
 
     def to_json(self) -> str:
         """The file's text (key order fixed: the cache's hash depends on it)."""
         return json.dumps({"classes": self.classes, "image_size": self.image_size,
+                           "image_size_reason": self.image_size_reason,
                            "fit": self.fit, "views": self.views, "ids": self.ids},
                           indent=1) + "\n"
 
@@ -63,7 +65,8 @@ def read_meta(cache_dir: Path) -> CacheMeta:
     """The cache's ``meta.json``; a clear error when the cache stage has not run."""
     raw: dict[str, Any] = json.loads(read_meta_text(cache_dir))
     return CacheMeta(classes=raw["classes"], image_size=raw["image_size"], fit=raw["fit"],
-                     views=raw["views"], ids=raw["ids"])
+                     views=raw["views"], ids=raw["ids"],
+                     image_size_reason=raw.get("image_size_reason", ""))
 
 
 class NpyRows:

@@ -298,6 +298,11 @@ def calibrate(copy_sims: np.ndarray, distinct_sims: np.ndarray, *,
                 best_key = key
                 best = replace(cal, signals=tuple(signals), thresholds=tuple(thresholds))
     assert best is not None
+    if not best.separable:  # name every signal tried, not only the best subset's
+        best = replace(best, note=(
+            f"CANNOT SEPARATE: no thresholds on {', '.join(signals)} (alone or combined) "
+            f"find {min_recall:.0%} of the synthetic copies at a false-match rate <= "
+            f"{max_false_rate:g}; near copies will be missed"))
     return best
 
 

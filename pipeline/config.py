@@ -159,7 +159,7 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
                 continue
             raise ParamsError(f"missing key {key!r} in params.yaml")
         value = _convert(data[name], hints[name], key)
-        if "range" in f.metadata:
+        if "range" in f.metadata and not isinstance(value, str):  # "auto" has no range
             _check_range(value, f.metadata["range"], key)
         kwargs[name] = value
     return cls(**kwargs)

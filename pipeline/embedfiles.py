@@ -3,7 +3,16 @@
 ``embeddings.npy``: (N, D) float32, L2-normalised pooled features, zero rows for
 unreadable images, row-aligned with the prepared manifest. ``meta.json``: the image ids,
 which rows decoded (``valid``), each decoded image's pixel hash, each other one's reason
-(``error``), the backbone and its input size.
+(``error``), the backbone and its input size (``image_size``, and
+``image_size_reason``: what ``auto`` resolved to and why), the backbone's pretrained
+input size and the median short side of a sample of the images (the cache stage's
+``auto`` size resolves from these two).
+
+Pixel signals for near-copy detection (:mod:`pipeline.calibrate`), row-aligned too:
+``thumbnails.npy`` ((N, 256) float32) and ``phash.npy`` ((N, 64) float32), zero rows for
+unreadable images. Calibration copies (synthetic near copies of a seeded sample):
+``copies_{embeddings,thumbnails,phash}.npy`` ((M, D) each) and ``copies.json`` (source
+row and kind of each copy).
 """
 
 from __future__ import annotations
@@ -19,6 +28,9 @@ from pipeline.errors import PipelineError
 
 EMBEDDINGS = "embeddings.npy"
 META = "meta.json"
+SIGNALS = ("embedding", "thumbnail", "phash")  # names in Calibration order
+_SIGNAL_FILES = {"thumbnail": "thumbnails.npy", "phash": "phash.npy"}
+COPIES = "copies.json"
 
 
 @dataclass(frozen=True)
@@ -31,6 +43,9 @@ class EmbedMeta:
     error: list[str]  # "" where it did
     model: dict[str, Any]  # the backbone's description (library, arch, weights)
     image_size: int
+    image_size_reason: str = ""  # what embed.image_size resolved to, and why
+    backbone_size: int = 0  # pixels: the backbone's pretrained input size
+    short_side_median: float = 0.0  # pixels: of a seeded sample of the decoded images
 
 
 def write(out_dir: Path, embeddings: np.ndarray, meta: EmbedMeta) -> None:
@@ -40,7 +55,9 @@ def write(out_dir: Path, embeddings: np.ndarray, meta: EmbedMeta) -> None:
     np.save(out_dir / EMBEDDINGS, embeddings)
     (out_dir / META).write_text(json.dumps(
         {"ids": meta.ids, "valid": meta.valid, "pixel_hash": meta.pixel_hash,
-         "error": meta.error, "model": meta.model, "image_size": meta.image_size}) + "\n")
+         "error": meta.error, "model": meta.model, "image_size": meta.image_size,
+         "image_size_reason": meta.image_size_reason, "backbone_size": meta.backbone_size,
+         "short_side_median": meta.short_side_median}) + "\n")
 
 
 def read_meta(embed_dir: Path) -> EmbedMeta:
@@ -51,7 +68,10 @@ def read_meta(embed_dir: Path) -> EmbedMeta:
     raw = json.loads(path.read_text())
     return EmbedMeta(ids=raw["ids"], valid=raw["valid"], pixel_hash=raw["pixel_hash"],
                      error=raw["error"], model=raw.get("model", {}),
-                     image_size=raw.get("image_size", 0))  # what clean and split need: ids..error
+                     image_size=raw.get("image_size", 0),
+                     image_size_reason=raw.get("image_size_reason", ""),
+                     backbone_size=raw.get("backbone_size", 0),
+                     short_side_median=raw.get("short_side_median", 0.0))
 
 
 def read_aligned(embed_dir: Path, ids: list[str], *, source: Path
@@ -81,3 +101,59 @@ def read_rows(embed_dir: Path, ids: list[str]) -> tuple[np.ndarray, list[str | N
     out[~valid] = 0.0
     hashes = [meta.pixel_hash[r] if ok else None for r, ok in zip(rows, valid)]
     return out, hashes
+
+
+def write_signals(out_dir: Path, thumbnails: np.ndarray, phash: np.ndarray) -> None:
+    """The pixel signals, row-aligned with the embeddings: (N, 256) and (N, 64) float32."""
+    np.save(Path(out_dir) / _SIGNAL_FILES["thumbnail"], thumbnails.astype(np.float32))
+    np.save(Path(out_dir) / _SIGNAL_FILES["phash"], phash.astype(np.float32))
+
+
+def write_copies(out_dir: Path, signals: dict[str, np.ndarray], source: np.ndarray,
+                 kinds: np.ndarray) -> None:
+    """The calibration copies: (M, D) per signal in :data:`SIGNALS`, each copy's source
+    row (in the embeddings) and kind."""
+    for name in SIGNALS:
+        np.save(Path(out_dir) / f"copies_{name}.npy", signals[name].astype(np.float32))
+    (Path(out_dir) / COPIES).write_text(json.dumps(
+        {"source": [int(i) for i in source], "kind": [str(k) for k in kinds]}) + "\n")
+
+
+def _signal_file(embed_dir: Path, name: str) -> Path:
+    path = Path(embed_dir) / (_SIGNAL_FILES.get(name) or EMBEDDINGS)
+    if not path.exists():
+        raise PipelineError(f"{path} not found: rerun the embed stage (dvc repro)")
+    return path
+
+
+def read_signals(embed_dir: Path, ids: list[str] | None = None) -> list[np.ndarray]:
+    """Every signal of :data:`SIGNALS` ((N, D_s) float32, unit or zero rows), for all rows
+    (``ids`` None) or these image ids in this order; undecoded rows are zero."""
+    meta = read_meta(embed_dir)
+    if ids is None:
+        rows = np.arange(len(meta.ids))
+    else:
+        position = {image_id: i for i, image_id in enumerate(meta.ids)}
+        if any(i not in position for i in ids):
+            raise PipelineError(f"{embed_dir} does not match the manifest: rerun dvc repro")
+        rows = np.array([position[i] for i in ids], dtype=np.int64)
+    valid = np.array(meta.valid, dtype=bool)[rows]
+    out = []
+    for name in SIGNALS:
+        values = np.asarray(np.load(_signal_file(embed_dir, name), mmap_mode="r")[rows],
+                            dtype=np.float32)
+        values[~valid] = 0.0
+        out.append(values)
+    return out
+
+
+def read_copies(embed_dir: Path) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """The calibration copies: (M, D_s) per signal of :data:`SIGNALS`, (M,) source rows,
+    (M,) kinds."""
+    path = Path(embed_dir) / COPIES
+    if not path.exists():
+        raise PipelineError(f"{path} not found: rerun the embed stage (dvc repro)")
+    raw = json.loads(path.read_text())
+    signals = [np.load(Path(embed_dir) / f"copies_{name}.npy") for name in SIGNALS]
+    return (signals, np.asarray(raw["source"], dtype=np.int64),
+            np.asarray(raw["kind"], dtype=object))

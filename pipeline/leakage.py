@@ -4,6 +4,8 @@ Finds val/test rows with an exact copy (equal pixel hash) or a near copy (cosine
 similarity of embeddings at or above a threshold) among the train rows, val/test rows
 that share a duplicate cluster or a group with train rows, val/test rows older than (or
 within the embargo of) an earlier split, and classes evaluated but never trained on.
+Near copies can instead be judged by a calibrated rule over several signals
+(:class:`pipeline.calibrate.Calibration`, the clean stage's ``auto`` rule).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline.calibrate import Calibration, copy_pairs
 from pipeline.quality import similar_pairs
 
 KINDS = ("exact_duplicate", "near_duplicate", "duplicate_cluster", "group", "temporal",
@@ -46,12 +49,16 @@ def _similarity(embeddings: np.ndarray | None, i: int, j: int) -> float:
 
 
 def copies_in_train(splits: np.ndarray, *, hashes: Sequence[str | None] | None,
-                    embeddings: np.ndarray | None, threshold: float) -> list[Leak]:
+                    embeddings: np.ndarray | None, threshold: float,
+                    signals: Sequence[np.ndarray] | None = None,
+                    calibration: Calibration | None = None) -> list[Leak]:
     """Every (val/test row, train row) pair of exact or near copies, each pair once.
 
     An exact copy (equal pixel hash) is reported as ``exact_duplicate``; a pair whose
     cosine similarity is at least ``threshold`` as ``near_duplicate``. Rows without a
-    hash (None) or with a zero embedding (not decoded) match nothing.
+    hash (None) or with a zero embedding (not decoded) match nothing. With a
+    ``calibration`` (and its ``signals``, (N, D_s) each in its signal order) a pair is a
+    near copy when the calibrated rule says so (:func:`pipeline.calibrate.copy_pairs`).
     """
     train = np.flatnonzero(splits == "train")
     later = np.flatnonzero(np.isin(splits, ("val", "test")))
@@ -65,7 +72,17 @@ def copies_in_train(splits: np.ndarray, *, hashes: Sequence[str | None] | None,
             for j in by_hash.get(str(hashes[i]), []) if hashes[i] else []:
                 pairs[(i, j)] = Leak("exact_duplicate", i, j, "identical pixels",
                                      _similarity(embeddings, i, j))
-    if embeddings is not None:
+    if calibration is not None and signals is not None:
+        rows, cols, which = copy_pairs([x[later] for x in signals], [x[train] for x in signals],
+                                       calibration)
+        for a, b, j in zip(rows, cols, which):
+            i, k = int(later[a]), int(train[b])
+            sim = float(signals[j][i] @ signals[j][k])
+            pairs.setdefault((i, k), Leak(
+                "near_duplicate", i, k, f"{calibration.signals[j]} cosine similarity "
+                f"{sim:.4f} >= {calibration.thresholds[j]:.4f} (clean's rule)",
+                _similarity(embeddings, i, k)))
+    elif embeddings is not None:
         rows, cols, sims = similar_pairs(embeddings[later], embeddings[train],
                                          threshold=threshold)
         for a, b, sim in zip(rows, cols, sims):
@@ -79,7 +96,8 @@ def copies_in_train(splits: np.ndarray, *, hashes: Sequence[str | None] | None,
 def audit(splits: Sequence[str], *, labels: Sequence[str], clusters: Sequence[str | None],
           groups: Sequence[str | None] | None = None, times: Sequence[float] | None = None,
           embargo: float = 0.0, hashes: Sequence[str | None] | None = None,
-          embeddings: np.ndarray | None = None, near_threshold: float | None = None
+          embeddings: np.ndarray | None = None, near_threshold: float | None = None,
+          signals: Sequence[np.ndarray] | None = None, calibration: Calibration | None = None
           ) -> list[Leak]:
     """Every leak in a split.
 
@@ -94,16 +112,19 @@ def audit(splits: Sequence[str], *, labels: Sequence[str], clusters: Sequence[st
         hashes: (N,) pixel hash per row (None: not decoded), checked when given.
         embeddings: (N, D) float32 L2-normalised rows (zero rows: not decoded), checked
             when given against ``near_threshold`` (cosine similarity).
+        signals, calibration: a calibrated near-copy rule and its signals (N, D_s),
+            used instead of ``near_threshold`` when given.
 
     A val/test row paired with a train copy is not reported again as a
     ``duplicate_cluster`` leak with a train member of its own cluster: each leak is
     reported once, by its strongest evidence (exact, near, then shared cluster).
     """
     s = np.asarray(splits, dtype=object)
-    if embeddings is not None and near_threshold is None:
+    if embeddings is not None and near_threshold is None and calibration is None:
         raise ValueError("embeddings given without near_threshold")
     leaks = copies_in_train(s, hashes=hashes, embeddings=embeddings,
-                            threshold=near_threshold or 1.0)
+                            threshold=near_threshold or 1.0, signals=signals,
+                            calibration=calibration)
     paired = {(leak.row, clusters[leak.train_row]) for leak in leaks
               if clusters[leak.train_row]}
     leaks += [Leak(leak.kind, leak.row, leak.train_row, leak.detail,

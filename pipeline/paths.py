@@ -8,6 +8,7 @@ PREPARED = Path("data/prepared/manifest.csv")
 EMBED_DIR = Path("data/embed")
 CLEAN = Path("data/clean/manifest.csv")
 REVIEW = Path("data/clean/review.csv")
+CALIBRATION = Path("data/clean/calibration.json")  # the near-copy rule split reuses
 REVIEW_PAGE = Path("data/clean/review.html")
 DECISIONS = Path("data/review/decisions.csv")  # kept in git: a person's verdicts
 SPLIT = Path("data/split/manifest.csv")

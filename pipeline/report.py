@@ -249,6 +249,31 @@ def model_table(model_meta: dict[str, Any]) -> pd.DataFrame:
                           "std": str(prep["std"])}])
 
 
+def resolved_html(clean_counts: dict[str, Any], cache_image_size: int, cache_reason: str,
+                  split_metrics: dict[str, Any]) -> list[str]:
+    """What ``auto`` resolved to: image sizes and the near-copy calibration, with its
+    estimated error rates, and a loud warning when nothing separates copies."""
+    parts = [f"<p>Image sizes: embed <b>{clean_counts.get('embed_image_size', '?')} px</b>, "
+             f"cache <b>{cache_image_size} px</b> ({html.escape(cache_reason or 'as set')})."
+             f"</p>"]
+    cal = {k.removeprefix("near_duplicate_"): v for k, v in clean_counts.items()
+           if k.startswith("near_duplicate_")}
+    if not cal:
+        parts.append("<p>Near copies: the explicit clean.near_duplicate_threshold (cosine "
+                     "similarity of embeddings), not calibrated.</p>")
+        return parts
+    if not cal.get("separable", True):
+        parts.append("<p class='warn'><b>WARNING: near-copy detection cannot separate "
+                     "synthetic copies from distinct images on this data: near copies "
+                     "will be missed.</b></p>")
+    where = "clean and the split's leakage audit" if any(
+        k.startswith("near_duplicate_") for k in split_metrics) else "clean"
+    parts.append(f"<p>Near copies ({where}): calibrated on synthetic copies of the "
+                 f"images (JPEG, resize, crop, brightness, combined).</p>")
+    parts.append(table(pd.DataFrame([cal])))
+    return parts
+
+
 def split_html(split_cfg: Any, seed: int, split_metrics: dict[str, Any]) -> list[str]:
     """The split's method, fractions and seed, and the leakage audit's counts."""
     leak_keys = {k: v for k, v in split_metrics.items() if k.startswith("leak")}

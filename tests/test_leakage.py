@@ -122,12 +122,16 @@ def _predefined_manifest(tmp_path):
     return tmp_path / "clean.csv"
 
 
+# these tests check the explicit cosine threshold (the default before `auto`)
+EXPLICIT = {"split.near_duplicate_threshold": 0.98}
+
+
 @pytest.mark.parametrize("policy", ["fail", "warn", "drop_from_train"])
 def test_leakage_policies_on_a_user_imposed_split(tmp_path, policy):
     clean = _predefined_manifest(tmp_path)
     base, data, cfg = parse_sections(repo_params(**{
         "split.method": "predefined", "split.on_leakage": policy,
-        "data.source": "folder", "data.root": str(tmp_path / "images")}),
+        "data.source": "folder", "data.root": str(tmp_path / "images"), **EXPLICIT}),
         "base", "data", "split")
     args = (clean, tmp_path / "embed", tmp_path / "split.csv", tmp_path / "split.json")
     outputs = {"leakage_csv": tmp_path / "leak.csv", "leakage_html": tmp_path / "leak.html"}
@@ -153,7 +157,7 @@ def test_no_leak_reads_no_leakage_found(tmp_path):
     df = pd.read_csv(clean, dtype=str, keep_default_na=False)
     df["cluster_id"] = ""
     df.to_csv(clean, index=False)
-    base, data, cfg = parse_sections(repo_params(**{"split.method": "predefined"}),
+    base, data, cfg = parse_sections(repo_params(**{"split.method": "predefined", **EXPLICIT}),
                                      "base", "data", "split")
     split.run(base, data, cfg, clean, tmp_path / "embed", tmp_path / "split.csv",
               tmp_path / "split.json", leakage_csv=tmp_path / "leak.csv",
@@ -237,7 +241,8 @@ def _clean(work, tmp_path, **overrides):
 
 def _split(work, tmp_path, policy):
     base, data, cfg = parse_sections(repo_params(**_folder(work), **{
-        "split.method": "predefined", "split.on_leakage": policy}), "base", "data", "split")
+        "split.method": "predefined", "split.on_leakage": policy, **EXPLICIT}),
+        "base", "data", "split")
     return split.run(base, data, cfg, tmp_path / "clean.csv", work / "embed",
                      tmp_path / "split.csv", tmp_path / "split.json",
                      leakage_csv=tmp_path / "leak.csv", leakage_html=tmp_path / "leak.html")

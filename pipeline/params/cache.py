@@ -29,7 +29,9 @@ class AugmentConfig:
 class CacheConfig:
     """Decoded, resized arrays that training reads instead of image files."""
 
-    image_size: int = field(metadata=in_range(ge=8, le=1024))  # pixels, square
+    # pixels, square; auto: model.name's pretrained input size, or 6 x the images' median
+    # short side for small images (pipeline.autosize.resolve_image_size)
+    image_size: int | Literal["auto"] = field(metadata=in_range(ge=8, le=1024))
     fit: Literal["crop", "pad", "stretch"]  # how a non-square image becomes square
     views: int = field(metadata=in_range(ge=0, le=1000))  # K augmented copies per train image
     seed: int = field(metadata=in_range(ge=0))  # seeds the views: same seed, same bytes

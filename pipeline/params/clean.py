@@ -31,7 +31,11 @@ class CleanConfig:
 
     exact_duplicates: Literal["drop", "flag"]  # drop all but one member of each cluster
     near_duplicates: Literal["drop", "flag"]  # drop all but one member of each cluster
-    near_duplicate_threshold: float = field(metadata=in_range(gt=0, le=1))  # cosine similarity
+    # cosine similarity of embeddings; auto: calibrated on synthetic copies of the user's
+    # images over embeddings and pixel signals (pipeline.calibrate)
+    near_duplicate_threshold: float | Literal["auto"] = field(metadata=in_range(gt=0, le=1))
+    # auto: the largest acceptable estimated share of images linked to a distinct image
+    max_false_rate: float = field(metadata=in_range(ge=0, le=1))
     conflicting_labels: Literal["drop", "flag"]  # drop every member of a mixed-label cluster
     label_issues: Literal["flag", "drop"]  # likely label errors (cleanlab)
     label_method: Literal["prune_by_noise_rate", "prune_by_class", "both",

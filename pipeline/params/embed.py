@@ -8,6 +8,7 @@ schema changed (each stage declares the modules it imports). Loaded by
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from pipeline.params.fields import in_range
 
@@ -18,6 +19,10 @@ class EmbedConfig:
 
     model: str  # a timm or torchvision model name, as model.name
     weights: str  # as model.weights
-    image_size: int = field(metadata=in_range(ge=8, le=1024))  # pixels, square
+    # pixels, square; auto: the backbone's pretrained input size, or 8 x the images' median
+    # short side for small images (pipeline.autosize.resolve_image_size)
+    image_size: int | Literal["auto"] = field(metadata=in_range(ge=8, le=1024))
     batch_size: int = field(metadata=in_range(ge=1))
     max_pixels: int = field(metadata=in_range(gt=0))  # larger images are unreadable (bombs)
+    # images whose synthetic near copies calibrate clean's near-copy rule (pipeline.calibrate)
+    calibration_sample: int = field(metadata=in_range(ge=1, le=10000))

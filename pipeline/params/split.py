@@ -45,8 +45,9 @@ class SplitConfig:
     # val/test set is never changed, its train-side copies go), fail otherwise
     on_leakage: Literal["auto", "fail", "warn", "drop_from_train"]
     # cosine similarity of embed's features at or above which a val/test image is a near
-    # copy of a train image (as clean.near_duplicate_threshold)
-    near_duplicate_threshold: float = field(metadata=in_range(gt=0, le=1))
+    # copy of a train image (as clean.near_duplicate_threshold); auto: the clean stage's
+    # calibrated rule (data/clean/calibration.json)
+    near_duplicate_threshold: float | Literal["auto"] = field(metadata=in_range(gt=0, le=1))
 
     @property
     def leakage_policy(self) -> str:

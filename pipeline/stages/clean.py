@@ -11,21 +11,39 @@ When the source recorded a split (train/ val/ test/ folders or a split column), 
 val/test rows are a fixed evaluation set: the policies only flag them (an unreadable
 image or a person's ``drop`` decision still removes one), and in a duplicate cluster
 that straddles train and val/test the train members are the ones removed.
+
+Near copies: with ``clean.near_duplicate_threshold: auto`` the rule is calibrated on
+synthetic copies of the user's own images (the embed stage's calibration copies,
+pipeline.calibrate): one threshold per signal (embedding, thumbnail, perceptual hash),
+a pair a copy when any signal reaches its own; the estimated recall and false-match
+rate go to metrics/clean.json, and the rule to data/clean/calibration.json, which the
+split stage's leakage audit reuses. An explicit number keeps the single cosine threshold
+on the embeddings (written to the same file).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from pipeline import paths
+from pipeline import calibfiles, paths
+from pipeline.calibrate import (
+    Calibration,
+    calibrate,
+    copy_similarities,
+    distinct_similarities,
+    near_copy_clusters,
+)
 from pipeline.config import load_sections
-from pipeline.embedfiles import read_aligned
+from pipeline.embedfiles import SIGNALS, read_aligned, read_copies, read_signals
 from pipeline.errors import PipelineError, run_stage
 from pipeline.manifest import ISSUES, join_issues, read_manifest, write_manifest
 from pipeline.params.base import BaseConfig
@@ -62,6 +80,36 @@ def read_decisions(path: Path, ids: set[str]) -> dict[str, str]:
     return dict(zip(table["image_id"], table["action"]))
 
 
+@dataclass(frozen=True)
+class NearRule:
+    """The calibrated near-copy rule and the signals it applies to (row-aligned)."""
+
+    calibration: Calibration
+    signals: list[np.ndarray]  # per name in embedfiles.SIGNALS: (N, D_s) float32
+
+
+def calibrate_near_copies(cfg: CleanConfig, embed_dir: Path, hashes: list[str | None],
+                          valid: np.ndarray) -> NearRule:
+    """clean.near_duplicate_threshold = auto: the OR rule calibrated on the embed stage's
+    synthetic copies of the user's images (pipeline.calibrate)."""
+    signals = read_signals(embed_dir)
+    copies, source, kinds = read_copies(embed_dir)
+    if not len(source):
+        raise PipelineError("the embed stage made no calibration copies (no image decoded)")
+    distinct, owner = distinct_similarities(
+        signals, rows=np.flatnonzero(valid), hashes=hashes, exact_max=cfg.exact_search_max,
+        probes=cfg.search_probes)
+    cal = calibrate(copy_similarities(signals, copies, source), distinct, signals=SIGNALS,
+                    owner=owner, kinds=kinds, max_false_rate=cfg.max_false_rate)
+    return NearRule(cal, signals)
+
+
+def explicit_rule(threshold: float) -> Calibration:
+    """An explicit clean.near_duplicate_threshold as a rule: the embeddings only."""
+    return Calibration(SIGNALS, (threshold,) + (math.inf,) * (len(SIGNALS) - 1), 0.0, 0.0,
+                       True, note=f"set: embedding cosine >= {threshold:g}, not calibrated")
+
+
 @dataclass
 class Findings:
     """What the detectors found, row-aligned with the prepared manifest."""
@@ -75,14 +123,21 @@ class Findings:
 
 
 def detect(df: pd.DataFrame, cfg: CleanConfig, embeddings: np.ndarray,
-           hashes: list[str | None], valid: np.ndarray) -> Findings:
-    """Run every detector on the embed stage's features and pixel hashes."""
+           hashes: list[str | None], valid: np.ndarray, rule: NearRule | None = None
+           ) -> Findings:
+    """Run every detector on the embed stage's features and pixel hashes (near copies:
+    by the calibrated ``rule`` when given, else clean.near_duplicate_threshold)."""
     ids = list(df["image_id"])
     exact = exact_duplicate_clusters(hashes, order=ids)
     index, sims = neighbours(embeddings, k=cfg.neighbours, exact_max=cfg.exact_search_max,
                              probes=cfg.search_probes)
-    near = near_duplicate_clusters(index, sims, threshold=cfg.near_duplicate_threshold,
-                                   order=ids, valid=valid)
+    if rule is not None:
+        near = near_copy_clusters(rule.signals, rule.calibration, k=cfg.neighbours,
+                                  exact_max=cfg.exact_search_max, probes=cfg.search_probes,
+                                  order=ids, valid=valid)
+    else:
+        near = near_duplicate_clusters(index, sims, threshold=float(
+            cfg.near_duplicate_threshold), order=ids, valid=valid)
     clusters = [n if n is not None else e for n, e in zip(near, exact)]
     exact_dup = np.array([e is not None and e != i for e, i in zip(exact, ids)])
     near_dup = np.array([c is not None and c != i for c, i in zip(clusters, ids)]) & ~exact_dup
@@ -203,16 +258,37 @@ def rate_limits(counts: dict[str, int], cfg: CleanConfig) -> list[str]:
             for name in ISSUES if counts[name] / n > getattr(cfg.max_rate, name)]
 
 
+def near_rule(cfg: CleanConfig, embed_dir: Path, hashes: list[str | None], valid: np.ndarray,
+              calibration: Path) -> tuple[NearRule | None, dict[str, float | bool | str]]:
+    """The near-copy rule (calibrated for ``auto``, else None), written to ``calibration``
+    for the split stage, and its numbers for metrics/clean.json; logged, loudly when
+    nothing separates copies from distinct images."""
+    if cfg.near_duplicate_threshold != "auto":
+        calibfiles.write(calibration, explicit_rule(float(cfg.near_duplicate_threshold)),
+                         calibrated=False)
+        return None, {}
+    start = time.perf_counter()
+    rule = calibrate_near_copies(cfg, embed_dir, hashes, valid)
+    cal = rule.calibration
+    calibfiles.write(calibration, cal, calibrated=True)
+    print(f"clean: {cal.summary()} [calibrated in {time.perf_counter() - start:.1f} s]")
+    if not cal.separable:
+        print(f"WARNING: near-copy detection: {cal.note}", file=sys.stderr)
+    return rule, cal.metrics("near_duplicate")
+
+
 def run(data: DataConfig, cfg: CleanConfig, prepared: Path, embed_dir: Path, output: Path,
         metrics: Path, *, decisions: Path = paths.DECISIONS, review_out: Path = paths.REVIEW,
-        review_html: Path = paths.REVIEW_PAGE) -> pd.DataFrame:
+        review_html: Path = paths.REVIEW_PAGE, calibration: Path = paths.CALIBRATION
+        ) -> pd.DataFrame:
     """Find problems from the embed stage's pass, apply the policies, write the results."""
     df = read_manifest(prepared)
     ids = list(df["image_id"])
     embeddings, embed_meta = read_aligned(embed_dir, ids, source=prepared)
     # the embed stage decoded every image once: its pixel hashes and reasons
     valid = np.array(embed_meta.valid, dtype=bool)
-    findings = detect(df, cfg, embeddings, embed_meta.pixel_hash, valid)
+    rule, near_metrics = near_rule(cfg, embed_dir, embed_meta.pixel_hash, valid, calibration)
+    findings = detect(df, cfg, embeddings, embed_meta.pixel_hash, valid, rule)
     fixed = fixed_rows(df)
     train_copies = aim_at_train_side(findings, fixed)
     keep, issues = apply_policies(findings, cfg, fixed)
@@ -236,7 +312,7 @@ def run(data: DataConfig, cfg: CleanConfig, prepared: Path, embed_dir: Path, out
     review.to_csv(review_out, index=False, lineterminator="\n", float_format="%.6g")
     review_html.write_text(review_page(review, Path(data.root), actions=ACTIONS))
 
-    counts = {"images": len(ids), "kept": int(keep.sum())}
+    counts: dict[str, Any] = {"images": len(ids), "kept": int(keep.sum())}
     counts |= {name: int(found.sum()) for name, found in findings.found.items()}
     counts["clusters"] = int(len({c for c in findings.clusters if c is not None}))
     counts["decisions"] = len(verdicts)
@@ -244,6 +320,7 @@ def run(data: DataConfig, cfg: CleanConfig, prepared: Path, embed_dir: Path, out
         counts["fixed_eval_images"] = int(fixed.sum())
         counts["fixed_eval_kept"] = int((fixed & keep).sum())
         counts["train_copies_of_eval_dropped"] = int((train_copies & ~keep).sum())
+    counts |= {"embed_image_size": embed_meta.image_size, **near_metrics}
     metrics.parent.mkdir(parents=True, exist_ok=True)
     metrics.write_text(json.dumps(counts, indent=2) + "\n")
     print("clean: kept {kept} of {images} images; ".format(**counts) + ", ".join(

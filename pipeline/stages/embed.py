@@ -3,8 +3,14 @@
 Writes ``data/embed/embeddings.npy`` ((N, D) float32, L2-normalised pooled features,
 zero rows for unreadable images), row-aligned with data/prepared/manifest.csv, and
 ``meta.json`` (image ids, which rows decoded, the pixel hash of each decoded image, the
-reason each other one is unreadable, the backbone). The clean stage reads all of it and
-decodes nothing but the thumbnails of what it flags.
+reason each other one is unreadable, the backbone, the resolved ``image_size``). Also
+the pixel signals (thumbnails, perceptual hashes) and the calibration copies (synthetic
+near copies of a seeded sample of ``embed.calibration_sample`` images, embedded the same
+way) that clean's ``auto`` near-copy rule is calibrated on (pipeline.calibrate). The
+clean stage reads all of it and decodes nothing but the thumbnails of what it flags.
+
+``embed.image_size: auto`` resolves from the backbone's pretrained input size and the
+median short side of a seeded sample of the images (pipeline.autosize, upscale 8).
 """
 
 from __future__ import annotations
@@ -16,7 +22,9 @@ import torch
 from tqdm import tqdm
 
 from pipeline import embedfiles, paths
+from pipeline.autosize import backbone_input_size, resolve_image_size
 from pipeline.backbones import BackboneSpec, check_model_config, create_model
+from pipeline.calibrate import make_copies, phash, thumbnails
 from pipeline.config import load_sections
 from pipeline.embedfiles import EmbedMeta
 from pipeline.errors import run_stage
@@ -29,6 +37,45 @@ from pipeline.params.data import DataConfig
 from pipeline.params.embed import EmbedConfig
 from pipeline.seeding import pin_cpu, resolve_device
 
+UPSCALE = 8  # auto: small images are enlarged 8 x their median short side (digits: 64)
+SIZE_SAMPLE = 256  # images decoded to measure the median short side
+
+
+def short_sides(root: Path, rel_paths: list[str], *, max_pixels: int, sample: int,
+                seed: int = 0) -> list[int]:
+    """Short side in pixels of a seeded sample of the images (unreadable ones skipped)."""
+    rng = np.random.default_rng(seed)
+    rows = np.sort(rng.permutation(len(rel_paths))[:sample])
+    sides = []
+    for i in rows:
+        try:
+            pixels = IMAGES.decode(resolve(root, rel_paths[int(i)]), max_pixels=max_pixels)
+        except UnreadableItem:
+            continue
+        sides.append(int(min(pixels.shape[:2])))
+    return sides
+
+
+def _embed(model: torch.nn.Module, inputs: ImageInput, batch: list[np.ndarray],
+           dev: torch.device) -> np.ndarray:
+    """(B, D) float32 L2-normalised features of B fitted (S, S, 3) uint8 images."""
+    x = inputs.to_input(torch.from_numpy(np.stack(batch)), dev)
+    return torch.nn.functional.normalize(model(x).float(), dim=1).cpu().numpy()
+
+
+def embed_copies(model: torch.nn.Module, inputs: ImageInput, originals: list[np.ndarray],
+                 size: int, dev: torch.device, *, batch_size: int, seed: int = 0
+                 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Synthetic near copies of ``originals`` (pipeline.calibrate.make_copies) in every
+    signal; returns the signals and (M,) index into ``originals`` and (M,) kinds."""
+    copies, source, kinds = make_copies(originals, seed=seed)
+    feats = [_embed(model, inputs, [IMAGES.fit(c, size, fit="crop")
+                                    for c in copies[start:start + batch_size]], dev)
+             for start in range(0, len(copies), batch_size)]
+    signals = {"embedding": np.concatenate(feats), "thumbnail": thumbnails(copies),
+               "phash": phash(copies)}
+    return signals, np.stack([source, kinds])
+
 
 def run(data: DataConfig, cfg: EmbedConfig, prepared: Path, out_dir: Path, *,
         device: str = "auto") -> np.ndarray:
@@ -40,15 +87,25 @@ def run(data: DataConfig, cfg: EmbedConfig, prepared: Path, out_dir: Path, *,
     model, prep, info = create_model(model_cfg, num_classes=0)
     model.to(dev).to(memory_format=torch.channels_last).eval()
     root = Path(data.root)
+    paths_list = list(df["path"])
+    backbone, size_source = backbone_input_size(info["library"], info["arch"], cfg.weights)
+    sides = short_sides(root, paths_list, max_pixels=cfg.max_pixels, sample=SIZE_SAMPLE)
+    size, reason = resolve_image_size(cfg.image_size, backbone_size=backbone,
+                                      short_sides=sides, upscale=UPSCALE)
+    print(f"embed: image_size {reason} (backbone: {size_source}, {backbone} px)")
     codec, inputs = IMAGES, ImageInput(prep)  # the modality seam (pipeline.modality)
+    sample = set(np.random.default_rng(0).permutation(len(df))[:cfg.calibration_sample]
+                 .tolist())
+    originals: dict[int, np.ndarray] = {}  # the calibration sample's pixels
     hashes: list[str | None] = [None] * len(df)
     errors = [""] * len(df)
     rows: list[int] = []
     feats: list[np.ndarray] = []
-    paths_list = list(df["path"])
+    thumbs = np.zeros((len(df), 256), np.float32)  # (N, 256) pixel signals, zero: unreadable
+    hashed = np.zeros((len(df), 64), np.float32)  # (N, 64)
     with torch.inference_mode():
         for start in tqdm(range(0, len(df), cfg.batch_size), desc="embed", mininterval=1.0):
-            batch, batch_rows = [], []
+            batch, batch_rows, decoded = [], [], []
             for i in range(start, min(start + cfg.batch_size, len(df))):
                 try:
                     pixels = codec.decode(resolve(root, paths_list[i]),
@@ -57,20 +114,35 @@ def run(data: DataConfig, cfg: EmbedConfig, prepared: Path, out_dir: Path, *,
                     errors[i] = str(exc)
                     continue
                 hashes[i] = codec.content_hash(pixels)
-                batch.append(codec.fit(pixels, cfg.image_size, fit="crop"))
+                batch.append(codec.fit(pixels, size, fit="crop"))
                 batch_rows.append(i)
+                decoded.append(pixels)
+                if i in sample:
+                    originals[i] = pixels
             if batch:
-                x = inputs.to_input(torch.from_numpy(np.stack(batch)), dev)
-                feats.append(torch.nn.functional.normalize(model(x).float(), dim=1).cpu().numpy())
+                feats.append(_embed(model, inputs, batch, dev))
                 rows.extend(batch_rows)
+                thumbs[batch_rows], hashed[batch_rows] = thumbnails(decoded), phash(decoded)
+        order = sorted(originals)
+        copies, source_kind = (embed_copies(model, inputs, [originals[i] for i in order],
+                                            size, dev, batch_size=cfg.batch_size)
+                               if order else ({}, np.zeros((2, 0), object)))
     stacked = np.concatenate(feats) if feats else np.zeros((0, 0), np.float32)
     embeddings = np.zeros((len(df), stacked.shape[1]), dtype=np.float32)
     embeddings[rows] = stacked
     valid = [h is not None for h in hashes]
     embedfiles.write(out_dir, embeddings, EmbedMeta(
         ids=list(df["image_id"]), valid=valid, pixel_hash=hashes, error=errors, model=info,
-        image_size=cfg.image_size))
-    print(f"embed: {sum(valid)} of {len(df)} images, dimension {embeddings.shape[1]}")
+        image_size=size, image_size_reason=reason, backbone_size=backbone,
+        short_side_median=float(np.median(sides)) if sides else 0.0))
+    embedfiles.write_signals(out_dir, thumbs, hashed)
+    if not order:  # nothing decoded: no copies, empty files of the right width
+        copies = {"embedding": np.zeros((0, embeddings.shape[1])),
+                  "thumbnail": np.zeros((0, 256)), "phash": np.zeros((0, 64))}
+    source = np.asarray([order[int(j)] for j in source_kind[0]], dtype=np.int64)
+    embedfiles.write_copies(out_dir, copies, source, source_kind[1])
+    print(f"embed: {sum(valid)} of {len(df)} images, dimension {embeddings.shape[1]}, "
+          f"{len(source)} calibration copies of {len(order)} images")
     return embeddings
 
 

@@ -48,6 +48,7 @@ from pipeline.report import (
     page,
     phases_table,
     provenance_table,
+    resolved_html,
     section,
     split_counts,
     split_html,
@@ -180,7 +181,11 @@ def body(inp: Inputs, sections: dict[str, Any], pictures: dict[str, bytes], samp
                 f"<code>{html.escape(data_cfg.root)}</code>: {len(inp.clean)} images listed, "
                 f"{len(split)} kept and split.</p>", table(split_counts(split, classes)),
                 img_tag(samples, "samples")),
-        section("What clean found", table(pd.DataFrame([inp.clean_counts])),
+        section("What auto resolved to", *resolved_html(
+            inp.clean_counts, inp.cache.image_size, inp.cache.image_size_reason,
+            inp.split_metrics)),
+        section("What clean found", table(pd.DataFrame([{
+            k: v for k, v in inp.clean_counts.items() if not k.startswith("near_duplicate_")}])),
                 *(issues_html(inp.clean, Path(data_cfg.root)) or ["<p>No issues found.</p>"])),
         section("Split", *split_html(sections["split"], sections["base"].seed,
                                      inp.split_metrics)),

@@ -3,8 +3,9 @@
 Rows of one duplicate cluster (``cluster_id``) always share a split, in every method.
 The result depends only on the data and ``base.seed``, never on row order. The audit
 (every method, predefined splits included) looks for exact copies (embed's pixel hashes)
-and near copies (embed's features, ``split.near_duplicate_threshold``) of val/test
-images among the train images, clusters and groups shared with train, temporal order
+and near copies (embed's features, ``split.near_duplicate_threshold``; ``auto``: the
+clean stage's calibrated rule, data/clean/calibration.json) of val/test images among
+the train images, clusters and groups shared with train, temporal order
 and embargo violations and untrained classes; ``split.on_leakage`` fails the stage,
 warns, or drops the train-side rows (``auto``, the default: drop them for a predefined
 split, whose val/test set is never changed, fail otherwise). A predefined split's
@@ -21,13 +22,15 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from pipeline import paths
+from pipeline import calibfiles, paths
+from pipeline.calibrate import Calibration
 from pipeline.config import load_sections
-from pipeline.embedfiles import read_rows
+from pipeline.embedfiles import read_rows, read_signals
 from pipeline.errors import PipelineError, run_stage
 from pipeline.leakage import KINDS, Leak, audit, train_rows_to_drop
 from pipeline.leakage_page import leakage_page
@@ -106,14 +109,32 @@ def _groups_and_times(df: pd.DataFrame, cfg: SplitConfig
     return groups, times
 
 
+@dataclass(frozen=True)
+class CopyRule:
+    """split.near_duplicate_threshold = auto: clean's calibrated rule and the rows' signals."""
+
+    calibration: Calibration
+    signals: list[np.ndarray]  # per calibration signal: (N, D_s), row-aligned
+
+    def subset(self, keep: np.ndarray) -> CopyRule:
+        """The same rule over the rows ``keep`` ((N,) bool)."""
+        return CopyRule(self.calibration, [x[keep] for x in self.signals])
+
+
 def audit_split(df: pd.DataFrame, cfg: SplitConfig, *, embeddings: np.ndarray | None = None,
-                hashes: list[str | None] | None = None) -> list[Leak]:
+                hashes: list[str | None] | None = None, rule: CopyRule | None = None
+                ) -> list[Leak]:
     """The leakage audit of a split manifest (rows with a split); copies are looked for
-    when the rows' embeddings and pixel hashes are given."""
+    when the rows' embeddings and pixel hashes are given (near copies by ``rule`` when
+    given, else by split.near_duplicate_threshold)."""
     groups, times = _groups_and_times(df, cfg)
+    threshold = cfg.near_duplicate_threshold
     return audit(list(df["split"]), labels=list(df["label"]), clusters=list(df["cluster_id"]),
                  groups=groups, times=times, embargo=cfg.embargo_days * DAY, hashes=hashes,
-                 embeddings=embeddings, near_threshold=cfg.near_duplicate_threshold)
+                 embeddings=embeddings,
+                 near_threshold=None if threshold == "auto" else float(threshold),
+                 signals=rule.signals if rule else None,
+                 calibration=rule.calibration if rule else None)
 
 
 def leakage_table(df: pd.DataFrame, leaks: list[Leak]) -> pd.DataFrame:
@@ -153,6 +174,7 @@ class LeakPolicy:
     embeddings: np.ndarray
     hashes: list[str | None]
     where: str  # the files that show every pair
+    rule: CopyRule | None = None  # the calibrated near-copy rule (auto)
 
 
 def fail_on_leaks(p: LeakPolicy) -> pd.DataFrame:
@@ -173,7 +195,8 @@ def drop_train_side(p: LeakPolicy) -> pd.DataFrame:
     audit again (a leak that dropping cannot fix is an error)."""
     out = p.out[~p.drop].reset_index(drop=True)
     hashes = [h for h, d in zip(p.hashes, p.drop) if not d]
-    remaining = audit_split(out, p.cfg, embeddings=p.embeddings[~p.drop], hashes=hashes)
+    remaining = audit_split(out, p.cfg, embeddings=p.embeddings[~p.drop], hashes=hashes,
+                            rule=p.rule.subset(~p.drop) if p.rule else None)
     dropped = int(p.drop.sum())
     if remaining:
         raise PipelineError(f"dropping {dropped} train rows left leaks that only a new "
@@ -202,8 +225,9 @@ def page_summary(out: pd.DataFrame, cfg: SplitConfig, found: dict[str, int], lea
                "warn": "the split was kept as it is (split.on_leakage = warn)",
                "drop_from_train": f"{dropped} train images were dropped: the train side of "
                                   f"every pair"}[cfg.leakage_policy]
+    threshold = cfg.near_duplicate_threshold
     return [f"split.method = {cfg.method}, split.near_duplicate_threshold = "
-            f"{cfg.near_duplicate_threshold:g}",
+            f"{threshold if threshold == 'auto' else f'{threshold:g}'}",
             "images before any drop: " + ", ".join(
                 f"{s} {int((out['split'] == s).sum())}" for s in SPLITS),
             "leaks by kind: " + ", ".join(f"{kind} {n}" for kind, n in found.items()),
@@ -271,13 +295,25 @@ def split_counts(out: pd.DataFrame, found: dict[str, int], dropped: int, embargo
     return counts
 
 
+def copy_rule(cfg: SplitConfig, calibration: Path, embed_dir: Path, ids: list[str]
+              ) -> CopyRule | None:
+    """split.near_duplicate_threshold = auto: the clean stage's rule over these rows."""
+    if cfg.near_duplicate_threshold != "auto":
+        return None
+    cal = calibfiles.read(calibration)
+    print(f"split: leakage audit near copies by clean's rule: {cal.summary()}")
+    return CopyRule(cal, read_signals(embed_dir, ids))
+
+
 def run(base: BaseConfig, data: DataConfig, cfg: SplitConfig, clean: Path, embed_dir: Path,
         output: Path, metrics: Path, *, leakage_csv: Path = paths.LEAKAGE,
-        leakage_html: Path = paths.LEAKAGE_PAGE) -> pd.DataFrame:
+        leakage_html: Path = paths.LEAKAGE_PAGE, calibration: Path = paths.CALIBRATION
+        ) -> pd.DataFrame:
     """Split the kept rows, audit the split for leakage, write manifest, pairs and counts."""
     out, embargoed = split_rows(clean, cfg, base.seed)
     embeddings, hashes = read_rows(embed_dir, list(out["image_id"]))
-    leaks = audit_split(out, cfg, embeddings=embeddings, hashes=hashes)
+    rule = copy_rule(cfg, calibration, embed_dir, list(out["image_id"]))
+    leaks = audit_split(out, cfg, embeddings=embeddings, hashes=hashes, rule=rule)
     found = {kind: sum(leak.kind == kind for leak in leaks) for kind in KINDS}
     pairs = leakage_table(out, leaks)
     leakage_csv.parent.mkdir(parents=True, exist_ok=True)
@@ -289,9 +325,11 @@ def run(base: BaseConfig, data: DataConfig, cfg: SplitConfig, clean: Path, embed
     if leaks:
         out = ON_LEAKAGE[cfg.leakage_policy](LeakPolicy(
             cfg, out, leaks, drop, embeddings, hashes,
-            where=f"{leakage_csv}, side by side in {leakage_html}"))
+            where=f"{leakage_csv}, side by side in {leakage_html}", rule=rule))
     write_manifest(out, output)
-    counts = split_counts(out, found, dropped, embargoed)
+    counts: dict[str, Any] = dict(split_counts(out, found, dropped, embargoed))
+    if rule is not None:
+        counts |= rule.calibration.metrics("near_duplicate")
     metrics.parent.mkdir(parents=True, exist_ok=True)
     metrics.write_text(json.dumps(counts, indent=2) + "\n")
     print("split: " + ", ".join(f"{s} {counts[f'{s}_images']}" for s in SPLITS) +
