@@ -64,8 +64,9 @@ def weights_hash(path: Path) -> str:
 
 
 def run_case(name: str, env_change: dict[str, str], params: dict, work: Path) -> dict:
-    """Train once in ``work/name`` with ``params`` and ``env_change``; return a table row."""
-    folder = work / name
+    """Train once in a new folder under ``work`` with ``params`` and ``env_change``; return
+    a table row. A case may be named twice (a rerun, for timing)."""
+    folder = work / f"{len(list(work.iterdir()))}_{name}"
     (folder / "data").mkdir(parents=True)
     (folder / "data" / "cache").symlink_to(REPO / "data" / "cache")
     (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
