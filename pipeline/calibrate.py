@@ -306,6 +306,47 @@ def calibrate(copy_sims: np.ndarray, distinct_sims: np.ndarray, *,
     return best
 
 
+def _grid_search(copy_sims: np.ndarray, pairs: np.ndarray, owner: np.ndarray,
+                 n_owners: int, *, limit: int, floor_recall: float, max_false_rate: float
+                 ) -> tuple[list[float], float]:
+    """The joint threshold search of :func:`calibrate_rule`: the chosen threshold per
+    signal (each moved to the middle of its gap) and the estimated share of images that
+    already have a real copy."""
+    s = copy_sims.shape[1]
+    limit = min(limit, int(50_000 ** (1 / s)))  # keep the joint grid near 50,000 settings
+    grids = [_candidates(pairs[:, j], limit=limit) for j in range(s)]
+    # (len(grid_j), M) and (len(grid_j), P) firing masks of each candidate, per signal
+    copy_fire = [copy_sims[:, j][None, :] >= g[:, None] for j, g in enumerate(grids)]
+    pair_fire = [pairs[:, j][None, :] >= g[:, None] for j, g in enumerate(grids)]
+    combos = list(itertools.product(*(range(len(g)) for g in grids)))
+    recall = np.zeros(len(combos))
+    fired = np.zeros(len(combos))  # share of owners with a firing pair
+    for c, combo in enumerate(combos):
+        hit = np.zeros(len(copy_sims), dtype=bool)
+        fire = np.zeros(len(pairs), dtype=bool)
+        for j, g in enumerate(combo):
+            hit |= copy_fire[j][g]
+            fire |= pair_fire[j][g]
+        recall[c] = hit.mean()
+        fired[c] = np.bincount(owner[fire], minlength=n_owners).astype(bool).sum() / n_owners
+    usable = recall >= floor_recall
+    share = float(np.min(fired[usable] / recall[usable])) if usable.any() else 0.0
+    false_rate = np.maximum(0.0, fired - share * recall)
+    ok = np.flatnonzero(false_rate <= max_false_rate)
+    # most recall, then fewest matches, then the strictest (latest in product order)
+    best = ok[np.lexsort((ok, -fired[ok], recall[ok]))[-1]] if len(ok) else 0
+    thresholds = []
+    for j, g in enumerate(combos[best]):
+        t = grids[j][g]
+        if np.isfinite(t):
+            pooled = np.concatenate([copy_sims[:, j], pairs[:, j]])
+            below, above = pairs[:, j][pairs[:, j] < t], pooled[pooled >= t]
+            if len(below) and len(above):
+                t = (below.max() + above.min()) / 2
+        thresholds.append(float(t))
+    return thresholds, share
+
+
 def calibrate_rule(copy_sims: np.ndarray, distinct_sims: np.ndarray, *,
                    signals: Sequence[str], owner: np.ndarray | None = None,
                    kinds: np.ndarray | None = None, max_false_rate: float = 0.002,
@@ -357,37 +398,9 @@ def calibrate_rule(copy_sims: np.ndarray, distinct_sims: np.ndarray, *,
     _, owner = np.unique(owner, return_inverse=True)
     n_owners = max(1, int(owner.max()) + 1 if len(owner) else 1)
 
-    limit = min(limit, int(50_000 ** (1 / s)))  # keep the joint grid near 50,000 settings
-    grids = [_candidates(pairs[:, j], limit=limit) for j in range(s)]
-    # (len(grid_j), M) and (len(grid_j), P) firing masks of each candidate, per signal
-    copy_fire = [copy_sims[:, j][None, :] >= g[:, None] for j, g in enumerate(grids)]
-    pair_fire = [pairs[:, j][None, :] >= g[:, None] for j, g in enumerate(grids)]
-    combos = list(itertools.product(*(range(len(g)) for g in grids)))
-    recall = np.zeros(len(combos))
-    fired = np.zeros(len(combos))  # share of owners with a firing pair
-    for c, combo in enumerate(combos):
-        hit = np.zeros(len(copy_sims), dtype=bool)
-        fire = np.zeros(len(pairs), dtype=bool)
-        for j, g in enumerate(combo):
-            hit |= copy_fire[j][g]
-            fire |= pair_fire[j][g]
-        recall[c] = hit.mean()
-        fired[c] = np.bincount(owner[fire], minlength=n_owners).astype(bool).sum() / n_owners
-    usable = recall >= floor_recall
-    share = float(np.min(fired[usable] / recall[usable])) if usable.any() else 0.0
-    false_rate = np.maximum(0.0, fired - share * recall)
-    ok = np.flatnonzero(false_rate <= max_false_rate)
-    # most recall, then fewest matches, then the strictest (latest in product order)
-    best = ok[np.lexsort((ok, -fired[ok], recall[ok]))[-1]] if len(ok) else 0
-    thresholds = []
-    for j, g in enumerate(combos[best]):
-        t = grids[j][g]
-        if np.isfinite(t):
-            pooled = np.concatenate([copy_sims[:, j], pairs[:, j]])
-            below, above = pairs[:, j][pairs[:, j] < t], pooled[pooled >= t]
-            if len(below) and len(above):
-                t = (below.max() + above.min()) / 2
-        thresholds.append(float(t))
+    thresholds, share = _grid_search(copy_sims, pairs, owner, n_owners, limit=limit,
+                                     floor_recall=floor_recall,
+                                     max_false_rate=max_false_rate)
     cal = np.asarray(thresholds)
     hit = np.asarray((copy_sims >= cal).any(axis=1), dtype=bool)
     fire = np.asarray((pairs >= cal).any(axis=1), dtype=bool)
