@@ -105,3 +105,25 @@ def _train_test(root):
     write_tree(root / "train", per_class=6)
     write_tree(root / "test", per_class=2, first=100)
     return root
+
+
+def test_split_method_auto_follows_whether_the_source_recorded_a_split(capsys):
+    """split.method: auto is predefined for train/ val/ folders, stratified for a flat
+    tree, and says which; an explicit method is left alone."""
+    import dataclasses
+
+    import pandas as pd
+
+    from pipeline.config import load_sections
+    from pipeline.stages.split import resolve_method
+
+    (cfg,) = load_sections("split")
+    auto = dataclasses.replace(cfg, method="auto")
+    recorded = pd.DataFrame({"split": ["train", "val", "train"]})
+    flat = pd.DataFrame({"split": ["", "", ""]})
+    assert resolve_method(auto, recorded).method == "predefined"
+    assert "auto -> predefined" in capsys.readouterr().out
+    assert resolve_method(auto, flat).method == "stratified"
+    assert resolve_method(auto, pd.DataFrame({"label": ["a"]})).method == "stratified"
+    explicit = dataclasses.replace(cfg, method="random")
+    assert resolve_method(explicit, recorded).method == "random"

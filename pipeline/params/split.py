@@ -35,7 +35,9 @@ class Fractions:
 class SplitConfig:
     """How kept images are divided into train, val and test."""
 
-    method: Literal["random", "stratified", "group", "temporal", "predefined"]
+    # auto: predefined when the source recorded a split (train/ val/ test/ folders or a
+    # split column), stratified otherwise (resolved and printed by the split stage)
+    method: Literal["auto", "random", "stratified", "group", "temporal", "predefined"]
     fractions: Fractions
     group_column: str
     time_column: str

@@ -18,11 +18,12 @@ without val or test images fails here, never later in train or evaluate. Writes
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -260,6 +261,19 @@ def left_out_of_fixed_sets(df: pd.DataFrame) -> int:
     return int((df["split"].isin(["val", "test"]) & ~df["keep"].astype(bool)).sum())
 
 
+def resolve_method(cfg: SplitConfig, df: pd.DataFrame) -> SplitConfig:
+    """``split.method: auto``: predefined when the source recorded a split (train/ val/
+    test/ folders or a split column), stratified otherwise; printed, so a run says what
+    it used. An explicit method is returned as it is."""
+    if cfg.method != "auto":
+        return cfg
+    recorded = "split" in df and bool((df["split"].fillna("") != "").any())
+    method: Literal["predefined", "stratified"] = "predefined" if recorded else "stratified"
+    print(f"split: split.method auto -> {method} (the source recorded "
+          f"{'a split' if recorded else 'no split'})")
+    return dataclasses.replace(cfg, method=method)
+
+
 def split_rows(clean: Path, cfg: SplitConfig, seed: int) -> tuple[pd.DataFrame, int]:
     """The kept rows of the clean manifest with their split (rows in an embargo gap left
     out), and how many were left out."""
@@ -310,6 +324,7 @@ def run(base: BaseConfig, data: DataConfig, cfg: SplitConfig, clean: Path, embed
         leakage_html: Path = paths.LEAKAGE_PAGE, calibration: Path = paths.CALIBRATION
         ) -> pd.DataFrame:
     """Split the kept rows, audit the split for leakage, write manifest, pairs and counts."""
+    cfg = resolve_method(cfg, read_manifest(clean))
     out, embargoed = split_rows(clean, cfg, base.seed)
     embeddings, hashes = read_rows(embed_dir, list(out["image_id"]))
     rule = copy_rule(cfg, calibration, embed_dir, list(out["image_id"]))
