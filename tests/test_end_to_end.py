@@ -32,7 +32,8 @@ def test_dvc_repro_runs_every_stage_then_nothing(tmp_path):
     shutil.copytree(REPO / "pipeline", work / "pipeline",
                     ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(REPO / ".dvc", work / ".dvc", ignore=shutil.ignore_patterns("cache", "tmp"))
-    for name in ("dvc.yaml", "params.yaml", ".dvcignore", "data/review/decisions.csv"):
+    for name in ("dvc.yaml", "params.yaml", ".dvcignore", "requirements.lock",
+                 "data/review/decisions.csv"):
         (work / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(REPO / name, work / name)
     write_tree(work / "images", classes=3, per_class=16, size=24)
@@ -66,6 +67,11 @@ def test_dvc_repro_runs_every_stage_then_nothing(tmp_path):
     assert len(predictions) == 12
     page = (work / "reports/report.html").read_text()
     assert "Fine-tuning report" in page and page.count("data:image/png;base64,") >= 6
+
+    run_record = json.loads((work / "metrics/run.json").read_text())  # wall times: here,
+    assert run_record["train_seconds"] > 0  # in no hashed output
+    assert "seconds" not in (work / "metrics/train.json").read_text()
+    assert (work / "reports/timings.html").exists()
 
     again = _sh("dvc", "repro", cwd=work)
     assert "Running stage" not in again
