@@ -278,10 +278,14 @@ def near_rule(cfg: CleanConfig, embed_dir: Path, hashes: list[str | None], valid
 
 
 def run(data: DataConfig, cfg: CleanConfig, prepared: Path, embed_dir: Path, output: Path,
-        metrics: Path, *, decisions: Path = paths.DECISIONS, review_out: Path = paths.REVIEW,
-        review_html: Path = paths.REVIEW_PAGE, calibration: Path = paths.CALIBRATION
+        metrics: Path, *, decisions: Path = paths.DECISIONS, review_out: Path | None = None,
+        review_html: Path | None = None, calibration: Path | None = None
         ) -> pd.DataFrame:
     """Find problems from the embed stage's pass, apply the policies, write the results."""
+    # the review files and the near-copy rule go beside the manifest (paths.py's names)
+    review_out = review_out or output.parent / paths.REVIEW.name
+    review_html = review_html or output.parent / paths.REVIEW_PAGE.name
+    calibration = calibration or output.parent / paths.CALIBRATION.name
     df = read_manifest(prepared)
     ids = list(df["image_id"])
     embeddings, embed_meta = read_aligned(embed_dir, ids, source=prepared)

@@ -320,10 +320,14 @@ def copy_rule(cfg: SplitConfig, calibration: Path, embed_dir: Path, ids: list[st
 
 
 def run(base: BaseConfig, data: DataConfig, cfg: SplitConfig, clean: Path, embed_dir: Path,
-        output: Path, metrics: Path, *, leakage_csv: Path = paths.LEAKAGE,
-        leakage_html: Path = paths.LEAKAGE_PAGE, calibration: Path = paths.CALIBRATION
+        output: Path, metrics: Path, *, leakage_csv: Path | None = None,
+        leakage_html: Path | None = None, calibration: Path | None = None
         ) -> pd.DataFrame:
     """Split the kept rows, audit the split for leakage, write manifest, pairs and counts."""
+    # the leakage files go beside the manifest; clean's rule lies beside its manifest
+    leakage_csv = leakage_csv or output.parent / paths.LEAKAGE.name
+    leakage_html = leakage_html or output.parent / paths.LEAKAGE_PAGE.name
+    calibration = calibration or clean.parent / paths.CALIBRATION.name
     cfg = resolve_method(cfg, read_manifest(clean))
     out, embargoed = split_rows(clean, cfg, base.seed)
     embeddings, hashes = read_rows(embed_dir, list(out["image_id"]))
