@@ -118,11 +118,11 @@ def run(cfg: DataConfig, output: Path) -> pd.DataFrame:
     df = assign_ids(df, root)
     write_manifest(df, output)
     print(f"prepared {len(df)} images in {df['label'].nunique()} classes from {root}")
-    if "split" in df and (df["split"] != "").any():  # split.method: predefined uses it
+    if "split" in df and (df["split"] != "").any():  # split.method auto or predefined uses it
         counts = df["split"].value_counts()
         print("recorded split: " + ", ".join(f"{s}/ {counts[s]}" for s in SPLIT_DIRS
                                             if s in counts) +
-              " (split.method: predefined decides what it means)")
+              " (split.method auto or predefined uses it; the split stage says how)")
     return df
 
 
