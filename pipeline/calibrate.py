@@ -177,9 +177,21 @@ def copy_similarities(signals: Sequence[np.ndarray], copies: Sequence[np.ndarray
                     axis=1).astype(np.float32)
 
 
+Search = tuple[np.ndarray, np.ndarray]  # (N, k) neighbour indices, (N, k) similarities
+
+
+def search(signals: Sequence[np.ndarray], *, k: int, exact_max: int = 20000,
+           probes: int = 8, seed: int = 0) -> list[Search]:
+    """Each signal's k nearest neighbours (:func:`pipeline.quality.neighbours`, linear
+    memory), searched once and shared by the calibration and the clustering."""
+    return [neighbours(sig, k=k, exact_max=exact_max, probes=probes, seed=seed)
+            for sig in signals]
+
+
 def distinct_similarities(signals: Sequence[np.ndarray], *, rows: np.ndarray | None = None,
                           hashes: Sequence[str | None] | None = None, k: int = 1,
-                          exact_max: int = 20000, probes: int = 8, seed: int = 0
+                          exact_max: int = 20000, probes: int = 8, seed: int = 0,
+                          searches: Sequence[Search] | None = None
                           ) -> tuple[np.ndarray, np.ndarray]:
     """Every signal's similarities of the pairs (image, one of its k nearest neighbours).
 
@@ -194,15 +206,19 @@ def distinct_similarities(signals: Sequence[np.ndarray], *, rows: np.ndarray | N
         rows: (R,) the images whose neighbours to score (default all); neighbours are
             searched among all N.
         hashes: (N,) pixel hash per image (None where not decoded), or None.
+        searches: each signal's :func:`search` with at least ``k`` neighbours, when the
+            caller has it already (else searched here).
     Returns:
         (P, S) float32 similarities and (P,) int64 owner (the image of ``rows`` each pair
         belongs to), pairs unique per owner.
     """
     n = len(signals[0])
     rows = np.arange(n) if rows is None else np.asarray(rows, dtype=np.int64)
+    if searches is None:
+        searches = search(signals, k=k, exact_max=exact_max, probes=probes, seed=seed)
     found: list[np.ndarray] = []
-    for sig in signals:
-        index, _ = neighbours(sig, k=k, exact_max=exact_max, probes=probes, seed=seed)
+    for index, _ in searches:
+        index = index[:, :k]
         found.append(np.stack([np.repeat(rows, index.shape[1]), index[rows].ravel()], 1))
     pairs = np.unique(np.concatenate(found), axis=0)  # (P, 2) owner, neighbour
     pairs = pairs[pairs[:, 0] != pairs[:, 1]]
@@ -409,13 +425,9 @@ def calibrate_rule(copy_sims: np.ndarray, distinct_sims: np.ndarray, *,
     est_false = float(max(0.0, n_fired - share * est_recall))
     by_kind = ({str(k): float(hit[kinds == k].mean()) for k in dict.fromkeys(kinds)}
                if kinds is not None else {})
-    separable = est_recall >= min_recall
-    note = "" if separable else (
-        f"CANNOT SEPARATE: no thresholds on {', '.join(signals)} find {min_recall:.0%} "
-        f"of the synthetic copies at a false-match rate <= {max_false_rate:g}; near "
-        "copies will be missed")
-    return Calibration(tuple(signals), tuple(thresholds), est_recall, est_false, separable,
-                       by_kind, share, note)
+    # the "cannot separate" note is :func:`calibrate`'s, which names every signal tried
+    return Calibration(tuple(signals), tuple(thresholds), est_recall, est_false,
+                       est_recall >= min_recall, by_kind, share)
 
 
 # --------------------------------------------------------------------------- detection
@@ -423,7 +435,8 @@ def calibrate_rule(copy_sims: np.ndarray, distinct_sims: np.ndarray, *,
 
 def near_copy_clusters(signals: Sequence[np.ndarray], calibration: Calibration, *, k: int,
                        exact_max: int, probes: int, order: Sequence[str], valid: np.ndarray,
-                       seed: int = 0) -> np.ndarray:
+                       seed: int = 0, searches: Sequence[Search] | None = None
+                       ) -> np.ndarray:
     """Near-copy clusters under a calibrated OR rule (connected components, linear memory).
 
     Each used signal's k-nearest-neighbour search (:func:`pipeline.quality.neighbours`)
@@ -431,14 +444,18 @@ def near_copy_clusters(signals: Sequence[np.ndarray], calibration: Calibration, 
     that signal's threshold. The per-signal lists are concatenated, shifted by their
     thresholds, and linked at 0 by :func:`pipeline.quality.near_duplicate_clusters`.
 
+    ``searches`` (each signal's :func:`search`, ``k`` neighbours) saves the searches
+    when the caller has them.
+
     Returns:
         (N,) object array: the cluster's key (smallest member of ``order``) or None.
     """
     index_parts, margin_parts = [], []
-    for sig, t in zip(signals, calibration.thresholds):
+    for j, (sig, t) in enumerate(zip(signals, calibration.thresholds)):
         if not np.isfinite(t):
             continue
-        index, sims = neighbours(sig, k=k, exact_max=exact_max, probes=probes, seed=seed)
+        index, sims = (searches[j] if searches is not None else
+                       neighbours(sig, k=k, exact_max=exact_max, probes=probes, seed=seed))
         index_parts.append(index)
         margin_parts.append(sims - np.float32(t))  # >= 0 where this signal fires
     if not index_parts:

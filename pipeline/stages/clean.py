@@ -37,10 +37,12 @@ import pandas as pd
 from pipeline import calibfiles, paths
 from pipeline.calibrate import (
     Calibration,
+    Search,
     calibrate,
     copy_similarities,
     distinct_similarities,
     near_copy_clusters,
+    search,
 )
 from pipeline.config import load_sections
 from pipeline.embedfiles import SIGNALS, read_aligned, read_copies, read_signals
@@ -86,6 +88,7 @@ class NearRule:
 
     calibration: Calibration
     signals: list[np.ndarray]  # per name in embedfiles.SIGNALS: (N, D_s) float32
+    searches: list[Search]  # each signal's clean.neighbours nearest neighbours, searched once
 
 
 def calibrate_near_copies(cfg: CleanConfig, embed_dir: Path, hashes: list[str | None],
@@ -96,12 +99,13 @@ def calibrate_near_copies(cfg: CleanConfig, embed_dir: Path, hashes: list[str | 
     copies, source, kinds = read_copies(embed_dir)
     if not len(source):
         raise PipelineError("the embed stage made no calibration copies (no image decoded)")
-    distinct, owner = distinct_similarities(
-        signals, rows=np.flatnonzero(valid), hashes=hashes, exact_max=cfg.exact_search_max,
-        probes=cfg.search_probes)
+    searches = search(signals, k=cfg.neighbours, exact_max=cfg.exact_search_max,
+                      probes=cfg.search_probes)
+    distinct, owner = distinct_similarities(signals, rows=np.flatnonzero(valid),
+                                            hashes=hashes, searches=searches)
     cal = calibrate(copy_similarities(signals, copies, source), distinct, signals=SIGNALS,
                     owner=owner, kinds=kinds, max_false_rate=cfg.max_false_rate)
-    return NearRule(cal, signals)
+    return NearRule(cal, signals, searches)
 
 
 def explicit_rule(threshold: float) -> Calibration:
@@ -129,13 +133,14 @@ def detect(df: pd.DataFrame, cfg: CleanConfig, embeddings: np.ndarray,
     by the calibrated ``rule`` when given, else clean.near_duplicate_threshold)."""
     ids = list(df["image_id"])
     exact = exact_duplicate_clusters(hashes, order=ids)
-    index, sims = neighbours(embeddings, k=cfg.neighbours, exact_max=cfg.exact_search_max,
-                             probes=cfg.search_probes)
-    if rule is not None:
+    if rule is not None:  # its embedding search is the one the other detectors need
+        index, sims = rule.searches[SIGNALS.index("embedding")]
         near = near_copy_clusters(rule.signals, rule.calibration, k=cfg.neighbours,
                                   exact_max=cfg.exact_search_max, probes=cfg.search_probes,
-                                  order=ids, valid=valid)
+                                  order=ids, valid=valid, searches=rule.searches)
     else:
+        index, sims = neighbours(embeddings, k=cfg.neighbours,
+                                 exact_max=cfg.exact_search_max, probes=cfg.search_probes)
         near = near_duplicate_clusters(index, sims, threshold=float(
             cfg.near_duplicate_threshold), order=ids, valid=valid)
     clusters = [n if n is not None else e for n, e in zip(near, exact)]
