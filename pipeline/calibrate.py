@@ -35,6 +35,8 @@ from PIL import Image, ImageEnhance
 from pipeline.quality import near_duplicate_clusters, neighbours
 
 COPY_KINDS = ("jpeg", "resize", "crop", "brightness", "combined")
+THUMBNAIL_SIZE = 16  # px: thumbnails' side, so (N, 256) rows
+PHASH_BITS = 8  # the perceptual hash's side, so (N, 64) rows
 
 
 # --------------------------------------------------------------------------- copies
@@ -125,7 +127,7 @@ def _unit_rows(x: np.ndarray) -> np.ndarray:
     return np.divide(x, norms, out=np.zeros_like(x), where=norms > 1e-6).astype(np.float32)
 
 
-def thumbnails(images: Sequence[np.ndarray], *, size: int = 16) -> np.ndarray:
+def thumbnails(images: Sequence[np.ndarray], *, size: int = THUMBNAIL_SIZE) -> np.ndarray:
     """Pixel-space signal: small grey thumbnails, zero-mean and unit-norm.
 
     The whole image is stretched to ``size`` x ``size`` (so a copy with a few pixels
@@ -141,7 +143,7 @@ def thumbnails(images: Sequence[np.ndarray], *, size: int = 16) -> np.ndarray:
     return _unit_rows(grey - grey.mean(axis=1, keepdims=True))
 
 
-def phash(images: Sequence[np.ndarray], *, bits: int = 8) -> np.ndarray:
+def phash(images: Sequence[np.ndarray], *, bits: int = PHASH_BITS) -> np.ndarray:
     """Pixel-space signal: the perceptual hash (DCT of a 4x thumbnail, low frequencies).
 
     Each image's ``bits`` x ``bits`` lowest DCT frequencies (DC left out) of a

@@ -140,6 +140,15 @@ class ImageCodec:
         """Hash of the decoded pixels (:func:`pixel_hash`)."""
         return pixel_hash(item)
 
+    def extent(self, path: Path) -> int:
+        """Short side in pixels from the file's header (EXIF rotation keeps it)."""
+        try:
+            with warnings.catch_warnings(), Image.open(path) as img:
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # decode's call
+                return min(img.size)
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            raise UnreadableImage(f"cannot read the size: {exc}") from exc
+
     def fit(self, item: np.ndarray, size: int, *, fit: str) -> np.ndarray:
         """(size, size, 3) uint8 (:func:`fit_image`)."""
         return fit_image(item, size, fit=fit)

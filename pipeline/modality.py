@@ -46,6 +46,11 @@ class ItemCodec(Protocol):
         """Equal for identical content (exact copies), whatever the file format."""
         ...
 
+    def extent(self, path: Path) -> int:
+        """The item's smaller dimension, read without decoding it (what ``auto`` sizes
+        follow); raises :class:`UnreadableItem` when the file cannot tell."""
+        ...
+
     def fit(self, item: np.ndarray, size: int, *, fit: str) -> np.ndarray:
         """The fixed-size array the cache stores."""
         ...

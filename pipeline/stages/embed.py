@@ -24,7 +24,7 @@ from tqdm import tqdm
 from pipeline import embedfiles, paths
 from pipeline.autosize import backbone_input_size, resolve_image_size
 from pipeline.backbones import BackboneSpec, check_model_config, create_model
-from pipeline.calibrate import make_copies, phash, thumbnails
+from pipeline.calibrate import PHASH_BITS, THUMBNAIL_SIZE, make_copies, phash, thumbnails
 from pipeline.config import load_sections
 from pipeline.embedfiles import EmbedMeta
 from pipeline.errors import run_stage
@@ -38,21 +38,21 @@ from pipeline.params.embed import EmbedConfig
 from pipeline.seeding import pin_cpu, resolve_device
 
 UPSCALE = 8  # auto: small images are enlarged 8 x their median short side (digits: 64)
-SIZE_SAMPLE = 256  # images decoded to measure the median short side
+SIZE_SAMPLE = 256  # images whose header gives the median short side
 
 
-def short_sides(root: Path, rel_paths: list[str], *, max_pixels: int, sample: int,
-                seed: int = 0) -> list[int]:
-    """Short side in pixels of a seeded sample of the images (unreadable ones skipped)."""
+def short_sides(root: Path, rel_paths: list[str], *, sample: int, seed: int = 0
+                ) -> list[int]:
+    """Short side in pixels of a seeded sample of the images, from their headers (the
+    one decoding pass comes after, at the size these decide); unreadable ones skipped."""
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.permutation(len(rel_paths))[:sample])
     sides = []
     for i in rows:
         try:
-            pixels = IMAGES.decode(resolve(root, rel_paths[int(i)]), max_pixels=max_pixels)
+            sides.append(IMAGES.extent(resolve(root, rel_paths[int(i)])))
         except UnreadableItem:
             continue
-        sides.append(int(min(pixels.shape[:2])))
     return sides
 
 
@@ -89,7 +89,7 @@ def run(data: DataConfig, cfg: EmbedConfig, prepared: Path, out_dir: Path, *,
     root = Path(data.root)
     paths_list = list(df["path"])
     backbone, size_source = backbone_input_size(info["library"], info["arch"], cfg.weights)
-    sides = short_sides(root, paths_list, max_pixels=cfg.max_pixels, sample=SIZE_SAMPLE)
+    sides = short_sides(root, paths_list, sample=SIZE_SAMPLE)
     size, reason = resolve_image_size(cfg.image_size, backbone_size=backbone,
                                       short_sides=sides, upscale=UPSCALE)
     print(f"embed: image_size {reason} (backbone: {size_source}, {backbone} px)")
@@ -101,8 +101,9 @@ def run(data: DataConfig, cfg: EmbedConfig, prepared: Path, out_dir: Path, *,
     errors = [""] * len(df)
     rows: list[int] = []
     feats: list[np.ndarray] = []
-    thumbs = np.zeros((len(df), 256), np.float32)  # (N, 256) pixel signals, zero: unreadable
-    hashed = np.zeros((len(df), 64), np.float32)  # (N, 64)
+    # (N, 256) and (N, 64) pixel signals, zero rows: unreadable
+    thumbs = np.zeros((len(df), THUMBNAIL_SIZE ** 2), np.float32)
+    hashed = np.zeros((len(df), PHASH_BITS ** 2), np.float32)
     with torch.inference_mode():
         for start in tqdm(range(0, len(df), cfg.batch_size), desc="embed", mininterval=1.0):
             batch, batch_rows, decoded = [], [], []
@@ -138,7 +139,7 @@ def run(data: DataConfig, cfg: EmbedConfig, prepared: Path, out_dir: Path, *,
     embedfiles.write_signals(out_dir, thumbs, hashed)
     if not order:  # nothing decoded: no copies, empty files of the right width
         copies = {"embedding": np.zeros((0, embeddings.shape[1])),
-                  "thumbnail": np.zeros((0, 256)), "phash": np.zeros((0, 64))}
+                  "thumbnail": thumbs[:0], "phash": hashed[:0]}
     source = np.asarray([order[int(j)] for j in source_kind[0]], dtype=np.int64)
     embedfiles.write_copies(out_dir, copies, source, source_kind[1])
     print(f"embed: {sum(valid)} of {len(df)} images, dimension {embeddings.shape[1]}, "
