@@ -6,7 +6,7 @@
     python scripts/stage_imports.py --rerun pipeline/engine.py
         # stages that declare the file, then every stage downstream of them in dvc.yaml
 
-Reads the source with ``ast`` (nothing is imported), as tests/test_dvc_yaml.py does.
+Reads the source with ``ast`` (nothing is imported); tests/test_dvc_yaml.py checks dvc.yaml with it.
 """
 
 from __future__ import annotations

@@ -6,37 +6,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from scripts.stage_imports import closure as _closure
+from scripts.stage_imports import module_file as _module_file
+
 from .conftest import REPO
 
 DVC = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-
-
-def _module_file(name: str) -> Path:
-    return REPO / (name.replace(".", "/") + ".py")
-
-
-def _imports(path: Path) -> set[str]:
-    """pipeline.* modules imported by one file (``from pipeline import x`` included)."""
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            found |= {a.name for a in node.names if a.name.startswith("pipeline")}
-        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("pipeline"):
-            found.add(node.module)
-            for alias in node.names:
-                if _module_file(f"{node.module}.{alias.name}").exists():
-                    found.add(f"{node.module}.{alias.name}")
-    return {m for m in found if _module_file(m).exists()}
-
-
-def _closure(module: str) -> set[str]:
-    seen, todo = set(), [module]
-    while todo:
-        current = todo.pop()
-        if current not in seen:
-            seen.add(current)
-            todo.extend(_imports(_module_file(current)))
-    return seen
 
 
 def _sections_loaded(path: Path) -> list[str]:
