@@ -31,6 +31,7 @@ import torch
 from PIL import Image
 
 from pipeline.autosize import backbone_input_size, resolve_image_size
+from pipeline.backbones import create_model, resolve_arch
 from pipeline.calibrate import (
     COPY_KINDS,
     calibrate,
@@ -42,9 +43,8 @@ from pipeline.calibrate import (
     thumbnails,
 )
 from pipeline.config import ModelConfig
-from pipeline.engine import to_input
 from pipeline.images import fit_image, pixel_hash
-from pipeline.models import create_model, resolve_arch
+from pipeline.inputs import to_input
 
 REPO = Path(__file__).resolve().parents[1]
 HYMENOPTERA = REPO.parent / "shared" / "data" / "hymenoptera"

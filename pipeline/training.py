@@ -414,7 +414,8 @@ def run_epoch(run: Run, loop: LoopState, phase: PhaseRun) -> dict[str, Any]:
         phase.schedule.plateau.step(val[cfg.monitor])
     loop.epoch += 1
     loop.phase_epoch += 1
-    seconds = add_phase_time(loop, p, stats["seconds"] + extra)
+    seconds = stats["seconds"] + extra
+    add_phase_time(loop, p, seconds)
     record = {"train_loss": train_loss, **val, "phase": p,
               "trainable_params": phase.trainable, **lr_record(s.optimizer)}
     loop.history.append(record)
@@ -452,8 +453,7 @@ def lr_record(optimizer: torch.optim.Optimizer) -> dict[str, float]:
     return record
 
 
-def add_phase_time(loop: LoopState, phase: int, seconds: float) -> float:
-    """Add an epoch's wall time (training pass, not validation) to its phase; return it."""
+def add_phase_time(loop: LoopState, phase: int, seconds: float) -> None:
+    """Add an epoch's wall time (training pass, not validation) to its phase."""
     key = f"phase{phase}_seconds"
     loop.timing[key] = loop.timing.get(key, 0.0) + seconds
-    return seconds

@@ -101,7 +101,7 @@ def model_meta(base: BaseConfig, model_cfg: ModelConfig, cfg: TrainConfig, cache
     }
 
 
-def run_metrics(cfg: TrainConfig, loop: LoopState, train_images: int) -> dict[str, Any]:
+def run_metrics(cfg: TrainConfig, loop: LoopState) -> dict[str, Any]:
     """metrics/train.json: the best epoch's scores and the epochs run (no wall times)."""
     best = loop.best
     assert best is not None
@@ -137,7 +137,7 @@ def run(base: BaseConfig, model_cfg: ModelConfig, cfg: TrainConfig, cache_dir: P
                      rank, world), loop, resume)
     if live is not None:
         live.end()
-    metrics = run_metrics(cfg, loop, len(cache.ids["train"]))
+    metrics = run_metrics(cfg, loop)
     if rank == 0:
         meta = model_meta(base, model_cfg, cfg, cache, setup, loop.best or {},
                           environment(device.type, cpu))
