@@ -191,7 +191,7 @@ def main() -> None:
     model, prep, _ = create_model(cfg, num_classes=0)
     model.eval()
     library, arch = resolve_arch(cfg.name)
-    backbone, why = backbone_input_size(library, arch, cfg.weights)
+    backbone, _, why = backbone_input_size(library, arch, cfg.weights)
     print(f"backbone {arch}: {backbone} px ({why})")
     loaders = {"photos": lambda: photos(args.hymenoptera), "digits": digits,
                "textures": textures}

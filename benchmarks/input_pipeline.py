@@ -131,7 +131,8 @@ def throughput(images: Path, size: int, batch: int, epochs: int) -> None:
         df = prepare.assign_ids(prepare.list_folder(root), root).assign(split="train")
         write_manifest(df, tmp_path / "split.csv")
         start = time.perf_counter()
-        meta = cache.run(data_cfg, cache_cfg, tmp_path / "split.csv", tmp_path / "cache")
+        meta = cache.run(data_cfg, cache_cfg, tmp_path / "split.csv", tmp_path / "cache",
+                         embed_dir=tmp_path / "no-embed")
         cache_seconds = time.perf_counter() - start
         train = load_split(tmp_path / "cache", "train", meta["ids"]["train"])
         classes = len(meta["classes"])

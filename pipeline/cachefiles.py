@@ -39,11 +39,13 @@ class CacheMeta:
     views: int  # K augmented copies of the train split
     ids: dict[str, list[str]]  # image ids per split, row-aligned with its arrays
     image_size_reason: str = ""  # what cache.image_size resolved to, and why
+    profile: str = "photo"  # photo | small (pipeline.autosize.data_profile)
 
     def to_json(self) -> str:
         """The file's text (key order fixed: the cache's hash depends on it)."""
         return json.dumps({"classes": self.classes, "image_size": self.image_size,
                            "image_size_reason": self.image_size_reason,
+                           "profile": self.profile,
                            "fit": self.fit, "views": self.views, "ids": self.ids},
                           indent=1) + "\n"
 
@@ -66,7 +68,8 @@ def read_meta(cache_dir: Path) -> CacheMeta:
     raw: dict[str, Any] = json.loads(read_meta_text(cache_dir))
     return CacheMeta(classes=raw["classes"], image_size=raw["image_size"], fit=raw["fit"],
                      views=raw["views"], ids=raw["ids"],
-                     image_size_reason=raw.get("image_size_reason", ""))
+                     image_size_reason=raw.get("image_size_reason", ""),
+                     profile=raw.get("profile", "photo"))
 
 
 class NpyRows:

@@ -45,6 +45,7 @@ class EmbedMeta:
     image_size: int
     image_size_reason: str = ""  # what embed.image_size resolved to, and why
     backbone_size: int = 0  # pixels: the backbone's pretrained input size
+    backbone_test_size: int = 0  # pixels: its test size (pipeline.autosize)
     short_side_median: float = 0.0  # pixels: of a seeded sample of the decoded images
 
 
@@ -57,6 +58,7 @@ def write(out_dir: Path, embeddings: np.ndarray, meta: EmbedMeta) -> None:
         {"ids": meta.ids, "valid": meta.valid, "pixel_hash": meta.pixel_hash,
          "error": meta.error, "model": meta.model, "image_size": meta.image_size,
          "image_size_reason": meta.image_size_reason, "backbone_size": meta.backbone_size,
+         "backbone_test_size": meta.backbone_test_size,
          "short_side_median": meta.short_side_median}) + "\n")
 
 
@@ -71,6 +73,7 @@ def read_meta(embed_dir: Path) -> EmbedMeta:
                      image_size=raw.get("image_size", 0),
                      image_size_reason=raw.get("image_size_reason", ""),
                      backbone_size=raw.get("backbone_size", 0),
+                     backbone_test_size=raw.get("backbone_test_size", 0),
                      short_side_median=raw.get("short_side_median", 0.0))
 
 

@@ -124,11 +124,12 @@ def train_one_epoch(net: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.
 @torch.inference_mode()
 def head_inputs(model: nn.Module, head: nn.Module, data: ArraySplit, *, prep: Preprocessing,
                 device: torch.device, batch_size: int, amp: bool = False,
-                inputs: BatchAdapter | None = None) -> torch.Tensor:
+                inputs: BatchAdapter | None = None, mirror: bool = False) -> torch.Tensor:
     """(N, D) float32 inputs of ``head`` for every row: the frozen backbone's features.
 
     Run once per cached view when only the head trains: in eval mode these never change,
-    so the head can train on them without recomputing the backbone.
+    so the head can train on them without recomputing the backbone. ``mirror``: of the
+    left-right mirrored rows (what ``train.hflip`` shows the network).
     """
     adapter = inputs or ImageInput(prep)  # how cached rows become model input
     captured: list[torch.Tensor] = []
@@ -136,8 +137,9 @@ def head_inputs(model: nn.Module, head: nn.Module, data: ArraySplit, *, prep: Pr
     model.eval()  # the caller restores its modes (models.train_mode)
     try:
         for images, _ in batches(data, batch_size):
+            x = adapter.to_input(images, device)
             with _autocast(device, amp):
-                model(adapter.to_input(images, device))
+                model(x.flip(-1) if mirror else x)
     finally:
         hook.remove()
     return torch.cat(captured) if captured else torch.zeros((0, 0), device=device)

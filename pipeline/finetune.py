@@ -10,7 +10,7 @@ training, and the state of parameters that were already training carries over.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import torch
@@ -110,6 +110,38 @@ def make_schedule(optimizer: torch.optim.Optimizer, cfg: TrainConfig, phase: Pha
         return 1.0  # constant
 
     return Schedule(torch.optim.lr_scheduler.LambdaLR(optimizer, factor))
+
+
+# train.phases: auto, per data profile (pipeline.autosize.data_profile). Measured with
+# benchmarks/real_data.py (see the README's table).
+# photo: features of a pretrained network already fit photos (ants/bees: a linear probe
+#   on frozen features 0.961 at 288 px), and AdamW at the small-image rates moves every
+#   weight by about lr per step, which undid the head phase (val 0.907 -> 0.744). So the
+#   head trains long on stored features (nearly free), then the top groups adapt gently.
+# small: images far from the pretraining photos (8x8 digits) need the whole network to
+#   adapt: the digits reach 0.975+ test accuracy only with full-network epochs.
+AUTO_PHASES: dict[str, tuple[Phase, ...]] = {
+    "photo": (Phase(epochs=10, unfreeze="head", lr_mult=5.0),
+              Phase(epochs=2, unfreeze=2, lr_mult=0.1)),
+    "small": (Phase(epochs=2, unfreeze="head", lr_mult=5.0),
+              Phase(epochs=6, unfreeze="all", lr_mult=0.25)),
+}
+AUTO_HFLIP = {"photo": True, "small": False}  # a mirrored 2, 3 or 7 is not a digit
+
+
+def resolve_auto(cfg: TrainConfig, profile: str) -> tuple[TrainConfig, list[str]]:
+    """``train.phases`` and ``train.hflip`` with ``auto`` replaced for the data's profile,
+    and one line per replaced key (for the log and the model's meta)."""
+    notes = []
+    if cfg.phases == "auto":
+        cfg = replace(cfg, phases=AUTO_PHASES[profile])
+        steps = ", ".join(f"{p.epochs} x {p.unfreeze} at lr x {p.lr_mult:g}"
+                          for p in cfg.phases)
+        notes.append(f"train.phases auto ({profile} images): {steps}")
+    if cfg.hflip == "auto":
+        cfg = replace(cfg, hflip=AUTO_HFLIP[profile])
+        notes.append(f"train.hflip auto ({profile} images): {str(cfg.hflip).lower()}")
+    return cfg, notes
 
 
 def check_phases(cfg: TrainConfig, groups: list[LayerGroup]) -> list[int]:

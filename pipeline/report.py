@@ -250,12 +250,16 @@ def model_table(model_meta: dict[str, Any]) -> pd.DataFrame:
 
 
 def resolved_html(clean_counts: dict[str, Any], cache_image_size: int, cache_reason: str,
-                  split_metrics: dict[str, Any]) -> list[str]:
-    """What ``auto`` resolved to: image sizes and the near-copy calibration, with its
-    estimated error rates, and a loud warning when nothing separates copies."""
+                  split_metrics: dict[str, Any], train_auto: list[str] = ()) -> list[str]:
+    """What ``auto`` resolved to: image sizes, the train settings that follow the data's
+    profile, and the near-copy calibration, with its estimated error rates, and a loud
+    warning when nothing separates copies."""
     parts = [f"<p>Image sizes: embed <b>{clean_counts.get('embed_image_size', '?')} px</b>, "
              f"cache <b>{cache_image_size} px</b> ({html.escape(cache_reason or 'as set')})."
              f"</p>"]
+    if train_auto:
+        parts.append("<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in train_auto)
+                     + "</ul>")
     cal = {k.removeprefix("near_duplicate_"): v for k, v in clean_counts.items()
            if k.startswith("near_duplicate_")}
     if not cal:

@@ -289,14 +289,33 @@ class PhaseRun:
     schedule: Schedule
     use_features: bool  # head only, on stored backbone features
     net: nn.Module
-    features: dict[int, torch.Tensor] = field(default_factory=dict)  # per view, (N, D)
+    # per view: (1, N, D), or (2, N, D) with the mirrored rows' features when hflip is on
+    features: dict[int, torch.Tensor] = field(default_factory=dict)
+    val_features: torch.Tensor | None = None  # (N, D) of the val split, computed once
 
 
-def validate(model: nn.Module, data: ArraySplit, **kwargs: Any) -> dict[str, float]:
-    """Loss, accuracy and macro-F1 on a cached split (kwargs: engine.predict's)."""
-    scores = headline(data.labels, predict(model, data, **kwargs))
+def _val_scores(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
+    scores = headline(labels, probs)
     return {"val_loss": scores["log_loss"], "val_accuracy": scores["accuracy"],
             "val_macro_f1": scores["macro_f1"]}
+
+
+def validate(run: Run, phase: PhaseRun) -> dict[str, float]:
+    """Loss, accuracy and macro-F1 on the val split: in head-only phases from its stored
+    backbone features (the frozen backbone gives the same ones every epoch)."""
+    s, cfg = run.setup, run.cfg
+    kwargs: dict[str, Any] = dict(prep=s.prep, device=run.device, batch_size=cfg.batch_size,
+                                  amp=cfg.amp, inputs=s.inputs)
+    if not phase.use_features or s.ema is not None:
+        scored = s.ema.module if s.ema is not None else s.model
+        return _val_scores(run.val.labels, predict(scored, run.val, **kwargs))
+    if phase.val_features is None:
+        phase.val_features = head_inputs(s.model, s.head, run.val, **kwargs)
+    s.head.eval()
+    with torch.no_grad():
+        logits = [s.head(x) for x in phase.val_features.split(cfg.batch_size)]
+    probs = torch.softmax(torch.cat(logits).float(), dim=1).cpu().double().numpy()
+    return _val_scores(run.val.labels, probs)
 
 
 def input_batches(run: Run, data: ArraySplit) -> Batches:
@@ -309,15 +328,22 @@ def input_batches(run: Run, data: ArraySplit) -> Batches:
 
 
 def feature_batches(run: Run, feats: torch.Tensor, labels: np.ndarray) -> Batches:
-    """Shuffled batches of stored backbone features (head-only phases)."""
+    """Shuffled batches of stored backbone features (head-only phases); with mirrored
+    features stored, each row is its mirror image with probability 1/2 (train.hflip)."""
     for index in batch_indices(len(labels), run.cfg.batch_size, generator=run.order,
                                rank=run.rank, world=run.world):
-        yield feats[torch.from_numpy(index).to(feats.device)], torch.from_numpy(labels[index])
+        rows = torch.from_numpy(index)
+        flips = torch.zeros(len(rows), dtype=torch.long)
+        if len(feats) == 2:
+            # the draw engine.random_flip_shift makes: the same flips as the image path
+            flips = (torch.rand(len(rows), generator=run.augment_rng) < 0.5).long()
+        yield feats[flips.to(feats.device), rows.to(feats.device)], torch.from_numpy(labels[index])
 
 
 def feature_cache_off(cfg: TrainConfig) -> list[str]:
-    """Settings that change the inputs every epoch, so stored features cannot serve."""
-    return [n for n, on in (("hflip", cfg.hflip), ("shift", cfg.shift > 0),
+    """Settings that change the inputs every epoch, so stored features cannot serve
+    (hflip can: the mirrored rows' features are stored too)."""
+    return [n for n, on in (("shift", cfg.shift > 0),
                             ("mixup", cfg.mixup > 0), ("cutmix", cfg.cutmix > 0)) if on]
 
 
@@ -377,9 +403,10 @@ def epoch_batches(run: Run, phase: PhaseRun, data: ArraySplit, view: int
     if view not in phase.features:
         s = run.setup
         start = time.perf_counter()
-        phase.features[view] = head_inputs(s.model, s.head, data, prep=s.prep,
-                                           device=run.device, batch_size=run.cfg.batch_size,
-                                           amp=run.cfg.amp, inputs=s.inputs)
+        phase.features[view] = torch.stack([
+            head_inputs(s.model, s.head, data, prep=s.prep, device=run.device,
+                        batch_size=run.cfg.batch_size, amp=run.cfg.amp, inputs=s.inputs,
+                        mirror=mirror) for mirror in (False, True)[:1 + run.cfg.hflip]])
         extra = time.perf_counter() - start
     return feature_batches(run, phase.features[view], data.labels), extra
 
@@ -407,9 +434,8 @@ def run_epoch(run: Run, loop: LoopState, phase: PhaseRun) -> dict[str, Any]:
     if run.world > 1:
         dist.all_reduce(totals)
     train_loss = float(totals[0] / totals[1])
+    val = validate(run, phase)
     scored = s.ema.module if s.ema is not None else s.model
-    val = validate(scored, run.val, prep=s.prep, device=run.device,
-                   batch_size=cfg.batch_size, amp=cfg.amp, inputs=s.inputs)
     if phase.schedule.plateau is not None:
         phase.schedule.plateau.step(val[cfg.monitor])
     loop.epoch += 1

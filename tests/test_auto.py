@@ -30,10 +30,11 @@ def test_auto_sizes_follow_tiny_images_and_explicit_numbers_win(tmp_path):
     meta = _embed(root, tmp_path)
     assert meta.image_size == 64  # 8 x the 8-px images, not the backbone's 224
     assert meta.image_size_reason.startswith("auto: 64 px") and meta.backbone_size == 224
+    assert meta.backbone_test_size == 288
     (cache_cfg,) = parse_sections(repo_params(), "cache")
-    assert cache.resolve_size(cache_cfg, tmp_path / "embed")[0] == 48  # 6 x 8
+    assert cache.resolve_size(cache_cfg, tmp_path / "embed")[::2] == (48, "small")
     (explicit,) = parse_sections(repo_params(**{"cache.image_size": 40}), "cache")
-    assert cache.resolve_size(explicit, tmp_path / "embed") == (40, "40 px as set")
+    assert cache.resolve_size(explicit, tmp_path / "embed") == (40, "40 px as set", "small")
     assert _embed(root, tmp_path, **{"embed.image_size": 32}).image_size == 32
 
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from pipeline.autosize import backbone_input_size, resolve_image_size
+from pipeline.autosize import backbone_input_size, data_profile, resolve_image_size
 from pipeline.calibrate import (
     COPY_KINDS,
     calibrate,
@@ -32,13 +32,21 @@ def test_auto_size_follows_data_and_backbone():
     assert resolve_image_size("auto", backbone_size=224, short_sides=[8] * 5, upscale=8)[0] == 64
     size, reason = resolve_image_size("auto", backbone_size=224, short_sides=[300, 500, 375])
     assert size == 224 and "backbone" in reason
+    # photos get the test size, never more than their own short side
+    assert resolve_image_size("auto", backbone_size=224, short_sides=[375] * 3,
+                              test_size=288)[0] == 288
+    assert resolve_image_size("auto", backbone_size=224, short_sides=[250] * 3,
+                              test_size=288)[0] == 240
+    assert data_profile([375], 224) == "photo" and data_profile([8], 224) == "small"
+    assert data_profile([112], 224) == "photo" and data_profile([100], 224) == "small"
     assert resolve_image_size(96, backbone_size=224, short_sides=[8])[0] == 96  # explicit wins
     with pytest.raises(ValueError):
         resolve_image_size("big", backbone_size=224, short_sides=[8])
 
 
 def test_backbone_input_size_reads_timm_config():
-    assert backbone_input_size("timm", "tf_efficientnet_lite0")[0] == 224
+    assert backbone_input_size("timm", "tf_efficientnet_lite0")[:2] == (224, 288)  # x 288/224
+    assert backbone_input_size("timm", "resnet50")[:2] == (224, 288)  # timm's test_input_size
 
 
 def test_copies_are_seeded_and_of_every_kind():

@@ -11,7 +11,7 @@ from .conftest import REPO, repo_params
 def test_repo_params_load_into_typed_frozen_objects():
     base, train = parse_sections(repo_params(), "base", "train")
     assert isinstance(train.lr, float) and isinstance(train.batch_size, int)
-    assert train.phases[0].unfreeze == "head"
+    assert train.phases == "auto" and train.hflip == "auto"
     with pytest.raises(dataclasses.FrozenInstanceError):
         train.lr = 1.0
 
@@ -62,11 +62,12 @@ def test_bad_values_name_key_value_and_what_is_allowed(key, value, message):
 
 
 def test_bad_phase_is_named_by_index():
-    params = repo_params()
+    two = [{"epochs": 2, "unfreeze": "head"}, {"epochs": 1, "unfreeze": "all"}]
+    params = repo_params(**{"train.phases": [dict(p) for p in two]})
     params["train"]["phases"][1]["epochs"] = 0
     with pytest.raises(ParamsError, match=r"train\.phases\[1\]\.epochs = 0 is out of range"):
         parse_sections(params, "train")
-    params = repo_params()
+    params = repo_params(**{"train.phases": [dict(p) for p in two]})
     params["train"]["phases"][0]["unfreez"] = "all"
     with pytest.raises(ParamsError, match=r"train\.phases\[0\]\.unfreez.*did you mean"):
         parse_sections(params, "train")

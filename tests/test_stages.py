@@ -77,11 +77,11 @@ def test_chain_with_views_trains_from_the_cache_alone(tmp_path, monkeypatch):
               d / "clean.json")
     split.run(base, data, split_cfg, d / "clean.csv", d / "embed", d / "split.csv",
               d / "split.json", leakage_csv=d / "leakage.csv", leakage_html=d / "leakage.html")
-    cache.run(data, cache_cfg, d / "split.csv", d / "cache")
+    cache.run(data, cache_cfg, d / "split.csv", d / "cache", embed_dir=d / "embed")
     first = _digest(d / "cache")
     assert {"train_view0_images.npy", "train_view1_images.npy"} <= set(first)
     assert first["train_view0_images.npy"] != first["train_view1_images.npy"]
-    cache.run(data, cache_cfg, d / "split.csv", d / "cache")
+    cache.run(data, cache_cfg, d / "split.csv", d / "cache", embed_dir=d / "embed")
     assert _digest(d / "cache") == first  # same params and seed: the same bytes
 
     kept = tmp_path / "kept"

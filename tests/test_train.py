@@ -21,7 +21,8 @@ from pipeline.cachefiles import load_split
 from pipeline.config import parse_sections
 from pipeline.engine import train_one_epoch
 from pipeline.errors import ParamsError, PipelineError
-from pipeline.finetune import check_phases, group_lrs, make_optimizer, param_groups, set_lrs
+from pipeline.finetune import (AUTO_PHASES, check_phases, group_lrs, make_optimizer, param_groups,
+                               resolve_auto, set_lrs)
 from pipeline.inputs import to_input
 from pipeline.models import layer_groups, set_trainable, train_mode
 from pipeline.params.model import ModelConfig
@@ -30,7 +31,7 @@ from pipeline.stages import train
 from .conftest import REPO, class_image, repo_params
 
 TINY = {"model.name": "timm:test_efficientnet", "model.weights": "none",
-        "train.batch_size": 8, "cache.image_size": 32}
+        "train.batch_size": 8, "cache.image_size": 32, "train.hflip": False}
 
 
 def write_cache(cache: Path, *, train_n: int = 48, size: int = 32) -> Path:
@@ -97,6 +98,19 @@ def test_discriminative_learning_rates_fall_off_with_depth():
                if all(p.ndim == 1 for p in g["params"]))  # no decay on norms and biases
 
 
+def test_auto_phases_and_hflip_follow_the_data_profile():
+    _, _, cfg = sections(**{"train.phases": "auto", "train.hflip": "auto"})
+    photo, notes = resolve_auto(cfg, "photo")
+    assert photo.hflip is True and photo.phases == AUTO_PHASES["photo"] and len(notes) == 2
+    small, _ = resolve_auto(cfg, "small")
+    assert small.hflip is False and small.phases[-1].unfreeze == "all"
+    _, _, explicit = sections(**{"train.hflip": True, "train.phases": [
+        {"epochs": 1, "unfreeze": "head"}]})
+    assert resolve_auto(explicit, "small") == (explicit, [])  # explicit values win
+    with pytest.raises(ParamsError, match="choose one of: auto"):
+        sections(**{"train.hflip": "sometimes"})
+
+
 def test_invalid_schedules_fail_before_training_with_a_clear_message():
     with pytest.raises(ParamsError, match=r"phases\[0\]\.epochs = 0 .* at least 1"):
         sections(**{"train.phases": [{"epochs": 0, "unfreeze": "head"}]})
@@ -145,12 +159,13 @@ def test_frozen_groups_keep_weights_and_batchnorm_statistics_bit_identical(tmp_p
     assert any(changed) if bn == "train" else not any(changed)
 
 
-def test_feature_cache_matches_the_full_forward_pass(tmp_path):
+@pytest.mark.parametrize("hflip", [False, True])  # True: mirrored features are stored too
+def test_feature_cache_matches_the_full_forward_pass(tmp_path, hflip):
     cache = write_cache(tmp_path / "cache")
     phases = [{"epochs": 2, "unfreeze": "head", "lr_mult": 5.0}]
-    fast = train_in(tmp_path / "fast", cache, **{"train.phases": phases,
+    fast = train_in(tmp_path / "fast", cache, **{"train.phases": phases, "train.hflip": hflip,
                                                  "model.drop_rate": 0.2})
-    full = train_in(tmp_path / "full", cache, **{"train.phases": phases,
+    full = train_in(tmp_path / "full", cache, **{"train.phases": phases, "train.hflip": hflip,
                                                  "model.drop_rate": 0.2,
                                                  "train.feature_cache": False})
     a, b = weights(tmp_path / "fast/model.pt"), weights(tmp_path / "full/model.pt")

@@ -58,11 +58,14 @@ class TrainConfig:
     patience: int = field(metadata=in_range(ge=0))  # end a phase after N epochs without gain
     bn: Literal["frozen", "train"]  # BatchNorm statistics of trainable layers (see models)
     feature_cache: bool  # head-only phases train on stored backbone features
-    hflip: bool  # random horizontal flips each epoch (off for digits and text)
+    # random horizontal flips each epoch; auto: on for photos, off for small images such
+    # as digits (the cache's data profile, pipeline.finetune.resolve_auto)
+    hflip: bool | Literal["auto"]
     shift: int = field(metadata=in_range(ge=0))  # random translation each epoch, pixels
     amp: bool  # mixed precision on CUDA; ignored on CPU
     compile: bool  # torch.compile the model
-    phases: tuple[Phase, ...]
+    # auto: pipeline.finetune.AUTO_PHASES for the cache's data profile
+    phases: tuple[Phase, ...] | Literal["auto"]
 
     def __post_init__(self) -> None:
         if not self.phases:

@@ -7,10 +7,11 @@ split), and ``meta.json`` (class names in index order, image size, views, image 
 per split, row-aligned). Nothing here is random unless seeded: same inputs, same bytes.
 
 ``cache.image_size: auto`` resolves (pipeline.autosize, upscale 6) from the backbone's
-pretrained input size and the images' median short side, both as the embed stage
-measured them (data/embed/meta.json): its backbone is embed.model, by default the same
-as model.name (this stage must not read the model section: training-only settings must
-not rerun it). The size and its reason go to the cache's meta.json.
+pretrained input and test sizes and the images' median short side, all as the embed
+stage measured them (data/embed/meta.json): its backbone is embed.model, by default the
+same as model.name (this stage must not read the model section: training-only settings
+must not rerun it). The size, its reason and the data's profile (``photo`` | ``small``,
+which the train stage's ``auto`` settings follow) go to the cache's meta.json.
 """
 
 from __future__ import annotations
@@ -25,9 +26,10 @@ from tqdm import tqdm
 
 from pipeline import paths
 from pipeline.augment import make_views, view_transform
-from pipeline.autosize import resolve_image_size
+from pipeline.autosize import data_profile, resolve_image_size
 from pipeline.cachefiles import CacheMeta, images_name, labels_name, write_meta
 from pipeline.config import load_sections
+from pipeline.embedfiles import META as EMBED_META
 from pipeline.embedfiles import read_meta as read_embed_meta
 from pipeline.errors import PipelineError, run_stage
 from pipeline.images import IMAGES, natural_key
@@ -43,25 +45,29 @@ MAX_PIXELS = 1 << 30
 UPSCALE = 6  # auto: small images are enlarged 6 x their median short side (digits: 48)
 
 
-def resolve_size(cfg: CacheConfig, embed_dir: Path) -> tuple[int, str]:
-    """cache.image_size in pixels and why (``auto``: from the embed stage's measurements)."""
-    if cfg.image_size != "auto":
-        return resolve_image_size(cfg.image_size, backbone_size=0, short_sides=[])
+def resolve_size(cfg: CacheConfig, embed_dir: Path) -> tuple[int, str, str]:
+    """cache.image_size in pixels, why, and the data's profile (photo | small)."""
+    if cfg.image_size != "auto" and not (Path(embed_dir) / EMBED_META).exists():
+        return cfg.image_size, f"{cfg.image_size} px as set", "photo"  # benchmarks only
     meta = read_embed_meta(embed_dir)
     if not meta.backbone_size:
         raise PipelineError(f"{embed_dir} predates cache.image_size auto: rerun dvc repro")
     sides = np.array([meta.short_side_median] if meta.short_side_median else [])
-    size, reason = resolve_image_size("auto", backbone_size=meta.backbone_size,
-                                      short_sides=sides, upscale=UPSCALE)
-    arch = meta.model.get("arch", "?")
-    return size, f"{reason} (backbone {arch}: {meta.backbone_size} px)"
+    profile = data_profile(sides, meta.backbone_size)
+    size, reason = resolve_image_size(cfg.image_size, backbone_size=meta.backbone_size,
+                                      short_sides=sides, upscale=UPSCALE,
+                                      test_size=meta.backbone_test_size)
+    if cfg.image_size == "auto":
+        reason += (f" (backbone {meta.model.get('arch', '?')}: {meta.backbone_size} px, "
+                   f"test {meta.backbone_test_size or meta.backbone_size} px)")
+    return size, reason, profile
 
 
 def run(data: DataConfig, cfg: CacheConfig, split_manifest: Path, out_dir: Path, *,
         embed_dir: Path = paths.EMBED_DIR) -> dict:
     """Build the cache from the split manifest; return its meta."""
-    size, reason = resolve_size(cfg, embed_dir)
-    print(f"cache: image_size {reason}")
+    size, reason, profile = resolve_size(cfg, embed_dir)
+    print(f"cache: image_size {reason}; data profile {profile}")
     df = read_manifest(split_manifest)
     classes = sorted(set(df["label"]), key=natural_key)
     class_index = {c: i for i, c in enumerate(classes)}
@@ -70,7 +76,7 @@ def run(data: DataConfig, cfg: CacheConfig, split_manifest: Path, out_dir: Path,
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True)
     meta = CacheMeta(classes=classes, image_size=size, fit=cfg.fit, views=cfg.views, ids={},
-                     image_size_reason=reason)
+                     image_size_reason=reason, profile=profile)
     transform = view_transform(cfg.augment, size)
     for split in SPLITS:
         rows = df[df["split"] == split].sort_values("image_id", kind="stable")

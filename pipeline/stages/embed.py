@@ -88,7 +88,7 @@ def run(data: DataConfig, cfg: EmbedConfig, prepared: Path, out_dir: Path, *,
     model.to(dev).to(memory_format=torch.channels_last).eval()
     root = Path(data.root)
     paths_list = list(df["path"])
-    backbone, size_source = backbone_input_size(info["library"], info["arch"], cfg.weights)
+    backbone, test_size, size_source = backbone_input_size(info["library"], info["arch"], cfg.weights)
     sides = short_sides(root, paths_list, sample=SIZE_SAMPLE)
     size, reason = resolve_image_size(cfg.image_size, backbone_size=backbone,
                                       short_sides=sides, upscale=UPSCALE)
@@ -135,6 +135,7 @@ def run(data: DataConfig, cfg: EmbedConfig, prepared: Path, out_dir: Path, *,
     embedfiles.write(out_dir, embeddings, EmbedMeta(
         ids=list(df["image_id"]), valid=valid, pixel_hash=hashes, error=errors, model=info,
         image_size=size, image_size_reason=reason, backbone_size=backbone,
+        backbone_test_size=test_size,
         short_side_median=float(np.median(sides)) if sides else 0.0))
     embedfiles.write_signals(out_dir, thumbs, hashed)
     if not order:  # nothing decoded: no copies, empty files of the right width

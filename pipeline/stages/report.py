@@ -183,7 +183,7 @@ def body(inp: Inputs, sections: dict[str, Any], pictures: dict[str, bytes], samp
                 img_tag(samples, "samples")),
         section("What auto resolved to", *resolved_html(
             inp.clean_counts, inp.cache.image_size, inp.cache.image_size_reason,
-            inp.split_metrics)),
+            inp.split_metrics, meta.get("auto", []))),
         section("What clean found", table(pd.DataFrame([{
             k: v for k, v in inp.clean_counts.items() if not k.startswith("near_duplicate_")}])),
                 *(issues_html(inp.clean, Path(data_cfg.root)) or ["<p>No issues found.</p>"])),

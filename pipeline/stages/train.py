@@ -27,6 +27,7 @@ from pipeline.backbones import check_model_config
 from pipeline.cachefiles import CacheMeta, open_split, read_meta, read_meta_text, train_views
 from pipeline.config import as_dict, load_sections
 from pipeline.errors import PipelineError, run_stage
+from pipeline.finetune import resolve_auto
 from pipeline.params.base import BaseConfig
 from pipeline.params.model import ModelConfig
 from pipeline.params.train import TrainConfig
@@ -82,9 +83,11 @@ def timing_metrics(loop: LoopState, phases: int, train_images: int) -> dict[str,
 
 
 def model_meta(base: BaseConfig, model_cfg: ModelConfig, cfg: TrainConfig, cache: CacheMeta,
-               setup: Setup, best: dict[str, Any], env: dict[str, Any]) -> dict[str, Any]:
+               setup: Setup, best: dict[str, Any], env: dict[str, Any],
+               auto: list[str]) -> dict[str, Any]:
     """The ``meta`` saved with the model (DESIGN.md's contract for models/model.pt);
-    ``env`` is :func:`pipeline.provenance.environment` (versions, lock, kernels)."""
+    ``env`` is :func:`pipeline.provenance.environment` (versions, lock, kernels), ``auto``
+    what train's ``auto`` settings resolved to (``cfg`` holds the resolved values)."""
     info = setup.weights_info
     return {
         "classes": cache.classes,
@@ -97,6 +100,7 @@ def model_meta(base: BaseConfig, model_cfg: ModelConfig, cfg: TrainConfig, cache
                           "mean": list(setup.prep.mean), "std": list(setup.prep.std)},
         "params": {"base": as_dict(base), "train": as_dict(cfg)},
         "best": best,
+        "auto": auto,
         **env,
     }
 
@@ -117,6 +121,9 @@ def run(base: BaseConfig, model_cfg: ModelConfig, cfg: TrainConfig, cache_dir: P
     """Train through every phase (resuming a killed run) and save the best model."""
     check_model_config(model_cfg)
     cache = read_meta(cache_dir)
+    cfg, notes = resolve_auto(cfg, cache.profile)
+    for note in notes:
+        print(note)
     views, val = train_views(cache_dir, cache), open_split(cache_dir, cache, "val")
     if len(val.labels) == 0:
         raise PipelineError("the val split is empty: give split.fractions.val > 0, it "
@@ -140,7 +147,7 @@ def run(base: BaseConfig, model_cfg: ModelConfig, cfg: TrainConfig, cache_dir: P
     metrics = run_metrics(cfg, loop)
     if rank == 0:
         meta = model_meta(base, model_cfg, cfg, cache, setup, loop.best or {},
-                          environment(device.type, cpu))
+                          environment(device.type, cpu), notes)
         _save(model_out, loop, meta, metrics_out, metrics)
         record_run("train", timing_metrics(loop, len(cfg.phases), len(cache.ids["train"])),
                    path=metrics_out.parent / paths.RUN_RECORD.name)

@@ -1,0 +1,191 @@
+"""The whole pipeline on every offline real data set, defaults only (issue 12).
+
+    python benchmarks/real_data.py [--work /tmp/real_data] [--only NAME ...]
+
+Per data set it copies this working tree into WORK/NAME (a fresh git + DVC project),
+changes only ``data.*`` in params.yaml, runs ``dvc repro`` and prints one table row:
+test accuracy with its 95 % interval, each stage's wall time (metrics/run.json), the
+resolved ``auto`` values (image sizes, the data profile, train phases and hflip), what
+``clean`` found, the calibrated near-copy rule with its estimated recall, and the floor:
+a logistic-regression probe on the embed stage's frozen features (train + val rows,
+scored on the same test rows).
+
+Data sets (none is copied into the repository; images are written under WORK):
+- ``digits``: the embedded demo (scikit-learn's 8x8 digits, 1,797 images).
+- ``hymenoptera``: ../shared/data/hymenoptera (ants/bees photos, ``train/`` + ``val/``:
+  val/ becomes the test set).
+- ``lfw``: scikit-image's bundled ``lfw_subset`` (200 grey 25x25 crops: 100 faces, 100
+  not), a flat class-per-folder tree.
+- ``fashion``: Debian's ``dataset-fashion-mnist`` (apt), 100 images per class of its
+  train file and 50 per class of its t10k file, as ``train/`` + ``test/`` folders.
+
+Time it alone on a quiet machine: every number is wall time on this machine's cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+HYMENOPTERA = REPO.parent / "shared" / "data" / "hymenoptera"
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+FASHION_CLASSES = ["tshirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt",
+                   "sneaker", "bag", "boot"]
+STAGES = ("prepare", "embed", "clean", "split", "cache", "train", "evaluate")
+
+
+def write_lfw(root: Path) -> Path:
+    from skimage.data import lfw_subset
+
+    images = (lfw_subset() * 255).round().astype(np.uint8)  # (200, 25, 25): 100 faces first
+    for i, img in enumerate(images):
+        folder = root / ("face" if i < 100 else "not_face")
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(folder / f"lfw_{i:03d}.png")
+    return root
+
+
+def _idx(path: Path) -> np.ndarray:
+    raw = gzip.decompress(path.read_bytes())
+    dims = raw[3]
+    shape = [int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(dims)]
+    return np.frombuffer(raw, np.uint8, offset=4 + 4 * dims).reshape(shape)
+
+
+def write_fashion(root: Path, train_per_class: int = 100, test_per_class: int = 50) -> Path:
+    if not FASHION.exists():
+        raise SystemExit(f"{FASHION} not found: apt-get install dataset-fashion-mnist")
+    for split, prefix, per_class in (("train", "train", train_per_class),
+                                     ("test", "t10k", test_per_class)):
+        images = _idx(FASHION / f"{prefix}-images-idx3-ubyte.gz")
+        labels = _idx(FASHION / f"{prefix}-labels-idx1-ubyte.gz")
+        for c, name in enumerate(FASHION_CLASSES):
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in np.flatnonzero(labels == c)[:per_class]:  # the files' own order
+                Image.fromarray(images[i]).save(folder / f"{prefix}_{i:05d}.png")
+    return root
+
+
+def datasets(work: Path) -> dict[str, dict]:
+    """name -> the data.* settings (the only params the benchmark changes)."""
+    return {
+        "digits": {},
+        "hymenoptera": {"source": "folder", "root": str(HYMENOPTERA)},
+        "lfw": {"source": "folder", "root": str(work / "images" / "lfw"),
+                "make": lambda: write_lfw(work / "images" / "lfw")},
+        "fashion": {"source": "folder", "root": str(work / "images" / "fashion"),
+                    "make": lambda: write_fashion(work / "images" / "fashion")},
+    }
+
+
+def make_project(dest: Path, data: dict) -> None:
+    """This working tree's tracked and unignored files, as a fresh git + DVC project."""
+    if dest.exists():
+        shutil.rmtree(dest)
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+                           cwd=REPO, check=True, capture_output=True, text=True).stdout.split()
+    for rel in files:
+        if (REPO / rel).is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / rel, dest / rel)
+    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
+    params = yaml.safe_load((dest / "params.yaml").read_text())
+    params["data"].update({k: v for k, v in data.items() if k != "make"})
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def linear_probe(project: Path) -> float:
+    """Test accuracy of a logistic regression on the embed stage's frozen features."""
+    from sklearn.linear_model import LogisticRegression
+
+    meta = json.loads((project / "data/embed/meta.json").read_text())
+    feats = np.load(project / "data/embed/embeddings.npy")
+    row = {image_id: i for i, image_id in enumerate(meta["ids"])}
+    df = pd.read_csv(project / "data/split/manifest.csv", dtype=str)
+    df = df[df["split"].isin(["train", "val", "test"])]
+    x = feats[[row[i] for i in df["image_id"]]]
+    fit, test = (df["split"] != "test").to_numpy(), (df["split"] == "test").to_numpy()
+    probe = LogisticRegression(max_iter=5000).fit(x[fit], df["label"][fit])
+    return float((probe.predict(x[test]) == df["label"][test]).mean())
+
+
+def run_one(name: str, data: dict, work: Path) -> dict:
+    if "make" in data:
+        data["make"]()
+    project = work / name
+    make_project(project, data)
+    start = time.perf_counter()
+    proc = subprocess.run(["dvc", "repro"], cwd=project, capture_output=True, text=True,
+                          env=None)
+    wall = time.perf_counter() - start
+    (work / f"{name}.log").write_text(proc.stdout + proc.stderr)
+    if proc.returncode != 0:
+        return {"name": name, "error": (proc.stdout + proc.stderr)[-600:], "wall": wall}
+    read = lambda rel: json.loads((project / rel).read_text())  # noqa: E731
+    ev, clean, run = read("metrics/eval.json"), read("metrics/clean.json"), read("metrics/run.json")
+    cache = read("data/cache/meta.json")
+    auto = [line for line in proc.stdout.splitlines()
+            if re.match(r"train\.(phases|hflip) auto", line)]
+    return {"name": name, "wall": wall, "test_images": ev["test_images"],
+            "accuracy": ev["accuracy"], "ci": (ev["accuracy_ci_low"], ev["accuracy_ci_high"]),
+            "macro_f1": ev["macro_f1"], "probe": linear_probe(project),
+            "seconds": {s: run.get(f"{s}_seconds") for s in STAGES},
+            "embed_size": clean.get("embed_image_size"), "cache_size": cache["image_size"],
+            "profile": cache.get("profile"), "auto": auto,
+            "clean": {k: clean[k] for k in ("images", "kept", "unreadable", "exact_duplicate",
+                                            "near_duplicate", "label_issue", "outlier")},
+            "rule": {k.removeprefix("near_duplicate_"): v for k, v in clean.items()
+                     if k.startswith("near_duplicate_")}}
+
+
+def print_table(rows: list[dict]) -> None:
+    print("| data set | test images | test accuracy [95 % CI] | linear probe | profile | "
+          "embed / cache px | prepare/embed/clean/split/cache/train/evaluate s | total s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        if "error" in r:
+            print(f"| {r['name']} | FAILED after {r['wall']:.0f} s: {r['error'][-200:]!r} |")
+            continue
+        secs = "/".join(f"{r['seconds'][s]:.0f}" if r["seconds"][s] is not None else "-"
+                        for s in STAGES)
+        print(f"| {r['name']} | {r['test_images']} | {r['accuracy']:.3f} "
+              f"[{r['ci'][0]:.3f}, {r['ci'][1]:.3f}] | {r['probe']:.3f} | {r['profile']} | "
+              f"{r['embed_size']} / {r['cache_size']} | {secs} | {r['wall']:.0f} |")
+    for r in rows:
+        if "error" not in r:
+            print(f"\n{r['name']}: clean {r['clean']}\n  near-copy rule {r['rule']}\n  "
+                  + "\n  ".join(r["auto"]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--work", type=Path, default=Path("/tmp/real_data"))
+    parser.add_argument("--only", nargs="*", help="data set names (default: all)")
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for name, data in datasets(args.work.resolve()).items():
+        if args.only and name not in args.only:
+            continue
+        print(f"running {name} ...", file=sys.stderr, flush=True)
+        rows.append(run_one(name, data, args.work.resolve()))
+        (args.work / "results.json").write_text(json.dumps(rows, indent=1))
+    print_table(rows)
+
+
+if __name__ == "__main__":
+    main()
