@@ -81,7 +81,7 @@ def run(data: DataConfig, cfg: EmbedConfig, prepared: Path, out_dir: Path, *,
         device: str = "auto") -> np.ndarray:
     """Decode every image of the prepared manifest once and embed it; return (N, D)."""
     model_cfg = BackboneSpec(name=cfg.model, weights=cfg.weights)
-    check_model_config(model_cfg)
+    check_model_config(model_cfg, section="embed")
     df = read_manifest(prepared)
     dev = resolve_device(device)
     model, prep, info = create_model(model_cfg, num_classes=0)
