@@ -222,8 +222,8 @@ def split_temporal(times: Sequence[float], keys: Sequence[str], *,
     into a later split's time range from an earlier one. Without ``cutoffs`` the units
     are divided by ``fractions``, each cut moved to the nearest change of time so that
     equal timestamps never straddle two splits; with ``cutoffs`` = (val_start,
-    test_start), in the units of ``times``, by those instants. Units whose time falls within ``embargo`` before the
-    start of the next split are left out: their split is "".
+    test_start), in the units of ``times``, by those instants. Units whose time falls
+    within ``embargo`` before the start of the next split are left out: their split is "".
     """
     times_arr = np.asarray(times, dtype=float)
     order, units = _units(keys)

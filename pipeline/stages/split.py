@@ -35,7 +35,7 @@ from pipeline.embedfiles import read_rows, read_signals
 from pipeline.errors import PipelineError, run_stage
 from pipeline.leakage import KINDS, Leak, audit, train_rows_to_drop
 from pipeline.leakage_page import leakage_page
-from pipeline.manifest import read_manifest, write_manifest
+from pipeline.manifest import check_two_classes, read_manifest, write_manifest
 from pipeline.params.base import BaseConfig
 from pipeline.params.data import DataConfig
 from pipeline.params.split import SplitConfig
@@ -284,6 +284,7 @@ def split_rows(clean: Path, cfg: SplitConfig, seed: int) -> tuple[pd.DataFrame, 
     kept = df[df["keep"]]
     if kept.empty:
         raise PipelineError(f"{clean} has no kept images to split")
+    check_two_classes(kept["label"], f"{clean}, kept rows")
     try:
         out = kept.assign(split=assign(kept, cfg, seed))
         embargoed = int((out["split"] == "").sum())
