@@ -169,7 +169,12 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
         if "range" in f.metadata and not isinstance(value, str):  # "auto" has no range
             _check_range(value, f.metadata["range"], key)
         kwargs[name] = value
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ParamsError as exc:  # a rule between keys: name where it is when it does not
+        if str(exc).startswith(prefix):
+            raise
+        raise ParamsError(f"{prefix}.{exc}") from None
 
 
 def parse_sections(params: Mapping[str, Any], *names: str) -> tuple[Any, ...]:

@@ -11,8 +11,8 @@ from pipeline.errors import PipelineError
 from pipeline.metrics import (
     apply_temperature,
     bootstrap_ci,
-    expected_calibration_error,
     calibrate_temperature,
+    expected_calibration_error,
     fit_temperature,
     headline,
     one_vs_rest_curves,

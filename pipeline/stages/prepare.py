@@ -85,6 +85,10 @@ def read_csv_source(manifest: Path) -> pd.DataFrame:
     if df.empty:
         raise PipelineError(f"data.manifest = {str(manifest)!r} has a header but no rows: "
                             f"zero images; add one line path,label per image")
+    repeated = df["path"][df["path"].duplicated()].unique()
+    if len(repeated):  # both rows stay: clean marks them as exact duplicates
+        print(f"warning: {manifest}: {len(repeated)} path(s) listed more than once, e.g. "
+              f"{repeated[0]}", file=sys.stderr)
     empty = df.index[(df["path"] == "") | (df["label"] == "")]
     if len(empty):
         raise PipelineError(f"{manifest}: row(s) {', '.join(str(i + 2) for i in empty[:5])} "
