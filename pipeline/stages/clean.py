@@ -296,10 +296,10 @@ def near_rule(cfg: CleanConfig, embed_dir: Path, hashes: list[str | None], valid
     return rule, cal.metrics("near_duplicate")
 
 
-def data_notes(data: DataConfig, paths_: list[str], notes: list[str]) -> list[str]:
+def data_notes(data: DataConfig, rel_paths: list[str], notes: list[str]) -> list[str]:
     """What the data leaves out without an issue: empty class folders (no class) and
     frames after the first of animated or multi-page images; for the log and the page."""
-    found = [f"{rel}: {note}" for rel, note in zip(paths_, notes) if note]
+    found = [f"{rel}: {note}" for rel, note in zip(rel_paths, notes) if note]
     if data.source != "csv":
         found += [f"{folder}/: empty class folder, no class"
                   for folder in empty_class_folders(Path(data.root))]
