@@ -10,6 +10,8 @@ only training needs (layer groups and freezing live in :mod:`pipeline.models`).
 from __future__ import annotations
 
 import importlib.resources
+import pickle
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -42,8 +44,9 @@ class WeightsError(PipelineError):
     """Pretrained weights cannot be had; the message says why and what to do instead."""
 
 
-def resolve_arch(name: str) -> tuple[str, str]:
-    """Return (library, architecture) for model.name; timm first unless prefixed."""
+def resolve_arch(name: str, key: str = "model.name") -> tuple[str, str]:
+    """Return (library, architecture) for model.name (or the params ``key`` that gave
+    ``name``, for the error message); timm first unless prefixed."""
     library, _, arch = name.partition(":") if ":" in name else ("", "", name)
     in_timm = arch in timm.list_models(pretrained=False)
     in_tv = arch in torchvision.models.list_models(module=torchvision.models)
@@ -52,14 +55,14 @@ def resolve_arch(name: str) -> tuple[str, str]:
     if library in ("torchvision", "") and in_tv:
         return "torchvision", arch
     if library not in ("", "timm", "torchvision"):
-        raise PipelineError(f"model.name = {name!r}: unknown prefix {library!r}; "
+        raise PipelineError(f"{key} = {name!r}: unknown prefix {library!r}; "
                             f"use timm: or torchvision:")
     import difflib
 
     close = difflib.get_close_matches(arch, timm.list_models() +
                                       torchvision.models.list_models(), n=5)
     hint = f" Close names: {', '.join(close)}." if close else ""
-    raise PipelineError(f"model.name = {name!r} is neither a timm nor a torchvision "
+    raise PipelineError(f"{key} = {name!r} is neither a timm nor a torchvision "
                         f"classification model.{hint}")
 
 
@@ -71,27 +74,58 @@ def _weights_file(spec: str) -> Path | None:
     return None
 
 
-def check_model_config(cfg: Backbone) -> None:
-    """Validate model.name and model.weights cheaply, before any heavy work."""
-    library, arch = resolve_arch(cfg.name)
+def check_weights_file(path: Path, key: str) -> None:
+    """Raise WeightsError unless ``path`` loads as a state dict (weights_only), naming
+    ``key`` (the params key that gave it) and never suggesting an unsafe load."""
+    if not path.is_file():
+        raise WeightsError(f"{key} = {str(path)!r}: no such file")
+    try:
+        with warnings.catch_warnings():  # torch's pickle-protocol notes: not the user's issue
+            warnings.simplefilter("ignore")
+            _read_weights_file(path)
+    except WeightsError as exc:
+        raise WeightsError(f"{key} = {str(path)!r}: {exc}") from None
+    except pickle.UnpicklingError:
+        raise WeightsError(f"{key} = {str(path)!r} holds Python objects that loading would "
+                           f"run as code, which is refused; convert it to a plain state "
+                           f"dict or .safetensors with a tool you trust") from None
+    except Exception as exc:  # noqa: BLE001 - torch and safetensors raise many kinds
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0].split(". ")[0]
+        raise WeightsError(f"{key} = {str(path)!r} does not load as a state dict "
+                           f"(truncated or not a weights file?): {first}") from None
+
+
+def check_model_config(cfg: Backbone, *, section: str = "model",
+                       weights_file: bool = False) -> None:
+    """Validate a backbone's name and weights cheaply, before any heavy work.
+
+    ``section``: the params section that names it (``model``: model.name and
+    model.weights; ``embed``: embed.model and embed.weights), for the messages.
+    ``weights_file``: also load a weights file once, to check it is a state dict.
+    """
+    name_key = "model.name" if section == "model" else f"{section}.model"
+    key = f"{section}.weights"
+    library, arch = resolve_arch(cfg.name, name_key)
     spec = cfg.weights
     file = _weights_file(spec)
     if file is not None:
-        if not file.is_file():
-            raise WeightsError(f"model.weights = {spec!r}: no such file")
+        if weights_file:
+            check_weights_file(file, key)
+        elif not file.is_file():
+            raise WeightsError(f"{key} = {spec!r}: no such file")
         return
     if spec in ("none", "default"):
         return
     if library == "timm":
         tags = [t.split(".", 1)[1] for t in timm.list_pretrained(f"{arch}.*")]
         if spec not in tags:
-            raise WeightsError(f"model.weights = {spec!r} is not a pretrained tag of timm's "
+            raise WeightsError(f"{key} = {spec!r} is not a pretrained tag of timm's "
                                f"{arch}; tags: {', '.join(tags) or 'none'} (or default, "
                                f"none, a file)")
     else:
         names = [w.name for w in torchvision.models.get_model_weights(arch)]
         if spec not in names:
-            raise WeightsError(f"model.weights = {spec!r} is not a torchvision weights name "
+            raise WeightsError(f"{key} = {spec!r} is not a torchvision weights name "
                                f"for {arch}; names: {', '.join(names)} (or default, none, "
                                f"a file)")
 

@@ -4,6 +4,13 @@ each in its own module under pipeline/params/.
 Stages call :func:`load_sections` once at their boundary and pass the objects down.
 Every key must be present in params.yaml (it is the single source of settings); unknown
 keys, wrong types and out-of-range values raise :class:`ParamsError` naming the key.
+
+:func:`load_sections` validates the whole file, not only the sections a stage reads
+(:func:`check_params`): the first stage that runs stops a bad value anywhere, before any
+heavy work (a bad ``train.lr`` fails ``prepare`` on a fresh run, not ``train`` after
+the cache is built). The other sections' schemas and the backbone checks are imported by
+name, so they are no DVC dependency of a stage that does not read them: they can stop
+the stage, never change what it writes.
 """
 
 from __future__ import annotations
@@ -162,7 +169,12 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
         if "range" in f.metadata and not isinstance(value, str):  # "auto" has no range
             _check_range(value, f.metadata["range"], key)
         kwargs[name] = value
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ParamsError as exc:  # a rule between keys: name where it is when it does not
+        if str(exc).startswith(prefix):
+            raise
+        raise ParamsError(f"{prefix}.{exc}") from None
 
 
 def parse_sections(params: Mapping[str, Any], *names: str) -> tuple[Any, ...]:
@@ -178,8 +190,28 @@ def parse_sections(params: Mapping[str, Any], *names: str) -> tuple[Any, ...]:
     return tuple(out)
 
 
+def check_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate every section and the rules between keys; return the sections by name.
+
+    Beyond each section's own rules (fractions summing to 1, ascending cutoffs, ...):
+    ``model.name`` and ``embed.model`` must be timm or torchvision models, and their
+    weights a known tag or name, or a file that loads as a state dict (read once here).
+    Whether an integer ``unfreeze`` fits the model's layer groups needs the model built
+    and is checked when train starts.
+    """
+    sections = dict(zip(SECTIONS, parse_sections(params, *SECTIONS)))
+    # imported by name: torch and timm, only for these checks (see the module docstring)
+    backbones = importlib.import_module("pipeline.backbones")
+    backbones.check_model_config(sections["model"], weights_file=True)
+    embed = sections["embed"]
+    backbones.check_model_config(backbones.BackboneSpec(embed.model, embed.weights),
+                                 section="embed", weights_file=True)
+    return sections
+
+
 def load_sections(*names: str, path: Path = PARAMS_FILE) -> tuple[Any, ...]:
-    """Read params.yaml once and return the named sections as typed, frozen objects.
+    """Read and validate all of params.yaml once (:func:`check_params`) and return the
+    named sections as typed, frozen objects.
 
     The names a stage passes here must equal the ``params`` list of its stage in
     dvc.yaml (tests/test_dvc_yaml.py checks it), so DVC reruns it when they change.
@@ -187,8 +219,15 @@ def load_sections(*names: str, path: Path = PARAMS_FILE) -> tuple[Any, ...]:
     if not path.exists():
         raise ParamsError(f"{path} not found: run stages from the project root")
     with path.open() as fh:
-        params = yaml.safe_load(fh) or {}
-    return parse_sections(params, *names)
+        try:
+            params = yaml.safe_load(fh) or {}
+        except yaml.YAMLError as exc:
+            raise ParamsError(f"{path} is not valid YAML: {' '.join(str(exc).split())}"
+                              ) from None
+    if not isinstance(params, Mapping):
+        raise ParamsError(f"{path} must be a mapping of sections, got {params!r}")
+    sections = check_params(params)
+    return tuple(sections[name] for name in names)
 
 
 def as_dict(config: Any) -> dict[str, Any]:

@@ -6,7 +6,8 @@ which rows decoded (``valid``), each decoded image's pixel hash, each other one'
 (``error``), the backbone and its input size (``image_size``, and
 ``image_size_reason``: what ``auto`` resolved to and why), the backbone's pretrained
 input size and the median short side of a sample of the images (the cache stage's
-``auto`` size resolves from these two).
+``auto`` size resolves from these two), and ``notes``: what decoding left out of a
+readable image ("" for most; the frame count of an animated or multi-page file).
 
 Pixel signals for near-copy detection (:mod:`pipeline.calibrate`), row-aligned too:
 ``thumbnails.npy`` ((N, 256) float32) and ``phash.npy`` ((N, 64) float32), zero rows for
@@ -18,7 +19,7 @@ row and kind of each copy).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,7 @@ class EmbedMeta:
     backbone_size: int = 0  # pixels: the backbone's pretrained input size
     backbone_test_size: int = 0  # pixels: its test size (pipeline.autosize)
     short_side_median: float = 0.0  # pixels: of a seeded sample of the decoded images
+    notes: list[str] = field(default_factory=list)  # "" where decoding left nothing out
 
 
 def write(out_dir: Path, embeddings: np.ndarray, meta: EmbedMeta) -> None:
@@ -59,7 +61,7 @@ def write(out_dir: Path, embeddings: np.ndarray, meta: EmbedMeta) -> None:
          "error": meta.error, "model": meta.model, "image_size": meta.image_size,
          "image_size_reason": meta.image_size_reason, "backbone_size": meta.backbone_size,
          "backbone_test_size": meta.backbone_test_size,
-         "short_side_median": meta.short_side_median}) + "\n")
+         "short_side_median": meta.short_side_median, "notes": meta.notes}) + "\n")
 
 
 def read_meta(embed_dir: Path) -> EmbedMeta:
@@ -74,7 +76,8 @@ def read_meta(embed_dir: Path) -> EmbedMeta:
                      image_size_reason=raw.get("image_size_reason", ""),
                      backbone_size=raw.get("backbone_size", 0),
                      backbone_test_size=raw.get("backbone_test_size", 0),
-                     short_side_median=raw.get("short_side_median", 0.0))
+                     short_side_median=raw.get("short_side_median", 0.0),
+                     notes=raw.get("notes", [""] * len(raw["ids"])))
 
 
 def read_aligned(embed_dir: Path, ids: list[str], *, source: Path

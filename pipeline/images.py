@@ -149,6 +149,19 @@ class ImageCodec:
         except (OSError, ValueError, Image.DecompressionBombError) as exc:
             raise UnreadableImage(f"cannot read the size: {exc}") from exc
 
+    def note(self, path: Path) -> str:
+        """What decoding leaves out, from the header: "" for a single-frame image; for an
+        animated GIF / PNG / WebP or a multi-page TIFF, its frame count (only the first
+        frame is decoded)."""
+        try:
+            with warnings.catch_warnings(), Image.open(path) as img:
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                frames = int(getattr(img, "n_frames", 1))
+        except (OSError, ValueError, EOFError, Image.DecompressionBombError):
+            return ""
+        return f"{frames} frames (animated or multi-page); only the first is used" \
+            if frames > 1 else ""
+
     def fit(self, item: np.ndarray, size: int, *, fit: str) -> np.ndarray:
         """(size, size, 3) uint8 (:func:`fit_image`)."""
         return fit_image(item, size, fit=fit)

@@ -52,3 +52,33 @@ def resolve(root: Path, relative: str) -> Path:
     """Absolute location of a manifest path (relative to the data root, or absolute)."""
     p = Path(relative)
     return p if p.is_absolute() else Path(root) / p
+
+
+def empty_class_folders(root: Path) -> list[str]:
+    """Class folders under ``root`` (or under its train/ val/ test/) holding no visible
+    file, as paths relative to ``root``: a folder source lists no row, so no class, for
+    them."""
+    def visible(path: Path) -> list[Path]:
+        return [p for p in sorted(path.iterdir()) if not p.name.startswith(".")]
+
+    root = Path(root)
+    found = []
+    for folder in (p for p in visible(root) if p.is_dir()):
+        layers = ([c for c in visible(folder) if c.is_dir()]
+                  if folder.name in ("train", "val", "test") else [folder])
+        for class_dir in layers:
+            files = (f for f in class_dir.rglob("*") if f.is_file()
+                     and not any(part.startswith(".") for part in f.relative_to(root).parts))
+            if next(files, None) is None:
+                found.append(class_dir.relative_to(root).as_posix())
+    return found
+
+
+def check_two_classes(labels: pd.Series, where: str) -> None:
+    """Raise unless ``labels`` hold at least two classes: one class trains no classifier.
+    ``where``: what the labels are (a params key and value, a manifest's kept rows)."""
+    classes = sorted(set(labels))
+    if len(classes) < 2:
+        named = f"only class {classes[0]!r}" if classes else "no class"
+        raise PipelineError(f"{where}: {named} ({len(labels)} images); a classifier needs "
+                            f"images of at least two classes")

@@ -65,8 +65,14 @@ def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, *,
     return float((table["count"] * gaps).sum() / len(labels))
 
 
+# Temperatures searched; a fit that ends on a bound is degenerate (see calibrate_temperature)
+TEMPERATURE_BOUNDS = (0.1, 10.0)
+MIN_VAL_IMAGES = 20  # fewer val images than this cannot estimate a temperature
+
+
 def fit_temperature(labels: np.ndarray, probs: np.ndarray) -> float:
-    """The temperature T minimising the NLL of softmax(log(probs) / T) (Guo et al. 2017).
+    """The temperature T minimising the NLL of softmax(log(probs) / T) (Guo et al. 2017),
+    searched within TEMPERATURE_BOUNDS.
 
     log(probs) differs from the logits by a per-row constant, which softmax ignores, so
     the fit needs only the probabilities the prediction files hold.
@@ -77,9 +83,32 @@ def fit_temperature(labels: np.ndarray, probs: np.ndarray) -> float:
         return skm.log_loss(labels, apply_temperature(log_p, float(np.exp(log_t))),
                             labels=np.arange(probs.shape[1]))
 
-    result = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded",
+    low, high = np.log(TEMPERATURE_BOUNDS)
+    result = minimize_scalar(nll, bounds=(low, high), method="bounded",
                              options={"xatol": 1e-6})
     return float(np.exp(result.x))
+
+
+def calibrate_temperature(labels: np.ndarray, probs: np.ndarray) -> tuple[float, str]:
+    """The temperature to apply and, when scaling is skipped (T = 1), why.
+
+    On a val split the model gets entirely right the NLL keeps falling as T -> 0, so a
+    fit would make the model as overconfident as the search allows; a tiny val split
+    says too little, and a fit that ends on a bound of TEMPERATURE_BOUNDS is no minimum.
+    Each of these keeps T = 1 and returns the reason; otherwise the reason is "".
+    """
+    if len(labels) < MIN_VAL_IMAGES:
+        return 1.0, (f"temperature scaling skipped (T = 1): {len(labels)} val images, "
+                     f"fewer than {MIN_VAL_IMAGES}")
+    if (probs.argmax(1) == labels).all():
+        return 1.0, (f"temperature scaling skipped (T = 1): the model gets all "
+                     f"{len(labels)} val images right, so val cannot estimate a temperature")
+    temperature = fit_temperature(labels, probs)
+    low, high = TEMPERATURE_BOUNDS
+    if not low * 1.01 < temperature < high / 1.01:
+        return 1.0, (f"temperature scaling skipped (T = 1): the fit on val ran to the bound "
+                     f"T = {temperature:.3g} of [{low:g}, {high:g}]")
+    return temperature, ""
 
 
 def apply_temperature(log_probs: np.ndarray, temperature: float) -> np.ndarray:

@@ -46,6 +46,10 @@ class ItemCodec(Protocol):
         """Equal for identical content (exact copies), whatever the file format."""
         ...
 
+    def note(self, path: Path) -> str:
+        """What decoding left out of a readable file (e.g. frames after the first), or ""."""
+        ...
+
     def extent(self, path: Path) -> int:
         """The item's smaller dimension, read without decoding it (what ``auto`` sizes
         follow); raises :class:`UnreadableItem` when the file cannot tell."""

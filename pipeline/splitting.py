@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import pandas as pd
 
 SPLITS = ("train", "val", "test")
 
@@ -180,6 +181,38 @@ def merge_keys(*columns: Sequence[str | None]) -> list[str]:
     return [str(find(i)) for i in range(n)]
 
 
+def parse_times(values: Sequence[str]) -> np.ndarray:
+    """(N,) float seconds since 1970 UTC of dates or times; NaN where a value is none.
+
+    ISO-8601 values may mix zones in one column: ``Z`` and offsets such as ``+05:00`` are
+    converted to UTC, and a value without a zone (``2024-01-31``, ``2024-01-31 12:00``)
+    is taken as UTC, never as this machine's local time (which would make a split depend
+    on where it runs). Other spellings pandas reads (``Jan 31 2024``) are read one by one.
+    """
+    series = pd.Series(list(values), dtype=object).astype(str)
+    times = pd.to_datetime(series, errors="coerce", utc=True, format="ISO8601")
+    rest = times.isna()
+    if rest.any():  # not ISO-8601: one value at a time
+        times[rest] = pd.to_datetime(series[rest], errors="coerce", utc=True, format="mixed")
+    return (times - pd.Timestamp(0, tz="UTC")).dt.total_seconds().to_numpy(dtype=float)
+
+
+def _snap(cut: int, times: Sequence[float]) -> int:
+    """The cut (an index into ascending ``times``) moved to the nearest change of time,
+    so that equal times never fall on both sides; never to 0 unless nothing else fits."""
+    def clear(c: int) -> bool:
+        return c <= 0 or c >= len(times) or times[c - 1] != times[c]
+
+    low, high = cut, cut
+    while not clear(low):
+        low -= 1
+    while not clear(high):
+        high += 1
+    if low > 0 and (cut - low <= high - cut or high >= len(times)):
+        return low
+    return high
+
+
 def split_temporal(times: Sequence[float], keys: Sequence[str], *,
                    fractions: Sequence[float], cutoffs: Sequence[float] = (),
                    embargo: float = 0.0) -> np.ndarray:
@@ -187,9 +220,10 @@ def split_temporal(times: Sequence[float], keys: Sequence[str], *,
 
     A unit (rows sharing a key) is placed by its latest timestamp, so it never reaches
     into a later split's time range from an earlier one. Without ``cutoffs`` the units
-    are divided by ``fractions``; with ``cutoffs`` = (val_start, test_start), in the units
-    of ``times``, by those instants. Units whose time falls within ``embargo`` before the
-    start of the next split are left out: their split is "".
+    are divided by ``fractions``, each cut moved to the nearest change of time so that
+    equal timestamps never straddle two splits; with ``cutoffs`` = (val_start,
+    test_start), in the units of ``times``, by those instants. Units whose time falls
+    within ``embargo`` before the start of the next split are left out: their split is "".
     """
     times_arr = np.asarray(times, dtype=float)
     order, units = _units(keys)
@@ -201,7 +235,11 @@ def split_temporal(times: Sequence[float], keys: Sequence[str], *,
                  "val" if unit_time[k] < test_start else "test" for k in ranked]
     else:
         counts = _allocate(len(ranked), fractions)
-        names = [name for name, count in zip(SPLITS, counts) for _ in range(count)]
+        ordered = [unit_time[k] for k in ranked]
+        first = _snap(counts[0], ordered)
+        second = max(first, _snap(counts[0] + counts[1], ordered))
+        names = ["train" if i < first else "val" if i < second else "test"
+                 for i in range(len(ranked))]
     starts: dict[str, float] = {}
     for key, name in zip(ranked, names):
         starts.setdefault(name, unit_time[key])

@@ -5,11 +5,13 @@ rule in clean and in split's leakage audit, on tiny synthetic images."""
 import json
 
 import pandas as pd
+import pytest
 from PIL import Image
 
 from pipeline import calibfiles
 from pipeline.config import parse_sections
 from pipeline.embedfiles import read_meta
+from pipeline.errors import PipelineError
 from pipeline.stages import cache, clean, embed, prepare, split
 
 from .conftest import repo_params, write_tree
@@ -95,10 +97,14 @@ def test_unseparable_data_says_so_loudly(tmp_path, capsys):
     data, cfg = parse_sections(repo_params(**{
         "data.source": "folder", "data.root": str(tmp_path / "images"),
         **{k: v for k, v in FLAG.items() if k.startswith("clean.")}}), "data", "clean")
-    clean.run(data, cfg, tmp_path / "prepared.csv", tmp_path / "embed",
-              tmp_path / "clean.csv", tmp_path / "clean.json",
-              decisions=tmp_path / "none.csv", review_out=tmp_path / "review.csv",
-              review_html=tmp_path / "review.html", calibration=tmp_path / "calibration.json")
+    # every image is a copy of one in the other class: all conflicting, none kept, which
+    # fails the stage after its outputs are written
+    with pytest.raises(PipelineError, match="clean kept none of the 12 images"):
+        clean.run(data, cfg, tmp_path / "prepared.csv", tmp_path / "embed",
+                  tmp_path / "clean.csv", tmp_path / "clean.json",
+                  decisions=tmp_path / "none.csv", review_out=tmp_path / "review.csv",
+                  review_html=tmp_path / "review.html",
+                  calibration=tmp_path / "calibration.json")
     counts = json.loads((tmp_path / "clean.json").read_text())
     assert counts["near_duplicate_separable"] is False
     assert "WARNING: near-copy detection: CANNOT SEPARATE" in capsys.readouterr().err

@@ -11,6 +11,7 @@ from pipeline.errors import PipelineError
 from pipeline.metrics import (
     apply_temperature,
     bootstrap_ci,
+    calibrate_temperature,
     expected_calibration_error,
     fit_temperature,
     headline,
@@ -57,6 +58,31 @@ def test_temperature_recovers_a_planted_overconfidence():
     calibrated = apply_temperature(np.log(overconfident), temperature)
     assert expected_calibration_error(labels, calibrated) < 0.5 * expected_calibration_error(
         labels, overconfident)
+
+
+@pytest.mark.parametrize("n, errors, reason", [
+    (200, 0, "the model gets all 200 val images right"),  # perfectly separated val
+    (10, 2, "10 val images, fewer than 20"),  # too small to say anything
+])
+def test_temperature_scaling_is_skipped_where_it_would_run_away(n, errors, reason):
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 12, n)
+    logits = rng.normal(size=(n, 12))
+    logits[np.arange(n), labels] += 6  # confident and right...
+    logits[np.arange(errors), (labels[:errors] + 1) % 12] += 12  # ...but for `errors` rows
+    probs = apply_temperature(logits, 1.0)
+    assert fit_temperature(labels, probs) < 0.2 or errors  # what an unguarded fit does
+    temperature, note = calibrate_temperature(labels, probs)
+    assert temperature == 1.0
+    assert note.startswith("temperature scaling skipped (T = 1): ") and reason in note
+
+
+def test_temperature_scaling_is_fitted_when_val_can_tell():
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(500, 4)) * 2
+    labels = np.array([rng.choice(4, p=p) for p in apply_temperature(logits, 1.0)])
+    temperature, note = calibrate_temperature(labels, apply_temperature(logits, 0.5))
+    assert note == "" and 1.5 < temperature < 3
 
 
 def test_bootstrap_interval_brackets_the_estimate_and_is_seeded():

@@ -14,7 +14,7 @@ from sklearn import metrics as skm
 from pipeline import __main__ as cli
 from pipeline import training
 from pipeline.config import parse_sections
-from pipeline.metrics import fit_temperature
+from pipeline.metrics import calibrate_temperature
 from pipeline.stages import cache, clean, embed, evaluate, export, prepare, split, train
 
 from .conftest import REPO, repo_params, write_tree
@@ -41,7 +41,7 @@ def _recompute_with_sklearn(out, result):
     for key, value in expected.items():
         assert result[key] == pytest.approx(value, abs=2e-6), key
     vy = val["label"].map(classes.index).to_numpy()
-    temperature = fit_temperature(vy, val[[f"prob_{c}" for c in classes]].to_numpy())
+    temperature, _ = calibrate_temperature(vy, val[[f"prob_{c}" for c in classes]].to_numpy())
     assert result["temperature"] == pytest.approx(temperature, abs=2e-6)
     assert result["accuracy_ci_low"] <= result["accuracy"] <= result["accuracy_ci_high"]
     p, r, f, s = skm.precision_recall_fscore_support(y, pred, labels=range(len(classes)),

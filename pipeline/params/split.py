@@ -13,6 +13,7 @@ from typing import Literal
 
 from pipeline.errors import ParamsError
 from pipeline.params.fields import in_range
+from pipeline.splitting import parse_times
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,17 @@ class SplitConfig:
         return "drop_from_train" if self.method == "predefined" else "fail"
 
     def __post_init__(self) -> None:
-        if self.cutoffs and len(self.cutoffs) != 2:
-            raise ParamsError(f"split.cutoffs = {list(self.cutoffs)}: give two dates (val "
-                              f"start, test start) or an empty list")
+        if not self.cutoffs:
+            return
+        given = list(self.cutoffs)
+        if len(given) != 2:
+            raise ParamsError(f"split.cutoffs = {given}: give two dates (val start, test "
+                              f"start) or an empty list")
+        val_start, test_start = parse_times(given)
+        for value, seconds in zip(given, (val_start, test_start)):
+            if math.isnan(seconds):
+                raise ParamsError(f"split.cutoffs = {given}: {value!r} is not a date or time; "
+                                  f"use ISO-8601, e.g. 2024-01-31 or 2024-01-31T12:00:00Z")
+        if val_start >= test_start:
+            raise ParamsError(f"split.cutoffs = {given}: the val start must come before the "
+                              f"test start (ascending dates: [val start, test start])")

@@ -47,7 +47,14 @@ from pipeline.calibrate import (
 from pipeline.config import load_sections
 from pipeline.embedfiles import SIGNALS, read_aligned, read_copies, read_signals
 from pipeline.errors import PipelineError, run_stage
-from pipeline.manifest import ISSUES, join_issues, read_manifest, write_manifest
+from pipeline.manifest import (
+    ISSUES,
+    check_two_classes,
+    empty_class_folders,
+    join_issues,
+    read_manifest,
+    write_manifest,
+)
 from pipeline.params.base import BaseConfig
 from pipeline.params.clean import CleanConfig
 from pipeline.params.data import DataConfig
@@ -79,6 +86,13 @@ def read_decisions(path: Path, ids: set[str]) -> dict[str, str]:
         if action not in ("keep", "drop") and not (action.startswith("relabel:")
                                                    and len(action) > len("relabel:")):
             raise PipelineError(f"{path}: action {action!r} for {image_id}: use {ACTIONS}")
+    twice = table[table["image_id"].duplicated(keep=False)]
+    if len(twice):
+        image_id = twice["image_id"].iloc[0]
+        rows = [str(i + 2) for i in twice.index[twice["image_id"] == image_id]]
+        actions = ", ".join(twice["action"][twice["image_id"] == image_id])
+        raise PipelineError(f"{path}: image_id {image_id} has {len(rows)} decisions (lines "
+                            f"{', '.join(rows)}: {actions}); keep one line per image")
     return dict(zip(table["image_id"], table["action"]))
 
 
@@ -282,6 +296,29 @@ def near_rule(cfg: CleanConfig, embed_dir: Path, hashes: list[str | None], valid
     return rule, cal.metrics("near_duplicate")
 
 
+def data_notes(data: DataConfig, rel_paths: list[str], notes: list[str]) -> list[str]:
+    """What the data leaves out without an issue: empty class folders (no class) and
+    frames after the first of animated or multi-page images; for the log and the page."""
+    found = [f"{rel}: {note}" for rel, note in zip(rel_paths, notes) if note]
+    if data.source != "csv":
+        found += [f"{folder}/: empty class folder, no class"
+                  for folder in empty_class_folders(Path(data.root))]
+    return found
+
+
+def final_checks(out: pd.DataFrame, counts: dict[str, int], cfg: CleanConfig,
+                 review_html: Path) -> None:
+    """Fail (after the outputs are written, so the review page shows why) when too much
+    is wrong: an issue above its clean.max_rate, no kept image, fewer than two classes."""
+    if too_many := rate_limits(counts, cfg):
+        raise PipelineError("too many problems in the data (see " + str(review_html) +
+                            "): " + "; ".join(too_many))
+    kept = out[out["keep"]]
+    if kept.empty:
+        raise PipelineError(f"clean kept none of the {len(out)} images (see {review_html})")
+    check_two_classes(kept["label"], f"clean kept (see {review_html})")
+
+
 def run(data: DataConfig, cfg: CleanConfig, prepared: Path, embed_dir: Path, output: Path,
         metrics: Path, *, decisions: Path = paths.DECISIONS, review_out: Path | None = None,
         review_html: Path | None = None, calibration: Path | None = None
@@ -292,6 +329,8 @@ def run(data: DataConfig, cfg: CleanConfig, prepared: Path, embed_dir: Path, out
     review_html = review_html or output.parent / paths.REVIEW_PAGE.name
     calibration = calibration or output.parent / paths.CALIBRATION.name
     df = read_manifest(prepared)
+    if df.empty:
+        raise PipelineError(f"{prepared} lists no images: nothing to clean")
     ids = list(df["image_id"])
     embeddings, embed_meta = read_aligned(embed_dir, ids, source=prepared)
     # the embed stage decoded every image once: its pixel hashes and reasons
@@ -319,12 +358,15 @@ def run(data: DataConfig, cfg: CleanConfig, prepared: Path, embed_dir: Path, out
     review = review_table(df, out, findings)
     review_out.parent.mkdir(parents=True, exist_ok=True)
     review.to_csv(review_out, index=False, lineterminator="\n", float_format="%.6g")
-    review_html.write_text(review_page(review, Path(data.root), actions=ACTIONS))
+    notes = data_notes(data, list(df["path"]), embed_meta.notes)
+    review_html.write_text(review_page(review, Path(data.root), actions=ACTIONS, notes=notes))
 
     counts: dict[str, Any] = {"images": len(ids), "kept": int(keep.sum())}
     counts |= {name: int(found.sum()) for name, found in findings.found.items()}
     counts["clusters"] = int(len({c for c in findings.clusters if c is not None}))
     counts["decisions"] = len(verdicts)
+    counts["multi_frame"] = sum(bool(n) for n in embed_meta.notes)
+    counts["empty_class_folders"] = len(notes) - counts["multi_frame"]
     if fixed.any():  # a fixed val/test set: what clean left of it, what it took from train
         counts["fixed_eval_images"] = int(fixed.sum())
         counts["fixed_eval_kept"] = int((fixed & keep).sum())
@@ -343,9 +385,9 @@ def run(data: DataConfig, cfg: CleanConfig, prepared: Path, embed_dir: Path, out
     for rel, err in zip(out["path"], embed_meta.error):
         if err:
             print(f"  unreadable: {rel}: {err}")
-    if too_many := rate_limits(counts, cfg):
-        raise PipelineError("too many problems in the data (see " + str(review_html) +
-                            "): " + "; ".join(too_many))
+    for note in notes:
+        print(f"  note: {note}")
+    final_checks(out, counts, cfg, review_html)
     return out
 
 

@@ -27,7 +27,7 @@ from pipeline.backbones import BackboneSpec, check_model_config, create_model
 from pipeline.calibrate import PHASH_BITS, THUMBNAIL_SIZE, make_copies, phash, thumbnails
 from pipeline.config import load_sections
 from pipeline.embedfiles import EmbedMeta
-from pipeline.errors import run_stage
+from pipeline.errors import PipelineError, run_stage
 from pipeline.images import IMAGES
 from pipeline.inputs import ImageInput
 from pipeline.manifest import read_manifest, resolve
@@ -81,8 +81,10 @@ def run(data: DataConfig, cfg: EmbedConfig, prepared: Path, out_dir: Path, *,
         device: str = "auto") -> np.ndarray:
     """Decode every image of the prepared manifest once and embed it; return (N, D)."""
     model_cfg = BackboneSpec(name=cfg.model, weights=cfg.weights)
-    check_model_config(model_cfg)
+    check_model_config(model_cfg, section="embed")
     df = read_manifest(prepared)
+    if df.empty:
+        raise PipelineError(f"{prepared} lists no images: nothing to embed")
     dev = resolve_device(device)
     model, prep, info = create_model(model_cfg, num_classes=0)
     model.to(dev).to(memory_format=torch.channels_last).eval()
@@ -99,6 +101,7 @@ def run(data: DataConfig, cfg: EmbedConfig, prepared: Path, out_dir: Path, *,
     originals: dict[int, np.ndarray] = {}  # the calibration sample's pixels
     hashes: list[str | None] = [None] * len(df)
     errors = [""] * len(df)
+    notes = [""] * len(df)  # what decoding left out (frames after the first)
     rows: list[int] = []
     feats: list[np.ndarray] = []
     # (N, 256) and (N, 64) pixel signals, zero rows: unreadable
@@ -115,6 +118,7 @@ def run(data: DataConfig, cfg: EmbedConfig, prepared: Path, out_dir: Path, *,
                     errors[i] = str(exc)
                     continue
                 hashes[i] = codec.content_hash(pixels)
+                notes[i] = codec.note(resolve(root, paths_list[i]))
                 batch.append(codec.fit(pixels, size, fit="crop"))
                 batch_rows.append(i)
                 decoded.append(pixels)
@@ -124,6 +128,10 @@ def run(data: DataConfig, cfg: EmbedConfig, prepared: Path, out_dir: Path, *,
                 feats.append(_embed(model, inputs, batch, dev))
                 rows.extend(batch_rows)
                 thumbs[batch_rows], hashed[batch_rows] = thumbnails(decoded), phash(decoded)
+        if not rows:
+            first = next(f"{p}: {e}" for p, e in zip(paths_list, errors) if e)
+            raise PipelineError(f"none of the {len(df)} images could be decoded (e.g. "
+                                f"{first}); zero images to work with")
         order = sorted(originals)
         copies, source_kind = (embed_copies(model, inputs, [originals[i] for i in order],
                                             size, dev, batch_size=cfg.batch_size)
@@ -136,7 +144,7 @@ def run(data: DataConfig, cfg: EmbedConfig, prepared: Path, out_dir: Path, *,
         ids=list(df["image_id"]), valid=valid, pixel_hash=hashes, error=errors, model=info,
         image_size=size, image_size_reason=reason, backbone_size=backbone,
         backbone_test_size=test_size,
-        short_side_median=float(np.median(sides)) if sides else 0.0))
+        short_side_median=float(np.median(sides)) if sides else 0.0, notes=notes))
     embedfiles.write_signals(out_dir, thumbs, hashed)
     if not order:  # nothing decoded: no copies, empty files of the right width
         copies = {"embedding": np.zeros((0, embeddings.shape[1])),

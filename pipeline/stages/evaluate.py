@@ -11,6 +11,7 @@ every number from those tables as written: ``metrics/eval.json`` (headline metri
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +30,8 @@ from pipeline.manifest import read_manifest
 from pipeline.metrics import (
     apply_temperature,
     bootstrap_ci,
+    calibrate_temperature,
     expected_calibration_error,
-    fit_temperature,
     headline,
     one_vs_rest_curves,
     per_class,
@@ -78,9 +79,12 @@ def compute(test: pd.DataFrame, val: pd.DataFrame, classes: list[str], *, bootst
         low, high = bootstrap_ci(labels, preds, fn, n=bootstrap, seed=seed)
         out[f"{name}_ci_low"], out[f"{name}_ci_high"] = low, high
     val_labels, val_probs = arrays(val, classes)
-    temperature = fit_temperature(val_labels, val_probs)
+    temperature, skipped = calibrate_temperature(val_labels, val_probs)
     calibrated = apply_temperature(np.log(np.clip(probs, 1e-12, 1)), temperature)
     out["temperature"] = temperature
+    if skipped:  # the reason, shown by dvc metrics show and the report
+        out["temperature_note"] = skipped
+        print(f"warning: {skipped}", file=sys.stderr)
     out["ece_calibrated"] = expected_calibration_error(labels, calibrated)
     if tta:
         tta_labels, tta_probs = arrays(test, classes, prefix="tta_")

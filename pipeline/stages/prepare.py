@@ -18,7 +18,7 @@ from pipeline import paths
 from pipeline.config import load_sections
 from pipeline.errors import PipelineError, run_stage
 from pipeline.images import file_sha256
-from pipeline.manifest import resolve, write_manifest
+from pipeline.manifest import check_two_classes, empty_class_folders, resolve, write_manifest
 from pipeline.params.data import DataConfig
 
 SPLIT_DIRS = ("train", "val", "test")
@@ -67,7 +67,14 @@ def read_csv_source(manifest: Path) -> pd.DataFrame:
     """Rows from a user CSV with columns path,label and optionally timestamp,group,split."""
     if not manifest.is_file():
         raise PipelineError(f"data.manifest = {str(manifest)!r}: no such file")
-    df = pd.read_csv(manifest, dtype=str, keep_default_na=False)
+    try:
+        df = pd.read_csv(manifest, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise PipelineError(f"data.manifest = {str(manifest)!r} is empty: it needs a header "
+                            f"line path,label and one line per image") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise PipelineError(f"data.manifest = {str(manifest)!r} is not a readable CSV: "
+                            f"{' '.join(str(exc).split())}") from None
     missing = [c for c in ("path", "label") if c not in df]
     if missing:
         raise PipelineError(f"{manifest} lacks column(s) {', '.join(missing)}; it needs "
@@ -75,6 +82,13 @@ def read_csv_source(manifest: Path) -> pd.DataFrame:
     extra = [c for c in df if c not in ("path", "label", *OPTIONAL_COLUMNS)]
     if extra:
         print(f"warning: {manifest}: columns {', '.join(extra)} are not used", file=sys.stderr)
+    if df.empty:
+        raise PipelineError(f"data.manifest = {str(manifest)!r} has a header but no rows: "
+                            f"zero images; add one line path,label per image")
+    repeated = df["path"][df["path"].duplicated()].unique()
+    if len(repeated):  # both rows stay: clean marks them as exact duplicates
+        print(f"warning: {manifest}: {len(repeated)} path(s) listed more than once, e.g. "
+              f"{repeated[0]}", file=sys.stderr)
     empty = df.index[(df["path"] == "") | (df["label"] == "")]
     if len(empty):
         raise PipelineError(f"{manifest}: row(s) {', '.join(str(i + 2) for i in empty[:5])} "
@@ -115,6 +129,11 @@ def run(cfg: DataConfig, output: Path) -> pd.DataFrame:
         df = read_csv_source(Path(cfg.manifest))
     else:
         df = list_folder(root)
+        for folder in empty_class_folders(root):
+            print(f"warning: class folder {root / folder} is empty: it is no class",
+                  file=sys.stderr)
+    check_two_classes(df["label"], f"data.root = {cfg.root!r}" if cfg.source != "csv"
+                      else f"data.manifest = {cfg.manifest!r}")
     df = assign_ids(df, root)
     write_manifest(df, output)
     print(f"prepared {len(df)} images in {df['label'].nunique()} classes from {root}")

@@ -35,7 +35,7 @@ from pipeline.embedfiles import read_rows, read_signals
 from pipeline.errors import PipelineError, run_stage
 from pipeline.leakage import KINDS, Leak, audit, train_rows_to_drop
 from pipeline.leakage_page import leakage_page
-from pipeline.manifest import read_manifest, write_manifest
+from pipeline.manifest import check_two_classes, read_manifest, write_manifest
 from pipeline.params.base import BaseConfig
 from pipeline.params.data import DataConfig
 from pipeline.params.split import SplitConfig
@@ -46,6 +46,7 @@ from pipeline.splitting import (
     carve_val,
     check_classes,
     merge_keys,
+    parse_times,
     predefined_layout,
     split_temporal,
     split_units,
@@ -55,12 +56,14 @@ DAY = 86400.0  # seconds
 
 
 def _seconds(values: pd.Series, name: str) -> pd.Series:
-    """Dates or times as seconds since 1970 (UTC), or an error naming the bad values."""
-    times = pd.to_datetime(values, errors="coerce", utc=True)
-    if times.isna().any():
-        bad = values[times.isna()].head(3).tolist()
-        raise PipelineError(f"{name} has values that are not dates or times, e.g. {bad}")
-    return (times - pd.Timestamp(0, tz="UTC")).dt.total_seconds()
+    """Dates or times as seconds since 1970 (UTC; see splitting.parse_times), or an error
+    naming the bad values."""
+    seconds = parse_times(list(values))
+    if np.isnan(seconds).any():
+        bad = values[np.isnan(seconds)].head(3).tolist()
+        raise PipelineError(f"{name} has values that are not dates or times, e.g. {bad} "
+                            f"(use ISO-8601: 2024-01-31, 2024-01-31T12:00:00+05:00)")
+    return pd.Series(seconds, index=values.index)
 
 
 def assign(df: pd.DataFrame, cfg: SplitConfig, seed: int) -> pd.Series:
@@ -281,6 +284,7 @@ def split_rows(clean: Path, cfg: SplitConfig, seed: int) -> tuple[pd.DataFrame, 
     kept = df[df["keep"]]
     if kept.empty:
         raise PipelineError(f"{clean} has no kept images to split")
+    check_two_classes(kept["label"], f"{clean}, kept rows")
     try:
         out = kept.assign(split=assign(kept, cfg, seed))
         embargoed = int((out["split"] == "").sum())
