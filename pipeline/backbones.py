@@ -10,6 +10,8 @@ only training needs (layer groups and freezing live in :mod:`pipeline.models`).
 from __future__ import annotations
 
 import importlib.resources
+import pickle
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -40,6 +42,33 @@ OFFLINE_HINT = ("This machine may be offline: set model.weights to a local file 
 
 class WeightsError(PipelineError):
     """Pretrained weights cannot be had; the message says why and what to do instead."""
+
+
+SUFFIX_KINDS = {".onnx": "an ONNX model", ".ts": "a TorchScript archive",
+                ".safetensors": "a safetensors file"}
+
+
+def load_torch_file(path: Path) -> Any:
+    """``torch.load(path, weights_only=True)`` with one clear line for what cannot load:
+    a pickle that would run code (never torch's advice to load it unsafely), a truncated
+    or corrupt file, a file of another format."""
+    path = Path(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL (\S+)", str(exc))
+        if "Weights only load failed" in str(exc):
+            raise WeightsError(
+                f"{path} cannot be loaded safely: besides tensors it holds Python objects"
+                f"{f' ({found.group(1)})' if found else ''} whose loading could run code. "
+                f"Convert it to .safetensors with a tool you trust and use that file") from None
+        problem = str(exc)
+    except (RuntimeError, EOFError, ValueError, OSError) as exc:
+        problem = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    kind = SUFFIX_KINDS.get(path.suffix.lower())
+    raise WeightsError(f"{path} is {kind}, not a PyTorch file" if kind else
+                       f"{path} is not a readable PyTorch file (truncated or corrupt: "
+                       f"{problem})") from None
 
 
 def resolve_arch(name: str) -> tuple[str, str]:
@@ -107,7 +136,7 @@ def _package_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
                            f"{OFFLINE_HINT}") from None
     if file_sha256(path) != sha:
         raise WeightsError(f"{path} does not have the expected sha256 {sha}")
-    source = torch.load(path, map_location="cpu", weights_only=True)
+    source = load_torch_file(path)
     src = [(k, v) for k, v in source.items() if not k.endswith("num_batches_tracked")]
     dst = [(k, v) for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")]
     if len(src) != len(dst):
@@ -127,7 +156,7 @@ def _read_weights_file(path: Path) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         return load_file(str(path))
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    obj = load_torch_file(path)
     if isinstance(obj, dict) and "state_dict" in obj:  # our own models/model.pt
         obj = obj["state_dict"]
     if not isinstance(obj, dict):
@@ -265,10 +294,36 @@ def load_trained(path: Path) -> tuple[nn.Module, Preprocessing, dict[str, Any]]:
     """Rebuild a model saved by the train stage (weights_only) and return it with its meta."""
     if not Path(path).exists():
         raise PipelineError(f"{path} not found: run the train stage first (dvc repro)")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    checkpoint = load_torch_file(path)
+    if not (isinstance(checkpoint, dict) and {"state_dict", "meta"} <= checkpoint.keys()):
+        raise PipelineError(f"{path} is not a model saved by the train stage (a bare state "
+                            f"dict or another object, without the classes, architecture and "
+                            f"preprocessing it needs): use models/model.pt")
     meta = checkpoint["meta"]
-    cfg = BackboneSpec(**meta["model"])
-    model, _, _ = create_model(cfg, len(meta["classes"]), pretrained=False)
+    try:
+        cfg = BackboneSpec(**meta["model"])
+        prep = meta["preprocessing"]
+        num_classes = len(meta["classes"])
+    except (KeyError, TypeError) as exc:
+        raise PipelineError(f"{path}: its meta lacks or garbles {exc}") from None
+    model, _, _ = create_model(cfg, num_classes, pretrained=False)
+    if problem := state_mismatch(model.state_dict(), checkpoint["state_dict"]):
+        raise PipelineError(f"{path}: its weights do not fit the model its meta names "
+                            f"({cfg.name}, {len(meta['classes'])} classes): {problem}")
     model.load_state_dict(checkpoint["state_dict"])
-    prep = meta["preprocessing"]
     return model, Preprocessing(tuple(prep["mean"]), tuple(prep["std"])), meta
+
+
+def state_mismatch(own: dict[str, torch.Tensor], saved: dict[str, torch.Tensor]) -> str:
+    """The first difference between a model's state dict and a saved one, in words
+    ("" when they fit): a tensor of another shape, a missing or an unexpected one."""
+    for key, tensor in saved.items():
+        if key in own and own[key].shape != tensor.shape:
+            return (f"{key} is {tuple(tensor.shape)} in the file, the model's is "
+                    f"{tuple(own[key].shape)}")
+    missing = [k for k in own if k not in saved]
+    extra = [k for k in saved if k not in own]
+    if missing or extra:
+        return (f"{len(missing)} tensor(s) missing (e.g. {', '.join(missing[:2]) or '-'}), "
+                f"{len(extra)} unexpected (e.g. {', '.join(extra[:2]) or '-'})")
+    return ""
