@@ -56,15 +56,17 @@ def load_torch_file(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        found = re.search(r"GLOBAL (\S+)", str(exc))
-        if "Weights only load failed" in str(exc):
+        found = re.search(r"GLOBAL (\S+)", str(exc))  # a class or function it would call
+        if found:
             raise WeightsError(
-                f"{path} cannot be loaded safely: besides tensors it holds Python objects"
-                f"{f' ({found.group(1)})' if found else ''} whose loading could run code. "
-                f"Convert it to .safetensors with a tool you trust and use that file") from None
-        problem = str(exc)
+                f"{path} cannot be loaded safely: besides tensors it holds Python objects "
+                f"({found.group(1)}) whose loading could run code. Convert it to "
+                f".safetensors with a tool you trust and use that file") from None
+        found = re.search(r"Unsupported operand \d+", str(exc))
+        problem = found.group(0) if found else "not a pickle torch can read"
     except (RuntimeError, EOFError, ValueError, OSError) as exc:
-        problem = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        # torch's first sentence names the fault; the rest is advice
+        problem = re.split(r"\.\s", str(exc).strip())[0] or type(exc).__name__
     kind = SUFFIX_KINDS.get(path.suffix.lower())
     raise WeightsError(f"{path} is {kind}, not a PyTorch file" if kind else
                        f"{path} is not a readable PyTorch file (truncated or corrupt: "
