@@ -47,7 +47,7 @@ def open_regular(path: Path | str) -> BinaryIO:
 
     Raises :class:`UnreadableImage` with the reason for a FIFO, device, socket or folder
     (checked with ``os.stat`` before opening: a FIFO would block, ``/dev/zero`` never
-    ends), a symbolic link loop, a dangling link, a missing or empty file.
+    ends), a symbolic link loop, a dangling link or a missing file.
     """
     try:
         mode = os.stat(path).st_mode
@@ -60,11 +60,9 @@ def open_regular(path: Path | str) -> BinaryIO:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as exc:
         raise UnreadableImage(_stat_problem(Path(path), exc)) from None
-    info = os.fstat(fd)
-    if not stat.S_ISREG(info.st_mode) or info.st_size == 0:
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
-        raise UnreadableImage("empty file (0 bytes)" if stat.S_ISREG(info.st_mode)
-                              else "not a regular file: never read")
+        raise UnreadableImage("not a regular file: never read")
     return os.fdopen(fd, "rb")
 
 
@@ -109,6 +107,8 @@ def decode_image(path: Path | BinaryIO, *, max_pixels: int) -> np.ndarray:
         with warnings.catch_warnings(), (open_regular(path) if named else nullcontext(path)
                                          ) as source:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
+            if named and os.fstat(source.fileno()).st_size == 0:
+                raise UnreadableImage("empty file (0 bytes)")
             with Image.open(source) as img:
                 width, height = img.size
                 if width * height > max_pixels:
