@@ -177,9 +177,10 @@ def write_dvcignore(found: list[Path], ignore: Path) -> None:
     if new != old:
         ignore.write_text(new)
     if found:
-        print(f"warning: {len(found)} file(s) under data.root are no regular file or a "
-              f"broken link ({', '.join(str(p) for p in found[:3])}): unreadable, never "
-              f"opened; rules in {ignore} keep DVC from hashing them", file=sys.stderr)
+        print(f"warning: {len(found)} file(s) under data.root are special files or broken "
+              f"links ({', '.join(str(p) for p in found[:3])}): unreadable, never opened"
+              + (f"; rules in {ignore} keep DVC from hashing them" if inside else ""),
+              file=sys.stderr)
 
 
 def run(cfg: DataConfig, output: Path, *, ignore: Path = DVCIGNORE) -> pd.DataFrame:
