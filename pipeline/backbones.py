@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.resources
 import pickle
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,35 @@ OFFLINE_HINT = ("This machine may be offline: set model.weights to a local file 
 
 class WeightsError(PipelineError):
     """Pretrained weights cannot be had; the message says why and what to do instead."""
+
+
+SUFFIX_KINDS = {".onnx": "an ONNX model", ".ts": "a TorchScript archive",
+                ".safetensors": "a safetensors file"}
+
+
+def load_torch_file(path: Path) -> Any:
+    """``torch.load(path, weights_only=True)`` with one clear line for what cannot load:
+    a pickle that would run code (never torch's advice to load it unsafely), a truncated
+    or corrupt file, a file of another format."""
+    path = Path(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL (\S+)", str(exc))  # a class or function it would call
+        if found:
+            raise WeightsError(
+                f"{path} cannot be loaded safely: besides tensors it holds Python objects "
+                f"({found.group(1)}) whose loading could run code. Convert it to "
+                f".safetensors with a tool you trust and use that file") from None
+        found = re.search(r"Unsupported operand \d+", str(exc))
+        problem = found.group(0) if found else "not a pickle torch can read"
+    except (RuntimeError, EOFError, ValueError, OSError) as exc:
+        # torch's first sentence names the fault; the rest is advice
+        problem = re.split(r"\.\s", str(exc).strip())[0] or type(exc).__name__
+    kind = SUFFIX_KINDS.get(path.suffix.lower())
+    raise WeightsError(f"{path} is {kind}, not a PyTorch file" if kind else
+                       f"{path} is not a readable PyTorch file (truncated or corrupt: "
+                       f"{problem})") from None
 
 
 def resolve_arch(name: str, key: str = "model.name") -> tuple[str, str]:
@@ -83,12 +113,8 @@ def check_weights_file(path: Path, key: str) -> None:
         with warnings.catch_warnings():  # torch's pickle-protocol notes: not the user's issue
             warnings.simplefilter("ignore")
             _read_weights_file(path)
-    except WeightsError as exc:
-        raise WeightsError(f"{key} = {str(path)!r}: {exc}") from None
-    except pickle.UnpicklingError:
-        raise WeightsError(f"{key} = {str(path)!r} holds Python objects that loading would "
-                           f"run as code, which is refused; convert it to a plain state "
-                           f"dict or .safetensors with a tool you trust") from None
+    except WeightsError as exc:  # load_torch_file's one line names the file and the fault
+        raise WeightsError(f"{key}: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - torch and safetensors raise many kinds
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0].split(". ")[0]
         raise WeightsError(f"{key} = {str(path)!r} does not load as a state dict "
@@ -141,7 +167,7 @@ def _package_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
                            f"{OFFLINE_HINT}") from None
     if file_sha256(path) != sha:
         raise WeightsError(f"{path} does not have the expected sha256 {sha}")
-    source = torch.load(path, map_location="cpu", weights_only=True)
+    source = load_torch_file(path)
     src = [(k, v) for k, v in source.items() if not k.endswith("num_batches_tracked")]
     dst = [(k, v) for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")]
     if len(src) != len(dst):
@@ -161,7 +187,7 @@ def _read_weights_file(path: Path) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         return load_file(str(path))
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    obj = load_torch_file(path)
     if isinstance(obj, dict) and "state_dict" in obj:  # our own models/model.pt
         obj = obj["state_dict"]
     if not isinstance(obj, dict):
@@ -299,10 +325,36 @@ def load_trained(path: Path) -> tuple[nn.Module, Preprocessing, dict[str, Any]]:
     """Rebuild a model saved by the train stage (weights_only) and return it with its meta."""
     if not Path(path).exists():
         raise PipelineError(f"{path} not found: run the train stage first (dvc repro)")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    checkpoint = load_torch_file(path)
+    if not (isinstance(checkpoint, dict) and {"state_dict", "meta"} <= checkpoint.keys()):
+        raise PipelineError(f"{path} is not a model saved by the train stage (a bare state "
+                            f"dict or another object, without the classes, architecture and "
+                            f"preprocessing it needs): use models/model.pt")
     meta = checkpoint["meta"]
-    cfg = BackboneSpec(**meta["model"])
-    model, _, _ = create_model(cfg, len(meta["classes"]), pretrained=False)
+    try:
+        cfg = BackboneSpec(**meta["model"])
+        prep = meta["preprocessing"]
+        num_classes = len(meta["classes"])
+    except (KeyError, TypeError) as exc:
+        raise PipelineError(f"{path}: its meta lacks or garbles {exc}") from None
+    model, _, _ = create_model(cfg, num_classes, pretrained=False)
+    if problem := state_mismatch(model.state_dict(), checkpoint["state_dict"]):
+        raise PipelineError(f"{path}: its weights do not fit the model its meta names "
+                            f"({cfg.name}, {len(meta['classes'])} classes): {problem}")
     model.load_state_dict(checkpoint["state_dict"])
-    prep = meta["preprocessing"]
     return model, Preprocessing(tuple(prep["mean"]), tuple(prep["std"])), meta
+
+
+def state_mismatch(own: dict[str, torch.Tensor], saved: dict[str, torch.Tensor]) -> str:
+    """The first difference between a model's state dict and a saved one, in words
+    ("" when they fit): a tensor of another shape, a missing or an unexpected one."""
+    for key, tensor in saved.items():
+        if key in own and own[key].shape != tensor.shape:
+            return (f"{key} is {tuple(tensor.shape)} in the file, the model's is "
+                    f"{tuple(own[key].shape)}")
+    missing = [k for k in own if k not in saved]
+    extra = [k for k in saved if k not in own]
+    if missing or extra:
+        return (f"{len(missing)} tensor(s) missing (e.g. {', '.join(missing[:2]) or '-'}), "
+                f"{len(extra)} unexpected (e.g. {', '.join(extra[:2]) or '-'})")
+    return ""

@@ -87,8 +87,11 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
             try:
                 return _convert(value, arm, key)
             except ParamsError as exc:
-                errors.append(str(exc))
-        raise ParamsError(" / ".join(errors))
+                # a list or number is no misspelt "auto": name only the other arms' faults
+                if not (get_origin(arm) is Literal and not isinstance(value, str)):
+                    errors.append(str(exc))
+        raise ParamsError(" / ".join(errors) or f"{key} = {value!r}: "
+                          f"choose one of: {', '.join(map(str, get_args(tp)))}")
     if origin is tuple:
         (item_tp, _ellipsis) = get_args(tp)
         if not isinstance(value, list):

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
+import os
 import re
+import stat
 import warnings
+from contextlib import nullcontext
 from pathlib import Path
 from typing import BinaryIO
 
@@ -22,10 +26,50 @@ class UnreadableImage(UnreadableItem):
     """The file cannot be decoded into an image; ``str(exc)`` is the reason."""
 
 
+FILE_KINDS = {stat.S_IFIFO: "a FIFO (named pipe)", stat.S_IFCHR: "a character device",
+              stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket",
+              stat.S_IFDIR: "a folder"}
+
+
+def _stat_problem(path: Path, exc: OSError) -> str:
+    """Why ``os.stat`` failed, in words: a loop, a dangling link, a missing file."""
+    if exc.errno == errno.ELOOP:
+        return "symbolic link loop (too many levels of symbolic links)"
+    if exc.errno == errno.ENOENT and os.path.islink(path):
+        return f"dangling symbolic link (to {os.readlink(path)!r}, which does not exist)"
+    if exc.errno == errno.ENOENT:
+        return "file not found"
+    return f"cannot read: {exc.strerror}"
+
+
+def open_regular(path: Path | str) -> BinaryIO:
+    """Open a regular file (symbolic links followed) for reading, binary.
+
+    Raises :class:`UnreadableImage` with the reason for a FIFO, device, socket or folder
+    (checked with ``os.stat`` before opening: a FIFO would block, ``/dev/zero`` never
+    ends), a symbolic link loop, a dangling link or a missing file.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        raise UnreadableImage(_stat_problem(Path(path), exc)) from None
+    if not stat.S_ISREG(mode):
+        kind = FILE_KINDS.get(stat.S_IFMT(mode), "not a plain file")
+        raise UnreadableImage(f"{kind}, not a regular file: never opened")
+    try:  # O_NONBLOCK: a file swapped for a FIFO after the check still cannot block
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as exc:
+        raise UnreadableImage(_stat_problem(Path(path), exc)) from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise UnreadableImage("not a regular file: never read")
+    return os.fdopen(fd, "rb")
+
+
 def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes."""
+    """Hex sha256 of a regular file's bytes (:func:`open_regular`'s checks)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as fh:
+    with open_regular(path) as fh:
         while block := fh.read(chunk):
             digest.update(block)
     return digest.hexdigest()
@@ -55,14 +99,17 @@ def decode_image(path: Path | BinaryIO, *, max_pixels: int) -> np.ndarray:
     """Decode an image file (or file object) to (H, W, 3) uint8 RGB, EXIF orientation applied.
 
     Raises :class:`UnreadableImage` with the reason for missing, empty, truncated,
-    corrupt or non-image files and for images above ``max_pixels`` (decompression bombs).
+    corrupt or non-image files, for what is no regular file (:func:`open_regular`: never
+    opened) and for images above ``max_pixels`` (decompression bombs).
     """
     try:
-        if isinstance(path, (str, Path)) and Path(path).stat().st_size == 0:
-            raise UnreadableImage("empty file (0 bytes)")
-        with warnings.catch_warnings():
+        named = isinstance(path, (str, Path))  # a caller's file object stays open
+        with warnings.catch_warnings(), (open_regular(path) if named else nullcontext(path)
+                                         ) as source:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            if named and os.fstat(source.fileno()).st_size == 0:
+                raise UnreadableImage("empty file (0 bytes)")
+            with Image.open(source) as img:
                 width, height = img.size
                 if width * height > max_pixels:
                     raise UnreadableImage(
@@ -72,8 +119,6 @@ def decode_image(path: Path | BinaryIO, *, max_pixels: int) -> np.ndarray:
                 return _to_rgb(ImageOps.exif_transpose(img))
     except UnreadableImage:
         raise
-    except FileNotFoundError:
-        raise UnreadableImage("file not found") from None
     except UnidentifiedImageError:
         raise UnreadableImage("not an image, or a format Pillow cannot read") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -143,7 +188,7 @@ class ImageCodec:
     def extent(self, path: Path) -> int:
         """Short side in pixels from the file's header (EXIF rotation keeps it)."""
         try:
-            with warnings.catch_warnings(), Image.open(path) as img:
+            with warnings.catch_warnings(), open_regular(path) as fh, Image.open(fh) as img:
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # decode's call
                 return min(img.size)
         except (OSError, ValueError, Image.DecompressionBombError) as exc:

@@ -1,32 +1,120 @@
 """A small prediction server (FastAPI): POST /predict with an image, GET /health.
 
-Bad input never reaches the model: uploads above ``max_bytes`` get 413, files that are
-not images or are corrupt get 415/422, decompression bombs 413; the model runs one
-request at a time (a lock), since torch already uses every core for one image.
+Bad input never reaches the model: uploads above ``max_bytes`` get 413 (by their declared
+Content-Length before the body is read, or as soon as a chunked body passes the limit),
+files that are not images or are corrupt get 415/422, decompression bombs 413. Memory
+stays flat under a burst of large images: ``decoders`` threads (always the same ones, so
+the allocator reuses what they freed instead of growing an arena per thread) decode,
+resize and classify, and each image first waits for its share of a pixel budget
+(``pixels_in_flight``, read from the file's header; a decoded pixel costs about 13 bytes
+until the image is resized). The model runs one request at a time (a lock), since torch
+already uses every core for one image.
 """
 
 from __future__ import annotations
 
+import asyncio
 import io
 import threading
+import warnings
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, HTTPException, Request, UploadFile
-from starlette.concurrency import run_in_threadpool  # decode and inference off the loop
+from fastapi import FastAPI, HTTPException, UploadFile
+from PIL import Image
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pipeline.images import UnreadableImage, decode_image
 from pipeline.predict import Predictor, top_k
 
 MAX_PIXELS = 40_000_000  # a 6,300 x 6,300 photo; larger is refused as a bomb
+ENVELOPE = 65536  # bytes of multipart framing allowed on top of max_bytes
+
+
+class PixelBudget:
+    """At most ``limit`` decoded pixels in flight; one image above it runs alone."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.used = limit, 0
+        self.free = threading.Condition()
+
+    @contextmanager
+    def hold(self, pixels: int) -> Iterator[None]:
+        """Wait until ``pixels`` fit in the budget, hold them for the block."""
+        with self.free:
+            self.free.wait_for(lambda: self.used == 0 or self.used + pixels <= self.limit)
+            self.used += pixels
+        try:
+            yield
+        finally:
+            with self.free:
+                self.used -= pixels
+                self.free.notify_all()
+
+
+def header_pixels(data: bytes) -> int:
+    """Width x height from the image's header (nothing decoded); 0 when unreadable (the
+    decoder then says why), capped at MAX_PIXELS (larger ones are refused at once)."""
+    try:
+        with warnings.catch_warnings(), Image.open(io.BytesIO(data)) as img:
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return min(img.size[0] * img.size[1], MAX_PIXELS)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return 0
+
+
+class BodyLimit:
+    """ASGI middleware: 413 for a body above ``limit`` bytes, by its declared
+    Content-Length before reading it, or once a chunked body has passed the limit."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length", b"0")
+        if not declared.isdigit() or int(declared) > self.limit:
+            detail = (f"upload larger than {self.limit - ENVELOPE} bytes"
+                      if declared.isdigit() else "bad Content-Length header")
+            return await _reply(send, 413 if declared.isdigit() else 400, detail)
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise HTTPException(413, f"upload larger than {self.limit - ENVELOPE} bytes")
+            return message
+
+        await self.app(scope, counted, send)
+
+
+async def _reply(send: Send, status: int, detail: str) -> None:
+    """A JSON error response, as FastAPI's HTTPException gives."""
+    body = ('{"detail":"' + detail + '"}').encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode()),
+                            (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})
 
 
 def create_app(model_path: Path, *, device: str = "auto", max_bytes: int = 10 * 2**20,
-               k_default: int = 5) -> FastAPI:
-    """The FastAPI app serving ``model_path``; answers hold the ``k`` best labels."""
+               k_default: int = 5, decoders: int = 2, pixels_in_flight: int = 2 * MAX_PIXELS
+               ) -> FastAPI:
+    """The FastAPI app serving ``model_path``; answers hold the ``k`` best labels
+    (``k_default``, at most the class count, when the request names none)."""
     predictor = Predictor.load(model_path, device=device)
     lock = threading.Lock()
+    budget = PixelBudget(pixels_in_flight)
+    pool = ThreadPoolExecutor(decoders, thread_name_prefix="decode")  # off the event loop
     app = FastAPI(title="image classifier", version="1")
+    app.add_middleware(BodyLimit, limit=max_bytes + ENVELOPE)
 
     @app.get("/health")
     def health() -> dict[str, Any]:
@@ -34,11 +122,8 @@ def create_app(model_path: Path, *, device: str = "auto", max_bytes: int = 10 * 
                 "arch": predictor.meta["arch"]}
 
     @app.post("/predict")
-    async def predict(request: Request, file: UploadFile, k: int = k_default
-                      ) -> dict[str, Any]:
-        declared = request.headers.get("content-length")
-        if declared is not None and int(declared) > max_bytes + 65536:
-            raise HTTPException(413, f"upload larger than {max_bytes} bytes")
+    async def predict(file: UploadFile, k: int | None = None) -> dict[str, Any]:
+        k = min(k_default, len(predictor.classes)) if k is None else k
         data = await file.read(max_bytes + 1)
         if len(data) > max_bytes:
             raise HTTPException(413, f"upload larger than {max_bytes} bytes")
@@ -46,18 +131,21 @@ def create_app(model_path: Path, *, device: str = "auto", max_bytes: int = 10 * 
             raise HTTPException(422, "empty upload")
         if not 1 <= k <= len(predictor.classes):
             raise HTTPException(422, f"k must be between 1 and {len(predictor.classes)}")
-        return await run_in_threadpool(_classify, data, k)
+        return await asyncio.get_running_loop().run_in_executor(pool, _classify, data, k)
 
     def _classify(data: bytes, k: int) -> dict[str, Any]:
-        try:
-            pixels = decode_image(io.BytesIO(data), max_pixels=MAX_PIXELS)
-        except UnreadableImage as exc:
-            reason = str(exc)
-            code = 413 if ("bomb" in reason or "pixel limit" in reason) else (
-                415 if "not an image" in reason else 422)
-            raise HTTPException(code, f"unreadable image: {reason}") from None
+        with budget.hold(header_pixels(data)):  # the full-size pixels live in this block
+            try:
+                pixels = decode_image(io.BytesIO(data), max_pixels=MAX_PIXELS)
+            except UnreadableImage as exc:
+                reason = str(exc)
+                code = 413 if ("bomb" in reason or "pixel limit" in reason) else (
+                    415 if "not an image" in reason else 422)
+                raise HTTPException(code, f"unreadable image: {reason}") from None
+            prepared = predictor.prepare(pixels)
+            del pixels
         with lock:
-            probs = predictor.probabilities(predictor.prepare(pixels)[None])
+            probs = predictor.probabilities(prepared[None])
         best = top_k(probs, predictor.classes, k)[0]
         return {"label": best[0][0], "confidence": best[0][1],
                 "top_k": [{"label": label, "probability": p} for label, p in best]}

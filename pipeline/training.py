@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from pipeline.backbones import create_model, head_module
+from pipeline.backbones import WeightsError, create_model, head_module, load_torch_file
 from pipeline.cachefiles import ArraySplit
 from pipeline.engine import (
     amp_dtype,
@@ -37,6 +37,7 @@ from pipeline.engine import (
     random_flip_shift,
     train_one_epoch,
 )
+from pipeline.files import atomic_path
 from pipeline.finetune import (
     Schedule,
     check_phases,
@@ -191,10 +192,20 @@ class Checkpointer:
         self.key = hashlib.sha256(blob.encode()).hexdigest()
 
     def load(self) -> dict[str, Any] | None:
-        """The saved state, or None when absent or made with other params or data."""
+        """The saved state, or None when absent, made with other params or data, or
+        unreadable (then renamed to ``last.pt.corrupt``, so the next run starts afresh)."""
         if not self.path.exists():
             return None
-        state = torch.load(self.path, map_location="cpu", weights_only=True)
+        try:
+            state = load_torch_file(self.path)
+            problem = "" if isinstance(state, dict) else f"{self.path} holds no checkpoint"
+        except WeightsError as exc:
+            problem = str(exc)
+        if problem:  # a kill cannot cause this (saves are atomic): a copy, a bad disk
+            aside = self.path.with_name(self.NAME + ".corrupt")
+            os.replace(self.path, aside)
+            print(f"{problem}: set aside as {aside}, training afresh")
+            return None
         if state.get("fingerprint") != self.key:
             print(f"{self.path} was written with other params or data: starting afresh")
             return None
@@ -237,10 +248,8 @@ class Checkpointer:
             "ema": setup.ema.module.state_dict() if setup.ema is not None else None,
             "rng": rng_state(order), "augment_rng": augment_rng.get_state(),
             "loop": loop.as_dict()}
-        self.directory.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, self.path)
+        with atomic_path(self.path) as partial:
+            torch.save(state, partial)
 
     def finish(self) -> None:
         """The run finished: a forced rerun trains afresh."""

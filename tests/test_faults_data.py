@@ -13,7 +13,6 @@ import fnmatch
 import hashlib
 import json
 import os
-import pickle
 import subprocess
 import sys
 from collections.abc import Callable
@@ -135,7 +134,7 @@ def _weights(src: Path, kind: str) -> str:
             def __reduce__(self):
                 return (os.system, ("true",))
 
-        path.write_bytes(pickle.dumps(Evil()))
+        torch.save({"w": Evil()}, path)
     else:
         torch.save({"w": torch.zeros(3)}, path)
         if kind == "truncated":
@@ -172,14 +171,14 @@ CASES: dict[str, tuple[Callable[[Path, Path], str], str]] = {
         "model.weights = '{src}/nope.pt': no such file"),
     "model_weights_run_code": (
         lambda src, out: _load(src, **{"model.weights": _weights(src, "code")}),
-        "model.weights = '{src}/code.pt' holds Python objects that loading would run as "
-        "code, which is refused; convert it to a plain state dict or .safetensors with a "
-        "tool you trust"),
+        "model.weights: {src}/code.pt cannot be loaded safely: besides tensors it holds "
+        "Python objects (posix.system) whose loading could run code. Convert it to "
+        ".safetensors with a tool you trust and use that file"),
     "model_weights_truncated": (
         lambda src, out: _load(src, **{"model.weights": _weights(src, "truncated")}),
-        "model.weights = '{src}/truncated.pt' does not load as a state dict (truncated or "
-        "not a weights file?): PytorchStreamReader failed reading zip archive: failed "
-        "finding central directory"),
+        "model.weights: {src}/truncated.pt is not a readable PyTorch file (truncated or "
+        "corrupt: PytorchStreamReader failed reading zip archive: failed finding central "
+        "directory)"),
     "model_weights_file_ok": (
         lambda src, out: _load(src, **{"model.weights": _weights(src, "ok")}), "valid"),
     "train_lr_not_a_number": (

@@ -20,6 +20,9 @@ class DataConfig:
     source: Literal["demo", "folder", "csv"]
     root: str  # images folder; manifest paths are relative to it
     manifest: str  # CSV manifest, read when source is csv
+    # read files that resolve outside root ('..', absolute paths, symbolic links); files
+    # reached by '..' or absolute paths are no DVC dependency: changes to them rerun nothing
+    allow_outside_root: bool
 
     def __post_init__(self) -> None:
         if not self.root:

@@ -31,6 +31,7 @@ from pipeline.cachefiles import open_split, read_meta
 from pipeline.config import load_sections
 from pipeline.engine import batches
 from pipeline.errors import PipelineError, run_stage
+from pipeline.files import atomic_path
 from pipeline.inputs import ImageInput
 from pipeline.params.base import BaseConfig
 from pipeline.provenance import record_run
@@ -51,16 +52,19 @@ def run(model_path: Path, cache_dir: Path, out_dir: Path, metrics_out: Path) -> 
     files = {"torchscript": out_dir / "model.ts", "onnx": out_dir / "model.onnx"}
     with torch.inference_mode():
         traced = torch.jit.trace(model, example)
-    traced.save(str(files["torchscript"]))
-    reproducible_torchscript(files["torchscript"])
-    torch.onnx.export(model, (example,), str(files["onnx"]), input_names=["images"],
-                      output_names=["logits"], dynamo=True, verbose=False, external_data=False,
-                      dynamic_shapes=({0: torch.export.Dim("batch")},))
-    reproducible_onnx(files["onnx"])
+    with atomic_path(files["torchscript"]) as partial:  # never half a file in models/
+        traced.save(str(partial))
+        reproducible_torchscript(partial)
+    with atomic_path(files["onnx"]) as partial:
+        torch.onnx.export(model, (example,), str(partial), input_names=["images"],
+                          output_names=["logits"], dynamo=True, verbose=False,
+                          external_data=False, dynamic_shapes=({0: torch.export.Dim("batch")},))
+        reproducible_onnx(partial)
     preprocessing = {"classes": meta["classes"], **meta["preprocessing"],
                      "input": "float32 (batch, 3, size, size), RGB scaled to 0..1, then "
                               "(x - mean) / std", "output": "logits (batch, classes)"}
-    (out_dir / "model.json").write_text(json.dumps(preprocessing, indent=2) + "\n")
+    with atomic_path(out_dir / "model.json") as partial:
+        partial.write_text(json.dumps(preprocessing, indent=2) + "\n")
 
     loaded = torch.jit.load(str(files["torchscript"]))
     session = ort.InferenceSession(str(files["onnx"]), providers=["CPUExecutionProvider"])

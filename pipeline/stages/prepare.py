@@ -3,11 +3,19 @@
 Sources (``data.source``): ``demo`` (the digits tree the demo stage wrote), ``folder``
 (class-per-folder, optionally under train/ val/ test/), ``csv`` (path,label[,timestamp]
 [,group][,split]). Image files are only read, never modified, moved or deleted.
+
+Paths stay inside ``data.root``: a row that resolves outside it (``..``, an absolute path,
+a symbolic link) stops the stage unless ``data.allow_outside_root`` is true. FIFOs,
+devices, sockets, symbolic link loops and dangling links become rows that embed reports
+as unreadable (never opened), and rules in ``.dvcignore`` keep DVC from hashing them.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
+import re
+import stat
 import sys
 from pathlib import Path
 
@@ -19,10 +27,12 @@ from pipeline.config import load_sections
 from pipeline.errors import PipelineError, run_stage
 from pipeline.images import file_sha256
 from pipeline.manifest import check_two_classes, empty_class_folders, resolve, write_manifest
+from pipeline.modality import UnreadableItem
 from pipeline.params.data import DataConfig
 
 SPLIT_DIRS = ("train", "val", "test")
 OPTIONAL_COLUMNS = ("timestamp", "group", "split")
+DVCIGNORE = Path(".dvcignore")  # in the repository root; no DVC output: DVC reads it
 
 
 def _visible(path: Path) -> bool:
@@ -53,7 +63,9 @@ def list_folder(root: Path) -> pd.DataFrame:
         for class_dir in sorted(class_dirs):
             for file in sorted(class_dir.rglob("*")):
                 rel = file.relative_to(root)
-                if file.is_file() and _visible(rel):
+                # not only regular files: FIFOs, loops and dangling links become rows
+                # that embed reports as unreadable
+                if not file.is_dir() and _visible(rel):
                     row = {"path": rel.as_posix(), "label": class_dir.name}
                     if split:
                         row["split"] = split
@@ -108,7 +120,7 @@ def assign_ids(df: pd.DataFrame, root: Path) -> pd.DataFrame:
     for rel in tqdm(df["path"], desc="hashing", mininterval=1.0, leave=False):
         try:
             ids.append(file_sha256(resolve(root, rel))[:16])
-        except OSError:
+        except (OSError, UnreadableItem):  # never opened when no regular file
             ids.append("x" + hashlib.sha256(f"unreadable:{rel}".encode()).hexdigest()[:15])
     df.insert(0, "image_id", ids)
     repeat = df.groupby("image_id").cumcount()
@@ -116,7 +128,76 @@ def assign_ids(df: pd.DataFrame, root: Path) -> pd.DataFrame:
     return df.sort_values("image_id", kind="stable").reset_index(drop=True)
 
 
-def run(cfg: DataConfig, output: Path) -> pd.DataFrame:
+def check_inside(df: pd.DataFrame, root: Path, *, allow_outside: bool) -> None:
+    """Stop when a row's file resolves outside ``root`` (through ``..``, an absolute path
+    or a symbolic link), unless allowed. Missing files, loops and dangling links pass:
+    they are unreadable rows, whose reason embed records."""
+    base = root.resolve()
+    outside = []
+    for rel in df["path"]:
+        try:
+            real = resolve(root, rel).resolve(strict=True)
+        except (OSError, RuntimeError):  # RuntimeError: a loop (Python < 3.13)
+            continue
+        if not real.is_relative_to(base):
+            outside.append(f"{rel!r} -> {real}")
+    if outside and not allow_outside:
+        raise PipelineError(
+            f"{len(outside)} file(s) resolve outside data.root = {str(root)!r}, e.g. "
+            f"{'; '.join(outside[:3])}: refused. Move them under data.root, or set "
+            f"data.allow_outside_root: true to read them (files reached by '..' or an "
+            f"absolute path are then no DVC dependency: changing them reruns nothing)")
+    if outside:
+        print(f"warning: {len(outside)} file(s) outside data.root read "
+              f"(data.allow_outside_root), e.g. {outside[0]}", file=sys.stderr)
+
+
+def unhashable(root: Path) -> list[Path]:
+    """Entries under ``root`` that DVC cannot hash: FIFOs (reading one blocks), devices,
+    sockets, symbolic link loops and dangling links (DVC stops on them)."""
+    found = []
+    for folder, _, names in os.walk(root):
+        for name in names:
+            path = Path(folder, name)
+            try:
+                if stat.S_ISREG(os.stat(path).st_mode):
+                    continue
+            except OSError:
+                pass
+            found.append(path)
+    return sorted(found)
+
+
+IGNORE_START = "# >>> prepare: files under data.root that DVC must not hash (rewritten by prepare)"
+IGNORE_END = "# <<< prepare"
+
+
+def ignore_rule(path: Path) -> str:
+    """A .dvcignore line matching exactly this file (relative to the repository root)."""
+    rule = re.sub(r"([\\*?\[])", r"\\\1", path.as_posix())
+    return "/" + (rule[:-1] + "\\ " if rule.endswith(" ") else rule)
+
+
+def write_dvcignore(found: list[Path], ignore: Path) -> None:
+    """Keep ``ignore``'s prepare block equal to rules for the ``found`` files below its
+    folder (the repository root); the user's own lines stay. Untouched when unchanged."""
+    base = ignore.absolute().parent
+    inside = [p.absolute().relative_to(base) for p in found if p.absolute().is_relative_to(base)]
+    old = ignore.read_text() if ignore.exists() else ""
+    kept = re.sub(rf"\n?{re.escape(IGNORE_START)}\n.*?{re.escape(IGNORE_END)}\n", "\n",
+                  old, flags=re.S).rstrip("\n")
+    block = "\n".join([IGNORE_START, *map(ignore_rule, inside), IGNORE_END]) if inside else ""
+    new = "\n\n".join(x for x in (kept, block) if x) + "\n" if kept or block else ""
+    if new != old:
+        ignore.write_text(new)
+    if found:
+        print(f"warning: {len(found)} file(s) under data.root are special files or broken "
+              f"links ({', '.join(str(p) for p in found[:3])}): unreadable, never opened"
+              + (f"; rules in {ignore} keep DVC from hashing them" if inside else ""),
+              file=sys.stderr)
+
+
+def run(cfg: DataConfig, output: Path, *, ignore: Path = DVCIGNORE) -> pd.DataFrame:
     """List the source's images with ids and write the prepared manifest."""
     root = Path(cfg.root)
     if cfg.source == "demo" and root != paths.DEMO_ROOT:
@@ -132,6 +213,8 @@ def run(cfg: DataConfig, output: Path) -> pd.DataFrame:
         for folder in empty_class_folders(root):
             print(f"warning: class folder {root / folder} is empty: it is no class",
                   file=sys.stderr)
+    write_dvcignore(unhashable(root), ignore)
+    check_inside(df, root, allow_outside=cfg.allow_outside_root)
     check_two_classes(df["label"], f"data.root = {cfg.root!r}" if cfg.source != "csv"
                       else f"data.manifest = {cfg.manifest!r}")
     df = assign_ids(df, root)

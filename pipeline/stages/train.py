@@ -28,6 +28,7 @@ from pipeline.cachefiles import CacheMeta, open_split, read_meta, read_meta_text
 from pipeline.config import as_dict, load_sections
 from pipeline.errors import PipelineError, run_stage
 from pipeline.finetune import resolve_auto
+from pipeline.files import atomic_path
 from pipeline.params.base import BaseConfig
 from pipeline.params.model import ModelConfig
 from pipeline.params.train import TrainConfig
@@ -164,10 +165,8 @@ def run(base: BaseConfig, model_cfg: ModelConfig, cfg: TrainConfig, cache_dir: P
 def _save(model_out: Path, loop: LoopState, meta: dict[str, Any], metrics_out: Path,
           metrics: dict[str, Any]) -> None:
     """The best epoch's weights with their meta, and the metrics file."""
-    model_out.parent.mkdir(parents=True, exist_ok=True)
-    partial = model_out.with_suffix(".tmp")  # a full disk never leaves a truncated model
-    torch.save({"state_dict": loop.best_state, "meta": meta}, partial)
-    partial.replace(model_out)
+    with atomic_path(model_out) as partial:  # a full disk never leaves a truncated model
+        torch.save({"state_dict": loop.best_state, "meta": meta}, partial)
     metrics_out.parent.mkdir(parents=True, exist_ok=True)
     metrics_out.write_text(json.dumps(metrics, indent=2) + "\n")
 
