@@ -136,18 +136,18 @@ def resolve_auto(cfg: TrainConfig, profile: str) -> tuple[TrainConfig, list[str]
     if cfg.phases == "auto":
         cfg = replace(cfg, phases=AUTO_PHASES[profile])
         steps = ", ".join(f"{p.epochs} x {p.unfreeze} at lr x {p.lr_mult:g}"
-                          for p in cfg.phases)
+                          for p in cfg.phase_list)
         notes.append(f"train.phases auto ({profile} images): {steps}")
     if cfg.hflip == "auto":
         cfg = replace(cfg, hflip=AUTO_HFLIP[profile])
-        notes.append(f"train.hflip auto ({profile} images): {str(cfg.hflip).lower()}")
+        notes.append(f"train.hflip auto ({profile} images): {str(cfg.flips).lower()}")
     return cfg, notes
 
 
 def check_phases(cfg: TrainConfig, groups: list[LayerGroup]) -> list[int]:
     """Trainable group count per phase (from the top), or a clear error before training."""
     tops = []
-    for i, phase in enumerate(cfg.phases):
+    for i, phase in enumerate(cfg.phase_list):
         try:
             tops.append(trainable_groups(phase.unfreeze, groups))
         except PipelineError as exc:

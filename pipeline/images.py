@@ -104,8 +104,8 @@ def decode_image(path: Path | BinaryIO, *, max_pixels: int) -> np.ndarray:
     """
     try:
         named = isinstance(path, (str, Path))  # a caller's file object stays open
-        with warnings.catch_warnings(), (open_regular(path) if named else nullcontext(path)
-                                         ) as source:
+        opened = open_regular(path) if isinstance(path, (str, Path)) else nullcontext(path)
+        with warnings.catch_warnings(), opened as source:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             if named and os.fstat(source.fileno()).st_size == 0:
                 raise UnreadableImage("empty file (0 bytes)")

@@ -332,7 +332,7 @@ def input_batches(run: Run, data: ArraySplit) -> Batches:
     cfg, device, s = run.cfg, run.device, run.setup
     for rows, labels in batches(data, cfg.batch_size, generator=run.order, rank=run.rank,
                                 world=run.world, pin=device.type == "cuda"):
-        yield s.augment(s.inputs.to_input(rows, device), hflip=cfg.hflip, shift=cfg.shift,
+        yield s.augment(s.inputs.to_input(rows, device), hflip=cfg.flips, shift=cfg.shift,
                         generator=run.augment_rng), labels
 
 
@@ -360,7 +360,7 @@ def start_phase(run: Run, loop: LoopState, resume: dict[str, Any] | None) -> Pha
     """Freeze and unfreeze, set the phase's learning rates and schedule (restored when a
     killed run resumes mid-phase), and pick images or stored features."""
     cfg, s, p = run.cfg, run.setup, loop.phase
-    phase, top = cfg.phases[p], s.tops[p]
+    phase, top = cfg.phase_list[p], s.tops[p]
     trainable = set_trainable(s.model, s.groups, top)
     lrs = group_lrs(cfg, phase, len(s.groups), top)
     set_lrs(s.optimizer, lrs)
@@ -398,7 +398,7 @@ def run_phase(run: Run, loop: LoopState, resume: dict[str, Any] | None) -> None:
 
 def train_phases(run: Run, loop: LoopState, resume: dict[str, Any] | None) -> None:
     """Every phase from where ``loop`` stands."""
-    while loop.phase < len(run.cfg.phases):
+    while loop.phase < len(run.cfg.phase_list):
         run_phase(run, loop, resume)
         resume = None
 
@@ -415,7 +415,7 @@ def epoch_batches(run: Run, phase: PhaseRun, data: ArraySplit, view: int
         phase.features[view] = torch.stack([
             head_inputs(s.model, s.head, data, prep=s.prep, device=run.device,
                         batch_size=run.cfg.batch_size, amp=run.cfg.amp, inputs=s.inputs,
-                        mirror=mirror) for mirror in (False, True)[:1 + run.cfg.hflip]])
+                        mirror=mirror) for mirror in (False, True)[:1 + run.cfg.flips]])
         extra = time.perf_counter() - start
     return feature_batches(run, phase.features[view], data.labels), extra
 

@@ -21,8 +21,15 @@ from pipeline.cachefiles import load_split
 from pipeline.config import parse_sections
 from pipeline.engine import train_one_epoch
 from pipeline.errors import ParamsError, PipelineError
-from pipeline.finetune import (AUTO_PHASES, check_phases, group_lrs, make_optimizer, param_groups,
-                               resolve_auto, set_lrs)
+from pipeline.finetune import (
+    AUTO_PHASES,
+    check_phases,
+    group_lrs,
+    make_optimizer,
+    param_groups,
+    resolve_auto,
+    set_lrs,
+)
 from pipeline.inputs import to_input
 from pipeline.models import layer_groups, set_trainable, train_mode
 from pipeline.params.model import ModelConfig

@@ -67,6 +67,20 @@ class TrainConfig:
     # auto: pipeline.finetune.AUTO_PHASES for the cache's data profile
     phases: tuple[Phase, ...] | Literal["auto"]
 
+    @property
+    def phase_list(self) -> tuple[Phase, ...]:
+        """``phases`` after ``auto`` was resolved (pipeline.finetune.resolve_auto)."""
+        if isinstance(self.phases, str):
+            raise ParamsError("train.phases is still auto: resolve it for the data first")
+        return self.phases
+
+    @property
+    def flips(self) -> bool:
+        """``hflip`` after ``auto`` was resolved (pipeline.finetune.resolve_auto)."""
+        if isinstance(self.hflip, str):
+            raise ParamsError("train.hflip is still auto: resolve it for the data first")
+        return self.hflip
+
     def __post_init__(self) -> None:
         if not self.phases:
             raise ParamsError("train.phases is empty: give at least one phase")

@@ -90,7 +90,8 @@ def run(data: DataConfig, cfg: EmbedConfig, prepared: Path, out_dir: Path, *,
     model.to(dev).to(memory_format=torch.channels_last).eval()
     root = Path(data.root)
     paths_list = list(df["path"])
-    backbone, test_size, size_source = backbone_input_size(info["library"], info["arch"], cfg.weights)
+    backbone, test_size, size_source = backbone_input_size(info["library"], info["arch"],
+                                                           cfg.weights)
     sides = short_sides(root, paths_list, sample=SIZE_SAMPLE)
     size, reason = resolve_image_size(cfg.image_size, backbone_size=backbone,
                                       short_sides=sides, upscale=UPSCALE)

@@ -27,8 +27,8 @@ from pipeline.backbones import check_model_config
 from pipeline.cachefiles import CacheMeta, open_split, read_meta, read_meta_text, train_views
 from pipeline.config import as_dict, load_sections
 from pipeline.errors import PipelineError, run_stage
-from pipeline.finetune import resolve_auto
 from pipeline.files import atomic_path
+from pipeline.finetune import resolve_auto
 from pipeline.params.base import BaseConfig
 from pipeline.params.model import ModelConfig
 from pipeline.params.train import TrainConfig
@@ -150,7 +150,7 @@ def run(base: BaseConfig, model_cfg: ModelConfig, cfg: TrainConfig, cache_dir: P
         meta = model_meta(base, model_cfg, cfg, cache, setup, loop.best or {},
                           environment(device.type, cpu), notes)
         _save(model_out, loop, meta, metrics_out, metrics)
-        record_run("train", timing_metrics(loop, len(cfg.phases), len(cache.ids["train"])),
+        record_run("train", timing_metrics(loop, len(cfg.phase_list), len(cache.ids["train"])),
                    path=metrics_out.parent / paths.RUN_RECORD.name)
         checkpointer.finish()
         best = loop.best or {}
