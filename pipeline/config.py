@@ -97,6 +97,12 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, list):
             raise ParamsError(f"{key} = {value!r}: expected a list")
         return tuple(_convert(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        key_tp, value_tp = get_args(tp)
+        if not isinstance(value, Mapping):
+            raise ParamsError(f"{key} = {value!r}: expected a mapping of names to values")
+        return {_convert(k, key_tp, key): _convert(v, value_tp, f"{key}.{k}")
+                for k, v in value.items()}
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return _build(tp, value, key)
     if tp is bool:
@@ -166,6 +172,9 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
         if name not in data:
             if f.default is not dataclasses.MISSING:  # optional keys (phases only)
                 kwargs[name] = f.default
+                continue
+            if f.default_factory is not dataclasses.MISSING:
+                kwargs[name] = f.default_factory()
                 continue
             raise ParamsError(f"missing key {key!r} in params.yaml")
         value = _convert(data[name], hints[name], key)

@@ -21,12 +21,20 @@ from pipeline.modality import BatchAdapter
 
 
 def batch_indices(n: int, batch_size: int, *, generator: torch.Generator | None = None,
-                  rank: int = 0, world: int = 1) -> Iterator[np.ndarray]:
+                  rank: int = 0, world: int = 1, weights: np.ndarray | None = None
+                  ) -> Iterator[np.ndarray]:
     """Row indices of each batch (sorted: ascending reads are sequential); shuffled when
-    given a generator. Under DistributedDataParallel every rank draws the same order and
-    takes its own share (``rank::world``) of each global batch."""
-    order = torch.randperm(n, generator=generator).numpy() if generator is not None \
-        else np.arange(n)
+    given a generator, or with ``weights`` ((N,), and a generator) n rows drawn with
+    replacement with probability proportional to their weight. Under
+    DistributedDataParallel every rank draws the same order and takes its own share
+    (``rank::world``) of each global batch."""
+    if weights is not None:
+        order = torch.multinomial(torch.from_numpy(weights), n, replacement=True,
+                                  generator=generator).numpy()
+    elif generator is not None:
+        order = torch.randperm(n, generator=generator).numpy()
+    else:
+        order = np.arange(n)
     for start in range(0, batch_count(n, batch_size, world) * batch_size, batch_size):
         yield np.sort(order[start:start + batch_size])[rank::world]
 
@@ -38,12 +46,13 @@ def batch_count(n: int, batch_size: int, world: int = 1) -> int:
 
 
 def batches(data: ArraySplit, batch_size: int, *, generator: torch.Generator | None = None,
-            rank: int = 0, world: int = 1, pin: bool = False
-            ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield (B, H, W, 3) uint8 and (B,) int64 batches; shuffled when given a generator;
-    ``pin`` puts them in page-locked memory for asynchronous copies to a GPU."""
+            rank: int = 0, world: int = 1, pin: bool = False,
+            weights: np.ndarray | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield (B, H, W, 3) uint8 and (B,) int64 batches; shuffled when given a generator
+    (drawn by ``weights`` when given: :func:`batch_indices`); ``pin`` puts them in
+    page-locked memory for asynchronous copies to a GPU."""
     for index in batch_indices(len(data.labels), batch_size, generator=generator,
-                               rank=rank, world=world):
+                               rank=rank, world=world, weights=weights):
         images, labels = torch.from_numpy(data.images[index]), torch.from_numpy(data.labels[index])
         yield (images.pin_memory(), labels.pin_memory()) if pin else (images, labels)
 
@@ -87,7 +96,8 @@ def train_one_epoch(net: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.
                     accumulate: int = 1, clip_grad: float = 0.0,
                     mix: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
                     | None = None, desc: str = "") -> dict[str, float]:
-    """One pass over ``batches`` of model-ready inputs and labels; returns loss and speed.
+    """One pass over ``batches`` of model-ready inputs and labels; returns the loss sum,
+    rows seen, correct predictions (against the unmixed labels) and seconds.
 
     Gradients of ``accumulate`` batches make one optimizer step, after which ``on_step``
     runs (learning-rate schedule, EMA). ``mix`` turns (x, labels) into mixed inputs and
@@ -95,7 +105,7 @@ def train_one_epoch(net: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.
     stays in eval mode).
     """
     start = time.perf_counter()
-    total_loss, seen = 0.0, 0
+    total_loss, seen, correct = 0.0, 0, 0
     optimizer.zero_grad(set_to_none=True)
     for i, (x, labels) in enumerate(tqdm(batches, total=steps, desc=desc, leave=False,
                                          mininterval=1.0)):
@@ -104,7 +114,8 @@ def train_one_epoch(net: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.
         if mix is not None:
             x, target = mix(x, y)
         with _autocast(device, amp):
-            loss = loss_fn(net(x), target)
+            logits = net(x)
+            loss = loss_fn(logits, target)
         scaler.scale(loss / accumulate).backward()
         if (i + 1) % accumulate == 0 or i + 1 == steps:
             if clip_grad > 0:
@@ -117,8 +128,9 @@ def train_one_epoch(net: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.
             on_step()
         total_loss += loss.item() * len(y)
         seen += len(y)
+        correct += int((logits.detach().argmax(1) == y).sum())
     seconds = time.perf_counter() - start
-    return {"loss_sum": total_loss, "seen": seen, "seconds": seconds}
+    return {"loss_sum": total_loss, "seen": seen, "correct": correct, "seconds": seconds}
 
 
 @torch.inference_mode()

@@ -10,6 +10,7 @@ training, and the state of parameters that were already training carries over.
 from __future__ import annotations
 
 import math
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -17,7 +18,7 @@ import torch
 from torch import nn
 
 from pipeline.errors import PipelineError
-from pipeline.models import LayerGroup, trainable_groups
+from pipeline.models import LayerGroup, trainable_indices
 from pipeline.params.train import Phase, TrainConfig
 
 
@@ -44,12 +45,18 @@ def make_optimizer(cfg: TrainConfig, groups: list[dict[str, Any]]) -> torch.opti
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
 
 
-def group_lrs(cfg: TrainConfig, phase: Phase, n_groups: int, top: int) -> list[float]:
-    """Peak learning rate of each layer group in a phase: ``train.lr * lr_mult *
-    layer_decay ** (distance from the head)`` for the ``top`` trainable groups, 0 below."""
+def group_lrs(cfg: TrainConfig, phase: Phase, names: Sequence[str],
+              trainable: Collection[int]) -> list[float]:
+    """Peak learning rate of each layer group in a phase, 0 for frozen ones: the phase's
+    ``lrs`` for the groups it names (``default`` for the rest), else the rule ``train.lr *
+    lr_mult * layer_decay ** (distance from the head)`` (the phase's layer_decay, or
+    train.layer_decay)."""
     lr = cfg.lr * phase.lr_mult
-    return [lr * cfg.layer_decay ** (n_groups - 1 - i) if i >= n_groups - top else 0.0
-            for i in range(n_groups)]
+    decay = phase.layer_decay or cfg.layer_decay
+    n_groups = len(names)
+    rule = [lr * decay ** (n_groups - 1 - i) for i in range(n_groups)]
+    return [phase.lrs.get(name, phase.lrs.get("default", rule[i])) if i in trainable else 0.0
+            for i, name in enumerate(names)]
 
 
 def set_lrs(optimizer: torch.optim.Optimizer, lrs: list[float]) -> None:
@@ -144,12 +151,52 @@ def resolve_auto(cfg: TrainConfig, profile: str) -> tuple[TrainConfig, list[str]
     return cfg, notes
 
 
-def check_phases(cfg: TrainConfig, groups: list[LayerGroup]) -> list[int]:
-    """Trainable group count per phase (from the top), or a clear error before training."""
-    tops = []
+def expand_gradual(cfg: TrainConfig, groups: list[LayerGroup]
+                   ) -> tuple[TrainConfig, list[str]]:
+    """``train.phases`` with each ``unfreeze: gradual`` phase written out: the head for
+    ``step_epochs`` epochs, then one more group every ``step_epochs`` epochs down to
+    ``until``, which trains for the epochs left; and one line per expanded phase."""
+    phases: list[Phase] = []
+    notes = []
+    below = len(groups) - 1  # groups under the head
+    for i, phase in enumerate(cfg.phase_list):
+        if phase.unfreeze != "gradual":
+            phases.append(phase)
+            continue
+        last = below if phase.until == "all" else phase.until
+        if last > below:
+            raise PipelineError(f"train.phases[{i}].until = {last}, but the model has only "
+                                f"{below} layer groups below the head; use all or a "
+                                f"smaller number")
+        rest = phase.epochs - last * phase.step_epochs
+        if rest < 1:
+            raise PipelineError(f"train.phases[{i}].epochs = {phase.epochs} is too few for "
+                                f"{last} steps of {phase.step_epochs} epochs and a last "
+                                f"one: give more than {last * phase.step_epochs}")
+        steps = [replace(phase, epochs=phase.step_epochs, unfreeze=n or "head",
+                         step_epochs=0, until="all") for n in range(last)]
+        steps.append(replace(phase, epochs=rest, unfreeze=phase.until, step_epochs=0,
+                             until="all"))
+        phases.extend(steps)
+        notes.append(f"train.phases[{i}] gradual: " + ", ".join(
+            f"{p.epochs} x {p.unfreeze}" for p in steps))
+    return replace(cfg, phases=tuple(phases)), notes
+
+
+def check_phases(cfg: TrainConfig, groups: list[LayerGroup]) -> list[tuple[int, ...]]:
+    """Indices of the trainable groups per phase, or a clear error before training (a
+    count past the model, an unknown group name in ``unfreeze`` or ``lrs``). Expand
+    gradual phases first (:func:`expand_gradual`)."""
+    names = [g.name for g in groups]
+    trainable = []
     for i, phase in enumerate(cfg.phase_list):
         try:
-            tops.append(trainable_groups(phase.unfreeze, groups))
+            trainable.append(trainable_indices(phase.unfreeze, groups))
         except PipelineError as exc:
             raise PipelineError(f"train.phases[{i}].{exc}") from None
-    return tops
+        unknown = [n for n in phase.lrs if n not in names and n != "default"]
+        if unknown:
+            raise PipelineError(f"train.phases[{i}].lrs names {', '.join(map(repr, unknown))}"
+                                f", which is no layer group; valid names: default, "
+                                f"{', '.join(names)}")
+    return trainable

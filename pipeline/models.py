@@ -7,6 +7,7 @@ is :mod:`pipeline.backbones`.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,14 +104,30 @@ def trainable_groups(unfreeze: str | int, groups: list[LayerGroup]) -> int:
     return unfreeze + 1
 
 
-def set_trainable(model: nn.Module, groups: list[LayerGroup], top: int) -> int:
-    """Make the ``top`` groups nearest the head trainable, freeze the rest; return the
-    number of trainable parameters.
+def trainable_indices(unfreeze: str | int | tuple[str, ...], groups: list[LayerGroup]
+                      ) -> tuple[int, ...]:
+    """Indices of the groups a phase trains: the top :func:`trainable_groups` ones, or the
+    named groups (``unfreeze`` a tuple of names) and the head."""
+    if not isinstance(unfreeze, tuple):
+        return tuple(range(len(groups) - trainable_groups(unfreeze, groups), len(groups)))
+    names = [g.name for g in groups]
+    unknown = [n for n in unfreeze if n not in names]
+    if unknown:
+        raise PipelineError(f"unfreeze names {', '.join(map(repr, unknown))}, which is no "
+                            f"layer group; valid names: {', '.join(names)}")
+    return tuple(i for i, name in enumerate(names) if name in unfreeze or i == len(names) - 1)
+
+
+def set_trainable(model: nn.Module, groups: list[LayerGroup], top: int | Collection[int]
+                  ) -> int:
+    """Make the ``top`` groups nearest the head trainable (or the groups at the given
+    indices), freeze the rest; return the number of trainable parameters.
 
     Call :func:`train_mode` rather than ``model.train()`` so frozen BatchNorm layers keep
     their running statistics.
     """
-    trainable = {n for g in groups[len(groups) - top:] for n in g.params}
+    indices = range(len(groups) - top, len(groups)) if isinstance(top, int) else top
+    trainable = {n for i in indices for n in groups[i].params}
     count = 0
     for name, p in model.named_parameters():
         p.requires_grad_(name in trainable)

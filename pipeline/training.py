@@ -37,10 +37,12 @@ from pipeline.engine import (
     random_flip_shift,
     train_one_epoch,
 )
+from pipeline.errors import PipelineError
 from pipeline.files import atomic_path
 from pipeline.finetune import (
     Schedule,
     check_phases,
+    expand_gradual,
     group_lrs,
     make_optimizer,
     make_schedule,
@@ -70,7 +72,7 @@ class Setup:
     prep: Preprocessing
     weights_info: dict[str, Any]
     groups: list[LayerGroup]
-    tops: list[int]  # trainable groups (from the top) per phase
+    trainable: list[tuple[int, ...]]  # indices of the trainable groups per phase
     head: nn.Module
     forward: nn.Module  # the model, or its torch.compile wrapper
     optimizer: torch.optim.Optimizer
@@ -80,12 +82,41 @@ class Setup:
     mix: Mix | None
     inputs: BatchAdapter  # cached rows to model input (the modality's)
     augment: BatchAugment  # per-epoch augmentation of model input (the modality's)
+    cfg: TrainConfig  # the params with gradual phases written out (finetune.expand_gradual)
 
 
-def make_loss(cfg: TrainConfig, num_classes: int) -> tuple[Loss, Mix | None]:
-    """The loss and, with mixup or cutmix, the batch mixer that makes its soft targets."""
+def class_weights(cfg: TrainConfig, labels: np.ndarray | None, num_classes: int
+                  ) -> torch.Tensor | None:
+    """(C,) float32 loss weights for train.class_weights: balanced is scikit-learn's
+    ``n / (classes x count)`` over the classes in the train labels (absent ones get 1,
+    never used); None for none."""
+    if cfg.class_weights == "none":
+        return None
+    if labels is None:
+        raise PipelineError("train.class_weights balanced needs the train labels")
+    from sklearn.utils.class_weight import compute_class_weight
+
+    present = np.unique(labels)
+    weights = np.ones(num_classes)
+    weights[present] = compute_class_weight("balanced", classes=present, y=labels)
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def soft_cross_entropy(weight: torch.Tensor) -> Loss:
+    """Cross-entropy on soft targets (mixup, cutmix) with class weights, normalised like
+    ``nn.CrossEntropyLoss(weight)``: sum of w_c t_ic (-log p_ic) / sum of w_c t_ic."""
+    def loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        w = target * weight.to(logits.device)  # (B, C)
+        return -(w * torch.log_softmax(logits.float(), dim=1)).sum() / w.sum()
+    return loss
+
+
+def make_loss(cfg: TrainConfig, num_classes: int, weight: torch.Tensor | None = None
+              ) -> tuple[Loss, Mix | None]:
+    """The loss (weighted per class when ``weight``, (C,), is given) and, with mixup or
+    cutmix, the batch mixer that makes its soft targets."""
     if cfg.mixup <= 0 and cfg.cutmix <= 0:
-        return nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing), None
+        return nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing), None
     from timm.data.mixup import Mixup, mixup_target
     from timm.loss import SoftTargetCrossEntropy
 
@@ -97,21 +128,27 @@ def make_loss(cfg: TrainConfig, num_classes: int) -> tuple[Loss, Mix | None]:
             return x, mixup_target(y, num_classes, smoothing=cfg.label_smoothing)
         return mixer(x, y)
 
-    return SoftTargetCrossEntropy(), mix
+    loss = SoftTargetCrossEntropy() if weight is None else soft_cross_entropy(weight)
+    return loss, mix
 
 
 def build_setup(model_cfg: ModelConfig, cfg: TrainConfig, num_classes: int,
-                device: torch.device, *, verbose: bool = True) -> Setup:
-    """Model with pretrained weights and a new head, layer groups, optimizer, scaler,
-    EMA and loss; a bad schedule fails here, before any work. Seed first: the new head's
-    initial weights come from torch's global generator."""
+                device: torch.device, *, verbose: bool = True,
+                train_labels: np.ndarray | None = None) -> Setup:
+    """Model with pretrained weights and a new head, layer groups, gradual phases written
+    out, optimizer, scaler, EMA and loss (``train_labels`` for train.class_weights); a bad
+    schedule fails here, before any work. Seed first: the new head's initial weights come
+    from torch's global generator."""
     model, prep, weights_info = create_model(model_cfg, num_classes)
     groups = layer_groups(model)
-    tops = check_phases(cfg, groups)
+    cfg, notes = expand_gradual(cfg, groups)
+    trainable = check_phases(cfg, groups)
     if verbose:
         print(f"{len(groups)} layer groups, stem to head:")
         for i, g in enumerate(groups):
             print(f"  {i:2d} {g.name:<32} {g.size:>12,} parameters")
+        for note in notes:
+            print(note)
     model.to(device).to(memory_format=torch.channels_last)  # see inputs.to_input
     head = head_module(model)
     optimizer = make_optimizer(cfg, param_groups(model, groups, cfg.weight_decay))
@@ -123,9 +160,10 @@ def build_setup(model_cfg: ModelConfig, cfg: TrainConfig, num_classes: int,
 
         ema = ModelEmaV3(model, decay=cfg.ema_decay)
     forward: Any = torch.compile(model) if cfg.compile else model
-    loss_fn, mix = make_loss(cfg, num_classes)
-    return Setup(model, prep, weights_info, groups, tops, head, forward, optimizer, scaler,
-                 ema, loss_fn, mix, ImageInput(prep), random_flip_shift)
+    weight = class_weights(cfg, train_labels, num_classes)
+    loss_fn, mix = make_loss(cfg, num_classes, None if weight is None else weight.to(device))
+    return Setup(model, prep, weights_info, groups, trainable, head, forward, optimizer,
+                 scaler, ema, loss_fn, mix, ImageInput(prep), random_flip_shift, cfg)
 
 
 # ----------------------------------------------------------------------------- loop state
@@ -144,7 +182,8 @@ class LoopState:
     timing: dict[str, float] = field(default_factory=dict)  # phase{p}_seconds
     phase_best: dict[str, float] | None = None  # best validation of this phase
     since_best: int = 0  # epochs of this phase without gain
-    stopped: bool = False  # early stop: the phase ends
+    stopped: bool = False  # early stop: the phase ends (patience_scope run: the run)
+    since_run_best: int = 0  # epochs without a new best of the run (patience_scope run)
 
     def as_dict(self) -> dict[str, Any]:
         """Shallow plain-data copy for the checkpoint (tensors stay tensors)."""
@@ -327,11 +366,20 @@ def validate(run: Run, phase: PhaseRun) -> dict[str, float]:
     return _val_scores(run.val.labels, probs)
 
 
+def sample_weights(cfg: TrainConfig, labels: np.ndarray) -> np.ndarray | None:
+    """(N,) float64 draw weights for train.sampler balanced (1 / the row's class count,
+    so every class is drawn equally often); None for shuffle (a permutation)."""
+    if cfg.sampler == "shuffle":
+        return None
+    return 1.0 / np.bincount(labels)[labels]
+
+
 def input_batches(run: Run, data: ArraySplit) -> Batches:
-    """Shuffled, augmented, model-ready batches of one cached view."""
+    """Shuffled (or class-balanced), augmented, model-ready batches of one cached view."""
     cfg, device, s = run.cfg, run.device, run.setup
     for rows, labels in batches(data, cfg.batch_size, generator=run.order, rank=run.rank,
-                                world=run.world, pin=device.type == "cuda"):
+                                world=run.world, pin=device.type == "cuda",
+                                weights=sample_weights(cfg, data.labels)):
         yield s.augment(s.inputs.to_input(rows, device), hflip=cfg.flips, shift=cfg.shift,
                         generator=run.augment_rng), labels
 
@@ -340,7 +388,8 @@ def feature_batches(run: Run, feats: torch.Tensor, labels: np.ndarray) -> Batche
     """Shuffled batches of stored backbone features (head-only phases); with mirrored
     features stored, each row is its mirror image with probability 1/2 (train.hflip)."""
     for index in batch_indices(len(labels), run.cfg.batch_size, generator=run.order,
-                               rank=run.rank, world=run.world):
+                               rank=run.rank, world=run.world,
+                               weights=sample_weights(run.cfg, labels)):
         rows = torch.from_numpy(index)
         flips = torch.zeros(len(rows), dtype=torch.long)
         if len(feats) == 2:
@@ -360,9 +409,9 @@ def start_phase(run: Run, loop: LoopState, resume: dict[str, Any] | None) -> Pha
     """Freeze and unfreeze, set the phase's learning rates and schedule (restored when a
     killed run resumes mid-phase), and pick images or stored features."""
     cfg, s, p = run.cfg, run.setup, loop.phase
-    phase, top = cfg.phase_list[p], s.tops[p]
-    trainable = set_trainable(s.model, s.groups, top)
-    lrs = group_lrs(cfg, phase, len(s.groups), top)
+    phase, indices = cfg.phase_list[p], s.trainable[p]
+    trainable = set_trainable(s.model, s.groups, indices)
+    lrs = group_lrs(cfg, phase, [g.name for g in s.groups], indices)
     set_lrs(s.optimizer, lrs)
     schedule = make_schedule(s.optimizer, cfg, phase,
                              steps_per_epoch=-(-run.steps // cfg.accumulate),
@@ -371,14 +420,15 @@ def start_phase(run: Run, loop: LoopState, resume: dict[str, Any] | None) -> Pha
         s.optimizer.load_state_dict(resume["optimizer"])  # the lrs where it stopped
         schedule.load_state_dict(resume["schedule"])
     reasons = feature_cache_off(cfg)
-    use_features = top == 1 and cfg.feature_cache and not reasons
+    head_only = len(indices) == 1
+    use_features = head_only and cfg.feature_cache and not reasons
     if run.rank == 0:
-        print(f"phase {p}: {top} of {len(s.groups)} layer groups trainable "
+        print(f"phase {p}: {len(indices)} of {len(s.groups)} layer groups trainable "
               f"({trainable:,} parameters), head lr {lrs[-1]:g}, lowest trained lr "
-              f"{lrs[len(s.groups) - top]:g}, {phase.schedule or cfg.schedule}, "
+              f"{lrs[indices[0]]:g}, {phase.schedule or cfg.schedule}, "
               f"{phase.epochs} epochs" + (", on stored backbone features"
                                           if use_features else ""))
-        if top == 1 and cfg.feature_cache and reasons:
+        if head_only and cfg.feature_cache and reasons:
             print(f"  feature cache off: {', '.join(reasons)} change the inputs every epoch")
     net: nn.Module = s.head if use_features else s.forward
     if run.world > 1:
@@ -439,10 +489,11 @@ def run_epoch(run: Run, loop: LoopState, phase: PhaseRun) -> dict[str, Any]:
         loss_fn=s.loss_fn, device=run.device, amp=cfg.amp, scaler=s.scaler,
         accumulate=cfg.accumulate, clip_grad=cfg.clip_grad,
         mix=None if phase.use_features else s.mix, desc=f"epoch {loop.epoch + 1}")
-    totals = torch.tensor([stats["loss_sum"], stats["seen"]], dtype=torch.float64)
+    totals = torch.tensor([stats["loss_sum"], stats["seen"], stats["correct"]],
+                          dtype=torch.float64)
     if run.world > 1:
         dist.all_reduce(totals)
-    train_loss = float(totals[0] / totals[1])
+    train_loss, train_accuracy = float(totals[0] / totals[1]), float(totals[2] / totals[1])
     val = validate(run, phase)
     scored = s.ema.module if s.ema is not None else s.model
     if phase.schedule.plateau is not None:
@@ -451,33 +502,46 @@ def run_epoch(run: Run, loop: LoopState, phase: PhaseRun) -> dict[str, Any]:
     loop.phase_epoch += 1
     seconds = stats["seconds"] + extra
     add_phase_time(loop, p, seconds)
-    record = {"train_loss": train_loss, **val, "phase": p,
+    record = {"train_loss": train_loss, "train_accuracy": train_accuracy, **val, "phase": p,
               "trainable_params": phase.trainable, **lr_record(s.optimizer)}
     loop.history.append(record)
     run.log(record)
     end_of_epoch(run, loop, phase, val, scored)
     if run.rank == 0:
-        print(f"epoch {loop.epoch} (phase {p}): train loss {train_loss:.4f}, "
-              f"val loss {val['val_loss']:.4f}, val accuracy "
+        print(f"epoch {loop.epoch} (phase {p}): train loss {train_loss:.4f}, train "
+              f"accuracy {train_accuracy:.4f}, val loss {val['val_loss']:.4f}, val accuracy "
               f"{val['val_accuracy']:.4f}, macro-F1 {val['val_macro_f1']:.4f}, "
-              f"{len(data.labels) / seconds:.0f} images/s"
-              + (f"; no gain for {loop.since_best} epochs: phase ends"
-                 if loop.stopped else ""))
+              f"{len(data.labels) / seconds:.0f} images/s" + stop_note(run.cfg, loop))
     if loop.phase_epoch == phase.epochs or loop.stopped:
+        end_run = loop.stopped and run.cfg.patience_scope == "run"
         loop.next_phase()
+        if end_run:
+            loop.phase = len(run.cfg.phase_list)
     return record
 
 
 def end_of_epoch(run: Run, loop: LoopState, phase: PhaseRun, val: dict[str, float],
                  scored: nn.Module) -> None:
-    """Keep the best weights; count epochs without gain in the phase (early stop)."""
-    monitor = run.monitor
+    """Keep the best weights; count epochs without gain in the phase and in the run;
+    early stop when train.patience runs out in train.patience_scope."""
+    monitor, patience = run.monitor, run.cfg.patience
+    loop.since_run_best = 0 if monitor.better(val, loop.best) else loop.since_run_best + 1
     run.checkpointer.keep_best(loop, val, scored, monitor, phase.index)
     if monitor.better(val, loop.phase_best):
         loop.phase_best, loop.since_best = val, 0
     else:
         loop.since_best += 1
-        loop.stopped = 0 < run.cfg.patience <= loop.since_best
+    since = loop.since_best if run.cfg.patience_scope == "phase" else loop.since_run_best
+    loop.stopped = 0 < patience <= since
+
+
+def stop_note(cfg: TrainConfig, loop: LoopState) -> str:
+    """The epoch log line's ending when early stopping ends the phase or the run."""
+    if not loop.stopped:
+        return ""
+    if cfg.patience_scope == "run":
+        return f"; no gain over the run's best for {loop.since_run_best} epochs: run ends"
+    return f"; no gain for {loop.since_best} epochs: phase ends"
 
 
 def lr_record(optimizer: torch.optim.Optimizer) -> dict[str, float]:

@@ -92,12 +92,14 @@ def test_layer_groups_cover_every_parameter_once_from_stem_to_head():
 def test_discriminative_learning_rates_fall_off_with_depth():
     _, _, cfg = sections(**{"train.lr": 0.1, "train.layer_decay": 0.5, "train.phases": [
         {"epochs": 1, "unfreeze": 2, "lr_mult": 2.0}]})
-    lrs = group_lrs(cfg, cfg.phases[0], 5, top=3)
+    lrs = group_lrs(cfg, cfg.phases[0], list("abcde"), trainable=(2, 3, 4))
     assert lrs == pytest.approx([0.0, 0.0, 0.05, 0.1, 0.2])
     model, _, _ = create_model(ModelConfig("timm:test_efficientnet", "none", 0.0), 3)
     groups = layer_groups(model)
     optimizer = make_optimizer(cfg, param_groups(model, groups, 0.01))
-    set_lrs(optimizer, group_lrs(cfg, cfg.phases[0], len(groups), top=3))
+    names = [g.name for g in groups]
+    set_lrs(optimizer, group_lrs(cfg, cfg.phases[0], names, trainable=range(len(groups) - 3,
+                                                                           len(groups))))
     by_layer = {g["layer"]: g["lr"] for g in optimizer.param_groups}
     assert by_layer[len(groups) - 1] == pytest.approx(0.2)
     assert by_layer[len(groups) - 3] == pytest.approx(0.05)

@@ -20,16 +20,36 @@ class Phase:
 
     epochs: int = field(metadata=in_range(ge=1))
     # head: only the new head; an integer n: the head and the n layer groups below it;
-    # all: everything. Frozen groups keep their weights and BatchNorm statistics.
-    unfreeze: Literal["head", "all"] | int
+    # all: everything; a list of group names (the train log lists them): those and the
+    # head; gradual: one more group every step_epochs epochs, down to `until` (expanded
+    # into phases when training starts). Frozen groups keep weights and BatchNorm statistics.
+    unfreeze: Literal["head", "all", "gradual"] | int | tuple[str, ...]
     lr_mult: float = field(default=1.0, metadata=in_range(gt=0))  # lr = train.lr * lr_mult
     # "" takes train.schedule
     schedule: Literal["", "cosine", "step", "onecycle", "plateau", "constant"] = ""
+    layer_decay: float = field(default=0.0, metadata=in_range(ge=0, le=1))  # 0: train.layer_decay
+    # explicit peak learning rates by group name (and `default` for the other trainable
+    # groups; without it they keep the rule lr x lr_mult x layer_decay^depth)
+    lrs: dict[str, float] = field(default_factory=dict)
+    step_epochs: int = field(default=0, metadata=in_range(ge=0))  # gradual: epochs per step
+    until: Literal["all"] | int = "all"  # gradual: the last step's unfreeze (n groups or all)
 
     def __post_init__(self) -> None:
         if isinstance(self.unfreeze, int) and self.unfreeze < 0:
             raise ParamsError(f"unfreeze = {self.unfreeze}: give head, all or a number of "
                               f"layer groups >= 0")
+        if isinstance(self.unfreeze, tuple) and not self.unfreeze:
+            raise ParamsError("unfreeze = []: name at least one layer group, or give head")
+        if any(lr <= 0 for lr in self.lrs.values()):
+            raise ParamsError(f"lrs = {self.lrs}: every learning rate must be greater than 0")
+        gradual = self.unfreeze == "gradual"
+        if gradual and self.step_epochs < 1:
+            raise ParamsError("step_epochs = 0: unfreeze gradual needs step_epochs >= 1 "
+                              "(epochs before the next group unfreezes)")
+        if gradual and isinstance(self.until, int) and self.until < 1:
+            raise ParamsError(f"until = {self.until}: give all or a number of layer groups >= 1")
+        if not gradual and (self.step_epochs or self.until != "all"):
+            raise ParamsError("step_epochs and until apply only with unfreeze: gradual")
 
 
 @dataclass(frozen=True)
@@ -56,6 +76,10 @@ class TrainConfig:
     ema_decay: float = field(metadata=in_range(ge=0, lt=1))  # EMA of the weights (0: off)
     monitor: Literal["val_accuracy", "val_macro_f1", "val_loss"]  # picks the best epoch
     patience: int = field(metadata=in_range(ge=0))  # end a phase after N epochs without gain
+    # phase: patience ends the phase (the next one still runs); run: it ends the run
+    patience_scope: Literal["phase", "run"]
+    class_weights: Literal["none", "balanced"]  # balanced: loss weights n / (classes x count)
+    sampler: Literal["shuffle", "balanced"]  # balanced: draw rows with p ~ 1 / class count
     bn: Literal["frozen", "train"]  # BatchNorm statistics of trainable layers (see models)
     feature_cache: bool  # head-only phases train on stored backbone features
     # random horizontal flips each epoch; auto: on for photos, off for small images such

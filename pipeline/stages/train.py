@@ -1,8 +1,9 @@
 """train stage: fine-tune the backbone on the cache in phases; write models/model.pt.
 
 ``train.phases`` is the schedule: each phase trains the head plus some layer groups
-below it (``head``, an integer, or ``all``) with discriminative learning rates
-(``train.lr * lr_mult * layer_decay ** depth``), a linear warmup and then its schedule.
+below it (``head``, an integer, ``all``, a list of group names, or ``gradual``) with
+discriminative learning rates (``train.lr * lr_mult * layer_decay ** depth``, or
+explicit ``lrs`` per group), a linear warmup and then its schedule.
 Frozen groups keep their weights and BatchNorm statistics; while only the head trains,
 it trains on backbone features computed once (``train.feature_cache``). A checkpoint
 after every epoch lets a killed run resume exactly; the best epoch by ``train.monitor``
@@ -133,7 +134,9 @@ def run(base: BaseConfig, model_cfg: ModelConfig, cfg: TrainConfig, cache_dir: P
     cpu = pin_cpu(deterministic=base.deterministic)  # first: kernels are chosen at first use
     order = seed_everything(cfg.seed, deterministic=base.deterministic)  # batch order
     augment_rng = torch.Generator().manual_seed(cfg.seed + 1 + rank)  # flips and shifts
-    setup = build_setup(model_cfg, cfg, len(cache.classes), device, verbose=rank == 0)
+    setup = build_setup(model_cfg, cfg, len(cache.classes), device, verbose=rank == 0,
+                        train_labels=views[0].labels)
+    cfg = setup.cfg  # gradual phases written out: what runs, is resumed and is saved
     checkpointer = Checkpointer(checkpoint_dir, [as_dict(base), as_dict(model_cfg),
                                                  as_dict(cfg), read_meta_text(cache_dir), world])
     loop, resume = checkpointer.restore(setup, order, augment_rng)
