@@ -91,7 +91,10 @@ def run_command(args: argparse.Namespace, dvc_args: list[str]) -> None:
     code = subprocess.call([sys.executable, "-m", "dvc", "repro", *dvc_args])
     after = report.stat().st_mtime_ns if report.exists() else None
     if code == 0 and after is not None and after == before:
-        print("\n".join(read_summary()))
+        try:
+            print("\n".join(read_summary()))
+        except (OSError, ValueError, KeyError) as exc:  # metrics of an older version
+            print(f"(no closing summary: {exc})", file=sys.stderr)
     sys.exit(code)
 
 
