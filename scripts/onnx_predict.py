@@ -66,26 +66,25 @@ def expand(inputs: list[str]) -> list[str]:
 
 def predict(session: ort.InferenceSession, spec: dict, files: list[str],
             writer: csv.writer) -> int:
-    """Write one row per file; return how many could not be read."""
+    """Write one row per file, in the given order; return how many could not be read."""
     failed = 0
     for start in range(0, len(files), BATCH):
+        rows = [[path, "", "", ""] for path in files[start:start + BATCH]]
         ready, arrays = [], []
-        for path in files[start:start + BATCH]:
+        for row in rows:
             try:
-                arrays.append(prepare(path, spec))
-                ready.append(path)
+                arrays.append(prepare(row[0], spec))
+                ready.append(row)
             except Exception as exc:  # noqa: BLE001 - any unreadable file: say why, go on
-                reason = f"{type(exc).__name__}: {exc}"
-                print(f"{path}: {reason}", file=sys.stderr)
-                writer.writerow([path, "", "", reason])
+                row[3] = f"{type(exc).__name__}: {exc}"
+                print(f"{row[0]}: {row[3]}", file=sys.stderr)
                 failed += 1
-        if not ready:
-            continue
-        logits = session.run(None, {"images": np.stack(arrays)})[0]
-        z = np.exp(logits - logits.max(1, keepdims=True))
-        probs = z / z.sum(1, keepdims=True)
-        for path, row in zip(ready, probs):
-            writer.writerow([path, spec["classes"][int(row.argmax())], f"{row.max():.6f}", ""])
+        if ready:
+            logits = session.run(None, {"images": np.stack(arrays)})[0]
+            z = np.exp(logits - logits.max(1, keepdims=True))
+            for row, p in zip(ready, z / z.sum(1, keepdims=True)):
+                row[1:3] = [spec["classes"][int(p.argmax())], f"{p.max():.6f}"]
+        writer.writerows(rows)
     return failed
 
 
