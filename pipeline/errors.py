@@ -32,7 +32,7 @@ def sections_read(main: Callable[[], None]) -> list[str]:
         tree = ast.parse(fh.read())
     return [arg.value for node in ast.walk(tree)
             if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "load_sections"
-            for arg in node.args if isinstance(arg, ast.Constant)]
+            for arg in node.args if isinstance(arg, ast.Constant) and isinstance(arg.value, str)]
 
 
 def stage_arguments(name: str, main: Callable[[], None], argv: Sequence[str]) -> None:

@@ -258,7 +258,7 @@ def model_table(model_meta: dict[str, Any]) -> pd.DataFrame:
 
 
 def resolved_html(clean_counts: dict[str, Any], cache_image_size: int, cache_reason: str,
-                  split_metrics: dict[str, Any], train_auto: list[str] = ()) -> list[str]:
+                  split_metrics: dict[str, Any], train_auto: Sequence[str] = ()) -> list[str]:
     """What ``auto`` resolved to: image sizes, the train settings that follow the data's
     profile, and the near-copy calibration, with its estimated error rates, and a loud
     warning when nothing separates copies."""
