@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One entry point for people and CI:
-#   bash run.sh demo   set up .venv if needed, then run the whole pipeline (dvc repro)
+#   bash run.sh demo   set up .venv if needed, then run the whole pipeline (dvc repro) and
+#                      print the closing summary (python -m pipeline run)
 #   bash run.sh test   set up .venv if needed, then run the test suite
 #   bash run.sh lock   re-resolve requirements.lock on purpose (uv; add --upgrade to move on)
 # Extra arguments go to dvc repro or pytest.
@@ -30,8 +31,7 @@ shift || true
 case "$cmd" in
   demo)
     setup
-    dvc repro "$@"
-    dvc metrics show
+    python -m pipeline run "$@"   # dvc repro, ending with the closing summary
     ;;
   test)
     setup

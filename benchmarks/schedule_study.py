@@ -79,7 +79,7 @@ def train_with_test_curve() -> None:
         return out
 
     train.validate = both
-    run_stage("train", train.main)
+    run_stage("train", train.main, argv=[])
 
 
 def run(stage: str, cwd: Path, log) -> float:

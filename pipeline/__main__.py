@@ -1,16 +1,23 @@
-"""Command line: ``python -m pipeline predict ...`` and ``python -m pipeline serve ...``."""
+"""Command line of the pipeline: start on your own images (init), run it (run), use the
+trained model (predict, serve). Each stage also runs on its own: python -m
+pipeline.stages.<stage> --help."""
 
 from __future__ import annotations
 
 import argparse
 import csv
+import subprocess
 import sys
 from pathlib import Path
 
 from tqdm import tqdm
 
+from pipeline import init_data, paths
+from pipeline.config import PARAMS_FILE
 from pipeline.errors import PipelineError
+from pipeline.init_data import data_values, inspect_source, report_lines, set_keys
 from pipeline.predict import Predictor, expand, predict_files, top_k
+from pipeline.summary import PAGES, read_summary
 
 MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb limit
 
@@ -55,29 +62,110 @@ def serve_command(args: argparse.Namespace) -> None:
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
 
 
+def init_command(args: argparse.Namespace) -> None:
+    """Inspect a folder or CSV manifest, print what it holds, point data.* at it."""
+    found = inspect_source(args.path, root=getattr(args, "root", None), sample=args.sample)
+    print("\n".join(report_lines(found)))
+    if not args.params.is_file():
+        raise PipelineError(f"{args.params} not found: run init from the project root")
+    values = data_values(found, args.params.parent)
+    text = args.params.read_text()
+    new = set_keys(text, "data", values)
+    settings = [f"  data.{k}: {v}" for k, v in values.items()]
+    if args.dry_run:
+        print("\n".join([f"would set in {args.params} (--dry-run: nothing written):",
+                         *settings, "next: the same without --dry-run"]))
+        return
+    if new != text:
+        args.params.write_text(new)
+    print("\n".join([f"set in {args.params} (its comments kept):", *settings,
+                     "next: dvc repro (or python -m pipeline run), then open "
+                     f"{PAGES['report']}"]))
+
+
+def run_command(args: argparse.Namespace, dvc_args: list[str]) -> None:
+    """``dvc repro`` with the given arguments; exit with its code. The report stage ends
+    with the closing summary; when it had nothing to redo, the summary is printed here."""
+    report = PAGES["report"]
+    before = report.stat().st_mtime_ns if report.exists() else None
+    code = subprocess.call([sys.executable, "-m", "dvc", "repro", *dvc_args])
+    after = report.stat().st_mtime_ns if report.exists() else None
+    if code == 0 and after is not None and after == before:
+        try:
+            print("\n".join(read_summary()))
+        except (OSError, ValueError, KeyError) as exc:  # metrics of an older version
+            print(f"(no closing summary: {exc})", file=sys.stderr)
+    sys.exit(code)
+
+
+def _device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="where the model runs")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: predict, serve, init, run."""
+    formatter = argparse.ArgumentDefaultsHelpFormatter
+    parser = argparse.ArgumentParser(prog="python -m pipeline", formatter_class=formatter,
+                                     description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    i = sub.add_parser("init", formatter_class=formatter,
+                       help="inspect a folder or CSV of images; point params.yaml's data.* "
+                            "at it",
+                       description=init_data.__doc__.split("\n\n")[1].replace("``", ""))
+    i.add_argument("path", type=Path, help="a class-per-folder tree (optionally under "
+                   "train/ val/ test/) or a CSV manifest (path,label[,split,...])")
+    i.add_argument("--root", type=Path, default=argparse.SUPPRESS,
+                   help="CSV only: the folder its paths are relative to (default: the "
+                        "CSV's folder)")
+    i.add_argument("--params", type=Path, default=PARAMS_FILE,
+                   help="the params file whose data.* lines are rewritten in place")
+    i.add_argument("--sample", type=int, default=init_data.SAMPLE,
+                   help="images decoded for the size statistics")
+    i.add_argument("--dry-run", action="store_true", help="print, write nothing")
+    i.set_defaults(func=init_command)
+    r = sub.add_parser("run", formatter_class=formatter,
+                       usage="python -m pipeline run [-h] [dvc repro arguments ...]",
+                       help="run the pipeline (dvc repro, extra arguments passed on) and "
+                            "print the closing summary",
+                       description="Runs `dvc repro` with any further arguments (a stage "
+                                   "name, --force, ...) and exits with its code; a "
+                                   "successful run ends with the closing summary (test "
+                                   "metrics, what clean and the leakage audit found, the "
+                                   "pages to open).")
+    r.set_defaults(func=run_command)
+    p = sub.add_parser("predict", formatter_class=formatter,
+                       help="classify image files or folders (recursive) into a CSV")
+    p.add_argument("inputs", nargs="+", type=Path, help="image files or folders")
+    p.add_argument("--model", type=Path, default=paths.MODEL, help="a trained model.pt")
+    p.add_argument("--out", type=Path, default=Path("predictions.csv"), help="the CSV")
+    p.add_argument("--top-k", type=int, default=5, help="labels per row")
+    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+    _device(p)
+    p.set_defaults(func=predict_command)
+    s = sub.add_parser("serve", formatter_class=formatter,
+                       help="HTTP prediction server: POST /predict, GET /health")
+    s.add_argument("--model", type=Path, default=paths.MODEL, help="a trained model.pt")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    s.add_argument("--port", type=int, default=8000, help="port to listen on")
+    s.add_argument("--top-k", type=int, default=5, help="labels per answer without ?k=")
+    s.add_argument("--max-bytes", type=int, default=10 * 2**20, help="largest upload")
+    _device(s)
+    s.set_defaults(func=serve_command)
+    return parser
+
+
 def main(argv: list[str] | None = None) -> None:
     """Parse the command line and run a subcommand."""
-    parser = argparse.ArgumentParser(prog="python -m pipeline")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("predict", help="classify image files or folders (recursive)")
-    p.add_argument("inputs", nargs="+", type=Path)
-    p.add_argument("--model", type=Path, default=Path("models/model.pt"))
-    p.add_argument("--out", type=Path, default=Path("predictions.csv"))
-    p.add_argument("--top-k", type=int, default=5)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.set_defaults(func=predict_command)
-    s = sub.add_parser("serve", help="HTTP server: POST /predict, GET /health")
-    s.add_argument("--model", type=Path, default=Path("models/model.pt"))
-    s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=8000)
-    s.add_argument("--top-k", type=int, default=5)
-    s.add_argument("--max-bytes", type=int, default=10 * 2**20, help="largest upload")
-    s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    s.set_defaults(func=serve_command)
-    args = parser.parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "run":  # only run passes arguments on (to dvc repro)
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
-        args.func(args)
+        if args.command == "run":
+            run_command(args, extra)
+        else:
+            args.func(args)
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)

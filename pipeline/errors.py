@@ -3,9 +3,13 @@ depends on this small file, not on the params schema."""
 
 from __future__ import annotations
 
+import argparse
+import ast
+import inspect
 import sys
+import textwrap
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from pipeline.provenance import record_run
 
@@ -18,8 +22,48 @@ class ParamsError(PipelineError):
     """A key in params.yaml is unknown, missing, mistyped or out of range."""
 
 
-def run_stage(name: str, main: Callable[[], None]) -> None:
-    """Run a stage's main(); user errors end it with one clear line and exit code 2."""
+def sections_read(main: Callable[[], None]) -> list[str]:
+    """The params sections a stage's module passes to ``load_sections`` (read from its
+    source, as tests/test_dvc_yaml.py does: nothing is loaded)."""
+    source = inspect.getsourcefile(main)
+    if source is None:
+        return []
+    with open(source) as fh:
+        tree = ast.parse(fh.read())
+    return [arg.value for node in ast.walk(tree)
+            if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "load_sections"
+            for arg in node.args if isinstance(arg, ast.Constant) and isinstance(arg.value, str)]
+
+
+def stage_arguments(name: str, main: Callable[[], None], argv: Sequence[str]) -> None:
+    """A stage's command line: ``-h``/``--help`` prints what the stage does (its module
+    docstring's first paragraph) and the params sections it reads, then exits 0 before
+    any work; any other argument exits 2 (a stage's settings live in params.yaml)."""
+    module = inspect.getmodule(main)
+    doc = (module.__doc__ if module else None) or ""
+    sections = sections_read(main)
+    read = (f"params.yaml sections read: {', '.join(sections)} (the whole file is "
+            f"validated when it starts)." if sections else "params.yaml sections read: none.")
+    epilog = [read, f"Run it with `dvc repro {name}`: DVC reruns it only when its code, "
+              f"data or params change. It takes no arguments: set params in params.yaml or "
+              f"with `dvc exp run -S section.key=value`."]
+    parser = argparse.ArgumentParser(
+        prog=f"python -m pipeline.stages.{name}", description=doc.strip().split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n".join(textwrap.fill(line, 88) for line in epilog))
+    _, extra = parser.parse_known_args(argv)
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)} (a stage takes no "
+                     f"arguments: its settings are in params.yaml)")
+
+
+def run_stage(name: str, main: Callable[[], None], argv: Sequence[str] | None = None
+              ) -> None:
+    """Run a stage's main(); user errors end it with one clear line and exit code 2.
+
+    ``argv`` (default: the command line) may only ask for ``--help``
+    (:func:`stage_arguments`)."""
+    stage_arguments(name, main, sys.argv[1:] if argv is None else argv)
     start = time.perf_counter()
     try:
         main()

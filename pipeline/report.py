@@ -23,6 +23,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from sklearn.metrics import confusion_matrix  # noqa: E402
 
+from pipeline import paths  # noqa: E402
 from pipeline.images import IMAGES  # noqa: E402
 from pipeline.manifest import ISSUES, resolve, split_issues  # noqa: E402
 from pipeline.modality import UnreadableItem  # noqa: E402
@@ -161,16 +162,23 @@ def page(body: list[str]) -> str:
             f"\n{CHECK_IMAGES}</body></html>\n")
 
 
-def issues_html(clean: pd.DataFrame, root: Path) -> list[str]:
-    """One part per issue clean found: a listing and thumbnails from the source files."""
+def issues_html(clean: pd.DataFrame, root: Path, *, limit: int = 16) -> list[str]:
+    """One part per issue clean found: a listing (the first ``limit`` rows, by image_id;
+    label issues with cleanlab's suggested label) and thumbnails from the source files."""
     parts = []
     flagged = clean[clean["issues"] != ""]
     for issue in ISSUES:
         rows = flagged[flagged["issues"].map(lambda x, i=issue: i in split_issues(x))]
         if rows.empty:
             continue
-        head = rows.sort_values("image_id").head(16)
-        listing = table(head[["path", "label", "keep", "cluster_id", "error"]])
+        head = rows.sort_values("image_id").head(limit)
+        columns = ["path", "label", "keep", "cluster_id", "error"]
+        if issue == "label_issue" and "suggested_label" in head:
+            columns.insert(2, "suggested_label")
+        listing = table(head[columns])
+        shown = (f"<p class='muted'>showing {len(head)} of {len(rows)} (all in "
+                 f"{paths.REVIEW} and {paths.REVIEW_PAGE})</p>"
+                 if len(rows) > len(head) else "")
         thumbs, captions = [], []
         for rel, label in zip(head["path"], head["label"]):
             try:
@@ -181,7 +189,7 @@ def issues_html(clean: pd.DataFrame, root: Path) -> list[str]:
                 continue
         grid = img_tag(image_grid(thumbs, captions), issue) if thumbs else ""
         parts.append(f"<h3>{issue}: {len(rows)} images, {int((~rows['keep']).sum())} "
-                     f"dropped</h3>{listing}{grid}")
+                     f"dropped</h3>{shown}{listing}{grid}")
     return parts
 
 

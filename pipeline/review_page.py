@@ -8,30 +8,51 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
+from tqdm import tqdm
 
 from pipeline.manifest import resolve
 from pipeline.pages import thumbnail_tag
 
+# Tiles of a fixed width: a long file name is cut with an ellipsis (the full name is its
+# title); thumbnails of tiny images (8x8 digits) are enlarged to at least MIN_DISPLAY
+# pixels, pixelated rather than blurred.
+MIN_DISPLAY = 96  # CSS pixels
+STYLE = ("body{font-family:sans-serif}figure{display:inline-block;margin:4px;width:150px;"
+         "font-size:11px;vertical-align:top}figcaption span{display:block;overflow:hidden;"
+         "text-overflow:ellipsis;white-space:nowrap}"
+         f"figure img{{min-width:{MIN_DISPLAY}px;min-height:{MIN_DISPLAY}px;"
+         "object-fit:contain;image-rendering:pixelated}")
+
+
+def _line(text: str) -> str:
+    """One caption line, cut to the tile's width, the whole text in its title."""
+    return f'<span title="{html.escape(text)}">{html.escape(text)}</span>'
+
 
 def review_page(review: pd.DataFrame, root: Path, *, actions: str,
-                notes: Sequence[str] = ()) -> str:
-    """An offline HTML page of thumbnails grouped by issue, from the review list, after
-    ``notes`` (what the data leaves out without an issue: empty class folders, frames)."""
-    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>clean review</title>"
-             "<style>body{font-family:sans-serif}figure{display:inline-block;margin:4px;"
-             "width:150px;font-size:11px;vertical-align:top}</style></head><body>",
+                notes: Sequence[str] = (), limit: int = 200) -> str:
+    """An offline HTML page of thumbnails grouped by issue (the first ``limit`` of each),
+    from the review list, after ``notes`` (what the data leaves out without an issue:
+    empty class folders, frames)."""
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>clean review</title>"
+             f"<style>{STYLE}</style></head><body>",
              "<h1>Images to review</h1><p>Record verdicts in data/review/decisions.csv "
-             f"(image_id,action: {actions}); the next dvc repro applies them.</p>"]
+             f"(image_id,action: {html.escape(actions)}); the next dvc repro applies them.</p>"]
     if notes:
         parts.append(f"<h2>Notes ({len(notes)})</h2><ul>" + "".join(
             f"<li>{html.escape(note)}</li>" for note in notes) + "</ul>")
+    bar = tqdm(total=len(review.groupby("issue", sort=False).head(limit)), desc="review page",
+               mininterval=1.0, leave=False)
     for issue, rows in review.groupby("issue", sort=False):
-        parts.append(f"<h2>{html.escape(str(issue))} ({len(rows)})</h2>")
-        for row in rows.head(200).itertuples():
+        more = f", the first {limit} (all in review.csv)" if len(rows) > limit else ""
+        parts.append(f"<h2>{html.escape(str(issue))} ({len(rows)}{more})</h2>")
+        for row in rows.head(limit).itertuples():
             picture = thumbnail_tag(resolve(root, row.path), row.image_id)
-            suggestion = f" → {html.escape(row.suggested_label)}" if row.suggested_label else ""
-            parts.append(f"<figure>{picture}<figcaption>{html.escape(row.image_id)}<br>"
-                         f"{html.escape(row.path)}<br>label {html.escape(row.label)}"
-                         f"{suggestion}, score {row.score:.3f}</figcaption></figure>")
+            bar.update()
+            suggestion = f" → {row.suggested_label}" if row.suggested_label else ""
+            parts.append(f"<figure>{picture}<figcaption>{_line(row.image_id)}"
+                         f"{_line(row.path)}{_line(f'label {row.label}{suggestion}')}"
+                         f"score {row.score:.3f}</figcaption></figure>")
+    bar.close()
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"

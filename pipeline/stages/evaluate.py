@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 from sklearn.metrics import accuracy_score, f1_score
+from tqdm import tqdm
 
 from pipeline import paths
 from pipeline.backbones import load_trained
@@ -26,6 +27,7 @@ from pipeline.cachefiles import ArraySplit, open_split, read_meta
 from pipeline.config import load_sections
 from pipeline.engine import predict
 from pipeline.errors import PipelineError, run_stage
+from pipeline.inputs import ImageInput
 from pipeline.manifest import read_manifest
 from pipeline.metrics import (
     apply_temperature,
@@ -37,9 +39,23 @@ from pipeline.metrics import (
     per_class,
     reliability,
 )
+from pipeline.modality import BatchAdapter
 from pipeline.params.base import BaseConfig
 from pipeline.params.evaluate import EvaluateConfig
 from pipeline.seeding import pin_cpu, resolve_device
+
+
+class CountingInput:
+    """A batch adapter (pipeline.modality.BatchAdapter) that moves a progress bar by each
+    batch it prepares: the prediction loop's progress, the loop itself unchanged."""
+
+    def __init__(self, inputs: BatchAdapter, bar: tqdm) -> None:
+        self.inputs, self.bar = inputs, bar
+
+    def to_input(self, batch: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """The wrapped adapter's model input; the bar advances by the batch's size."""
+        self.bar.update(len(batch))
+        return self.inputs.to_input(batch, device)
 
 
 def prediction_table(data: ArraySplit, probs: np.ndarray, classes: list[str],
@@ -120,18 +136,21 @@ def run(base: BaseConfig, cfg: EvaluateConfig, model_path: Path, cache_dir: Path
     model.to(device).to(memory_format=torch.channels_last)  # see inputs.to_input
     manifest = read_manifest(split_manifest).set_index("image_id")
 
-    def probs(data: ArraySplit, tta: str = "none") -> np.ndarray:
-        return predict(model, data, prep=prep, device=device, batch_size=cfg.batch_size,
-                       tta=tta)
+    def probs(data: ArraySplit, name: str, tta: str = "none") -> np.ndarray:
+        with tqdm(total=len(data.labels), desc=f"predict {name}", unit="img",
+                  mininterval=1.0, leave=False) as bar:
+            return predict(model, data, prep=prep, device=device, batch_size=cfg.batch_size,
+                           tta=tta, inputs=CountingInput(ImageInput(prep), bar))
 
-    test_table = prediction_table(test, probs(test), classes, manifest)
+    test_table = prediction_table(test, probs(test, "test"), classes, manifest)
     if cfg.tta != "none":
-        tta_table = prediction_table(test, probs(test, cfg.tta), classes, manifest, "tta_")
+        tta_table = prediction_table(test, probs(test, f"test {cfg.tta}", cfg.tta), classes,
+                                     manifest, "tta_")
         test_table = test_table.join(tta_table.filter(regex="^tta_"))
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {"test": out_dir / "predictions.csv", "val": out_dir / "predictions_val.csv"}
     test_table.to_csv(files["test"], index=False, lineterminator="\n", float_format="%.8g")
-    prediction_table(val, probs(val), classes, manifest).to_csv(
+    prediction_table(val, probs(val, "val"), classes, manifest).to_csv(
         files["val"], index=False, lineterminator="\n", float_format="%.8g")
 
     # everything below is computed from the files as written, so it can be recomputed

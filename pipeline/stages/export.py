@@ -17,13 +17,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
+from tqdm import tqdm
 
 from pipeline import paths
 from pipeline.backbones import load_trained
@@ -50,9 +54,9 @@ def run(model_path: Path, cache_dir: Path, out_dir: Path, metrics_out: Path) -> 
     example = inputs.to_input(first, torch.device("cpu")).contiguous()
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {"torchscript": out_dir / "model.ts", "onnx": out_dir / "model.onnx"}
-    with torch.inference_mode():
+    with torch.inference_mode(), quiet_jit():
         traced = torch.jit.trace(model, example)
-    with atomic_path(files["torchscript"]) as partial:  # never half a file in models/
+    with atomic_path(files["torchscript"]) as partial, quiet_jit():  # never half a file
         traced.save(str(partial))
         reproducible_torchscript(partial)
     with atomic_path(files["onnx"]) as partial:
@@ -66,12 +70,15 @@ def run(model_path: Path, cache_dir: Path, out_dir: Path, metrics_out: Path) -> 
     with atomic_path(out_dir / "model.json") as partial:
         partial.write_text(json.dumps(preprocessing, indent=2) + "\n")
 
-    loaded = torch.jit.load(str(files["torchscript"]))
+    with quiet_jit():
+        loaded = torch.jit.load(str(files["torchscript"]))
     session = ort.InferenceSession(str(files["onnx"]), providers=["CPUExecutionProvider"])
     diffs = {"torchscript": 0.0, "onnx": 0.0}
     disagree = {"torchscript": 0, "onnx": 0}
     sizes = set()
-    for images, _ in batches(test, 64):  # the last batch is smaller: dynamic batch size
+    steps = -(-len(test.labels) // 64)  # the last batch is smaller: dynamic batch size
+    for images, _ in tqdm(batches(test, 64), total=steps, desc="export check",
+                          mininterval=1.0, leave=False):
         x = inputs.to_input(images, torch.device("cpu")).contiguous()
         sizes.add(len(x))
         with torch.inference_mode():
@@ -95,6 +102,16 @@ def run(model_path: Path, cache_dir: Path, out_dir: Path, metrics_out: Path) -> 
     if bad:
         raise PipelineError(f"exported {' and '.join(bad)} disagree with PyTorch: {report}")
     return report
+
+
+@contextmanager
+def quiet_jit() -> Iterator[None]:
+    """Silence torch.jit's FutureWarnings (trace, save and load are deprecated in favour
+    of torch.export): three lines a user cannot act on at every export. Other warnings,
+    and torch.jit's of other categories, still show."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit\.")
+        yield
 
 
 def reproducible_torchscript(path: Path) -> None:

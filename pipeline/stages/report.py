@@ -3,7 +3,7 @@
 Reads the manifests, metrics, curves, the model's metadata and cached thumbnails; it
 recomputes nothing another stage computed. Writes ``reports/report.html`` (images
 embedded, opens offline), ``reports/confusion.png``, ``reports/reliability.png`` and
-``reports/mistakes.png``.
+``reports/mistakes.png``, and ends with a closing summary of the run (pipeline.summary).
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ from pipeline.report import (
     timings_page,
     training_figure,
 )
+from pipeline.summary import PAGES, summary_lines
 
 
 def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -227,6 +228,9 @@ def run(sections: dict[str, Any], clean: Path, split: Path, cache_dir: Path, mod
     record = json.loads(RUN_RECORD.read_text()) if RUN_RECORD.exists() else {}
     (out_dir / "timings.html").write_text(timings_page(record))  # not a DVC output
     print(f"report: {target} ({len(text) / 1024:.0f} KiB)")
+    print("\n".join(summary_lines(inp.results, inp.clean_counts, inp.split_metrics,
+                                  classes=len(inp.model_meta["classes"]),
+                                  pages={**PAGES, "report": target})))
     return target
 
 
