@@ -83,9 +83,27 @@ def init_command(args: argparse.Namespace) -> None:
                      f"{PAGES['report']}"]))
 
 
+def guard_special_files() -> None:
+    """Before DVC hashes data.root: FIFOs (reading one blocks DVC), devices, sockets and
+    broken or looping links get prepare's .dvcignore rules, so a new one cannot hang or
+    stop ``dvc repro`` before the prepare stage could list it (a plain ``dvc repro``
+    meets it first)."""
+    import yaml
+
+    from pipeline.stages.prepare import DVCIGNORE, unhashable, write_dvcignore
+
+    try:
+        root = Path((yaml.safe_load(PARAMS_FILE.read_text()) or {})["data"]["root"])
+    except (OSError, KeyError, TypeError, yaml.YAMLError):
+        return  # the stages report a bad params.yaml themselves
+    if root.is_dir():
+        write_dvcignore(unhashable(root), DVCIGNORE)
+
+
 def run_command(args: argparse.Namespace, dvc_args: list[str]) -> None:
     """``dvc repro`` with the given arguments; exit with its code. The report stage ends
     with the closing summary; when it had nothing to redo, the summary is printed here."""
+    guard_special_files()
     report = PAGES["report"]
     before = report.stat().st_mtime_ns if report.exists() else None
     code = subprocess.call([sys.executable, "-m", "dvc", "repro", *dvc_args])

@@ -91,6 +91,22 @@ def test_run_passes_its_arguments_to_dvc_repro_and_exits_with_its_code(monkeypat
     assert calls == [[sys.executable, "-m", "dvc", "repro", "train", "--force"]]
 
 
+def test_run_writes_dvcignore_rules_for_a_new_fifo_before_dvc_hashes_the_data(
+        monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "images/a").mkdir(parents=True)
+    os.mkfifo(tmp_path / "images/a/pipe.png")  # DVC's hashing would block reading it
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["data"].update(source="folder", root="images")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    seen = []
+    monkeypatch.setattr(cli.subprocess, "call",
+                        lambda args: seen.append(Path(".dvcignore").read_text()) or 0)
+    with pytest.raises(SystemExit):
+        cli.main(["run"])
+    assert "images/a/pipe.png" in seen[0]  # written before dvc repro started
+
+
 def _params(tmp_path: Path) -> Path:
     params = tmp_path / "params.yaml"
     params.write_text((REPO / "params.yaml").read_text())
