@@ -278,8 +278,8 @@ def resolved_html(clean_counts: dict[str, Any], cache_image_size: int, cache_rea
         parts.append("<p class='warn'><b>WARNING: near-copy detection cannot separate "
                      "synthetic copies from distinct images on this data: near copies "
                      "will be missed.</b></p>")
-    where = "clean and the split's leakage audit" if any(
-        k.startswith("near_duplicate_") for k in split_metrics) else "clean"
+    where = ("clean and the split's leakage audit"
+             if split_metrics.get("audit_rule_calibrated") else "clean")
     parts.append(f"<p>Near copies ({where}): calibrated on synthetic copies of the "
                  f"images (JPEG, resize, crop, brightness, combined).</p>")
     parts.append(table(pd.DataFrame([cal])))
