@@ -234,6 +234,19 @@ def head_module(model: nn.Module) -> nn.Module:
     return classifier(model)[1]
 
 
+def _offline_unless_hub_resolves() -> None:
+    """Where huggingface.co does not even resolve, look in the local cache only: without
+    this the hub client retries for about 50 s before the same error."""
+    import socket
+
+    from huggingface_hub import constants
+
+    try:
+        socket.getaddrinfo("huggingface.co", 443)
+    except OSError:
+        constants.HF_HUB_OFFLINE = True
+
+
 def create_model(cfg: Backbone, num_classes: int, *, pretrained: bool = True
                  ) -> tuple[nn.Module, Preprocessing, dict[str, Any]]:
     """Build model.name with its pretrained weights and a new head for ``num_classes``.
@@ -253,6 +266,8 @@ def create_model(cfg: Backbone, num_classes: int, *, pretrained: bool = True
             name = arch if spec in ("default", "none") or file else f"{arch}.{spec}"
             # dropout goes into the new head below, so that the head module alone is the
             # part that trains on stored features in head-only phases
+            if tag_pretrained:
+                _offline_unless_hub_resolves()
             model = timm.create_model(name, pretrained=tag_pretrained)
             if spec == "default" and arch == PACKAGE_ARCH:
                 mapped = _package_state_dict(model)

@@ -44,6 +44,22 @@ def test_weights_that_do_not_fit_or_do_not_exist_fail_clearly(tmp_path):
         check_model_config(_cfg(weights="imagenet22k"))
 
 
+def test_hub_weights_without_a_resolvable_hub_look_only_in_the_cache(monkeypatch, tmp_path):
+    import socket
+
+    from huggingface_hub import constants
+
+    def no_dns(*args, **kwargs):
+        raise socket.gaierror(-2, "Name or service not known")
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # restored after the test
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))  # an empty cache
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    with pytest.raises(WeightsError, match="could not get weights 'default' for resnet18"):
+        create_model(_cfg("resnet18", weights="default"), num_classes=2)
+    assert constants.HF_HUB_OFFLINE  # no retries against a hub that cannot be reached
+
+
 def test_unknown_model_name_fails_with_close_names():
     with pytest.raises(PipelineError, match="model.name = 'resnet19'.*Close names: .*resnet18"):
         check_model_config(_cfg("resnet19"))
