@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import ast
 import inspect
+import os
 import sys
 import textwrap
 import time
@@ -71,5 +72,6 @@ def run_stage(name: str, main: Callable[[], None], argv: Sequence[str] | None = 
         print(f"[{name}] error: {exc}", file=sys.stderr)
         sys.exit(2)
     seconds = time.perf_counter() - start
-    record_run(name, {"seconds": seconds})  # metrics/run.json: never a hashed output
+    if os.environ.get("RANK", "0") == "0":  # one process of a torchrun job writes it
+        record_run(name, {"seconds": seconds})  # metrics/run.json: never a hashed output
     print(f"[{name}] done in {seconds:.1f} s", file=sys.stderr)

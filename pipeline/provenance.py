@@ -70,6 +70,6 @@ def record_run(stage: str, values: dict[str, float], *, path: Path = RUN_RECORD)
                    "cpu": platform.processor() or platform.machine(),
                    "cores": os.cpu_count() or 0})
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # no two writers share a temporary file
     tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     tmp.replace(path)
