@@ -7,7 +7,7 @@ ConvNeXt weights), else the input size x 288/224. A network trained on RandomRes
 sees objects larger than a centre crop of the same size shows them, so its features are
 best at a larger test size (the FixRes effect, Touvron et al. 2019): on the ants/bees
 photos a logistic probe on tf_efficientnet_lite0 features reaches 0.948 at 224 px and
-0.961-0.974 at 288 px (benchmarks/real_data.py). The embed stage, whose features only
+0.961-0.974 at 288 px (benchmarks/probe_sizes.py). The embed stage, whose features only
 feed the clean checks, keeps the cheaper pretrained input size. Photos are never
 enlarged past their own median short side.
 
@@ -117,9 +117,9 @@ def resolve_image_size(requested: int | str, *, backbone_size: int,
     median = float(np.median(sides))
     if median >= backbone_size:
         size = int(min(photo_size, multiple * math.floor(median / multiple)))
-        kind = "test" if test_size and size == test_size else "pretrained input"
+        kind = "test" if test_size else "pretrained input"
         why = (f"the backbone's {kind} size (images' median short side {median:g} px)"
-               if size == photo_size or size == backbone_size else
+               if size == photo_size else
                f"the images' median short side {median:g} px, rounded down to a multiple "
                f"of {multiple} (below the backbone's {photo_size} px)")
         return size, f"auto: {size} px = {why}"
