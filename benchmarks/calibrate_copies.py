@@ -1,6 +1,7 @@
 """Benchmark: plant near copies into real images, calibrate on the data, score the detector.
 
-    python benchmarks/calibrate_copies.py [--sets photos,digits,textures] [--per-kind 6]
+    python benchmarks/calibrate_copies.py [--sets photos,digits,textures,lfw,fashion]
+        [--per-kind 6]
         [--sample 100] [--max-false-rate 0.002] [--seed 0]
 
 For each data set it plants ``--per-kind`` near copies of each kind of
@@ -9,14 +10,16 @@ brightness +-5-10 %, all combined; distinct originals, seed ``--seed + 1``), the
 what the stages would do, blind to what was planted: embeds every image with the
 project's embed code path (``create_model`` + ``fit_image`` + ``to_input``, at the
 ``auto`` size), makes synthetic copies of a ``--sample`` of the images (seed ``--seed``),
-calibrates each combination of signals (embedding, 16-px thumbnails, perceptual hash) and
-finds near-copy clusters with it. Prints, per data set and signal combination, the
-thresholds, the estimated recall and false-match rate, and the measured recall (per
-kind) and precision on the planted pairs.
+calibrates each combination of signals (embedding, 16-px thumbnails, perceptual hash,
+aligned views) and finds near-copy clusters with it. Prints, per data set and signal
+combination, the thresholds, the estimated recall and false-match rate, the measured
+recall (per kind) and precision on the planted pairs, and what the split stage's audit
+finds when the planted copies are a test folder and every original is in train.
 
 Data sets: ``photos`` = the ants/bees JPEGs (``--hymenoptera``, train and val pooled, the
 .gif placeholder left out); ``digits`` = scikit-learn's 1,797 8x8 handwritten digits;
-``textures`` = 800 synthetic 96-px textures (filtered noise and gratings, seeded).
+``textures`` = 800 synthetic 96-px textures (filtered noise and gratings, seeded);
+``lfw`` = scikit-image's 200 25-px faces; ``fashion`` = 2,000 Fashion-MNIST images.
 """
 
 from __future__ import annotations
@@ -34,7 +37,9 @@ from pipeline.autosize import backbone_input_size, resolve_image_size
 from pipeline.backbones import create_model, resolve_arch
 from pipeline.calibrate import (
     COPY_KINDS,
+    aligned_views,
     calibrate,
+    copy_pairs,
     copy_similarities,
     distinct_similarities,
     make_copies,
@@ -43,6 +48,7 @@ from pipeline.calibrate import (
     thumbnails,
 )
 from pipeline.config import ModelConfig
+from pipeline.embedfiles import SIGNALS
 from pipeline.images import fit_image, pixel_hash
 from pipeline.inputs import to_input
 
@@ -62,6 +68,26 @@ def digits() -> list[np.ndarray]:
 
     pixels = np.round(load_digits().images * (255 / 16)).astype(np.uint8)
     return [np.repeat(p[:, :, None], 3, axis=2) for p in pixels]
+
+
+def lfw() -> list[np.ndarray]:
+    """scikit-image's lfw_subset (200 grey 25x25 crops; in the dev extras) as RGB uint8."""
+    from skimage.data import lfw_subset
+
+    faces = np.round(lfw_subset() * 255).astype(np.uint8)
+    return [np.repeat(f[:, :, None], 3, axis=2) for f in faces]
+
+
+def fashion(n: int = 2000) -> list[np.ndarray]:
+    """The first ``n`` Fashion-MNIST training images (28x28; Debian's
+    dataset-fashion-mnist) as RGB uint8."""
+    import gzip
+
+    path = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
+    if not path.is_file():
+        raise SystemExit(f"{path} not found: apt-get install dataset-fashion-mnist")
+    raw = np.frombuffer(gzip.decompress(path.read_bytes()), np.uint8, offset=16)
+    return [np.repeat(x[:, :, None], 3, axis=2) for x in raw.reshape(-1, 28, 28)[:n]]
 
 
 def textures(n: int = 800, size: int = 96, seed: int = 0) -> list[np.ndarray]:
@@ -139,14 +165,15 @@ def run_set(name: str, originals: list[np.ndarray], model, prep, backbone: int,
     start = time.perf_counter()
     sig_all["thumbnail"], sig_copies["thumbnail"] = thumbnails(images), thumbnails(copies)
     sig_all["phash"], sig_copies["phash"] = phash(images), phash(copies)
+    sig_all["aligned"], sig_copies["aligned"] = aligned_views(images), aligned_views(copies)
     t_pixel = time.perf_counter() - start
     print(f"time (2 shared CPU cores): copies {t_copies:.1f} s, embeddings of "
           f"{len(images)} + {len(copies)} images {t_embed:.1f} s, thumbnails+phash "
           f"{t_pixel:.1f} s")
     ids = [f"{i:06d}" for i in range(len(images))]
     valid = np.ones(len(images), bool)
-    for combo in [("embedding",), ("thumbnail",), ("phash",),
-                  ("embedding", "thumbnail", "phash")]:
+    for combo in [("embedding",), ("thumbnail",), ("phash",), ("aligned",),
+                  ("embedding", "thumbnail", "phash"), SIGNALS]:
         if True:
             start = time.perf_counter()
             sigs = [sig_all[c] for c in combo]
@@ -171,6 +198,14 @@ def run_set(name: str, originals: list[np.ndarray], model, prep, backbone: int,
             print(f"[{'+'.join(combo):20s}] {cal.summary()}")
             est = " ".join(f"{k} {v:.2f}" for k, v in cal.recall_by_kind.items())
             print(f"    estimated recall by kind: {est}")
+            # the split audit: the planted copies as a test folder, the rest as train
+            test = np.arange(n, len(images))
+            rows, cols, _ = copy_pairs([sig_all[c][test] for c in combo],
+                                       [sig_all[c][:n] for c in combo], cal)
+            audit = {(int(cols[j]), int(test[rows[j]])) for j in range(len(rows))}
+            audit_hit = sum(p in audit for p in truth_pairs)
+            print(f"    split audit (planted copies as the test set): {audit_hit}/"
+                  f"{len(truth_pairs)} copies caught, {len(audit) - audit_hit} other pairs")
             print(f"    MEASURED on planted: recall {recall:.3f} ({len(hit)}/{len(truth_pairs)}),"
                   f" precision {precision:.3f} ({len(hit)}/{len(found)}); {per_kind}; "
                   f"calibrate+detect {t_cal:.1f} s")
@@ -178,7 +213,7 @@ def run_set(name: str, originals: list[np.ndarray], model, prep, backbone: int,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sets", default="photos,digits,textures")
+    parser.add_argument("--sets", default="photos,digits,textures,lfw,fashion")
     parser.add_argument("--hymenoptera", type=Path, default=HYMENOPTERA)
     parser.add_argument("--per-kind", type=int, default=6)
     parser.add_argument("--sample", type=int, default=100)
@@ -194,7 +229,7 @@ def main() -> None:
     backbone, _, why = backbone_input_size(library, arch, cfg.weights)
     print(f"backbone {arch}: {backbone} px ({why})")
     loaders = {"photos": lambda: photos(args.hymenoptera), "digits": digits,
-               "textures": textures}
+               "textures": textures, "lfw": lfw, "fashion": fashion}
     for name in args.sets.split(","):
         run_set(name, loaders[name](), model, prep, backbone, args)
 

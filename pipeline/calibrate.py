@@ -8,7 +8,9 @@ cosine 0.6-0.94 to its original while distinct images sit at 0.92. So the detect
    JPEG quality 50-80, 10-25 % smaller, a few pixels cropped, brightness +-5-10 %, and all
    four combined);
 2. measures, per *signal* (the backbone embedding, and pixel-space signals that do not
-   depend on the backbone: :func:`thumbnails`, :func:`phash`), how similar each copy is to
+   depend on the backbone: :func:`thumbnails`, :func:`phash`, and for small images,
+   where a one-pixel crop moves everything, :func:`aligned_views`: the best match over
+   crop and downscale views), how similar each copy is to
    its original and how similar each image is to its nearest distinct neighbour;
 3. picks one threshold per signal (:func:`calibrate`): a pair is a near copy when *any*
    signal reaches its threshold (an OR rule, so that each signal's search stays the
@@ -19,7 +21,8 @@ cosine 0.6-0.94 to its original while distinct images sit at 0.92. So the detect
 
 Every signal is a matrix of L2-normalised rows compared by cosine similarity, so
 :func:`pipeline.quality.neighbours` and :func:`pipeline.quality.similar_pairs` serve
-all of them.
+them, except the views signal ((N, V, D)), which :func:`pair_similarity`,
+:func:`view_neighbours` and :func:`similar_view_pairs` compare.
 """
 
 from __future__ import annotations
@@ -32,11 +35,17 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from PIL import Image, ImageEnhance
 
-from pipeline.quality import near_duplicate_clusters, neighbours
+from pipeline.quality import near_duplicate_clusters, neighbours, top_k
 
 COPY_KINDS = ("jpeg", "resize", "crop", "brightness", "combined")
 THUMBNAIL_SIZE = 16  # px: thumbnails' side, so (N, 256) rows
 PHASH_BITS = 8  # the perceptual hash's side, so (N, 64) rows
+ALIGNED_SIZE = 8  # px: the aligned views' side, so (N, VIEWS, 64)
+ALIGNED_BLUR = 0.7  # px (of the aligned views): Gaussian blur against JPEG noise
+ALIGNED_SCALES = (1.0, 0.85, 0.75)  # downscales of each crop view (the resize copies)
+MINI_SIDE = 64  # px: larger images are reduced to this short side before the views
+ALIGNED_VIEWS = len(ALIGNED_SCALES) * 16  # x crops: each side cut or not, 2**4
+SIM_DECIMALS = 6  # similarities are calibrated to this many decimals
 
 
 # --------------------------------------------------------------------------- copies
@@ -163,20 +172,122 @@ def phash(images: Sequence[np.ndarray], *, bits: int = PHASH_BITS) -> np.ndarray
     return rows
 
 
-# --------------------------------------------------------------------------- pairs
+def _views_of(pixels: np.ndarray) -> np.ndarray:
+    """(VIEWS, ALIGNED_SIZE**2) float32 views of one image (see :func:`aligned_views`)."""
+    from scipy.ndimage import gaussian_filter
+
+    img = Image.fromarray(pixels).convert("L")
+    w, h = img.size
+    cut = max(1, round(min(w, h) / 100))  # as make_copies' crop: 1 % of the short side
+    shrink = min(1.0, MINI_SIDE / min(w, h))  # big images: views of a small copy, fast
+    if shrink < 1:
+        img = img.resize((max(1, round(w * shrink)), max(1, round(h * shrink))),
+                         Image.Resampling.BICUBIC)
+    mw, mh = img.size
+    c = cut * shrink  # the cut in the reduced image's pixels (may be a fraction)
+    views = []
+    for scale in ALIGNED_SCALES:
+        for left, top, right, bottom in itertools.product((0.0, c), repeat=4):
+            box = (left, top, mw - right, mh - bottom)
+            bw, bh = box[2] - box[0], box[3] - box[1]
+            # a whole-pixel crop is cut out (the edge pixels then stay out of the
+            # filters' reach, as in a cropped copy); a fractional one is a resize box
+            view = img.crop((round(left), round(top), round(box[2]), round(box[3]))) \
+                if shrink == 1 else img.resize((round(bw), round(bh)),
+                                               Image.Resampling.BICUBIC, box=box)
+            # as a copy made smaller (in the original's pixels): detail lost first
+            size = (max(1, round(bw * scale / shrink)), max(1, round(bh * scale / shrink)))
+            if size[0] < view.width or size[1] < view.height:
+                view = view.resize(size, Image.Resampling.BICUBIC)
+            views.append(np.asarray(view.resize((ALIGNED_SIZE, ALIGNED_SIZE),
+                                                Image.Resampling.BILINEAR), dtype=np.float32))
+    stack = gaussian_filter(np.stack(views), (0, ALIGNED_BLUR, ALIGNED_BLUR), mode="nearest")
+    flat = stack.reshape(len(views), -1)
+    return _unit_rows(flat - flat.mean(axis=1, keepdims=True))
+
+
+def aligned_views(images: Sequence[np.ndarray]) -> np.ndarray:
+    """Pixel-space signal for small images: blurred thumbnails of aligned views.
+
+    On an 8x8 digit a one-pixel crop moves every stroke by an eighth of the image and a
+    10-25 % downscale blurs it away, so no single thumbnail of the copy lines up with
+    one of the original. Each image therefore gets ``ALIGNED_VIEWS`` views: every crop
+    of 0 or the copy generator's cut (1 % of the short side, at least one pixel) off
+    each side, each at full size and downscaled as a resized copy would be (x0.85,
+    x0.75), each stretched to an ``ALIGNED_SIZE`` px grey thumbnail, blurred a little
+    (JPEG noise) and centred to unit norm. View 0 is the whole image. Two images are
+    compared by :func:`pair_similarity`: the best of one image's views against the
+    other's whole view, both ways round. Images larger than ``MINI_SIDE`` are reduced
+    first (their crops are sub-pixel at this size anyway).
+
+    Returns:
+        (N, ALIGNED_VIEWS, ALIGNED_SIZE**2) float32 unit rows (zero for a flat view).
+    """
+    if not len(images):
+        return np.zeros((0, ALIGNED_VIEWS, ALIGNED_SIZE ** 2), np.float32)
+    return np.stack([_views_of(p) for p in images])
+
+
+def pair_similarity(x: np.ndarray, y: np.ndarray, a: np.ndarray | Sequence[int],
+                    b: np.ndarray | Sequence[int], *, chunk: int = 4096) -> np.ndarray:
+    """(P,) similarity of the pairs (``x[a[p]]``, ``y[b[p]]``) in one signal.
+
+    A matrix signal ((N, D) rows) gives the cosine similarity; a views signal
+    ((N, V, D), :func:`aligned_views`) the best cosine of either image's views against
+    the other's whole view (view 0). Pairs are gathered in chunks (linear memory).
+    """
+    rows_x, rows_y = np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64)
+    out = np.empty(len(rows_x), np.float32)
+    for s in range(0, len(rows_x), chunk):
+        u, w = x[rows_x[s:s + chunk]], y[rows_y[s:s + chunk]]
+        out[s:s + chunk] = (np.einsum("pd,pd->p", u, w) if x.ndim == 2 else np.maximum(
+            np.einsum("pvd,pd->pv", u, w[:, 0]).max(1),
+            np.einsum("pvd,pd->pv", w, u[:, 0]).max(1)))
+    return out
+
+
+def view_neighbours(views: np.ndarray, *, k: int, exact_max: int, probes: int,
+                    seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`pipeline.quality.neighbours` for a views signal ((N, V, D)).
+
+    Up to ``exact_max`` images, each image's candidates are the ``2k + 8`` images whose
+    whole view best matches any of its views (chunks of (c, V, N) similarities: linear
+    memory); above it, the whole views' own neighbour search (the cell search), which
+    can miss a cropped copy of a tiny image. Either way the candidates are then scored
+    by :func:`pair_similarity` (both ways round) and the best k kept, best first.
+    """
+    n, v, d = views.shape
+    whole = np.ascontiguousarray(views[:, 0])
+    k = min(k, max(n - 1, 0))
+    wide = min(2 * k + 8, max(n - 1, 0))  # candidates, rescored both ways round
+    if n > exact_max or k == 0:
+        index = neighbours(whole, k=wide, exact_max=exact_max, probes=probes, seed=seed)[0]
+    else:
+        index = np.zeros((n, wide), dtype=np.int64)
+        chunk = max(1, (1 << 24) // (n * v))
+        for start in range(0, n, chunk):
+            part = views[start:start + chunk]
+            block = (part.reshape(-1, d) @ whole.T).reshape(len(part), v, n).max(1)
+            rows = np.arange(len(part))
+            block[rows, start + rows] = -np.inf  # not its own neighbour
+            index[start:start + chunk] = top_k(block, wide)[0]
+    sims = pair_similarity(views, views, np.repeat(np.arange(n), index.shape[1]),
+                           index.ravel()).reshape(index.shape)
+    order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(index, order, 1), np.take_along_axis(sims, order, 1)
 
 
 def copy_similarities(signals: Sequence[np.ndarray], copies: Sequence[np.ndarray],
                       source: np.ndarray) -> np.ndarray:
-    """(M, S) cosine similarity of each copy to its original, per signal.
+    """(M, S) similarity of each copy to its original, per signal (:func:`pair_similarity`).
 
     Args:
-        signals: S matrices (N, D_s) of the originals, L2-normalised rows.
-        copies: S matrices (M, D_s) of the copies, in the same signal order.
+        signals: S signals of the originals: (N, D_s) unit rows or (N, V, D_s) views.
+        copies: S signals of the copies, (M, ...) each, in the same signal order.
         source: (M,) row of each copy's original.
     """
-    return np.stack([np.einsum("md,md->m", c, s[source]) for s, c in zip(signals, copies)],
-                    axis=1).astype(np.float32)
+    return np.stack([pair_similarity(c, s, np.arange(len(source)), source)
+                     for s, c in zip(signals, copies)], axis=1).astype(np.float32)
 
 
 Search = tuple[np.ndarray, np.ndarray]  # (N, k) neighbour indices, (N, k) similarities
@@ -184,10 +295,11 @@ Search = tuple[np.ndarray, np.ndarray]  # (N, k) neighbour indices, (N, k) simil
 
 def search(signals: Sequence[np.ndarray], *, k: int, exact_max: int = 20000,
            probes: int = 8, seed: int = 0) -> list[Search]:
-    """Each signal's k nearest neighbours (:func:`pipeline.quality.neighbours`, linear
-    memory), searched once and shared by the calibration and the clustering."""
-    return [neighbours(sig, k=k, exact_max=exact_max, probes=probes, seed=seed)
-            for sig in signals]
+    """Each signal's k nearest neighbours (:func:`pipeline.quality.neighbours`, or
+    :func:`view_neighbours` for a views signal; linear memory), searched once and shared
+    by the calibration and the clustering."""
+    return [(view_neighbours if sig.ndim == 3 else neighbours)(
+        sig, k=k, exact_max=exact_max, probes=probes, seed=seed) for sig in signals]
 
 
 def distinct_similarities(signals: Sequence[np.ndarray], *, rows: np.ndarray | None = None,
@@ -228,7 +340,7 @@ def distinct_similarities(signals: Sequence[np.ndarray], *, rows: np.ndarray | N
         same = np.array([hashes[a] is not None and hashes[a] == hashes[b] for a, b in pairs],
                         dtype=bool).reshape(-1)
         pairs = pairs[~same]
-    sims = np.stack([np.einsum("pd,pd->p", s[pairs[:, 0]], s[pairs[:, 1]]) for s in signals],
+    sims = np.stack([pair_similarity(s, s, pairs[:, 0], pairs[:, 1]) for s in signals],
                     axis=1).astype(np.float32)
     return sims.reshape(len(pairs), len(signals)), pairs[:, 0].astype(np.int64)
 
@@ -296,8 +408,10 @@ def calibrate(copy_sims: np.ndarray, distinct_sims: np.ndarray, *,
     matches. Signals left out get an infinite threshold. Arguments as
     :func:`calibrate_rule`.
     """
-    copy_sims = np.asarray(copy_sims, dtype=np.float64)
-    pairs = np.asarray(distinct_sims, dtype=np.float64)
+    # to 1e-6: float32 noise must not order copies that are equal (a crop copy and a
+    # planted one both at 1.0 +- 1e-7 would otherwise split the strictest thresholds)
+    copy_sims = np.round(np.asarray(copy_sims, dtype=np.float64), SIM_DECIMALS)
+    pairs = np.round(np.asarray(distinct_sims, dtype=np.float64), SIM_DECIMALS)
     best: Calibration | None = None
     best_key: tuple[float, int, float] | None = None
     for r in range(1, len(signals) + 1):
@@ -324,6 +438,38 @@ def calibrate(copy_sims: np.ndarray, distinct_sims: np.ndarray, *,
     return best
 
 
+_BITS = np.array([bin(i).count("1") for i in range(256)], dtype=np.int64)  # popcount
+
+
+def _grid_rates(copy_sims: np.ndarray, pairs: np.ndarray, owner: np.ndarray, n_owners: int,
+                grids: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Recall on the copies and share of owners with a firing pair, for every setting of
+    the joint grid (``itertools.product`` order).
+
+    A setting fires on a copy, or on an owner, when any signal fires on it, so each
+    signal's candidates become bit rows (copies, then owners) that are OR-ed: the last
+    signal's whole grid at once for each setting of the others.
+    """
+    m = len(copy_sims)
+    rows = []
+    for j, grid in enumerate(grids):
+        copy_fire = copy_sims[:, j][None, :] >= grid[:, None]  # (G_j, M)
+        owner_fire = np.zeros((len(grid), n_owners), dtype=bool)  # (G_j, owners)
+        for g, t in enumerate(grid):
+            owner_fire[g, owner[pairs[:, j] >= t]] = True
+        rows.append((np.packbits(copy_fire, axis=1), np.packbits(owner_fire, axis=1)))
+    last_copy, last_owner = rows[-1]
+    recall, fired = [], []
+    for combo in itertools.product(*(range(len(g)) for g in grids[:-1])):
+        acc_copy, acc_owner = np.zeros_like(last_copy[0]), np.zeros_like(last_owner[0])
+        for j, g in enumerate(combo):
+            acc_copy |= rows[j][0][g]
+            acc_owner |= rows[j][1][g]
+        recall.append(_BITS[last_copy | acc_copy].sum(1) / max(m, 1))
+        fired.append(_BITS[last_owner | acc_owner].sum(1) / n_owners)
+    return np.concatenate(recall), np.concatenate(fired)
+
+
 def _grid_search(copy_sims: np.ndarray, pairs: np.ndarray, owner: np.ndarray,
                  n_owners: int, *, limit: int, floor_recall: float, max_false_rate: float
                  ) -> tuple[list[float], float]:
@@ -333,22 +479,14 @@ def _grid_search(copy_sims: np.ndarray, pairs: np.ndarray, owner: np.ndarray,
     s = copy_sims.shape[1]
     limit = min(limit, int(50_000 ** (1 / s)))  # keep the joint grid near 50,000 settings
     grids = [_candidates(pairs[:, j], limit=limit) for j in range(s)]
-    # (len(grid_j), M) and (len(grid_j), P) firing masks of each candidate, per signal
-    copy_fire = [copy_sims[:, j][None, :] >= g[:, None] for j, g in enumerate(grids)]
-    pair_fire = [pairs[:, j][None, :] >= g[:, None] for j, g in enumerate(grids)]
+    recall, fired = _grid_rates(copy_sims, pairs, owner, n_owners, grids)
     combos = list(itertools.product(*(range(len(g)) for g in grids)))
-    recall = np.zeros(len(combos))
-    fired = np.zeros(len(combos))  # share of owners with a firing pair
-    for c, combo in enumerate(combos):
-        hit = np.zeros(len(copy_sims), dtype=bool)
-        fire = np.zeros(len(pairs), dtype=bool)
-        for j, g in enumerate(combo):
-            hit |= copy_fire[j][g]
-            fire |= pair_fire[j][g]
-        recall[c] = hit.mean()
-        fired[c] = np.bincount(owner[fire], minlength=n_owners).astype(bool).sum() / n_owners
     usable = recall >= floor_recall
-    share = float(np.min(fired[usable] / recall[usable])) if usable.any() else 0.0
+    # half a Poisson deviation above each count: the minimum over many noisy
+    # ratios would otherwise fall below the truth when a few dozen real copies exist
+    count = fired * n_owners
+    upper = (count + 0.5 * np.sqrt(count)) / n_owners
+    share = float(np.min(upper[usable] / recall[usable])) if usable.any() else 0.0
     false_rate = np.maximum(0.0, fired - share * recall)
     ok = np.flatnonzero(false_rate <= max_false_rate)
     # most recall, then fewest matches, then the strictest (latest in product order)
@@ -386,7 +524,9 @@ def calibrate_rule(copy_sims: np.ndarray, distinct_sims: np.ndarray, *,
     pairs. With ``n(t)`` the share of images with a firing pair,
     ``n(t) = pi * r(t) + false(t)``; ``pi`` is estimated as the smallest ``n(t) / r(t)``
     over the grid (settings with ``r(t) >= floor_recall``: an upper bound of ``pi``,
-    tight where the strictest settings fire on copies only), and the false-match rate as
+    tight where the strictest settings fire on copies only; each count ``c`` of firing
+    images taken half a Poisson deviation high, ``c + sqrt(c) / 2``, so that the least of
+    many noisy ratios does not land below the truth), and the false-match rate as
     ``n(t) - pi * r(t)``. Without copies in the data ``pi`` comes out near 0 and the
     estimate is the plain share of images linked to their nearest distinct neighbour.
 
@@ -457,7 +597,7 @@ def near_copy_clusters(signals: Sequence[np.ndarray], calibration: Calibration, 
         if not np.isfinite(t):
             continue
         index, sims = (searches[j] if searches is not None else
-                       neighbours(sig, k=k, exact_max=exact_max, probes=probes, seed=seed))
+                       search([sig], k=k, exact_max=exact_max, probes=probes, seed=seed)[0])
         index_parts.append(index)
         margin_parts.append(sims - np.float32(t))  # >= 0 where this signal fires
     if not index_parts:
@@ -473,7 +613,8 @@ def copy_pairs(queries: Sequence[np.ndarray], reference: Sequence[np.ndarray],
 
     For the split stage's leakage audit (val/test rows as queries, train rows as
     reference): each used signal's :func:`pipeline.quality.similar_pairs` at its own
-    threshold, united. Linear memory in Q + M.
+    threshold (:func:`similar_view_pairs` for a views signal), united. Linear memory
+    in Q + M.
 
     Returns:
         (P,) int64 query rows, (P,) int64 reference rows, (P,) int64 index of the signal
@@ -485,9 +626,50 @@ def copy_pairs(queries: Sequence[np.ndarray], reference: Sequence[np.ndarray],
     for j, (q, r, t) in enumerate(zip(queries, reference, calibration.thresholds)):
         if not np.isfinite(t):
             continue
-        rows, cols, _ = similar_pairs(q, r, threshold=float(t))
+        rows, cols = (similar_view_pairs(q, r, threshold=float(t)) if q.ndim == 3 else
+                      similar_pairs(q, r, threshold=float(t))[:2])
         for a, b in zip(rows.tolist(), cols.tolist()):
             found.setdefault((a, b), j)
     keys = sorted(found)
     return (np.array([a for a, _ in keys], np.int64), np.array([b for _, b in keys], np.int64),
             np.array([found[key] for key in keys], np.int64))
+
+
+VIEW_PAIRS_MAX = 5e9  # Q x M x V similarities: above it the views audit uses whole views
+
+
+def similar_view_pairs(queries: np.ndarray, reference: np.ndarray, *, threshold: float
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """Every (query, reference) pair of a views signal ((Q, V, D), (M, V, D)) whose
+    :func:`pair_similarity` reaches ``threshold``: exact, in chunks of (c, V, M)
+    similarities (linear memory). Above ``VIEW_PAIRS_MAX`` similarities (tens of
+    thousands of images each side) only the whole views are compared
+    (:func:`pipeline.quality.similar_pairs`), which can miss a cropped copy of a tiny
+    image; the audit's other signals still apply.
+
+    Returns:
+        (P,) int64 query rows and (P,) int64 reference rows, ordered by query row.
+    """
+    from pipeline.quality import similar_pairs
+
+    q_n, v, d = queries.shape
+    m = len(reference)
+    if q_n * m * v > VIEW_PAIRS_MAX:
+        rows, cols, _ = similar_pairs(np.ascontiguousarray(queries[:, 0]),
+                                      np.ascontiguousarray(reference[:, 0]),
+                                      threshold=threshold)
+        return rows, cols
+    ref_whole, ref_flat = np.ascontiguousarray(reference[:, 0]), reference.reshape(-1, d)
+    chunk = max(1, (1 << 24) // max(1, m * v))
+    found_rows, found_cols = [], []
+    for start in range(0, q_n, chunk):
+        part = queries[start:start + chunk]
+        mine = (part.reshape(-1, d) @ ref_whole.T).reshape(len(part), v, m).max(1)
+        theirs = (ref_flat @ part[:, 0].T).reshape(m, v, len(part)).max(1).T
+        rows, cols = np.nonzero(np.maximum(mine, theirs) >= threshold)
+        found_rows.append(rows + start)
+        found_cols.append(cols)
+    if not found_rows:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return (np.concatenate(found_rows).astype(np.int64),
+            np.concatenate(found_cols).astype(np.int64))

@@ -10,10 +10,11 @@ input size and the median short side of a sample of the images (the cache stage'
 readable image ("" for most; the frame count of an animated or multi-page file).
 
 Pixel signals for near-copy detection (:mod:`pipeline.calibrate`), row-aligned too:
-``thumbnails.npy`` ((N, 256) float32) and ``phash.npy`` ((N, 64) float32), zero rows for
-unreadable images. Calibration copies (synthetic near copies of a seeded sample):
-``copies_{embeddings,thumbnails,phash}.npy`` ((M, D) each) and ``copies.json`` (source
-row and kind of each copy).
+``thumbnails.npy`` ((N, 256) float32), ``phash.npy`` ((N, 64) float32) and
+``aligned.npy`` ((N, 48, 64) float32 views, :func:`pipeline.calibrate.aligned_views`),
+zero for unreadable images. Calibration copies (synthetic near copies of a seeded
+sample): ``copies_{embedding,thumbnail,phash,aligned}.npy`` ((M, ...) each) and
+``copies.json`` (source row and kind of each copy).
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ from pipeline.errors import PipelineError
 
 EMBEDDINGS = "embeddings.npy"
 META = "meta.json"
-SIGNALS = ("embedding", "thumbnail", "phash")  # names in Calibration order
-_SIGNAL_FILES = {"thumbnail": "thumbnails.npy", "phash": "phash.npy"}
+SIGNALS = ("embedding", "thumbnail", "phash", "aligned")  # names in Calibration order
+_SIGNAL_FILES = {"thumbnail": "thumbnails.npy", "phash": "phash.npy",
+                 "aligned": "aligned.npy"}
 COPIES = "copies.json"
 
 
@@ -109,10 +111,11 @@ def read_rows(embed_dir: Path, ids: list[str]) -> tuple[np.ndarray, list[str | N
     return out, hashes
 
 
-def write_signals(out_dir: Path, thumbnails: np.ndarray, phash: np.ndarray) -> None:
-    """The pixel signals, row-aligned with the embeddings: (N, 256) and (N, 64) float32."""
-    np.save(Path(out_dir) / _SIGNAL_FILES["thumbnail"], thumbnails.astype(np.float32))
-    np.save(Path(out_dir) / _SIGNAL_FILES["phash"], phash.astype(np.float32))
+def write_signals(out_dir: Path, signals: dict[str, np.ndarray]) -> None:
+    """The pixel signals (every name of :data:`SIGNALS` but the embedding), row-aligned
+    with the embeddings, float32."""
+    for name, file in _SIGNAL_FILES.items():
+        np.save(Path(out_dir) / file, signals[name].astype(np.float32))
 
 
 def write_copies(out_dir: Path, signals: dict[str, np.ndarray], source: np.ndarray,
@@ -133,7 +136,8 @@ def _signal_file(embed_dir: Path, name: str) -> Path:
 
 
 def read_signals(embed_dir: Path, ids: list[str] | None = None) -> list[np.ndarray]:
-    """Every signal of :data:`SIGNALS` ((N, D_s) float32, unit or zero rows), for all rows
+    """Every signal of :data:`SIGNALS` ((N, D_s) or (N, V, D_s) float32, unit or zero
+    rows), for all rows
     (``ids`` None) or these image ids in this order; undecoded rows are zero."""
     meta = read_meta(embed_dir)
     if ids is None:

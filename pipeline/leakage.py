@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.calibrate import Calibration, copy_pairs
+from pipeline.calibrate import Calibration, copy_pairs, pair_similarity
 from pipeline.quality import similar_pairs
 
 KINDS = ("exact_duplicate", "near_duplicate", "duplicate_cluster", "group", "temporal",
@@ -57,7 +57,7 @@ def copies_in_train(splits: np.ndarray, *, hashes: Sequence[str | None] | None,
     An exact copy (equal pixel hash) is reported as ``exact_duplicate``; a pair whose
     cosine similarity is at least ``threshold`` as ``near_duplicate``. Rows without a
     hash (None) or with a zero embedding (not decoded) match nothing. With a
-    ``calibration`` (and its ``signals``, (N, D_s) each in its signal order) a pair is a
+    ``calibration`` (and its ``signals``, (N, ...) each in its signal order) a pair is a
     near copy when the calibrated rule says so (:func:`pipeline.calibrate.copy_pairs`).
     """
     train = np.flatnonzero(splits == "train")
@@ -77,9 +77,9 @@ def copies_in_train(splits: np.ndarray, *, hashes: Sequence[str | None] | None,
                                        calibration)
         for a, b, j in zip(rows, cols, which):
             i, k = int(later[a]), int(train[b])
-            sim = float(signals[j][i] @ signals[j][k])
+            sim = float(pair_similarity(signals[j], signals[j], [i], [k])[0])
             pairs.setdefault((i, k), Leak(
-                "near_duplicate", i, k, f"{calibration.signals[j]} cosine similarity "
+                "near_duplicate", i, k, f"{calibration.signals[j]} similarity "
                 f"{sim:.4f} >= {calibration.thresholds[j]:.4f} (clean's rule)",
                 _similarity(embeddings, i, k)))
     elif embeddings is not None:

@@ -74,11 +74,11 @@ def neighbours(embeddings: np.ndarray, *, k: int, exact_max: int, probes: int,
     for start, block in _similarity_blocks(embeddings, embeddings, chunk):  # (chunk, N)
         rows = np.arange(block.shape[0])
         block[rows, start + rows] = -np.inf  # not its own neighbour
-        index[start:start + chunk], sims[start:start + chunk] = _top_k(block, k)
+        index[start:start + chunk], sims[start:start + chunk] = top_k(block, k)
     return index, sims
 
 
-def _top_k(block: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def top_k(block: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Column positions and values of the k largest entries of each row, largest first."""
     top = np.argpartition(-block, k - 1, axis=1)[:, :k]
     top_sims = np.take_along_axis(block, top, axis=1)
@@ -105,7 +105,7 @@ def _cell_neighbours(x: np.ndarray, *, k: int, probes: int, seed: int
     sq_norms = (centroids ** 2).sum(1)
     for start in range(0, n, 8192):
         dist = sq_norms - 2 * (x[start:start + 8192] @ centroids.T)  # squared distance - |x|^2
-        near_cells[start:start + 8192] = _top_k(-dist, probes)[0]
+        near_cells[start:start + 8192] = top_k(-dist, probes)[0]
     home = near_cells[:, 0]
     by_home = np.argsort(home, kind="stable")
     member_bounds = np.searchsorted(home[by_home], np.arange(cells + 1))
@@ -131,7 +131,7 @@ def _cell_neighbours(x: np.ndarray, *, k: int, probes: int, seed: int
         columns = slots[:, None] * k + np.arange(best.shape[1])
         cand_index[rows[:, None], columns] = members[best.numpy()]
         cand_sims[rows[:, None], columns] = best_sims.numpy()
-    top, sims = _top_k(cand_sims, k)
+    top, sims = top_k(cand_sims, k)
     index = np.take_along_axis(cand_index, top, axis=1)
     missing = ~np.isfinite(sims)
     sims[missing] = 0.0

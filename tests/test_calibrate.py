@@ -4,25 +4,28 @@ import pytest
 from pipeline.autosize import backbone_input_size, data_profile, resolve_image_size
 from pipeline.calibrate import (
     COPY_KINDS,
+    aligned_views,
     calibrate,
     copy_pairs,
     copy_similarities,
     distinct_similarities,
     make_copies,
     near_copy_clusters,
+    pair_similarity,
     phash,
     thumbnails,
+    view_neighbours,
 )
 
 
-def _textures(n=60, size=64, seed=0):
+def _textures(n=60, size=64, seed=0, blur=3.0):
     """Distinct smooth random images (tiny, synthetic)."""
     from scipy.ndimage import gaussian_filter
 
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(n):
-        noise = gaussian_filter(rng.normal(size=(size, size, 3)), (3, 3, 0))
+        noise = gaussian_filter(rng.normal(size=(size, size, 3)), (blur, blur, 0))
         out.append(np.clip(128 + 60 * noise / noise.std(), 0, 255).astype(np.uint8))
     return out
 
@@ -88,3 +91,28 @@ def test_cannot_separate_is_reported():
     distinct = rng.uniform(0.5, 0.9, size=(200, 1))
     cal = calibrate(copies, distinct, signals=("embedding",))
     assert not cal.separable and "CANNOT SEPARATE" in cal.note and cal.recall < 0.9
+
+
+def test_aligned_views_find_cropped_and_shrunk_copies_of_tiny_images():
+    """On 8 x 8 images a one-pixel crop moves everything by an eighth: the plain
+    thumbnails miss the copy, the aligned views line it up again."""
+    images = _textures(80, size=8, blur=1.0)
+    crop, _, _ = make_copies([images[0]], kinds=["crop"], seed=3)
+    shrunk, _, _ = make_copies([images[1]], kinds=["resize"], seed=3)
+    assert crop[0].shape[:2] != (8, 8) and shrunk[0].shape[:2] != (8, 8)
+    data = images + crop + shrunk  # rows 80, 81: copies of rows 0, 1
+    views = aligned_views(data)
+    assert views.shape == (82, 48, 64)
+    copy_sims = pair_similarity(views, views, [0, 1], [80, 81])
+    assert copy_sims.min() > 0.999  # the views hold the copy's exact crop and size
+    index, sims = view_neighbours(views, k=3, exact_max=1000, probes=4)
+    assert index[80, 0] == 0 and index[81, 0] == 1 and index[0, 0] == 80
+    distinct_best = np.delete(sims[:, 0], [0, 1, 80, 81])
+    assert distinct_best.max() < copy_sims.min() - 0.005  # distinct images stay below
+    plain = thumbnails(data)
+    assert float(plain[0] @ plain[80]) < 0.95  # to plain thumbnails it is a distinct image
+    # the split audit on views: the copies as val rows against the originals as train
+    cal = calibrate(copy_sims[:, None], sims[:, :1].astype(np.float64), signals=("aligned",),
+                    max_false_rate=0.05)
+    rows, cols, _ = copy_pairs([views[80:]], [views[:80]], cal)
+    assert list(zip(rows, cols)) == [(0, 0), (1, 1)]

@@ -14,8 +14,8 @@ that straddles train and val/test the train members are the ones removed.
 
 Near copies: with ``clean.near_duplicate_threshold: auto`` the rule is calibrated on
 synthetic copies of the user's own images (the embed stage's calibration copies,
-pipeline.calibrate): one threshold per signal (embedding, thumbnail, perceptual hash),
-a pair a copy when any signal reaches its own; the estimated recall and false-match
+pipeline.calibrate): one threshold per signal (embedding, thumbnail, perceptual hash,
+aligned views), a pair a copy when any signal reaches its own; the estimated recall and false-match
 rate go to metrics/clean.json, and the rule to data/clean/calibration.json, which the
 split stage's leakage audit reuses. An explicit number keeps the single cosine threshold
 on the embeddings (written to the same file).

@@ -4,10 +4,11 @@ Writes ``data/embed/embeddings.npy`` ((N, D) float32, L2-normalised pooled featu
 zero rows for unreadable images), row-aligned with data/prepared/manifest.csv, and
 ``meta.json`` (image ids, which rows decoded, the pixel hash of each decoded image, the
 reason each other one is unreadable, the backbone, the resolved ``image_size``). Also
-the pixel signals (thumbnails, perceptual hashes) and the calibration copies (synthetic
-near copies of a seeded sample of ``embed.calibration_sample`` images, embedded the same
-way) that clean's ``auto`` near-copy rule is calibrated on (pipeline.calibrate). The
-clean stage reads all of it and decodes nothing but the thumbnails of what it flags.
+the pixel signals (thumbnails, perceptual hashes, aligned views) and the calibration
+copies (synthetic near copies of a seeded sample of ``embed.calibration_sample``
+images, embedded the same way) that clean's ``auto`` near-copy rule is calibrated on
+(pipeline.calibrate). The clean stage reads all of it and decodes nothing but the
+thumbnails of what it flags.
 
 ``embed.image_size: auto`` resolves from the backbone's pretrained input size and the
 median short side of a seeded sample of the images (pipeline.autosize, upscale 8).
@@ -24,7 +25,16 @@ from tqdm import tqdm
 from pipeline import embedfiles, paths
 from pipeline.autosize import backbone_input_size, resolve_image_size
 from pipeline.backbones import BackboneSpec, check_model_config, create_model
-from pipeline.calibrate import PHASH_BITS, THUMBNAIL_SIZE, make_copies, phash, thumbnails
+from pipeline.calibrate import (
+    ALIGNED_SIZE,
+    ALIGNED_VIEWS,
+    PHASH_BITS,
+    THUMBNAIL_SIZE,
+    aligned_views,
+    make_copies,
+    phash,
+    thumbnails,
+)
 from pipeline.config import load_sections
 from pipeline.embedfiles import EmbedMeta
 from pipeline.errors import PipelineError, run_stage
@@ -73,7 +83,7 @@ def embed_copies(model: torch.nn.Module, inputs: ImageInput, originals: list[np.
                                     for c in copies[start:start + batch_size]], dev)
              for start in range(0, len(copies), batch_size)]
     signals = {"embedding": np.concatenate(feats), "thumbnail": thumbnails(copies),
-               "phash": phash(copies)}
+               "phash": phash(copies), "aligned": aligned_views(copies)}
     return signals, np.stack([source, kinds])
 
 
@@ -105,9 +115,12 @@ def run(data: DataConfig, cfg: EmbedConfig, prepared: Path, out_dir: Path, *,
     notes = [""] * len(df)  # what decoding left out (frames after the first)
     rows: list[int] = []
     feats: list[np.ndarray] = []
-    # (N, 256) and (N, 64) pixel signals, zero rows: unreadable
-    thumbs = np.zeros((len(df), THUMBNAIL_SIZE ** 2), np.float32)
-    hashed = np.zeros((len(df), PHASH_BITS ** 2), np.float32)
+    # pixel signals, zero rows: unreadable
+    pixel_signals = {"thumbnail": np.zeros((len(df), THUMBNAIL_SIZE ** 2), np.float32),
+                     "phash": np.zeros((len(df), PHASH_BITS ** 2), np.float32),
+                     "aligned": np.zeros((len(df), ALIGNED_VIEWS, ALIGNED_SIZE ** 2),
+                                         np.float32)}
+    signal_of = {"thumbnail": thumbnails, "phash": phash, "aligned": aligned_views}
     with torch.inference_mode():
         for start in tqdm(range(0, len(df), cfg.batch_size), desc="embed", mininterval=1.0):
             batch, batch_rows, decoded = [], [], []
@@ -128,7 +141,8 @@ def run(data: DataConfig, cfg: EmbedConfig, prepared: Path, out_dir: Path, *,
             if batch:
                 feats.append(_embed(model, inputs, batch, dev))
                 rows.extend(batch_rows)
-                thumbs[batch_rows], hashed[batch_rows] = thumbnails(decoded), phash(decoded)
+                for name, values in pixel_signals.items():
+                    values[batch_rows] = signal_of[name](decoded)
         if not rows:
             first = next(f"{p}: {e}" for p, e in zip(paths_list, errors) if e)
             raise PipelineError(f"none of the {len(df)} images could be decoded (e.g. "
@@ -146,10 +160,10 @@ def run(data: DataConfig, cfg: EmbedConfig, prepared: Path, out_dir: Path, *,
         image_size=size, image_size_reason=reason, backbone_size=backbone,
         backbone_test_size=test_size,
         short_side_median=float(np.median(sides)) if sides else 0.0, notes=notes))
-    embedfiles.write_signals(out_dir, thumbs, hashed)
+    embedfiles.write_signals(out_dir, pixel_signals)
     if not order:  # nothing decoded: no copies, empty files of the right width
         copies = {"embedding": np.zeros((0, embeddings.shape[1])),
-                  "thumbnail": thumbs[:0], "phash": hashed[:0]}
+                  **{name: values[:0] for name, values in pixel_signals.items()}}
     source = np.asarray([order[int(j)] for j in source_kind[0]], dtype=np.int64)
     embedfiles.write_copies(out_dir, copies, source, source_kind[1])
     print(f"embed: {sum(valid)} of {len(df)} images, dimension {embeddings.shape[1]}, "
