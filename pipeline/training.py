@@ -102,6 +102,21 @@ def class_weights(cfg: TrainConfig, labels: np.ndarray | None, num_classes: int
     return torch.tensor(weights, dtype=torch.float32)
 
 
+def check_head_batches(model_cfg: ModelConfig, n: int, batch_size: int, world: int = 1
+                       ) -> None:
+    """A BatchNorm in the new head (model.head.norm) cannot train on a batch of one image:
+    fail before training when a rank's share of some batch would be one."""
+    if model_cfg.head.norm != "batchnorm" or not model_cfg.head.hidden:
+        return
+    last = n % batch_size
+    shares = [batch_size // world] + ([last // world] if last >= world else [])
+    if min(shares) < 2:
+        raise PipelineError(f"model.head.norm batchnorm needs at least 2 images in every "
+                            f"batch on each process; {n} train images in batches of "
+                            f"{batch_size} over {world} process(es) leave one: change "
+                            f"train.batch_size or use layernorm")
+
+
 def soft_cross_entropy(weight: torch.Tensor) -> Loss:
     """Cross-entropy on soft targets (mixup, cutmix) with class weights, normalised like
     ``nn.CrossEntropyLoss(weight)``: sum of w_c t_ic (-log p_ic) / sum of w_c t_ic."""

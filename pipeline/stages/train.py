@@ -35,7 +35,15 @@ from pipeline.params.model import ModelConfig
 from pipeline.params.train import TrainConfig
 from pipeline.provenance import environment, record_run
 from pipeline.seeding import pin_cpu, resolve_device, seed_everything
-from pipeline.training import Checkpointer, LoopState, Run, Setup, build_setup, train_phases
+from pipeline.training import (
+    Checkpointer,
+    LoopState,
+    Run,
+    Setup,
+    build_setup,
+    check_head_batches,
+    train_phases,
+)
 
 
 def _live(curves_dir: Path) -> Live:
@@ -131,6 +139,7 @@ def run(base: BaseConfig, model_cfg: ModelConfig, cfg: TrainConfig, cache_dir: P
         raise PipelineError("the val split is empty: give split.fractions.val > 0, it "
                             "chooses the checkpoint")
     rank, world, device = _distributed(base.device)
+    check_head_batches(model_cfg, len(views[0].labels), cfg.batch_size, world)
     cpu = pin_cpu(deterministic=base.deterministic)  # first: kernels are chosen at first use
     order = seed_everything(cfg.seed, deterministic=base.deterministic)  # batch order
     augment_rng = torch.Generator().manual_seed(cfg.seed + 1 + rank)  # flips and shifts
