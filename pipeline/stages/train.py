@@ -41,6 +41,7 @@ from pipeline.training import (
     Run,
     Setup,
     build_setup,
+    check_class_weights,
     check_head_batches,
     train_phases,
 )
@@ -132,6 +133,7 @@ def run(base: BaseConfig, model_cfg: ModelConfig, cfg: TrainConfig, cache_dir: P
     check_model_config(model_cfg)
     cache = read_meta(cache_dir)
     cfg, notes = resolve_auto(cfg, cache.profile)
+    check_class_weights(cfg, cache.classes)  # before any work
     for note in notes:
         print(note)
     views, val = train_views(cache_dir, cache), open_split(cache_dir, cache, "val")
@@ -144,7 +146,7 @@ def run(base: BaseConfig, model_cfg: ModelConfig, cfg: TrainConfig, cache_dir: P
     order = seed_everything(cfg.seed, deterministic=base.deterministic)  # batch order
     augment_rng = torch.Generator().manual_seed(cfg.seed + 1 + rank)  # flips and shifts
     setup = build_setup(model_cfg, cfg, len(cache.classes), device, verbose=rank == 0,
-                        train_labels=views[0].labels)
+                        train_labels=views[0].labels, classes=cache.classes)
     cfg = setup.cfg  # gradual phases written out: what runs, is resumed and is saved
     checkpointer = Checkpointer(checkpoint_dir, [as_dict(base), as_dict(model_cfg),
                                                  as_dict(cfg), read_meta_text(cache_dir), world])
