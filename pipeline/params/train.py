@@ -119,6 +119,12 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if not self.phases:
             raise ParamsError("train.phases is empty: give at least one phase")
+        schedules = {self.schedule} if isinstance(self.phases, str) else {
+            p.schedule or self.schedule for p in self.phases}
+        if (self.min_lr > 0 or self.cosine_epochs > 0) and "cosine" not in schedules:
+            raise ParamsError(f"train.min_lr and train.cosine_epochs shape the cosine "
+                              f"schedule, which no phase uses ({', '.join(sorted(schedules))})"
+                              f": set train.schedule cosine, or leave them at 0")
         if isinstance(self.class_weights, dict) and (
                 not self.class_weights or min(self.class_weights.values()) <= 0):
             raise ParamsError(f"train.class_weights = {self.class_weights}: give none, "
