@@ -218,7 +218,7 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return imbalanced_cache(tmp_path_factory.mktemp("recipes") / "cache")
 
 
-@pytest.mark.slow  # lite0 trains for 2-6 epochs per recipe: about 1-2 min in all on 2 cores
+@pytest.mark.slow  # lite0 trains 2 to 6 epochs on tiny images per recipe
 @pytest.mark.parametrize("name", list(recipes()))
 def test_recipe_from_the_docs_does_what_it_says(name: str, cache: Path, tmp_path: Path
                                                 ) -> None:
