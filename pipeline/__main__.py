@@ -16,7 +16,7 @@ from pipeline import init_data, paths
 from pipeline.config import PARAMS_FILE
 from pipeline.errors import PipelineError
 from pipeline.init_data import data_values, inspect_source, report_lines, set_keys
-from pipeline.predict import Predictor, expand, predict_files, top_k
+from pipeline.predict import TTA, Predictor, expand, predict_files, top_k
 from pipeline.summary import PAGES, read_summary
 
 MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb limit
@@ -37,7 +37,7 @@ def predict_command(args: argparse.Namespace) -> None:
         writer = csv.writer(fh, lineterminator="\n")
         writer.writerow(header)
         results = predict_files(predictor, files, batch_size=args.batch_size,
-                                max_pixels=MAX_PIXELS)
+                                max_pixels=MAX_PIXELS, tta=args.tta)
         for path, probs, error in tqdm(results, total=len(files), desc="predict",
                                        mininterval=1.0):
             if probs is None:
@@ -58,7 +58,7 @@ def serve_command(args: argparse.Namespace) -> None:
     from pipeline.serve import create_app
 
     app = create_app(args.model, device=args.device, max_bytes=args.max_bytes,
-                     k_default=args.top_k)
+                     k_default=args.top_k, tta=args.tta)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
 
 
@@ -119,6 +119,9 @@ def run_command(args: argparse.Namespace, dvc_args: list[str]) -> None:
 def _device(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="where the model runs")
+    p.add_argument("--tta", default="none", choices=TTA,
+                   help="test-time augmentation, as evaluate.tta: average the image with "
+                        "its mirror (flip) or five shifted crops (crops)")
 
 
 def build_parser() -> argparse.ArgumentParser:

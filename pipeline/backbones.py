@@ -13,6 +13,7 @@ import importlib.resources
 import pickle
 import re
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -211,7 +212,11 @@ def _load_file_into(model: nn.Module, path: Path, head: set[str]) -> None:
 
 
 def classifier(model: nn.Module) -> tuple[str, nn.Module]:
-    """(dotted name, module) of the final classification layer."""
+    """(dotted name, module) of the final classification layer (the whole new
+    :class:`Head` once replaced)."""
+    for name, module in model.named_modules():
+        if isinstance(module, Head):
+            return name, module
     if hasattr(model, "get_classifier"):  # timm
         target = model.get_classifier()  # type: ignore[operator]
         for name, module in model.named_modules():
@@ -309,11 +314,67 @@ def create_model(cfg: Backbone, num_classes: int, *, pretrained: bool = True
     if in_features is None:
         raise PipelineError(f"{cfg.name}: its classifier {head_name} is a "
                             f"{type(old_head).__name__}, not a linear layer to replace")
-    new_head: nn.Module = nn.Linear(in_features, num_classes)
-    if cfg.drop_rate > 0:
-        new_head = nn.Sequential(nn.Dropout(cfg.drop_rate), new_head)
-    _set_module(model, head_name, new_head)
+    _set_module(model, head_name, new_head(in_features, num_classes, cfg.drop_rate,
+                                           getattr(cfg, "head", None) or HeadSpec()))
     return model, prep, info
+
+
+class Head(nn.Sequential):
+    """The new classification head when it has more than one layer (a plain Sequential
+    whose type marks it, so :func:`classifier` finds all of it in any model)."""
+
+
+_ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}
+_NORMS: dict[str, type[nn.Module]] = {"batchnorm": nn.BatchNorm1d, "layernorm": nn.LayerNorm}
+
+
+def new_head(in_features: int, num_classes: int, drop_rate: float, spec: HeadLike
+             ) -> nn.Module:
+    """The head on (B, in_features) pooled features: ``Dropout(drop_rate)`` when > 0, then
+    per hidden width ``Linear, norm, activation, Dropout(spec.dropout)``, then the Linear to
+    the classes. No hidden layers and no dropout: the single ``nn.Linear`` (state-dict keys
+    and initial weights as before model.head existed).
+
+    timm's ClassifierHead and NormMlpClassifierHead pool (and NormMlp normalises) the
+    backbone's feature map themselves, with at most one hidden layer; this head sits after
+    the backbone's own pooling, where head-only phases feed it stored features.
+    """
+    layers: list[nn.Module] = [nn.Dropout(drop_rate)] if drop_rate > 0 else []
+    width = in_features
+    for hidden in spec.hidden:
+        layers.append(nn.Linear(width, hidden))
+        if spec.norm != "none":
+            layers.append(_NORMS[spec.norm](hidden))
+        layers.append(_ACTIVATIONS[spec.activation]())
+        if spec.dropout > 0:
+            layers.append(nn.Dropout(spec.dropout))
+        width = hidden
+    layers.append(nn.Linear(width, num_classes))
+    return layers[0] if len(layers) == 1 else Head(*layers)
+
+
+class HeadLike(Protocol):
+    """What shapes the new head: ``model.head`` (HeadConfig) or a saved model's meta."""
+
+    @property
+    def hidden(self) -> Sequence[int]: ...
+    @property
+    def activation(self) -> str: ...
+    @property
+    def dropout(self) -> float: ...
+    @property
+    def norm(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """A head named outside ``model.head`` (a saved model's meta); the default is the
+    single Linear layer."""
+
+    hidden: tuple[int, ...] = ()
+    activation: str = "relu"
+    dropout: float = 0.0
+    norm: str = "none"
 
 
 class Backbone(Protocol):
@@ -334,6 +395,7 @@ class BackboneSpec:
     name: str
     weights: str
     drop_rate: float = 0.0
+    head: HeadLike = HeadSpec()
 
 
 def load_trained(path: Path) -> tuple[nn.Module, Preprocessing, dict[str, Any]]:
@@ -347,7 +409,9 @@ def load_trained(path: Path) -> tuple[nn.Module, Preprocessing, dict[str, Any]]:
                             f"preprocessing it needs): use models/model.pt")
     meta = checkpoint["meta"]
     try:
-        cfg = BackboneSpec(**meta["model"])
+        saved: dict[str, Any] = meta["model"].get("head", {})  # none before model.head
+        head = HeadSpec(**{**saved, "hidden": tuple(saved.get("hidden", ()))})
+        cfg = BackboneSpec(**{**meta["model"], "head": head})
         prep = meta["preprocessing"]
         num_classes = len(meta["classes"])
     except (KeyError, TypeError) as exc:

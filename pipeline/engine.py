@@ -181,11 +181,20 @@ def predict(model: nn.Module, data: ArraySplit, *, prep: Preprocessing,
     model.eval()
     out = []
     for images, _ in batches(data, batch_size):
-        views = tta_views(adapter.to_input(images, device), tta)
-        probs = torch.zeros(())
-        for x in views:
-            with _autocast(device, amp):
-                logits = model(x)
-            probs = probs + torch.softmax(logits.float(), dim=1).cpu().double()
-        out.append((probs / len(views)).numpy())
+        out.append(view_probabilities(model, adapter.to_input(images, device), tta,
+                                      device=device, amp=amp))
     return np.concatenate(out) if out else np.zeros((0, 0))
+
+
+@torch.inference_mode()
+def view_probabilities(model: nn.Module, x: torch.Tensor, tta: str, *, device: torch.device,
+                       amp: bool = False) -> np.ndarray:
+    """(B, C) float64 class probabilities of a (B, C, H, W) model-input batch, averaged
+    over its test-time views (:func:`tta_views`); evaluate, predict and serve share it."""
+    probs = torch.zeros(())
+    views = tta_views(x, tta)
+    for view in views:
+        with _autocast(device, amp):
+            logits = model(view)
+        probs = probs + torch.softmax(logits.float(), dim=1).cpu().double()
+    return (probs / len(views)).numpy()

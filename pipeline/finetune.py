@@ -9,6 +9,7 @@ training, and the state of parameters that were already training carries over.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
@@ -39,10 +40,18 @@ def param_groups(model: nn.Module, groups: list[LayerGroup], weight_decay: float
 
 
 def make_optimizer(cfg: TrainConfig, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
-    """train.optimizer over the param groups (learning rates are set per phase)."""
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr)
-    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
+    """train.optimizer over the param groups (learning rates are set per phase), from
+    timm's optimizer factory, which keeps each group's weight decay and extra keys:
+    ``adamw`` (decoupled decay), ``adam`` (L2: the decay is added to the gradient),
+    ``sgd`` (Nesterov when train.nesterov and momentum > 0), ``rmsprop`` (timm's
+    TensorFlow-like alpha 0.9)."""
+    from timm.optim import create_optimizer_v2
+
+    name: str = cfg.optimizer
+    if name == "sgd" and not (cfg.nesterov and cfg.momentum > 0):
+        name = "momentum"  # timm's plain-momentum SGD (no momentum at all when 0)
+    return create_optimizer_v2(groups, opt=name, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                               momentum=cfg.momentum)
 
 
 def group_lrs(cfg: TrainConfig, phase: Phase, names: Sequence[str],
@@ -86,7 +95,9 @@ class Schedule:
 def make_schedule(optimizer: torch.optim.Optimizer, cfg: TrainConfig, phase: Phase, *,
                   steps_per_epoch: int, mode: Literal["min", "max"]) -> Schedule:
     """Linear warmup over ``train.warmup_epochs``, then the phase's schedule, over every
-    param group. Call after :func:`set_lrs`; ``mode`` is ``max`` or ``min`` (plateau)."""
+    param group: cosine (to ``train.min_lr`` over ``train.cosine_epochs``), step,
+    exponential, onecycle, plateau or constant. Call after :func:`set_lrs`; ``mode`` is
+    ``max`` or ``min`` (plateau)."""
     kind = phase.schedule or cfg.schedule
     total = phase.epochs * steps_per_epoch
     warmup = min(round(cfg.warmup_epochs * steps_per_epoch), total - 1)
@@ -105,18 +116,27 @@ def make_schedule(optimizer: torch.optim.Optimizer, cfg: TrainConfig, phase: Pha
         return Schedule(warm, torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode=mode, factor=cfg.decay_gamma, patience=cfg.plateau_patience))
     step_size = cfg.decay_epochs * steps_per_epoch
+    # cosine: over cosine_epochs (else the rest of the phase), then at the floor
+    cosine_steps = round(cfg.cosine_epochs * steps_per_epoch) or total - warmup
 
-    def factor(step: int) -> float:
+    def factor(step: int, floor: float) -> float:
         if step < warmup:
             return (step + 1) / (warmup + 1)
         done = step - warmup
         if kind == "cosine":
-            return 0.5 * (1 + math.cos(math.pi * min(done / max(1, total - warmup), 1.0)))
+            cos = 0.5 * (1 + math.cos(math.pi * min(done / max(1, cosine_steps), 1.0)))
+            return floor + (1 - floor) * cos
         if kind == "step":
             return float(cfg.decay_gamma ** (done // step_size))
+        if kind == "exponential":
+            return float(cfg.decay_gamma ** (done / steps_per_epoch))
         return 1.0  # constant
 
-    return Schedule(torch.optim.lr_scheduler.LambdaLR(optimizer, factor))
+    # train.min_lr as a share of each group's peak: never above it, 0 for frozen groups
+    floors = [min(cfg.min_lr / g["lr"], 1.0) if g["lr"] > 0 else 0.0
+              for g in optimizer.param_groups]
+    return Schedule(torch.optim.lr_scheduler.LambdaLR(
+        optimizer, [functools.partial(factor, floor=f) for f in floors]))
 
 
 # train.phases: auto, per data profile (pipeline.autosize.data_profile). Measured with

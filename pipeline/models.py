@@ -142,7 +142,8 @@ def train_mode(model: nn.Module, *, bn: str) -> None:
     ``bn="frozen"`` also keeps every BatchNorm layer of the trainable part in eval mode
     (pretrained running statistics, affine weights still trained): on small or
     domain-shifted data, batch statistics swing the features the head was fitted on.
-    ``bn="train"`` lets trainable BatchNorm use and update batch statistics.
+    ``bn="train"`` lets trainable BatchNorm use and update batch statistics. A BatchNorm
+    in the new head (``model.head.norm: batchnorm``) trains whenever the head does.
     Call after :func:`set_trainable`.
     """
     head = head_module(model)
@@ -156,7 +157,8 @@ def train_mode(model: nn.Module, *, bn: str) -> None:
             params = list(module.parameters())
             if params and not any(p.requires_grad for p in params):
                 module.eval()
-    if bn == "frozen":
+    if bn == "frozen":  # the pretrained ones: the new head's (model.head.norm) has none
+        in_head = {id(m) for m in head.modules()}
         for module in model.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and id(module) not in in_head:
                 module.eval()

@@ -15,9 +15,13 @@ import numpy as np
 import torch
 
 from pipeline.backbones import load_trained
+from pipeline.engine import view_probabilities
+from pipeline.errors import PipelineError
 from pipeline.images import IMAGES, UnreadableImage, decode_image, fit_image
 from pipeline.inputs import ImageInput, Preprocessing
 from pipeline.seeding import resolve_device
+
+TTA = ("none", "flip", "crops")  # test-time augmentation, as evaluate.tta (engine.tta_views)
 
 
 @dataclass
@@ -48,11 +52,14 @@ class Predictor:
         return fit_image(pixels, prep["image_size"], fit=prep["fit"])
 
     @torch.inference_mode()
-    def probabilities(self, images: np.ndarray) -> np.ndarray:
-        """(B, S, S, 3) uint8 prepared images -> (B, C) float64 probabilities."""
+    def probabilities(self, images: np.ndarray, *, tta: str = "none") -> np.ndarray:
+        """(B, S, S, 3) uint8 prepared images -> (B, C) float64 probabilities, averaged
+        over the test-time views of ``tta`` (none | flip | crops, as evaluate.tta)."""
+        if tta not in TTA:
+            raise PipelineError(f"tta = {tta!r}: choose one of {', '.join(TTA)}")
         x = ImageInput(self.prep).to_input(torch.from_numpy(np.ascontiguousarray(images)),
                                            self.device)
-        return torch.softmax(self.model(x).float(), 1).cpu().double().numpy()
+        return view_probabilities(self.model, x, tta, device=self.device)
 
 
 def top_k(probs: np.ndarray, classes: Sequence[str], k: int) -> list[list[tuple[str, float]]]:
@@ -74,9 +81,10 @@ def expand(inputs: Sequence[Path]) -> list[Path]:
 
 
 def predict_files(predictor: Predictor, files: Sequence[Path], *, batch_size: int,
-                  max_pixels: int) -> Iterator[tuple[Path, np.ndarray | None, str]]:
-    """(path, probabilities or None, error) per file, in order; unreadable files get
-    their reason and the rest still run."""
+                  max_pixels: int, tta: str = "none"
+                  ) -> Iterator[tuple[Path, np.ndarray | None, str]]:
+    """(path, probabilities or None, error) per file, in order (averaged over the
+    test-time views of ``tta``); unreadable files get their reason and the rest still run."""
     for start in range(0, len(files), batch_size):
         chunk = files[start:start + batch_size]
         prepared: list[np.ndarray] = []
@@ -87,6 +95,6 @@ def predict_files(predictor: Predictor, files: Sequence[Path], *, batch_size: in
                 errors.append("")
             except UnreadableImage as exc:
                 errors.append(str(exc))
-        probs = iter(predictor.probabilities(np.stack(prepared)) if prepared else [])
+        probs = iter(predictor.probabilities(np.stack(prepared), tta=tta) if prepared else [])
         for path, error in zip(chunk, errors):
             yield path, (None if error else next(probs)), error

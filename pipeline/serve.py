@@ -1,4 +1,5 @@
-"""A small prediction server (FastAPI): POST /predict with an image, GET /health.
+"""A small prediction server (FastAPI): POST /predict with an image (``?k=`` labels,
+``?tta=`` none | flip | crops), GET /health.
 
 Bad input never reaches the model: uploads above ``max_bytes`` get 413 (by their declared
 Content-Length before the body is read, or as soon as a chunked body passes the limit),
@@ -27,8 +28,9 @@ from fastapi import FastAPI, HTTPException, UploadFile
 from PIL import Image
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from pipeline.errors import PipelineError
 from pipeline.images import UnreadableImage, decode_image
-from pipeline.predict import Predictor, top_k
+from pipeline.predict import TTA, Predictor, top_k
 
 MAX_PIXELS = 40_000_000  # a 6,300 x 6,300 photo; larger is refused as a bomb
 ENVELOPE = 65536  # bytes of multipart framing allowed on top of max_bytes
@@ -105,10 +107,14 @@ async def _reply(send: Send, status: int, detail: str) -> None:
 
 
 def create_app(model_path: Path, *, device: str = "auto", max_bytes: int = 10 * 2**20,
-               k_default: int = 5, decoders: int = 2, pixels_in_flight: int = 2 * MAX_PIXELS
-               ) -> FastAPI:
+               k_default: int = 5, decoders: int = 2, pixels_in_flight: int = 2 * MAX_PIXELS,
+               tta: str = "none") -> FastAPI:
     """The FastAPI app serving ``model_path``; answers hold the ``k`` best labels
-    (``k_default``, at most the class count, when the request names none)."""
+    (``k_default``, at most the class count, when the request names none), averaged over
+    the test-time views of ``tta`` (none | flip | crops, as evaluate.tta; a request's
+    ``?tta=`` overrides it)."""
+    if tta not in TTA:
+        raise PipelineError(f"tta = {tta!r}: choose one of {', '.join(TTA)}")
     predictor = Predictor.load(model_path, device=device)
     lock = threading.Lock()
     budget = PixelBudget(pixels_in_flight)
@@ -119,11 +125,14 @@ def create_app(model_path: Path, *, device: str = "auto", max_bytes: int = 10 * 
     @app.get("/health")
     def health() -> dict[str, Any]:
         return {"status": "ok", "classes": len(predictor.classes),
-                "arch": predictor.meta["arch"]}
+                "arch": predictor.meta["arch"], "tta": tta}
 
     @app.post("/predict")
-    async def predict(file: UploadFile, k: int | None = None) -> dict[str, Any]:
+    async def predict(file: UploadFile, k: int | None = None, tta: str = tta
+                      ) -> dict[str, Any]:
         k = min(k_default, len(predictor.classes)) if k is None else k
+        if tta not in TTA:
+            raise HTTPException(422, f"tta must be one of {', '.join(TTA)}")
         data = await file.read(max_bytes + 1)
         if len(data) > max_bytes:
             raise HTTPException(413, f"upload larger than {max_bytes} bytes")
@@ -131,9 +140,10 @@ def create_app(model_path: Path, *, device: str = "auto", max_bytes: int = 10 * 
             raise HTTPException(422, "empty upload")
         if not 1 <= k <= len(predictor.classes):
             raise HTTPException(422, f"k must be between 1 and {len(predictor.classes)}")
-        return await asyncio.get_running_loop().run_in_executor(pool, _classify, data, k)
+        return await asyncio.get_running_loop().run_in_executor(pool, _classify, data, k,
+                                                                tta)
 
-    def _classify(data: bytes, k: int) -> dict[str, Any]:
+    def _classify(data: bytes, k: int, tta: str) -> dict[str, Any]:
         with budget.hold(header_pixels(data)):  # the full-size pixels live in this block
             try:
                 pixels = decode_image(io.BytesIO(data), max_pixels=MAX_PIXELS)
@@ -145,7 +155,7 @@ def create_app(model_path: Path, *, device: str = "auto", max_bytes: int = 10 * 
             prepared = predictor.prepare(pixels)
             del pixels
         with lock:
-            probs = predictor.probabilities(prepared[None])
+            probs = predictor.probabilities(prepared[None], tta=tta)
         best = top_k(probs, predictor.classes, k)[0]
         return {"label": best[0][0], "confidence": best[0][1],
                 "top_k": [{"label": label, "probability": p} for label, p in best]}

@@ -85,13 +85,30 @@ class Setup:
     cfg: TrainConfig  # the params with gradual phases written out (finetune.expand_gradual)
 
 
-def class_weights(cfg: TrainConfig, labels: np.ndarray | None, num_classes: int
-                  ) -> torch.Tensor | None:
+def check_class_weights(cfg: TrainConfig, classes: Sequence[str]) -> None:
+    """An explicit train.class_weights mapping must name classes of the data."""
+    if isinstance(cfg.class_weights, dict):
+        unknown = [name for name in cfg.class_weights if name not in classes]
+        if unknown:
+            raise PipelineError(f"train.class_weights names {', '.join(map(repr, unknown))}"
+                                f", which is no class of the data; valid names: "
+                                f"{', '.join(classes)}")
+
+
+def class_weights(cfg: TrainConfig, labels: np.ndarray | None, num_classes: int, *,
+                  classes: Sequence[str] | None = None) -> torch.Tensor | None:
     """(C,) float32 loss weights for train.class_weights: balanced is scikit-learn's
     ``n / (classes x count)`` over the classes in the train labels (absent ones get 1,
-    never used); None for none."""
+    never used); a mapping gives its classes' weights by name (``classes``, in index
+    order) and 1 to the rest; None for none."""
     if cfg.class_weights == "none":
         return None
+    if isinstance(cfg.class_weights, dict):
+        if classes is None:
+            raise PipelineError("train.class_weights by name needs the class names")
+        check_class_weights(cfg, classes)
+        return torch.tensor([cfg.class_weights.get(name, 1.0) for name in classes],
+                            dtype=torch.float32)
     if labels is None:
         raise PipelineError("train.class_weights balanced needs the train labels")
     from sklearn.utils.class_weight import compute_class_weight
@@ -100,6 +117,21 @@ def class_weights(cfg: TrainConfig, labels: np.ndarray | None, num_classes: int
     weights = np.ones(num_classes)
     weights[present] = compute_class_weight("balanced", classes=present, y=labels)
     return torch.tensor(weights, dtype=torch.float32)
+
+
+def check_head_batches(model_cfg: ModelConfig, n: int, batch_size: int, world: int = 1
+                       ) -> None:
+    """A BatchNorm in the new head (model.head.norm) cannot train on a batch of one image:
+    fail before training when a rank's share of some batch would be one."""
+    if model_cfg.head.norm != "batchnorm" or not model_cfg.head.hidden:
+        return
+    last = n % batch_size
+    shares = [batch_size // world] + ([last // world] if last >= world else [])
+    if min(shares) < 2:
+        raise PipelineError(f"model.head.norm batchnorm needs at least 2 images in every "
+                            f"batch on each process; {n} train images in batches of "
+                            f"{batch_size} over {world} process(es) leave one: change "
+                            f"train.batch_size or use layernorm")
 
 
 def soft_cross_entropy(weight: torch.Tensor) -> Loss:
@@ -120,8 +152,9 @@ def make_loss(cfg: TrainConfig, num_classes: int, weight: torch.Tensor | None = 
     from timm.data.mixup import Mixup, mixup_target
     from timm.loss import SoftTargetCrossEntropy
 
-    mixer = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix,
-                  label_smoothing=cfg.label_smoothing, num_classes=num_classes)
+    mixer = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=cfg.mixup_prob,
+                  switch_prob=cfg.mixup_switch_prob, label_smoothing=cfg.label_smoothing,
+                  num_classes=num_classes)
 
     def mix(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if len(x) % 2:  # timm mixes pairs: an odd batch trains unmixed
@@ -134,11 +167,12 @@ def make_loss(cfg: TrainConfig, num_classes: int, weight: torch.Tensor | None = 
 
 def build_setup(model_cfg: ModelConfig, cfg: TrainConfig, num_classes: int,
                 device: torch.device, *, verbose: bool = True,
-                train_labels: np.ndarray | None = None) -> Setup:
+                train_labels: np.ndarray | None = None,
+                classes: Sequence[str] | None = None) -> Setup:
     """Model with pretrained weights and a new head, layer groups, gradual phases written
-    out, optimizer, scaler, EMA and loss (``train_labels`` for train.class_weights); a bad
-    schedule fails here, before any work. Seed first: the new head's initial weights come
-    from torch's global generator."""
+    out, optimizer, scaler, EMA and loss (``train_labels`` and the ``classes`` names for
+    train.class_weights); a bad schedule fails here, before any work. Seed first: the new
+    head's initial weights come from torch's global generator."""
     model, prep, weights_info = create_model(model_cfg, num_classes)
     groups = layer_groups(model)
     cfg, notes = expand_gradual(cfg, groups)
@@ -160,7 +194,11 @@ def build_setup(model_cfg: ModelConfig, cfg: TrainConfig, num_classes: int,
 
         ema = ModelEmaV3(model, decay=cfg.ema_decay)
     forward: Any = torch.compile(model) if cfg.compile else model
-    weight = class_weights(cfg, train_labels, num_classes)
+    weight = class_weights(cfg, train_labels, num_classes, classes=classes)
+    if verbose and weight is not None:
+        print("class weights: " + ", ".join(
+            f"{name} {w:.3g}" for name, w in zip(classes or map(str, range(num_classes)),
+                                                  weight.tolist())))
     loss_fn, mix = make_loss(cfg, num_classes, None if weight is None else weight.to(device))
     return Setup(model, prep, weights_info, groups, trainable, head, forward, optimizer,
                  scaler, ema, loss_fn, mix, ImageInput(prep), random_flip_shift, cfg)

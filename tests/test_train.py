@@ -123,7 +123,7 @@ def test_auto_phases_and_hflip_follow_the_data_profile():
 def test_invalid_schedules_fail_before_training_with_a_clear_message():
     with pytest.raises(ParamsError, match=r"phases\[0\]\.epochs = 0 .* at least 1"):
         sections(**{"train.phases": [{"epochs": 0, "unfreeze": "head"}]})
-    with pytest.raises(ParamsError, match="schedule = 'linear'.*cosine, step, onecycle"):
+    with pytest.raises(ParamsError, match="schedule = 'linear'.*cosine, step, exponential"):
         sections(**{"train.schedule": "linear"})
     with pytest.raises(ParamsError, match="unfreeze = 'some'"):
         sections(**{"train.phases": [{"epochs": 1, "unfreeze": "some"}]})

@@ -8,9 +8,26 @@ schema changed (each stage declares the modules it imports). Loaded by
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from pipeline.errors import ParamsError
 from pipeline.params.fields import in_range
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """The new classification head on the backbone's pooled features: hidden layers
+    (Linear, norm, activation, dropout each), then the Linear to the classes. The default
+    (no hidden layers) is the single Linear layer (after model.drop_rate's dropout)."""
+
+    hidden: tuple[int, ...] = ()  # widths of the hidden layers, input side first
+    activation: Literal["relu", "gelu", "silu"] = "relu"
+    dropout: float = field(default=0.0, metadata=in_range(ge=0, lt=1))  # after each hidden
+    norm: Literal["none", "batchnorm", "layernorm"] = "none"  # after each hidden Linear
+
+    def __post_init__(self) -> None:
+        if any(width < 1 for width in self.hidden):
+            raise ParamsError(f"hidden = {list(self.hidden)}: every width must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -20,6 +37,7 @@ class ModelConfig:
     name: str  # timm or torchvision architecture; prefix "timm:" / "torchvision:" to force
     weights: str  # default | none | a timm tag | a torchvision weights name | a file
     drop_rate: float = field(metadata=in_range(ge=0, lt=1))  # dropout before the new head
+    head: HeadConfig = HeadConfig()  # the new head's layers (README "Training schedule")
 
     def __post_init__(self) -> None:
         if not self.name:

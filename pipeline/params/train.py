@@ -26,7 +26,8 @@ class Phase:
     unfreeze: Literal["head", "all", "gradual"] | int | tuple[str, ...]
     lr_mult: float = field(default=1.0, metadata=in_range(gt=0))  # lr = train.lr * lr_mult
     # "" takes train.schedule
-    schedule: Literal["", "cosine", "step", "onecycle", "plateau", "constant"] = ""
+    schedule: Literal["", "cosine", "step", "exponential", "onecycle", "plateau",
+                      "constant"] = ""
     layer_decay: float = field(default=0.0, metadata=in_range(ge=0, le=1))  # 0: train.layer_decay
     # explicit peak learning rates by group name (and `default` for the other trainable
     # groups; without it they keep the rule lr x lr_mult x layer_decay^depth)
@@ -59,26 +60,36 @@ class TrainConfig:
     seed: int = field(metadata=in_range(ge=0))
     lr: float = field(metadata=in_range(gt=0, le=10))  # the head's learning rate
     layer_decay: float = field(metadata=in_range(gt=0, le=1))  # x this per group below the head
-    optimizer: Literal["adamw", "sgd"]
-    momentum: float = field(metadata=in_range(ge=0, lt=1))  # sgd only
+    # adamw: decoupled weight decay; adam: L2 (weight_decay x weight added to the gradient)
+    optimizer: Literal["adamw", "adam", "sgd", "rmsprop"]
+    momentum: float = field(metadata=in_range(ge=0, lt=1))  # sgd and rmsprop
+    nesterov: bool  # sgd with momentum > 0: Nesterov momentum
     weight_decay: float = field(metadata=in_range(ge=0))  # never on norm and bias parameters
     batch_size: int = field(metadata=in_range(ge=1))
     accumulate: int = field(metadata=in_range(ge=1))  # batches per optimizer step
     clip_grad: float = field(metadata=in_range(ge=0))  # max gradient norm (0: off)
-    schedule: Literal["cosine", "step", "onecycle", "plateau", "constant"]
+    schedule: Literal["cosine", "step", "exponential", "onecycle", "plateau", "constant"]
     warmup_epochs: float = field(metadata=in_range(ge=0))  # linear warmup at each phase start
     decay_epochs: int = field(metadata=in_range(ge=1))  # step: lr x decay_gamma every N epochs
-    decay_gamma: float = field(metadata=in_range(gt=0, lt=1))  # step and plateau factor
+    # step and plateau: the factor; exponential: lr x decay_gamma per epoch (each step)
+    decay_gamma: float = field(metadata=in_range(gt=0, lt=1))
+    min_lr: float = field(metadata=in_range(ge=0))  # cosine: the floor (eta_min), per group
+    # cosine: epochs from peak to min_lr after the warmup (0: the rest of the phase)
+    cosine_epochs: float = field(metadata=in_range(ge=0))
     plateau_patience: int = field(metadata=in_range(ge=0))  # plateau: epochs without gain
     label_smoothing: float = field(metadata=in_range(ge=0, lt=1))
     mixup: float = field(metadata=in_range(ge=0))  # Beta(alpha, alpha) of mixup (0: off)
     cutmix: float = field(metadata=in_range(ge=0))  # Beta(alpha, alpha) of cutmix (0: off)
+    mixup_prob: float = field(metadata=in_range(ge=0, le=1))  # share of batches mixed
+    mixup_switch_prob: float = field(metadata=in_range(ge=0, le=1))  # both on: cutmix share
     ema_decay: float = field(metadata=in_range(ge=0, lt=1))  # EMA of the weights (0: off)
     monitor: Literal["val_accuracy", "val_macro_f1", "val_loss"]  # picks the best epoch
     patience: int = field(metadata=in_range(ge=0))  # end a phase after N epochs without gain
     # phase: patience ends the phase (the next one still runs); run: it ends the run
     patience_scope: Literal["phase", "run"]
-    class_weights: Literal["none", "balanced"]  # balanced: loss weights n / (classes x count)
+    # balanced: loss weights n / (classes x count); a mapping: class name -> weight (1 for
+    # the classes it leaves out)
+    class_weights: Literal["none", "balanced"] | dict[str, float]
     sampler: Literal["shuffle", "balanced"]  # balanced: draw rows with p ~ 1 / class count
     bn: Literal["frozen", "train"]  # BatchNorm statistics of trainable layers (see models)
     feature_cache: bool  # head-only phases train on stored backbone features
@@ -108,3 +119,13 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if not self.phases:
             raise ParamsError("train.phases is empty: give at least one phase")
+        schedules = {self.schedule} if isinstance(self.phases, str) else {
+            p.schedule or self.schedule for p in self.phases}
+        if (self.min_lr > 0 or self.cosine_epochs > 0) and "cosine" not in schedules:
+            raise ParamsError(f"train.min_lr and train.cosine_epochs shape the cosine "
+                              f"schedule, which no phase uses ({', '.join(sorted(schedules))})"
+                              f": set train.schedule cosine, or leave them at 0")
+        if isinstance(self.class_weights, dict) and (
+                not self.class_weights or min(self.class_weights.values()) <= 0):
+            raise ParamsError(f"train.class_weights = {self.class_weights}: give none, "
+                              f"balanced, or class names with weights greater than 0")

@@ -35,7 +35,16 @@ from pipeline.params.model import ModelConfig
 from pipeline.params.train import TrainConfig
 from pipeline.provenance import environment, record_run
 from pipeline.seeding import pin_cpu, resolve_device, seed_everything
-from pipeline.training import Checkpointer, LoopState, Run, Setup, build_setup, train_phases
+from pipeline.training import (
+    Checkpointer,
+    LoopState,
+    Run,
+    Setup,
+    build_setup,
+    check_class_weights,
+    check_head_batches,
+    train_phases,
+)
 
 
 def _live(curves_dir: Path) -> Live:
@@ -124,6 +133,7 @@ def run(base: BaseConfig, model_cfg: ModelConfig, cfg: TrainConfig, cache_dir: P
     check_model_config(model_cfg)
     cache = read_meta(cache_dir)
     cfg, notes = resolve_auto(cfg, cache.profile)
+    check_class_weights(cfg, cache.classes)  # before any work
     for note in notes:
         print(note)
     views, val = train_views(cache_dir, cache), open_split(cache_dir, cache, "val")
@@ -131,11 +141,12 @@ def run(base: BaseConfig, model_cfg: ModelConfig, cfg: TrainConfig, cache_dir: P
         raise PipelineError("the val split is empty: give split.fractions.val > 0, it "
                             "chooses the checkpoint")
     rank, world, device = _distributed(base.device)
+    check_head_batches(model_cfg, len(views[0].labels), cfg.batch_size, world)
     cpu = pin_cpu(deterministic=base.deterministic)  # first: kernels are chosen at first use
     order = seed_everything(cfg.seed, deterministic=base.deterministic)  # batch order
     augment_rng = torch.Generator().manual_seed(cfg.seed + 1 + rank)  # flips and shifts
     setup = build_setup(model_cfg, cfg, len(cache.classes), device, verbose=rank == 0,
-                        train_labels=views[0].labels)
+                        train_labels=views[0].labels, classes=cache.classes)
     cfg = setup.cfg  # gradual phases written out: what runs, is resumed and is saved
     checkpointer = Checkpointer(checkpoint_dir, [as_dict(base), as_dict(model_cfg),
                                                  as_dict(cfg), read_meta_text(cache_dir), world])
