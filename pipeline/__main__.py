@@ -73,7 +73,7 @@ def export_command(args: argparse.Namespace) -> None:
                             "pass --model")
     pin_cpu(deterministic=True)  # the stage's default (base.deterministic): same bytes
     report = args.out_dir / "export.json"
-    export.run(args.model, args.cache, args.out_dir, report)
+    export.run(args.model, args.cache, args.out_dir, report, run_record=None)
     written = [args.out_dir / n for n in ("model.ts", "model.onnx", "model.json")]
     print(f"wrote {', '.join(map(str, written))}; the check's numbers: {report}")
 

@@ -341,7 +341,7 @@ def test_empty_class_folders_and_frames_are_noted(tmp_path, monkeypatch, capsys)
     for note in notes:
         assert f"  note: {note}\n" in log.out
         assert f"<li>{note}</li>" in (out / "review.html").read_text()
-    counts = json.loads((out / "clean.json").read_text())
+    counts = json.loads((out / "all" / "clean.json").read_text())
     assert (counts["multi_frame"], counts["empty_class_folders"]) == (2, 1)
     assert _tree_hash(tmp_path / "src") == before
 

@@ -101,13 +101,22 @@ def test_chain_with_views_trains_from_the_cache_alone(tmp_path, monkeypatch):
                     "train_view0_images.npy"]  # epoch e reads view e mod K
     assert metrics["epochs"] == 3
     assert not any("second" in key for key in metrics)  # wall times: the run record only
-    timings = json.loads((tmp_path / "run.json").read_text())
+    timings = json.loads((tmp_path / "all" / "run.json").read_text())
     assert timings["train_phase0_seconds"] > 0 and timings["train_phase1_images_per_second"] > 0
-    assert json.loads((tmp_path / "train.json").read_text()) == metrics
+    # what dvc exp show displays: the headline only (train_seconds, the stage's whole time,
+    # comes from run_stage: test_end_to_end), every number under all/
+    assert "train_seconds" not in timings
+    assert json.loads((tmp_path / "run.json").read_text()) == {}
+    assert json.loads((tmp_path / "all" / "train.json").read_text()) == metrics
+    assert json.loads((tmp_path / "train.json").read_text()) == {
+        "best_epoch": metrics["best_epoch"]}
     out = tmp_path / "metrics"
     result = evaluate.run(base, eval_cfg, tmp_path / "model.pt", d / "cache", d / "split.csv",
                           out)
-    assert json.loads((out / "eval.json").read_text()) == result
+    assert json.loads((out / "all" / "eval.json").read_text()) == result
+    headline = json.loads((out / "eval.json").read_text())
+    assert list(headline) == list(evaluate.HEADLINE)  # this order, left to right
+    assert headline == {k: result[k] for k in evaluate.HEADLINE}
     assert {"tta_accuracy", "tta_macro_f1"} <= set(result)
     _recompute_with_sklearn(out, result)
     meta = torch.load(tmp_path / "model.pt", weights_only=True)["meta"]

@@ -23,7 +23,6 @@ on the embeddings (written to the same file).
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
@@ -47,6 +46,7 @@ from pipeline.calibrate import (
 from pipeline.config import load_sections
 from pipeline.embedfiles import SIGNALS, read_aligned, read_copies, read_signals
 from pipeline.errors import PipelineError, run_stage
+from pipeline.files import write_metrics
 from pipeline.manifest import (
     ISSUES,
     check_two_classes,
@@ -71,6 +71,11 @@ from pipeline.seeding import pin_cpu
 
 ACTIONS = "keep, drop or relabel:<label>"
 ISSUE_ORDER = {name: i for i, name in enumerate(ISSUES)}
+
+
+# what metrics/clean.json keeps for dvc exp show (images kept); every number goes
+# to metrics/all/clean.json (pipeline.files.write_metrics)
+HEADLINE = ("kept",)
 
 
 def read_decisions(path: Path, ids: set[str]) -> dict[str, str]:
@@ -373,7 +378,7 @@ def run(data: DataConfig, cfg: CleanConfig, prepared: Path, embed_dir: Path, out
         counts["train_copies_of_eval_dropped"] = int((train_copies & ~keep).sum())
     counts |= {"embed_image_size": embed_meta.image_size, **near_metrics}
     metrics.parent.mkdir(parents=True, exist_ok=True)
-    metrics.write_text(json.dumps(counts, indent=2) + "\n")
+    write_metrics(metrics, counts, HEADLINE)
     print("clean: kept {kept} of {images} images; ".format(**counts) + ", ".join(
         f"{counts[name]} {name}" for name in ISSUES))
     if fixed.any():

@@ -13,7 +13,6 @@ becomes the model. Runs under ``torchrun`` with DistributedDataParallel too. The
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ from pipeline.backbones import check_model_config
 from pipeline.cachefiles import CacheMeta, open_split, read_meta, read_meta_text, train_views
 from pipeline.config import as_dict, load_sections
 from pipeline.errors import PipelineError, run_stage
-from pipeline.files import atomic_path
+from pipeline.files import atomic_path, write_metrics
 from pipeline.finetune import resolve_auto
 from pipeline.params.base import BaseConfig
 from pipeline.params.model import ModelConfig
@@ -36,6 +35,10 @@ from pipeline.params.train import TrainConfig
 from pipeline.provenance import environment, record_run
 from pipeline.seeding import pin_cpu, resolve_device, seed_everything
 from pipeline.training import Checkpointer, LoopState, Run, Setup, build_setup, train_phases
+
+# what metrics/train.json keeps for dvc exp show (the epoch whose weights were kept);
+# every number goes to metrics/all/train.json (pipeline.files.write_metrics)
+HEADLINE = ("best_epoch",)
 
 
 def _live(curves_dir: Path) -> Live:
@@ -171,7 +174,7 @@ def _save(model_out: Path, loop: LoopState, meta: dict[str, Any], metrics_out: P
     with atomic_path(model_out) as partial:  # a full disk never leaves a truncated model
         torch.save({"state_dict": loop.best_state, "meta": meta}, partial)
     metrics_out.parent.mkdir(parents=True, exist_ok=True)
-    metrics_out.write_text(json.dumps(metrics, indent=2) + "\n")
+    write_metrics(metrics_out, metrics, HEADLINE)
 
 
 def main() -> None:
