@@ -317,7 +317,7 @@ def test_fault(case, tmp_path, monkeypatch):
 
 def test_empty_class_folders_and_frames_are_noted(tmp_path, monkeypatch, capsys):
     """A real embed: an animated GIF and a 3-page TIFF keep their first frame, an empty
-    class folder is no class; the log, metrics/clean.json and the review page say so."""
+    class folder is no class; the log, metrics/all/clean.json and the review page say so."""
     monkeypatch.chdir(tmp_path)
     root = write_tree(tmp_path / "src" / "images", classes=2, per_class=6)
     (root / "c2").mkdir()

@@ -16,7 +16,7 @@ Near copies: with ``clean.near_duplicate_threshold: auto`` the rule is calibrate
 synthetic copies of the user's own images (the embed stage's calibration copies,
 pipeline.calibrate): one threshold per signal (embedding, thumbnail, perceptual hash),
 a pair a copy when any signal reaches its own; the estimated recall and false-match
-rate go to metrics/clean.json, and the rule to data/clean/calibration.json, which the
+rate go to metrics/all/clean.json, and the rule to data/clean/calibration.json, which the
 split stage's leakage audit reuses. An explicit number keeps the single cosine threshold
 on the embeddings (written to the same file).
 """
@@ -285,7 +285,7 @@ def rate_limits(counts: dict[str, int], cfg: CleanConfig) -> list[str]:
 def near_rule(cfg: CleanConfig, embed_dir: Path, hashes: list[str | None], valid: np.ndarray,
               calibration: Path) -> tuple[NearRule | None, dict[str, float | bool | str]]:
     """The near-copy rule (calibrated for ``auto``, else None), written to ``calibration``
-    for the split stage, and its numbers for metrics/clean.json; logged, loudly when
+    for the split stage, and its numbers for metrics/all/clean.json; logged, loudly when
     nothing separates copies from distinct images."""
     if cfg.near_duplicate_threshold != "auto":
         calibfiles.write(calibration, explicit_rule(float(cfg.near_duplicate_threshold)),

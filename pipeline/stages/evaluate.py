@@ -3,8 +3,9 @@
 Writes the prediction tables first (``metrics/predictions.csv`` for test,
 ``metrics/predictions_val.csv`` for val: image_id, path, label, pred, one probability
 column per class; with ``evaluate.tta`` also tta_pred and tta_prob_*), then computes
-every number from those tables as written: ``metrics/eval.json`` (headline metrics,
-95 % bootstrap intervals, ECE before and after temperature scaling fitted on val),
+every number from those tables as written: ``metrics/all/eval.json`` (the metrics,
+95 % bootstrap intervals, ECE before and after temperature scaling fitted on val; the
+headline ones also in ``metrics/eval.json``),
 ``metrics/per_class.csv`` and the curve tables under ``metrics/plots/``.
 """
 

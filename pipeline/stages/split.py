@@ -13,7 +13,8 @@ layout is decided and printed here (``train/ val/``: val/ becomes test), and a s
 without val or test images fails here, never later in train or evaluate. Writes
 ``data/split/manifest.csv``, ``data/split/leakage.csv`` (every leaking pair),
 ``data/split/leakage.html`` (the pairs side by side as thumbnails, opens offline) and
-``metrics/split.json`` (counts per split and class, leaks by kind).
+``metrics/all/split.json`` (counts per split, leaks in all and by kind, drops; the
+per-class counts are in the report) and ``metrics/split.json`` (the leaks).
 """
 
 from __future__ import annotations

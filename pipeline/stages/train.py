@@ -76,7 +76,7 @@ def _distributed(device_name: str) -> tuple[int, int, torch.device]:
 def timing_metrics(loop: LoopState, phases: int, train_images: int) -> dict[str, float]:
     """Wall time of each phase's training passes (not validation) and its speed: the only
     place that turns the loop's timing into numbers. They go to the run record
-    (``metrics/run.json``), never into a hashed output."""
+    (``metrics/all/run.json``), never into a hashed output."""
     timing = {}
     for p in range(phases):
         if f"phase{p}_seconds" in loop.timing:
@@ -111,7 +111,7 @@ def model_meta(base: BaseConfig, model_cfg: ModelConfig, cfg: TrainConfig, cache
 
 
 def run_metrics(cfg: TrainConfig, loop: LoopState) -> dict[str, Any]:
-    """metrics/train.json: the best epoch's scores and the epochs run (no wall times)."""
+    """metrics/all/train.json: the best epoch's scores and the epochs run (no wall times)."""
     best = loop.best
     assert best is not None
     return {f"best_{cfg.monitor}": round(best[cfg.monitor], 6),
