@@ -77,7 +77,7 @@ def run_case(name: str, env_change: dict[str, str], params: dict, work: Path) ->
     seconds = time.perf_counter() - start
     if done.returncode != 0:
         sys.exit(f"{name}: train failed:\n{done.stderr[-3000:]}")
-    metrics = json.loads((folder / "metrics" / "train.json").read_text())
+    metrics = json.loads((folder / "metrics" / "all" / "train.json").read_text())
     return {"case": name, "weights": weights_hash(folder / "models" / "model.pt"),
             "val_acc": metrics.get("best_val_accuracy"), "seconds": round(seconds, 1),
             "env": " ".join(f"{k}={v}" for k, v in env_change.items()) or "-"}

@@ -4,7 +4,7 @@
 
 Per data set it copies this working tree into WORK/NAME (a fresh git + DVC project),
 changes only ``data.*`` in params.yaml, runs ``dvc repro`` and prints one table row:
-test accuracy with its 95 % interval, each stage's wall time (metrics/run.json), the
+test accuracy with its 95 % interval, each stage's wall time (metrics/all/run.json), the
 resolved ``auto`` values (image sizes, the data profile, train phases and hflip), what
 ``clean`` found, the calibrated near-copy rule with its estimated recall, and the floor:
 a logistic-regression probe on the embed stage's frozen features (fitted on the train
@@ -139,7 +139,7 @@ def run_one(name: str, data: dict, work: Path) -> dict:
     if proc.returncode != 0:
         return {"name": name, "error": (proc.stdout + proc.stderr)[-600:], "wall": wall}
     read = lambda rel: json.loads((project / rel).read_text())  # noqa: E731
-    ev, clean, run = read("metrics/eval.json"), read("metrics/clean.json"), read("metrics/run.json")
+    ev, clean, run = (read(f"metrics/all/{n}.json") for n in ("eval", "clean", "run"))
     cache = read("data/cache/meta.json")
     auto = [line for line in proc.stdout.splitlines()
             if re.match(r"train\.(phases|hflip) auto", line)]

@@ -138,8 +138,8 @@ def trial(work: Path, name: str, sets: list[str], data: str) -> dict:
         train_wall = run("train", d, log)
         eval_wall = run("evaluate", d, log)
     text = (d / "run.log").read_text()
-    tm = json.loads((d / "metrics/train.json").read_text())
-    ev = json.loads((d / "metrics/eval.json").read_text())
+    tm = json.loads((d / "metrics/all/train.json").read_text())
+    ev = json.loads((d / "metrics/all/eval.json").read_text())
     curve = [(int(p), float(a)) for p, a in
              re.findall(r"\(phase (\d+)\): .*?val accuracy ([0-9.]+)", text)]
     phases = sorted({p for p, _ in curve})

@@ -1,5 +1,5 @@
 """Command line of the pipeline: start on your own images (init), run it (run), use the
-trained model (predict, serve). Each stage also runs on its own: python -m
+trained model (predict, serve, export). Each stage also runs on its own: python -m
 pipeline.stages.<stage> --help."""
 
 from __future__ import annotations
@@ -60,6 +60,22 @@ def serve_command(args: argparse.Namespace) -> None:
     app = create_app(args.model, device=args.device, max_bytes=args.max_bytes,
                      k_default=args.top_k, tta=args.tta)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+
+
+def export_command(args: argparse.Namespace) -> None:
+    """The export stage's work on any trained model: TorchScript, ONNX and model.json in
+    ``--out-dir``, both checked against PyTorch on the cache's test split."""
+    from pipeline.seeding import pin_cpu
+    from pipeline.stages import export
+
+    if not args.model.is_file():
+        raise PipelineError(f"{args.model} not found: train first (dvc repro train) or "
+                            "pass --model")
+    pin_cpu(deterministic=True)  # the stage's default (base.deterministic): same bytes
+    report = args.out_dir / "export.json"
+    export.run(args.model, args.cache, args.out_dir, report, run_record=None)
+    written = [args.out_dir / n for n in ("model.ts", "model.onnx", "model.json")]
+    print(f"wrote {', '.join(map(str, written))}; the check's numbers: {report}")
 
 
 def init_command(args: argparse.Namespace) -> None:
@@ -125,7 +141,7 @@ def _device(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command line: predict, serve, init, run."""
+    """The command line: init, run, predict, serve, export."""
     formatter = argparse.ArgumentDefaultsHelpFormatter
     parser = argparse.ArgumentParser(prog="python -m pipeline", formatter_class=formatter,
                                      description=__doc__)
@@ -173,6 +189,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-bytes", type=int, default=10 * 2**20, help="largest upload")
     _device(s)
     s.set_defaults(func=serve_command)
+    e = sub.add_parser("export", formatter_class=formatter,
+                       help="TorchScript and ONNX copies of a trained model, checked "
+                            "against PyTorch (what the export stage does)",
+                       description="Writes model.ts (TorchScript), model.onnx (dynamic "
+                                   "batch) and model.json (classes and preprocessing) into "
+                                   "--out-dir and checks both exports against PyTorch on "
+                                   "the cache's test images (same argmax, probabilities "
+                                   "within the stage's tolerance), or fails; the check's "
+                                   "numbers go to export.json beside them. The export stage writes "
+                                   "the same into models/.")
+    e.add_argument("--model", type=Path, default=paths.MODEL, help="a trained model.pt")
+    e.add_argument("--cache", type=Path, default=paths.CACHE_DIR,
+                   help="the cache stage's folder: its test split checks the exports")
+    e.add_argument("--out-dir", type=Path, default=Path("exported"),
+                   help="folder for model.ts, model.onnx, model.json and export.json")
+    e.set_defaults(func=export_command)
     return parser
 
 

@@ -73,5 +73,5 @@ def run_stage(name: str, main: Callable[[], None], argv: Sequence[str] | None = 
         sys.exit(2)
     seconds = time.perf_counter() - start
     if os.environ.get("RANK", "0") == "0":  # one process of a torchrun job writes it
-        record_run(name, {"seconds": seconds})  # metrics/run.json: never a hashed output
+        record_run(name, {"seconds": seconds})  # metrics/all/run.json: never hashed
     print(f"[{name}] done in {seconds:.1f} s", file=sys.stderr)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 
 @contextmanager
@@ -27,3 +29,17 @@ def atomic_path(path: Path) -> Iterator[Path]:
         os.replace(partial, path)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def write_metrics(path: Path, values: Mapping[str, Any], headline: Sequence[str]) -> None:
+    """Every number to ``all/<name>`` beside ``path`` (a plain output: the report, the
+    summary and the tests read it) and the ``headline`` keys, in that order, to ``path``:
+    the DVC metrics file that ``dvc exp show`` and ``dvc metrics diff`` display, one
+    column per key, so it holds only what people compare (README "Experiments")."""
+    missing = [k for k in headline if k not in values]
+    if missing:
+        raise KeyError(f"headline metrics {missing} missing from {sorted(values)}")
+    full = path.parent / "all" / path.name
+    full.parent.mkdir(parents=True, exist_ok=True)
+    full.write_text(json.dumps(dict(values), indent=2) + "\n")
+    path.write_text(json.dumps({k: values[k] for k in headline}, indent=2) + "\n")

@@ -1,12 +1,13 @@
 """What made a result: library versions, the lock, the CPU code path (hashed outputs), and
-the run record of wall times, machine and commit (``metrics/run.json``, never hashed).
+the run record of wall times, machine and commit (``metrics/all/run.json``, never hashed).
 
 Two kinds of facts, kept apart on purpose. Those that decide the numbers (versions, the
 lock's hash, the kernels, the thread count, the device) are saved inside models and
 metrics, so the same commit and lock give the same bytes. Those that change on every run
 or machine (wall times, host, the git commit, which cannot sit inside a file that the
-commit itself records) go to ``metrics/run.json``: shown by ``dvc metrics show`` and
-``dvc exp show`` and the report, listed at the top level of ``dvc.yaml`` rather than as a
+commit itself records) go to ``metrics/all/run.json``, read by the report; the train
+stage's time is copied to ``metrics/run.json``, the one that ``dvc metrics show`` and
+``dvc exp show`` display. Both are listed at the top level of ``dvc.yaml`` rather than as a
 stage output, so no hash in ``dvc.lock`` depends on the clock.
 """
 
@@ -24,6 +25,7 @@ from typing import Any
 from pipeline.paths import LOCK as LOCK_FILE
 from pipeline.paths import RUN_RECORD
 
+RUN_HEADLINE = ("train_seconds",)  # what metrics/run.json keeps for dvc exp show
 LIBRARIES = ["torch", "torchvision", "timm", "numpy", "pillow", "scikit-learn"]
 
 
@@ -59,9 +61,11 @@ def git_commit() -> str:
 
 
 def record_run(stage: str, values: dict[str, float], *, path: Path = RUN_RECORD) -> None:
-    """Merge one stage's wall times (``{stage}_{key}``) into the run record, with the
-    machine and commit they were measured on. Never a DVC output: see the module doc."""
-    record = json.loads(path.read_text()) if path.exists() else {}
+    """Merge one stage's wall times (``{stage}_{key}``) into the run record
+    (``all/<name>`` beside ``path``), with the machine and commit they were measured on,
+    and copy its headline times to ``path``. Never a DVC output: see the module doc."""
+    full = path.parent / "all" / path.name
+    record = json.loads(full.read_text()) if full.exists() else {}
     if "seconds" not in values:  # a stage's detailed times replace its previous ones
         record = {k: v for k, v in record.items()
                   if not k.startswith(f"{stage}_") or k == f"{stage}_seconds"}
@@ -69,7 +73,9 @@ def record_run(stage: str, values: dict[str, float], *, path: Path = RUN_RECORD)
     record.update({"git_commit": git_commit(), "host": platform.node(),
                    "cpu": platform.processor() or platform.machine(),
                    "cores": os.cpu_count() or 0})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # no two writers share a temporary file
-    tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
+    headline = {k: record[k] for k in RUN_HEADLINE if k in record}
+    full.parent.mkdir(parents=True, exist_ok=True)
+    for target, values in ((full, record), (path, headline)):
+        tmp = target.with_suffix(f".{os.getpid()}.tmp")  # no two writers share one
+        tmp.write_text(json.dumps(values, indent=2, sort_keys=True) + "\n")
+        tmp.replace(target)

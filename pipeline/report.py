@@ -234,7 +234,8 @@ def timings_html() -> str:
     The times stay out of the page itself, so that its hash reproduces (see
     :mod:`pipeline.provenance`)."""
     return ("<p>Wall times, the machine and the commit of the run that made these files "
-            "(<code>metrics/run.json</code>; also <code>dvc metrics show</code>). They are "
+            "(<code>metrics/all/run.json</code>; the train time also in <code>dvc metrics "
+            "show</code>). They are "
             "kept out of this page so that its hash reproduces.</p>"
             "<iframe src='timings.html' title='wall times' "
             "style='width:100%;height:14em;border:1px solid #ccc'></iframe>")
@@ -244,7 +245,7 @@ def timings_page(record: dict[str, Any]) -> str:
     """``reports/timings.html``: the run record as a table (never a DVC output)."""
     rows = pd.DataFrame(sorted(record.items()), columns=["key", "value"])
     return page([table(rows, "{:.4g}") if len(rows) else
-                 "<p>No run record yet (metrics/run.json).</p>"])
+                 "<p>No run record yet (metrics/all/run.json).</p>"])
 
 
 def model_table(model_meta: dict[str, Any]) -> pd.DataFrame:

@@ -54,7 +54,7 @@ def _found(counts: Mapping[str, Any], keys: list[str]) -> str:
 def summary_lines(results: Mapping[str, Any], clean: Mapping[str, Any],
                   split: Mapping[str, Any], *, classes: int | str,
                   pages: Mapping[str, Path] = PAGES) -> list[str]:
-    """The summary from metrics/eval.json, clean.json and split.json (as dicts)."""
+    """The summary from metrics/all/eval.json, clean.json and split.json (as dicts)."""
     sizes = " / ".join(f"{s} {split[f'{s}_images']}" for s in ("train", "val", "test")
                        if f"{s}_images" in split)
     lines = ["== summary " + "=" * 69,
@@ -78,8 +78,8 @@ def summary_lines(results: Mapping[str, Any], clean: Mapping[str, Any],
 def read_summary(metrics_dir: Path = paths.METRICS_DIR,
                  pages: Mapping[str, Path] = PAGES) -> list[str]:
     """The summary of the last run, from the metrics files it wrote."""
-    def read(name: str) -> dict[str, Any]:
-        return dict(json.loads((metrics_dir / name).read_text()))
+    def read(name: str) -> dict[str, Any]:  # every number, not only the headline
+        return dict(json.loads((metrics_dir / "all" / name).read_text()))
 
     per_class = metrics_dir / "per_class.csv"  # one line per class after the header
     classes = len(per_class.read_text().splitlines()) - 1 if per_class.exists() else "?"

@@ -55,7 +55,7 @@ def test_auto_threshold_finds_a_planted_copy_and_not_a_distinct_image(leaky_fold
                                 ("test/c2/copy_small.png", "train/c2/train_2.png")):
         assert cluster[copy_path] != "" and cluster[copy_path] == cluster[original]
     assert cluster["train/c1/train_2.png"] == ""  # a distinct image is no copy
-    counts = json.loads((tmp_path / "clean.json").read_text())
+    counts = json.loads((tmp_path / "all" / "clean.json").read_text())
     assert counts["near_duplicate_estimated_recall"] >= 0.9
     assert counts["near_duplicate_estimated_false_match_rate"] <= cfg.max_false_rate
     assert counts["near_duplicate_separable"] is True
@@ -82,7 +82,7 @@ def test_split_audit_with_auto_uses_clean_calibration(leaky_folder, tmp_path):  
     assert found <= LEAKING  # no distinct image flagged
     near = pairs[pairs["kind"] == "near_duplicate"]
     assert len(near) and near["detail"].str.contains("clean's rule").all()
-    counts = json.loads((tmp_path / "split.json").read_text())
+    counts = json.loads((tmp_path / "all" / "split.json").read_text())
     assert counts["audit_rule_calibrated"] == 1  # the rule is clean's (its numbers: clean.json)
 
 
@@ -105,6 +105,6 @@ def test_unseparable_data_says_so_loudly(tmp_path, capsys):
                   decisions=tmp_path / "none.csv", review_out=tmp_path / "review.csv",
                   review_html=tmp_path / "review.html",
                   calibration=tmp_path / "calibration.json")
-    counts = json.loads((tmp_path / "clean.json").read_text())
+    counts = json.loads((tmp_path / "all" / "clean.json").read_text())
     assert counts["near_duplicate_separable"] is False
     assert "WARNING: near-copy detection: CANNOT SEPARATE" in capsys.readouterr().err

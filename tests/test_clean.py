@@ -47,10 +47,12 @@ def test_clean_marks_unreadable_duplicates_and_conflicts(tree, tmp_path):
     assert conflict["issues"].str.contains("conflicting_labels").all()
     assert not conflict["keep"].any()
     assert df.loc["c2/fine.png", "keep"] and df.loc["c2/fine.png", "issues"] == ""
-    counts = json.loads((tmp_path / "clean.json").read_text())
+    counts = json.loads((tmp_path / "all" / "clean.json").read_text())
     assert {k: counts[k] for k in ("images", "unreadable", "exact_duplicate",
                                     "conflicting_labels")} == {
         "images": 35, "unreadable": 2, "exact_duplicate": 2, "conflicting_labels": 2}
+    # dvc exp show's column: the images kept, as the manifest says
+    assert json.loads((tmp_path / "clean.json").read_text()) == {"kept": int(df["keep"].sum())}
 
 
 def test_flag_policy_keeps_duplicates(tree, tmp_path):

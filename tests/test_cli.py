@@ -74,11 +74,29 @@ def test_pipeline_help_lists_the_subcommands_with_defaults(capsys):
         cli.main(["--help"])
     assert done.value.code == 0
     out = capsys.readouterr().out
-    for command in ("init", "run", "predict", "serve"):
+    for command in ("init", "run", "predict", "serve", "export"):
         assert f"    {command} " in out
     with pytest.raises(SystemExit):
         cli.main(["predict", "--help"])
     assert "(default: models/model.pt)" in capsys.readouterr().out
+
+
+def test_export_help_does_no_work_and_a_missing_model_is_one_line(tmp_path, monkeypatch,
+                                                                   capsys):
+    monkeypatch.chdir(tmp_path)  # no model, no cache here
+    with pytest.raises(SystemExit) as done:
+        cli.main(["export", "--help"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    for default in ("(default: models/model.pt)", "(default: data/cache)",
+                    "(default: exported)"):
+        assert default in " ".join(out.split())
+    with pytest.raises(SystemExit) as done:
+        cli.main(["export", "--out-dir", "out"])
+    assert done.value.code == 2
+    assert capsys.readouterr().err == ("error: models/model.pt not found: train first "
+                                       "(dvc repro train) or pass --model\n")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_run_passes_its_arguments_to_dvc_repro_and_exits_with_its_code(monkeypatch, tmp_path):

@@ -68,9 +68,17 @@ def test_dvc_repro_runs_every_stage_then_nothing(tmp_path):
     page = (work / "reports/report.html").read_text()
     assert "Fine-tuning report" in page and page.count("data:image/png;base64,") >= 6
 
-    run_record = json.loads((work / "metrics/run.json").read_text())  # wall times: here,
-    assert run_record["train_seconds"] > 0  # in no hashed output
-    assert "seconds" not in (work / "metrics/train.json").read_text()
+    run_record = json.loads((work / "metrics/all/run.json").read_text())  # wall times:
+    assert run_record["train_seconds"] > 0 and run_record["report_seconds"] > 0  # here, in
+    assert "seconds" not in (work / "metrics/all/train.json").read_text()  # no hashed output
+    # the DVC metrics files: only the columns dvc exp show should display
+    shown = {name: json.loads((work / "metrics" / name).read_text())
+             for name in ("clean.json", "split.json", "train.json", "eval.json", "run.json")}
+    assert {k for values in shown.values() for k in values} == {
+        "kept", "leaks", "best_epoch", "accuracy", "macro_f1", "log_loss", "ece",
+        "accuracy_ci_low", "accuracy_ci_high", "macro_f1_ci_low", "macro_f1_ci_high",
+        "train_seconds"}
+    assert shown["run.json"] == {"train_seconds": run_record["train_seconds"]}
     assert (work / "reports/timings.html").exists()
 
     again = _sh("dvc", "repro", cwd=work)

@@ -317,7 +317,7 @@ def test_fault(case, tmp_path, monkeypatch):
 
 def test_empty_class_folders_and_frames_are_noted(tmp_path, monkeypatch, capsys):
     """A real embed: an animated GIF and a 3-page TIFF keep their first frame, an empty
-    class folder is no class; the log, metrics/clean.json and the review page say so."""
+    class folder is no class; the log, metrics/all/clean.json and the review page say so."""
     monkeypatch.chdir(tmp_path)
     root = write_tree(tmp_path / "src" / "images", classes=2, per_class=6)
     (root / "c2").mkdir()
@@ -341,7 +341,7 @@ def test_empty_class_folders_and_frames_are_noted(tmp_path, monkeypatch, capsys)
     for note in notes:
         assert f"  note: {note}\n" in log.out
         assert f"<li>{note}</li>" in (out / "review.html").read_text()
-    counts = json.loads((out / "clean.json").read_text())
+    counts = json.loads((out / "all" / "clean.json").read_text())
     assert (counts["multi_frame"], counts["empty_class_folders"]) == (2, 1)
     assert _tree_hash(tmp_path / "src") == before
 

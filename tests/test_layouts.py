@@ -50,7 +50,7 @@ def test_train_val_layout_val_becomes_test_and_val_is_carved_from_train(tmp_path
     carved = out[out["split"] == "val"]
     assert carved["path"].str.startswith("train/").all()
     assert Counter(carved["label"]) == {"c0": 2, "c1": 2, "c2": 2}  # stratified: 17.6 % of 12
-    counts = json.loads((tmp_path / "split.json").read_text())
+    counts = json.loads((tmp_path / "all" / "split.json").read_text())
     assert (counts["val_images"], counts["test_images"]) == (6, 12)
     assert counts["train_images"] == (out["path"].str.startswith("train/")).sum() - 6
 

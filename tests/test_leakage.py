@@ -145,7 +145,7 @@ def test_leakage_policies_on_a_user_imposed_split(tmp_path, policy):
     out = split.run(base, data, cfg, *args, **outputs)
     pairs = pd.read_csv(tmp_path / "leak.csv")
     assert list(zip(pairs["image_id"], pairs["train_image_id"])) == [("s01", "t03")]
-    counts = json.loads((tmp_path / "split.json").read_text())
+    counts = json.loads((tmp_path / "all" / "split.json").read_text())
     assert counts["leak_duplicate_cluster"] == 1
     assert ("t03" in set(out["image_id"])) == (policy == "warn")
     assert counts["dropped_from_train"] == (1 if policy == "drop_from_train" else 0)
@@ -273,9 +273,11 @@ def test_audit_finds_every_copy_in_a_user_supplied_test_folder(leaky_folder, tmp
     assert kinds.pop("test/c1/copy_exact.bmp") == "exact_duplicate"
     assert set(kinds.values()) == {"near_duplicate"}
     assert (pairs["similarity"].astype(float) >= 0.98).all()  # the default threshold
-    counts = json.loads((tmp_path / "split.json").read_text())
+    counts = json.loads((tmp_path / "all" / "split.json").read_text())
     assert (counts["leak_exact_duplicate"], counts["leak_near_duplicate"],
             counts["leak_duplicate_cluster"]) == (1, len(LEAKING) - 1, 0)
+    # dvc exp show's column: every leaking pair found, all kinds
+    assert json.loads((tmp_path / "split.json").read_text()) == {"leaks": len(LEAKING)}
     page = (tmp_path / "leak.html").read_text()
     assert "<h2>exact_duplicate (1)</h2>" in page
     assert f"<h2>near_duplicate ({len(LEAKING) - 1})</h2>" in page
@@ -285,8 +287,8 @@ def test_audit_finds_every_copy_in_a_user_supplied_test_folder(leaky_folder, tmp
     dropped = _split(work, tmp_path, "drop_from_train")
     removed = set(cleaned["path"]) - set(dropped["path"])
     assert removed == {train for _, train in LEAKING}  # exactly the train-side copies
-    assert json.loads((tmp_path / "split.json").read_text())["dropped_from_train"] == len(
-        {train for _, train in LEAKING})
+    counts = json.loads((tmp_path / "all" / "split.json").read_text())
+    assert counts["dropped_from_train"] == len({train for _, train in LEAKING})
 
     with pytest.raises(PipelineError, match=r"(?s)the split leaks \(7 rows.*leak\.html"):
         _split(work, tmp_path, "fail")
@@ -319,7 +321,7 @@ def test_clean_default_policies_drop_the_train_side_of_copies_of_a_fixed_test_se
             assert set(members.loc[members["keep"], "path"]) == {
                 members.sort_values("image_id")["path"].iloc[0]}
         assert len(kept & set(members["path"])) == max(1, int(in_fixed.sum()))
-    counts = json.loads((tmp_path / "clean.json").read_text())
+    counts = json.loads((tmp_path / "all" / "clean.json").read_text())
     assert counts["train_copies_of_eval_dropped"] == len(dropped_train) > 0
     assert counts["fixed_eval_images"] == counts["fixed_eval_kept"] == len(fixed)
 

@@ -11,7 +11,8 @@ from .conftest import REPO
 
 STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
 # Outputs that need not be DVC outs (issue 13 stops tracking the resume checkpoint).
-NOT_TRACKED = {str(paths.CHECKPOINT_DIR), str(paths.RUN_RECORD), str(paths.REPORTS_DIR)}
+NOT_TRACKED = {str(paths.CHECKPOINT_DIR), str(paths.RUN_RECORD), str(paths.RUN_RECORD_ALL),
+               str(paths.REPORTS_DIR)}
 
 
 def _declared() -> set[str]:

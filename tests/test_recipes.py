@@ -161,7 +161,7 @@ def test_patience_scope_run_ends_the_run_and_keeps_the_best_epoch(tmp_path, scop
     metrics = train_in(tmp_path, cache, **{"train.phases": phases, "train.patience": 1,
                                            "train.patience_scope": scope,
                                            "train.schedule": "constant"})
-    history = json.loads((tmp_path / "train.json").read_text())
+    history = json.loads((tmp_path / "all" / "train.json").read_text())
     assert history == metrics
     phase_of_epoch = curve(tmp_path, "phase")
     if scope == "run":  # one epoch past the best, then nothing, not even phase 1

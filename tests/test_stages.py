@@ -15,7 +15,7 @@ from pipeline import __main__ as cli
 from pipeline import training
 from pipeline.config import parse_sections
 from pipeline.metrics import calibrate_temperature
-from pipeline.stages import cache, clean, embed, evaluate, export, prepare, split, train
+from pipeline.stages import cache, clean, embed, evaluate, prepare, split, train
 
 from .conftest import REPO, repo_params, write_tree
 
@@ -101,13 +101,22 @@ def test_chain_with_views_trains_from_the_cache_alone(tmp_path, monkeypatch):
                     "train_view0_images.npy"]  # epoch e reads view e mod K
     assert metrics["epochs"] == 3
     assert not any("second" in key for key in metrics)  # wall times: the run record only
-    timings = json.loads((tmp_path / "run.json").read_text())
+    timings = json.loads((tmp_path / "all" / "run.json").read_text())
     assert timings["train_phase0_seconds"] > 0 and timings["train_phase1_images_per_second"] > 0
-    assert json.loads((tmp_path / "train.json").read_text()) == metrics
+    # what dvc exp show displays: the headline only (train_seconds, the stage's whole time,
+    # comes from run_stage: test_end_to_end), every number under all/
+    assert "train_seconds" not in timings
+    assert json.loads((tmp_path / "run.json").read_text()) == {}
+    assert json.loads((tmp_path / "all" / "train.json").read_text()) == metrics
+    assert json.loads((tmp_path / "train.json").read_text()) == {
+        "best_epoch": metrics["best_epoch"]}
     out = tmp_path / "metrics"
     result = evaluate.run(base, eval_cfg, tmp_path / "model.pt", d / "cache", d / "split.csv",
                           out)
-    assert json.loads((out / "eval.json").read_text()) == result
+    assert json.loads((out / "all" / "eval.json").read_text()) == result
+    headline = json.loads((out / "eval.json").read_text())
+    assert list(headline) == list(evaluate.HEADLINE)  # this order, left to right
+    assert headline == {k: result[k] for k in evaluate.HEADLINE}
     assert {"tta_accuracy", "tta_macro_f1"} <= set(result)
     _recompute_with_sklearn(out, result)
     meta = torch.load(tmp_path / "model.pt", weights_only=True)["meta"]
@@ -127,9 +136,11 @@ def test_chain_with_views_trains_from_the_cache_alone(tmp_path, monkeypatch):
         confidence.to_numpy(), abs=1e-5)
     assert got["error"].iloc[-1] == "file not found" and got["pred"].iloc[-1] == ""
 
-    # exports agree with PyTorch; the ONNX one runs without torch
-    report = export.run(tmp_path / "model.pt", d / "cache", tmp_path / "export",
-                        tmp_path / "export.json")
+    # exports agree with PyTorch (the export command runs the stage's code); the ONNX one
+    # runs without torch
+    cli.main(["export", "--model", str(tmp_path / "model.pt"), "--cache", str(d / "cache"),
+              "--out-dir", str(tmp_path / "export")])
+    report = json.loads((tmp_path / "export/export.json").read_text())
     assert report["onnx_within_tolerance"] and report["onnx_argmax_disagreements"] == 0
     assert report["torchscript_max_prob_diff"] < 1e-4
     no_torch = ("import runpy, sys; sys.modules['torch'] = None; sys.argv = sys.argv[1:]; "

@@ -15,15 +15,15 @@ that straddles train and val/test the train members are the ones removed.
 Near copies: with ``clean.near_duplicate_threshold: auto`` the rule is calibrated on
 synthetic copies of the user's own images (the embed stage's calibration copies,
 pipeline.calibrate): one threshold per signal (embedding, thumbnail, perceptual hash,
-aligned views), a pair a copy when any signal reaches its own; the estimated recall and false-match
-rate go to metrics/clean.json, and the rule to data/clean/calibration.json, which the
+aligned views), a pair a copy when any signal reaches its own; the estimated recall and
+false-match rate go to metrics/all/clean.json, and the rule to
+data/clean/calibration.json, which the
 split stage's leakage audit reuses. An explicit number keeps the single cosine threshold
 on the embeddings (written to the same file).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
@@ -47,6 +47,7 @@ from pipeline.calibrate import (
 from pipeline.config import load_sections
 from pipeline.embedfiles import SIGNALS, read_aligned, read_copies, read_signals
 from pipeline.errors import PipelineError, run_stage
+from pipeline.files import write_metrics
 from pipeline.manifest import (
     ISSUES,
     check_two_classes,
@@ -71,6 +72,11 @@ from pipeline.seeding import pin_cpu
 
 ACTIONS = "keep, drop or relabel:<label>"
 ISSUE_ORDER = {name: i for i, name in enumerate(ISSUES)}
+
+
+# what metrics/clean.json keeps for dvc exp show (images kept); every number goes
+# to metrics/all/clean.json (pipeline.files.write_metrics)
+HEADLINE = ("kept",)
 
 
 def read_decisions(path: Path, ids: set[str]) -> dict[str, str]:
@@ -280,7 +286,7 @@ def rate_limits(counts: dict[str, int], cfg: CleanConfig) -> list[str]:
 def near_rule(cfg: CleanConfig, embed_dir: Path, hashes: list[str | None], valid: np.ndarray,
               calibration: Path) -> tuple[NearRule | None, dict[str, float | bool | str]]:
     """The near-copy rule (calibrated for ``auto``, else None), written to ``calibration``
-    for the split stage, and its numbers for metrics/clean.json; logged, loudly when
+    for the split stage, and its numbers for metrics/all/clean.json; logged, loudly when
     nothing separates copies from distinct images."""
     if cfg.near_duplicate_threshold != "auto":
         calibfiles.write(calibration, explicit_rule(float(cfg.near_duplicate_threshold)),
@@ -373,7 +379,7 @@ def run(data: DataConfig, cfg: CleanConfig, prepared: Path, embed_dir: Path, out
         counts["train_copies_of_eval_dropped"] = int((train_copies & ~keep).sum())
     counts |= {"embed_image_size": embed_meta.image_size, **near_metrics}
     metrics.parent.mkdir(parents=True, exist_ok=True)
-    metrics.write_text(json.dumps(counts, indent=2) + "\n")
+    write_metrics(metrics, counts, HEADLINE)
     print("clean: kept {kept} of {images} images; ".format(**counts) + ", ".join(
         f"{counts[name]} {name}" for name in ISSUES))
     if fixed.any():

@@ -3,14 +3,14 @@
 Writes the prediction tables first (``metrics/predictions.csv`` for test,
 ``metrics/predictions_val.csv`` for val: image_id, path, label, pred, one probability
 column per class; with ``evaluate.tta`` also tta_pred and tta_prob_*), then computes
-every number from those tables as written: ``metrics/eval.json`` (headline metrics,
-95 % bootstrap intervals, ECE before and after temperature scaling fitted on val),
+every number from those tables as written: ``metrics/all/eval.json`` (the metrics,
+95 % bootstrap intervals, ECE before and after temperature scaling fitted on val; the
+headline ones also in ``metrics/eval.json``),
 ``metrics/per_class.csv`` and the curve tables under ``metrics/plots/``.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from pipeline.cachefiles import ArraySplit, open_split, read_meta
 from pipeline.config import load_sections
 from pipeline.engine import predict
 from pipeline.errors import PipelineError, run_stage
+from pipeline.files import write_metrics
 from pipeline.inputs import ImageInput
 from pipeline.manifest import read_manifest
 from pipeline.metrics import (
@@ -56,6 +57,12 @@ class CountingInput:
         """The wrapped adapter's model input; the bar advances by the batch's size."""
         self.bar.update(len(batch))
         return self.inputs.to_input(batch, device)
+
+
+# what metrics/eval.json keeps for dvc exp show (test split); every number goes
+# to metrics/all/eval.json (pipeline.files.write_metrics)
+HEADLINE = ("accuracy", "macro_f1", "log_loss", "ece", "accuracy_ci_low",
+            "accuracy_ci_high", "macro_f1_ci_low", "macro_f1_ci_high")
 
 
 def prediction_table(data: ArraySplit, probs: np.ndarray, classes: list[str],
@@ -159,7 +166,7 @@ def run(base: BaseConfig, cfg: EvaluateConfig, model_path: Path, cache_dir: Path
                                      classes, bootstrap=cfg.bootstrap, seed=base.seed,
                                      tta=cfg.tta != "none")
     results = {k: round(v, 6) if isinstance(v, float) else v for k, v in results.items()}
-    (out_dir / "eval.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_metrics(out_dir / "eval.json", results, HEADLINE)
     table.to_csv(out_dir / "per_class.csv", index=False, lineterminator="\n",
                  float_format="%.6g")
     (out_dir / "plots").mkdir(exist_ok=True)

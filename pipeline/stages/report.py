@@ -36,7 +36,6 @@ from pipeline.config import PARAMS_FILE, load_sections
 from pipeline.errors import run_stage
 from pipeline.manifest import read_manifest
 from pipeline.pages import img_tag
-from pipeline.provenance import RUN_RECORD
 from pipeline.report import (
     THUMB,
     confusion_figure,
@@ -98,7 +97,7 @@ class Inputs:
     split: pd.DataFrame
     cache: CacheMeta
     model_meta: dict[str, Any]
-    results: dict[str, Any]  # metrics/eval.json
+    results: dict[str, Any]  # metrics/all/eval.json
     train_metrics: dict[str, Any]
     clean_counts: dict[str, Any]
     split_metrics: dict[str, Any]
@@ -112,8 +111,8 @@ class Inputs:
 def read_inputs(clean: Path, split: Path, cache_dir: Path, model: Path, metrics_dir: Path,
                 curves_dir: Path) -> Inputs:
     """Read every input of the report."""
-    def read_json(name: str) -> dict[str, Any]:
-        return dict(json.loads((metrics_dir / name).read_text()))
+    def read_json(name: str) -> dict[str, Any]:  # every number, not only the headline
+        return dict(json.loads((metrics_dir / "all" / name).read_text()))
 
     curves = curves_dir / "plots" / "metrics"
     return Inputs(
@@ -225,7 +224,8 @@ def run(sections: dict[str, Any], clean: Path, split: Path, cache_dir: Path, mod
     text = page(body(inp, sections, pictures, sample_grid(inp, cache_dir)))
     target = out_dir / "report.html"
     target.write_text(text)
-    record = json.loads(RUN_RECORD.read_text()) if RUN_RECORD.exists() else {}
+    record = (json.loads(paths.RUN_RECORD_ALL.read_text())
+              if paths.RUN_RECORD_ALL.exists() else {})
     (out_dir / "timings.html").write_text(timings_page(record))  # not a DVC output
     print(f"report: {target} ({len(text) / 1024:.0f} KiB)")
     print("\n".join(summary_lines(inp.results, inp.clean_counts, inp.split_metrics,

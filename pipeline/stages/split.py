@@ -13,13 +13,13 @@ layout is decided and printed here (``train/ val/``: val/ becomes test), and a s
 without val or test images fails here, never later in train or evaluate. Writes
 ``data/split/manifest.csv``, ``data/split/leakage.csv`` (every leaking pair),
 ``data/split/leakage.html`` (the pairs side by side as thumbnails, opens offline) and
-``metrics/split.json`` (counts per split and class, leaks by kind).
+``metrics/all/split.json`` (counts per split, leaks in all and by kind, drops; the
+per-class counts are in the report) and ``metrics/split.json`` (the leaks).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +33,7 @@ from pipeline.calibrate import Calibration
 from pipeline.config import load_sections
 from pipeline.embedfiles import read_rows, read_signals
 from pipeline.errors import PipelineError, run_stage
+from pipeline.files import write_metrics
 from pipeline.leakage import KINDS, Leak, audit, train_rows_to_drop
 from pipeline.leakage_page import leakage_page
 from pipeline.manifest import check_two_classes, read_manifest, write_manifest
@@ -53,6 +54,11 @@ from pipeline.splitting import (
 )
 
 DAY = 86400.0  # seconds
+
+
+# what metrics/split.json keeps for dvc exp show (leaking pairs found, all kinds); every
+# number goes to metrics/all/split.json (pipeline.files.write_metrics)
+HEADLINE = ("leaks",)
 
 
 def _seconds(values: pd.Series, name: str) -> pd.Series:
@@ -304,9 +310,11 @@ def split_rows(clean: Path, cfg: SplitConfig, seed: int) -> tuple[pd.DataFrame, 
 
 def split_counts(out: pd.DataFrame, found: dict[str, int], dropped: int, embargoed: int
                  ) -> dict[str, int]:
-    """metrics/split.json: images per split, leaks by kind, drops. Kept short for
-    ``dvc exp show``: the per-class counts are in the report (from the split manifest)."""
+    """metrics/all/split.json: images per split, leaks (all kinds, then by kind), drops;
+    metrics/split.json keeps the leaks. The per-class counts are in the report (from the
+    split manifest)."""
     counts: dict[str, int] = {f"{s}_images": int((out["split"] == s).sum()) for s in SPLITS}
+    counts["leaks"] = sum(found.values())
     counts |= {f"leak_{kind}": n for kind, n in found.items()}
     counts |= {"dropped_from_train": dropped, "embargoed": embargoed}
     return counts
@@ -353,9 +361,9 @@ def run(base: BaseConfig, data: DataConfig, cfg: SplitConfig, clean: Path, embed
     # clean.json holds the calibrated rule's numbers; once is enough for dvc exp show
     counts["audit_rule_calibrated"] = int(rule is not None)
     metrics.parent.mkdir(parents=True, exist_ok=True)
-    metrics.write_text(json.dumps(counts, indent=2) + "\n")
+    write_metrics(metrics, counts, HEADLINE)
     print("split: " + ", ".join(f"{s} {counts[f'{s}_images']}" for s in SPLITS) +
-          f"; leaks found: {sum(found.values())}")
+          f"; leaks found: {counts['leaks']}")
     return out
 
 

@@ -13,7 +13,6 @@ becomes the model. Runs under ``torchrun`` with DistributedDataParallel too. The
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ from pipeline.backbones import check_model_config
 from pipeline.cachefiles import CacheMeta, open_split, read_meta, read_meta_text, train_views
 from pipeline.config import as_dict, load_sections
 from pipeline.errors import PipelineError, run_stage
-from pipeline.files import atomic_path
+from pipeline.files import atomic_path, write_metrics
 from pipeline.finetune import resolve_auto
 from pipeline.params.base import BaseConfig
 from pipeline.params.model import ModelConfig
@@ -45,6 +44,10 @@ from pipeline.training import (
     check_head_batches,
     train_phases,
 )
+
+# what metrics/train.json keeps for dvc exp show (the epoch whose weights were kept);
+# every number goes to metrics/all/train.json (pipeline.files.write_metrics)
+HEADLINE = ("best_epoch",)
 
 
 def _live(curves_dir: Path) -> Live:
@@ -82,7 +85,7 @@ def _distributed(device_name: str) -> tuple[int, int, torch.device]:
 def timing_metrics(loop: LoopState, phases: int, train_images: int) -> dict[str, float]:
     """Wall time of each phase's training passes (not validation) and its speed: the only
     place that turns the loop's timing into numbers. They go to the run record
-    (``metrics/run.json``), never into a hashed output."""
+    (``metrics/all/run.json``), never into a hashed output."""
     timing = {}
     for p in range(phases):
         if f"phase{p}_seconds" in loop.timing:
@@ -117,7 +120,7 @@ def model_meta(base: BaseConfig, model_cfg: ModelConfig, cfg: TrainConfig, cache
 
 
 def run_metrics(cfg: TrainConfig, loop: LoopState) -> dict[str, Any]:
-    """metrics/train.json: the best epoch's scores and the epochs run (no wall times)."""
+    """metrics/all/train.json: the best epoch's scores and the epochs run (no wall times)."""
     best = loop.best
     assert best is not None
     return {f"best_{cfg.monitor}": round(best[cfg.monitor], 6),
@@ -182,7 +185,7 @@ def _save(model_out: Path, loop: LoopState, meta: dict[str, Any], metrics_out: P
     with atomic_path(model_out) as partial:  # a full disk never leaves a truncated model
         torch.save({"state_dict": loop.best_state, "meta": meta}, partial)
     metrics_out.parent.mkdir(parents=True, exist_ok=True)
-    metrics_out.write_text(json.dumps(metrics, indent=2) + "\n")
+    write_metrics(metrics_out, metrics, HEADLINE)
 
 
 def main() -> None:
