@@ -130,19 +130,21 @@ def sweep_command(args: argparse.Namespace) -> None:
     """Search hyperparameters; every trial is a DVC experiment."""
     import yaml
 
-    from pipeline.sweep import check_keys, parse_knob, sweep
+    from pipeline.sweep import Knob, check_keys, parse_fixed, parse_knob, sweep
 
     knobs = [parse_knob(text) for text in (args.param or DEFAULT_SPACE)]
+    fixed = parse_fixed(args.set)
     if not PARAMS_FILE.is_file():
         raise PipelineError(f"{PARAMS_FILE} not found: run sweep from the project root")
-    check_keys(knobs, yaml.safe_load(PARAMS_FILE.read_text()) or {})
+    check_keys([*knobs, *[Knob(key, "choice") for key in fixed]],
+               yaml.safe_load(PARAMS_FILE.read_text()) or {})
     gpus = [g for g in getattr(args, "gpus", "").split(",") if g]
     jobs = len(gpus) or args.jobs
     if jobs < 1 or args.trials < 1:
         raise PipelineError("--trials and --jobs must be at least 1")
     study = sweep(args.name, knobs, trials=args.trials, metric=args.metric,
                   direction=args.direction, jobs=jobs, gpus=gpus, stages=args.stage,
-                  seed=args.seed,
+                  fixed=fixed, seed=args.seed,
                   random_trials=args.random_trials)
     best = study.best_trial
     key = args.metric.partition(":")[2]
@@ -227,6 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--param", action="append", metavar="KEY=RANGE",
                    help="a searched key (repeat): KEY=LOW:HIGH, KEY=log:LOW:HIGH, "
                         f"KEY=int:LOW:HIGH or KEY=A,B,C; default: {' '.join(DEFAULT_SPACE)}")
+    w.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a setting every trial gets (repeat), e.g. a shorter train.phases "
+                        "for the search")
     w.add_argument("--metric", default=DEFAULT_METRIC, help="FILE:KEY to optimise")
     w.add_argument("--direction", default="maximize", choices=["maximize", "minimize"],
                    help="of the metric")

@@ -77,8 +77,19 @@ def check_keys(knobs: Sequence[Knob], params: dict[str, Any]) -> None:
             node = node.get(part) if isinstance(node, dict) else None
         if not isinstance(node, dict) or leaf not in node:
             valid = ", ".join(sorted(node)) if isinstance(node, dict) else "none"
-            raise PipelineError(f"--param {knob.key}: no such key in params.yaml "
+            raise PipelineError(f"{knob.key}: no such key in params.yaml "
                                 f"(keys there: {valid})")
+
+
+def parse_fixed(texts: Sequence[str]) -> dict[str, str]:
+    """``KEY=VALUE`` settings that every trial gets (passed to ``-S`` as written)."""
+    fixed = {}
+    for text in texts:
+        key, sep, value = text.partition("=")
+        if not sep or not key or not value:
+            raise PipelineError(f"--set {text!r}: expected KEY=VALUE")
+        fixed[key] = value
+    return fixed
 
 
 def yaml_value(value: Any) -> str:
@@ -188,10 +199,12 @@ def write_results(study: Any, knobs: Sequence[Knob], metric: str, folder: Path) 
 
 def sweep(name: str, knobs: Sequence[Knob], *, trials: int, metric: str = DEFAULT_METRIC,
           direction: Literal["maximize", "minimize"] = "maximize", jobs: int = 1,
-          gpus: Sequence[str] = (), stages: Sequence[str] = (), seed: int = 0,
-          random_trials: int = 4, root: Path = SWEEPS_DIR) -> Any:
+          gpus: Sequence[str] = (), stages: Sequence[str] = (),
+          fixed: dict[str, str] | None = None, seed: int = 0, random_trials: int = 4,
+          root: Path = SWEEPS_DIR) -> Any:
     """Run (or continue) the study ``name`` until it holds ``trials`` trials (finished or
     failed).
+    ``fixed``: ``-S`` settings every trial gets as well (e.g. a shorter schedule).
     Returns the Optuna study; its table, plot, journal and DVC logs are in ``root/name``."""
     import optuna
     from optuna.storages import JournalStorage
@@ -218,13 +231,16 @@ def sweep(name: str, knobs: Sequence[Knob], *, trials: int, metric: str = DEFAUL
     while (left := trials - len(study.trials)) > 0:
         batch = [study.ask() for _ in range(min(jobs, left))]
         settings = [{k.key: propose(t, k) for k in knobs} for t in batch]
+        for t in batch:
+            t.set_user_attr("fixed", dict(fixed or {}))
         names = [f"{name}-{t.number:03d}" for t in batch]
         for t, s, n in zip(batch, settings, names):
             t.set_user_attr("experiment", n)
             t.set_user_attr("set", s)
             print(f"[sweep] trial {t.number}: dvc exp run -n {n} "
                   + " ".join(f"-S {k}={v}" for k, v in s.items()), flush=True)
-        run_trials(settings, names, jobs=jobs, gpus=gpus, stages=stages, log=log)
+        run_trials([{**(fixed or {}), **s} for s in settings], names, jobs=jobs, gpus=gpus,
+                   stages=stages, log=log)
         for t, n in zip(batch, names):
             value = read_metric(n, metric)
             if value is None or not math.isfinite(value):

@@ -77,6 +77,8 @@ def test_two_trial_sweep_records_dvc_experiments(tmp_path):
         {"epochs": 1, "unfreeze": "all", "lr_mult": 0.25}])
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     _sh("git", "init", "-q", cwd=work)
+    _sh("git", "add", "-A", cwd=work)
+    _sh("git", "commit", "-qm", "project", cwd=work)
     _sh("dvc", "repro", "-q", cwd=work)  # the data stages once, cached for every trial
     _sh("git", "add", "-A", cwd=work)
     _sh("git", "commit", "-qm", "baseline", cwd=work)
