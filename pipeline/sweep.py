@@ -124,17 +124,18 @@ def _dvc(*args: str, log: Path, env: dict[str, str] | None = None) -> int:
 
 
 def run_trials(settings: Sequence[dict[str, str]], names: Sequence[str], *, jobs: int,
-               gpus: Sequence[str], stages: Sequence[str], log: Path) -> None:
+               gpus: Sequence[str], stages: Sequence[str], log: Path) -> list[bool]:
     """Run one DVC experiment per settings dict, named ``names``: one after another with
     ``--temp``, or queued and run ``jobs`` at a time by DVC's queue workers; with ``gpus``
     the k-th worker is started with CUDA_VISIBLE_DEVICES set to the k-th of them.
-    ``stages``: run only these and what they depend on (default: the whole pipeline)."""
+    ``stages``: run only these and what they depend on (default: the whole pipeline).
+    Returns, per trial, whether DVC may have made its experiment (False: it failed, and an
+    older experiment of that name must not be read as its result)."""
     sets = [[*stages, *[a for k, v in s.items() for a in ("-S", f"{k}={v}")]]
             for s in settings]
     if jobs == 1:
-        for name, overrides in zip(names, sets):
-            _dvc("exp", "run", "--temp", "-n", name, *overrides, log=log)
-        return
+        return [_dvc("exp", "run", "--temp", "-n", name, *overrides, log=log) == 0
+                for name, overrides in zip(names, sets)]
     for name, overrides in zip(names, sets):
         if _dvc("exp", "run", "--queue", "-n", name, *overrides, log=log) != 0:
             raise PipelineError(f"could not queue experiment {name}: see {log}")
@@ -144,6 +145,7 @@ def run_trials(settings: Sequence[dict[str, str]], names: Sequence[str], *, jobs
         _dvc("queue", "start", "-j", str(k), log=log,
              env=dict(os.environ, CUDA_VISIBLE_DEVICES=gpu))
     _dvc("exp", "run", "--run-all", "-j", str(jobs), log=log)  # waits for every entry
+    return [True] * len(names)  # queueing refused names that exist; a failure has no metric
 
 
 def read_metric(experiment: str, metric: str) -> float | None:
@@ -238,11 +240,12 @@ def sweep(name: str, knobs: Sequence[Knob], *, trials: int, metric: str = DEFAUL
             t.set_user_attr("experiment", n)
             t.set_user_attr("set", s)
             print(f"[sweep] trial {t.number}: dvc exp run -n {n} "
-                  + " ".join(f"-S {k}={v}" for k, v in s.items()), flush=True)
-        run_trials([{**(fixed or {}), **s} for s in settings], names, jobs=jobs, gpus=gpus,
-                   stages=stages, log=log)
-        for t, n in zip(batch, names):
-            value = read_metric(n, metric)
+                  + " ".join(f"-S {k}={v}" for k, v in s.items())
+                  + (f" (and {len(fixed)} --set)" if fixed else ""), flush=True)
+        ran = run_trials([{**(fixed or {}), **s} for s in settings], names, jobs=jobs,
+                         gpus=gpus, stages=stages, log=log)
+        for t, n, ok in zip(batch, names, ran):
+            value = read_metric(n, metric) if ok else None
             if value is None or not math.isfinite(value):
                 study.tell(t, state=TrialState.FAIL)
                 print(f"[sweep] trial {t.number} ({n}) failed: see {log}", flush=True)

@@ -59,7 +59,7 @@ def drawn(page: Path, screenshot: Path) -> tuple[int, int, int]:
     dom = chromium("--dump-dom", url)
     # vega-embed puts a <canvas class="marks"> (or <svg class="marks">) into each div
     marks = len(re.findall(r'<(?:canvas|svg)[^>]*class="marks"', dom))
-    # DVC stacks the charts in one column, each under 500 px tall
+    # DVC lays the charts out in rows of one or two, each under 500 px tall
     height = min(16000, 400 + 500 * charts)
     chromium(f"--screenshot={screenshot.resolve()}", f"--window-size=1400,{height}", url)
     rgb = np.asarray(Image.open(screenshot).convert("RGB"), dtype=int)
