@@ -190,7 +190,8 @@ def write_results(study: Any, knobs: Sequence[Knob], metric: str, folder: Path) 
         values = [t.user_attrs["set"][knob.key] for t in done]
         x = values if knob.kind == "choice" else [float(v) for v in values]
         ax.scatter(x, [t.value for t in done], c=[t.number for t in done], cmap="viridis")
-        ax.set(xlabel=knob.key, title=f"{metric.partition(':')[2]} by {knob.key}")
+        ax.set(xlabel=knob.key)
+        ax.set_title(f"{metric.partition(':')[2]} by {knob.key}", fontsize=9)
         if knob.kind == "log":
             ax.set_xscale("log")
     fig.suptitle(f"sweep {study.study_name}: {len(done)} of {len(trials)} trials finished")

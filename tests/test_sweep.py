@@ -83,9 +83,10 @@ def test_two_trial_sweep_records_dvc_experiments(tmp_path):
     _sh("git", "add", "-A", cwd=work)
     _sh("git", "commit", "-qm", "baseline", cwd=work)
 
+    head_only = "train.phases=[{epochs: 2, unfreeze: head, lr_mult: 5.0}]"
     out = _sh(sys.executable, "-m", "pipeline", "sweep", "--name", "tiny", "--trials", "2",
               "--param", "train.lr=log:1e-3:1e-2", "--param", "train.label_smoothing=0:0.2",
-              cwd=work)
+              "--set", head_only, "--stage", "evaluate", cwd=work)
     assert "best: tiny-00" in out, out
     rows = list(csv.DictReader((work / "sweeps/tiny/trials.csv").open()))
     assert [r["experiment"] for r in rows] == ["tiny-000", "tiny-001"]
@@ -100,6 +101,7 @@ def test_two_trial_sweep_records_dvc_experiments(tmp_path):
         train = data["params"]["params.yaml"]["data"]["train"]
         assert train["lr"] == pytest.approx(float(row["train.lr"]))
         assert train["label_smoothing"] == pytest.approx(float(row["train.label_smoothing"]))
+        assert train["phases"] == [{"epochs": 2, "unfreeze": "head", "lr_mult": 5.0}]
         best = data["metrics"]["metrics/train.json"]["data"]["best_val_accuracy"]
         assert best == pytest.approx(float(row["metrics/train.json:best_val_accuracy"]))
     # the same command again continues the study: 2 trials already, nothing to run
