@@ -21,6 +21,11 @@ setup() {
     "$VENV/bin/python" -m pip install --no-deps --no-build-isolation -e .
     touch "$VENV/.installed"
   fi
+  # `dvc plots show/diff` draw offline: .dvc/config names this page template, which
+  # inlines the Vega libraries of the locked vl-convert-python wheel
+  if [ ! -f .dvc/offline_plots.html ] || [ "$VENV/.installed" -nt .dvc/offline_plots.html ]; then
+    "$VENV/bin/python" -m pipeline plots-template
+  fi
   export PATH="$PWD/$VENV/bin:$PATH"
   # No telemetry or update checks: the pipeline runs offline.
   export DVC_NO_ANALYTICS=1

@@ -16,8 +16,10 @@ from pipeline import init_data, paths
 from pipeline.config import PARAMS_FILE
 from pipeline.errors import PipelineError
 from pipeline.init_data import data_values, inspect_source, report_lines, set_keys
+from pipeline.offline_plots import TEMPLATE
 from pipeline.predict import TTA, Predictor, expand, predict_files, top_k
 from pipeline.summary import PAGES, read_summary
+from pipeline.sweep import DEFAULT_METRIC, DEFAULT_SPACE
 
 MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb limit
 
@@ -132,6 +134,45 @@ def run_command(args: argparse.Namespace, dvc_args: list[str]) -> None:
     sys.exit(code)
 
 
+def plots_template_command(args: argparse.Namespace) -> None:
+    """Write the offline page template that `dvc plots show/diff` use."""
+    from pipeline.offline_plots import write_template
+
+    path = write_template(args.out)
+    print(f"wrote {path}: dvc plots show / diff now draw their charts offline")
+
+
+def sweep_command(args: argparse.Namespace) -> None:
+    """Search hyperparameters; every trial is a DVC experiment."""
+    import yaml
+
+    from pipeline.sweep import Knob, check_keys, parse_fixed, parse_knob, sweep
+
+    knobs = [parse_knob(text) for text in (args.param or DEFAULT_SPACE)]
+    fixed = parse_fixed(args.set)
+    if not PARAMS_FILE.is_file():
+        raise PipelineError(f"{PARAMS_FILE} not found: run sweep from the project root")
+    check_keys([*knobs, *[Knob(key, "choice") for key in fixed]],
+               yaml.safe_load(PARAMS_FILE.read_text()) or {})
+    gpus = [g for g in getattr(args, "gpus", "").split(",") if g]
+    jobs = len(gpus) or args.jobs
+    if jobs < 1 or args.trials < 1:
+        raise PipelineError("--trials and --jobs must be at least 1")
+    study = sweep(args.name, knobs, trials=args.trials, metric=args.metric,
+                  direction=args.direction, jobs=jobs, gpus=gpus, stages=args.stage,
+                  fixed=fixed, seed=args.seed,
+                  random_trials=args.random_trials)
+    best = study.best_trial
+    key = args.metric.partition(":")[2]
+    print(f"best: {best.user_attrs['experiment']} (trial {best.number}) {key} = "
+          f"{best.value:.6g} with "
+          + ", ".join(f"{k}={v}" for k, v in best.user_attrs["set"].items()))
+    print(f"table and plot: sweeps/{args.name}/trials.csv, sweeps/{args.name}/search.png")
+    order = "desc" if args.direction == "maximize" else "asc"
+    print(f"all trials, best first: dvc exp show --sort-by {args.metric} --sort-order {order}")
+    print(f"bring the best into the workspace: dvc exp apply {best.user_attrs['experiment']}")
+
+
 def _device(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="where the model runs")
@@ -140,8 +181,15 @@ def _device(p: argparse.ArgumentParser) -> None:
                         "its mirror (flip) or five shifted crops (crops)")
 
 
+def sweep_doc() -> str:
+    """The sweep command's description: the sweep module's docstring, first paragraph."""
+    from pipeline import sweep
+
+    return (sweep.__doc__ or "").split("\n\n")[1].replace("``", "")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The command line: init, run, predict, serve, export."""
+    """The command line: init, run, predict, serve, export, sweep, plots-template."""
     formatter = argparse.ArgumentDefaultsHelpFormatter
     parser = argparse.ArgumentParser(prog="python -m pipeline", formatter_class=formatter,
                                      description=__doc__)
@@ -205,6 +253,42 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out-dir", type=Path, default=Path("exported"),
                    help="folder for model.ts, model.onnx, model.json and export.json")
     e.set_defaults(func=export_command)
+    w = sub.add_parser("sweep", formatter_class=formatter,
+                       help="search hyperparameters with Optuna; every trial is a DVC "
+                            "experiment (dvc exp show lists them)",
+                       description=sweep_doc())
+    w.add_argument("--name", required=True,
+                   help="the study: prefixes its experiments (NAME-000, ...); its journal, "
+                        "table and plot are in sweeps/NAME/; the same name continues it")
+    w.add_argument("--trials", type=int, default=8, help="trials in the study, in all")
+    w.add_argument("--param", action="append", metavar="KEY=RANGE",
+                   help="a searched key (repeat): KEY=LOW:HIGH, KEY=log:LOW:HIGH, "
+                        f"KEY=int:LOW:HIGH or KEY=A,B,C; default: {' '.join(DEFAULT_SPACE)}")
+    w.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a setting every trial gets (repeat), e.g. a shorter train.phases "
+                        "for the search")
+    w.add_argument("--metric", default=DEFAULT_METRIC, help="FILE:KEY to optimise")
+    w.add_argument("--direction", default="maximize", choices=["maximize", "minimize"],
+                   help="of the metric")
+    w.add_argument("--jobs", type=int, default=1,
+                   help="trials at a time: 1 runs each with dvc exp run --temp, more queue "
+                        "them and run them with that many DVC queue workers")
+    w.add_argument("--gpus", default=argparse.SUPPRESS,
+                   help="e.g. 0,1,2,3: one queue worker per GPU (CUDA_VISIBLE_DEVICES), "
+                        "as many trials at a time")
+    w.add_argument("--stage", action="append", default=[],
+                   help="run only this stage and what it needs in each trial (repeat; "
+                        "e.g. evaluate: no export or report); default: the whole pipeline")
+    w.add_argument("--seed", type=int, default=0, help="the sampler's seed")
+    w.add_argument("--random-trials", type=int, default=4,
+                   help="trials drawn at random before TPE models the results")
+    w.set_defaults(func=sweep_command)
+    t = sub.add_parser("plots-template", formatter_class=formatter,
+                       help="write the page template that makes dvc plots show/diff work "
+                            "offline (run.sh does it after installing)")
+    t.add_argument("--out", type=Path, default=TEMPLATE,
+                   help="the file (.dvc/config's plots.html_template names this one)")
+    t.set_defaults(func=plots_template_command)
     return parser
 
 
