@@ -54,8 +54,12 @@ def test_more_folds_than_units_is_an_error():
 # ----------------------------------------------------------------------------- params
 
 
+NONE = {"ensemble.seeds": [], "ensemble.combine": [], "split.folds": []}  # the defaults
+
+
 def _check(**overrides):
-    sections = dict(zip(SECTIONS, parse_sections(repo_params(**overrides), *SECTIONS)))
+    params = repo_params(**{**NONE, **overrides})
+    sections = dict(zip(SECTIONS, parse_sections(params, *SECTIONS)))
     check_members(sections)
     return sections
 
@@ -173,6 +177,7 @@ def test_ensemble_averages_probabilities_and_beats_its_best_member(tmp_path, mon
     labels, members = _members(3, n=300)
     for seed, probs in zip([4, 7, 9], members):
         _write_member("seeds", seed, labels, probs)
+        _write_member("seeds", seed, labels[::-1], probs[::-1], split="val")
     cfg = EnsembleConfig(seeds=(4, 7, 9), combine=("seeds",))
     out = ensemble.run(parse_sections(repo_params(), "base")[0],
                        parse_sections(repo_params(), "evaluate")[0], cfg, "seeds",
@@ -188,6 +193,11 @@ def test_ensemble_averages_probabilities_and_beats_its_best_member(tmp_path, mon
     for scores in [out["ensemble"], *out["member"].values()]:
         for name in ("accuracy", "log_loss"):
             assert scores[f"{name}_ci_low"] <= scores[name] <= scores[f"{name}_ci_high"]
+    # after temperature scaling on val, too (the same confident mistakes: T > 1)
+    assert all(m["temperature"] > 1 for m in out["member"].values())
+    assert out["ensemble"]["log_loss_calibrated"] < best["log_loss_calibrated"] < best["log_loss"]
+    assert (out["calibrated_log_loss_gain_ci_low"] <= out["calibrated_log_loss_gain"]
+            <= out["calibrated_log_loss_gain_ci_high"])
     written = json.loads((tmp_path / "metrics/ensemble/seeds.json").read_text())
     assert written == out
     table = pd.read_csv(tmp_path / "metrics/ensemble/seeds_predictions.csv")
@@ -201,6 +211,7 @@ def test_one_member_better_than_the_rest_shows_no_gain(tmp_path, monkeypatch):
     perfect[np.arange(len(labels)), labels] = 0.98
     for seed, probs in enumerate([perfect, *members]):
         _write_member("seeds", seed, labels, probs)
+        _write_member("seeds", seed, labels, probs, split="val")
     out, _ = ensemble.combine("seeds", [0, 1, 2], bootstrap=200, seed=0)
     assert out["best_member_log_loss"] == 0 and out["log_loss_gain"] < 0
 

@@ -25,7 +25,7 @@ from pipeline import paths
 from pipeline.config import load_sections
 from pipeline.errors import PipelineError, run_stage
 from pipeline.manifest import read_folds
-from pipeline.metrics import bootstrap_ci, headline
+from pipeline.metrics import apply_temperature, bootstrap_ci, calibrate_temperature, headline
 from pipeline.params.base import BaseConfig
 from pipeline.params.ensemble import EnsembleConfig
 from pipeline.params.evaluate import EvaluateConfig
@@ -104,13 +104,41 @@ def combine(kind: str, items: list[int], *, bootstrap: int, seed: int
         out[name] = float(diff.mean())
         out[f"{name}_ci_low"], out[f"{name}_ci_high"] = bootstrap_ci(
             labels, diff, lambda _, v: float(v.mean()), **kw)
-    if kind == "folds":
+    if kind == "seeds":
+        out |= calibrated(kind, items, labels, probs, members, ensemble, **kw)
+    else:
         out |= cross_validation(items, bootstrap=bootstrap, seed=seed)
     table = first[["image_id", "path", "label"]].assign(
         pred=[classes[k] for k in average.argmax(1)])
     for k, c in enumerate(classes):
         table[f"prob_{c}"] = average[:, k]
     return out, table
+
+
+def calibrated(kind: str, items: list[int], labels: np.ndarray, probs: np.ndarray,
+               members: dict[str, dict[str, float]], ensemble: dict[str, float], *, n: int,
+               seed: int) -> dict[str, Any]:
+    """Test log-loss after temperature scaling fitted on val (as the evaluate stage fits
+    it), for each member and for the average (its temperature fitted on the averaged val
+    probabilities), and the average's gain over the best calibrated member. Log-loss
+    mostly measures calibration, which label smoothing and the epoch picked change from
+    member to member; after scaling it compares what the models know. Seeds only: the
+    members of folds have no val split in common."""
+    _, _, val_labels, val_probs = stack(kind, items, "val")
+    losses = {}
+    for name, test_p, val_p, scores in [
+            *((str(i), probs[j], val_probs[j], members[str(i)]) for j, i in enumerate(items)),
+            ("average", probs.mean(0), val_probs.mean(0), ensemble)]:
+        temperature, _ = calibrate_temperature(val_labels, val_p)
+        losses[name] = row_losses(labels, apply_temperature(
+            np.log(np.clip(test_p, 1e-12, 1)), temperature))
+        scores["temperature"] = temperature
+        scores["log_loss_calibrated"] = float(losses[name].mean())
+    best = min((str(i) for i in items), key=lambda i: members[i]["log_loss_calibrated"])
+    diff = losses[best] - losses["average"]
+    low, high = bootstrap_ci(labels, diff, lambda _, v: float(v.mean()), n=n, seed=seed)
+    return {"best_member_calibrated": int(best), "calibrated_log_loss_gain": float(diff.mean()),
+            "calibrated_log_loss_gain_ci_low": low, "calibrated_log_loss_gain_ci_high": high}
 
 
 def cross_validation(folds: list[int], *, bootstrap: int, seed: int) -> dict[str, Any]:
@@ -158,6 +186,13 @@ def summary(kind: str, out: dict[str, Any]) -> list[str]:
                  f"{out['log_loss_gain_ci_high']:.4f}]; accuracy gain over the most "
                  f"accurate ({out['best_member_accuracy']}): {out['accuracy_gain']:+.4f} "
                  f"[{out['accuracy_gain_ci_low']:+.4f}, {out['accuracy_gain_ci_high']:+.4f}]")
+    if "calibrated_log_loss_gain" in out:
+        lines.append("  after temperature scaling fitted on val, log-loss: " + ", ".join(
+            f"{kind[:-1]} {i} {m['log_loss_calibrated']:.4f}" for i, m in out["member"].items())
+            + f", average {out['ensemble']['log_loss_calibrated']:.4f}; gain over the best "
+            f"({out['best_member_calibrated']}): {out['calibrated_log_loss_gain']:.4f} "
+            f"[{out['calibrated_log_loss_gain_ci_low']:.4f}, "
+            f"{out['calibrated_log_loss_gain_ci_high']:.4f}]")
     if "cv_accuracy_mean" in out:
         lines.append(f"  cross-validation: held-out accuracy {out['cv_accuracy_mean']:.4f} "
                      f"+- {out['cv_accuracy_std']:.4f} (sd over {out['members']} folds, "
