@@ -112,11 +112,35 @@ class NpyRows:
             os.close(fd)
 
 
+class JoinedRows:
+    """Chosen rows of several :class:`NpyRows` files read as one (N, ...) array: row i is
+    row ``rows[i]`` of file ``parts[source[i]]`` (positioned reads, as NpyRows)."""
+
+    def __init__(self, parts: list[NpyRows | JoinedRows], source: np.ndarray,
+                 rows: np.ndarray) -> None:
+        self.parts, self.source, self.rows = parts, source, rows
+        self.shape: tuple[int, ...] = (len(rows), *parts[0].shape[1:])
+        self.dtype: np.dtype = parts[0].dtype
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: np.ndarray) -> np.ndarray:
+        """Rows at ``index`` ((B,) int) as a new (B, ...) array."""
+        index = np.asarray(index, dtype=np.int64)
+        out = np.empty((len(index), *self.shape[1:]), dtype=self.dtype)
+        for p, part in enumerate(self.parts):
+            mine = np.flatnonzero(self.source[index] == p)
+            if len(mine):
+                out[mine] = part[self.rows[index[mine]]]
+        return out
+
+
 @dataclass(frozen=True)
 class ArraySplit:
     """One cached split: (N, H, W, 3) uint8 images and (N,) int64 labels, row-aligned."""
 
-    images: NpyRows
+    images: NpyRows | JoinedRows
     labels: np.ndarray
     ids: tuple[str, ...]
 
@@ -148,3 +172,25 @@ def train_views(cache_dir: Path, meta: CacheMeta) -> list[ArraySplit]:
     view e mod K)."""
     return [open_split(cache_dir, meta, "train", view=k) for k in range(meta.views)] or \
         [open_split(cache_dir, meta, "train")]
+
+
+def fold_splits(cache_dir: Path, meta: CacheMeta, folds: dict[str, int], fold: int
+                ) -> tuple[ArraySplit, ArraySplit]:
+    """Cross-validation fold ``fold``: (the train and val rows of every other fold, the
+    rows of this one), from the cache's train and val splits; ``folds`` maps image ids to
+    their fold (the split manifest's ``fold`` column)."""
+    parts = [open_split(cache_dir, meta, s) for s in ("train", "val")]
+    source = np.concatenate([np.full(len(p.ids), i) for i, p in enumerate(parts)])
+    rows = np.concatenate([np.arange(len(p.ids)) for p in parts])
+    ids = [i for p in parts for i in p.ids]
+    labels = np.concatenate([p.labels for p in parts])
+    missing = [i for i in ids if i not in folds]
+    if missing:
+        raise PipelineError(f"{len(missing)} cached train/val images have no fold (e.g. "
+                            f"{missing[0]}): rerun dvc repro")
+    held = np.array([folds[i] == fold for i in ids])
+
+    def take(mask: np.ndarray) -> ArraySplit:
+        return ArraySplit(JoinedRows([p.images for p in parts], source[mask], rows[mask]),
+                          labels[mask], tuple(np.array(ids, dtype=object)[mask]))
+    return take(~held), take(held)

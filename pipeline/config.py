@@ -43,6 +43,7 @@ SECTIONS: dict[str, str] = {
     "model": "ModelConfig",
     "train": "TrainConfig",
     "evaluate": "EvaluateConfig",
+    "ensemble": "EnsembleConfig",
 }
 _EXTRA = {"MaxRates": "clean", "Fractions": "split", "AugmentConfig": "cache", "Phase": "train"}
 
@@ -218,7 +219,26 @@ def check_params(params: Mapping[str, Any]) -> dict[str, Any]:
     embed = sections["embed"]
     backbones.check_model_config(backbones.BackboneSpec(embed.model, embed.weights),
                                  section="embed", weights_file=True)
+    check_members(sections)
     return sections
+
+
+def check_members(sections: Mapping[str, Any]) -> None:
+    """Each member list (ensemble.seeds, split.folds) and its combining stage
+    (ensemble.combine) come together: dvc.yaml makes a stage per list item but the one
+    stage that combines a list only from ensemble.combine."""
+    ensemble, split, cache = sections["ensemble"], sections["split"], sections["cache"]
+    for kind, key, members in (("seeds", "ensemble.seeds", ensemble.seeds),
+                               ("folds", "split.folds", split.folds)):
+        if bool(members) != (kind in ensemble.combine):
+            have, lack = ((f"{key} = {list(members)}", f"ensemble.combine lacks {kind!r}")
+                          if members else (f"ensemble.combine names {kind!r}", f"{key} is []"))
+            raise ParamsError(f"{have} but {lack}: set both, e.g. dvc exp run -S "
+                              f"'{key}=[0,1,2]' -S 'ensemble.combine=[{kind}]', or neither")
+    if split.folds and cache.views:
+        raise ParamsError(f"split.folds = {list(split.folds)} trains on val images too, and "
+                          f"cache.views = {cache.views} has augmented views of train only: "
+                          f"set cache.views: 0 for cross-validation")
 
 
 def load_sections(*names: str, path: Path = PARAMS_FILE) -> tuple[Any, ...]:

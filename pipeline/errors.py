@@ -36,38 +36,54 @@ def sections_read(main: Callable[[], None]) -> list[str]:
             for arg in node.args if isinstance(arg, ast.Constant) and isinstance(arg.value, str)]
 
 
-def stage_arguments(name: str, main: Callable[[], None], argv: Sequence[str]) -> None:
+def stage_arguments(name: str, main: Callable[..., None], argv: Sequence[str], *,
+                    item: str = "", choices: Sequence[str] = ()) -> str:
     """A stage's command line: ``-h``/``--help`` prints what the stage does (its module
     docstring's first paragraph) and the params sections it reads, then exits 0 before
-    any work; any other argument exits 2 (a stage's settings live in params.yaml)."""
+    any work; any other argument exits 2 (a stage's settings live in params.yaml).
+
+    ``item`` names the one argument of a stage that dvc.yaml runs once per item of a
+    params list (``foreach``), e.g. ``seed`` for ``member@<seed>``: an integer, or one of
+    ``choices`` when given; its value is returned."""
     module = inspect.getmodule(main)
     doc = (module.__doc__ if module else None) or ""
     sections = sections_read(main)
     read = (f"params.yaml sections read: {', '.join(sections)} (the whole file is "
             f"validated when it starts)." if sections else "params.yaml sections read: none.")
-    epilog = [read, f"Run it with `dvc repro {name}`: DVC reruns it only when its code, "
-              f"data or params change. It takes no arguments: set params in params.yaml or "
-              f"with `dvc exp run -S section.key=value`."]
+    target = f"{name}@<{item}>" if item else name
+    epilog = [read, f"Run it with `dvc repro {target}`: DVC reruns it only when its code, "
+              f"data or params change. It takes no {'other ' if item else ''}arguments: set "
+              f"params in params.yaml or with `dvc exp run -S section.key=value`."]
     parser = argparse.ArgumentParser(
         prog=f"python -m pipeline.stages.{name}", description=doc.strip().split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="\n".join(textwrap.fill(line, 88) for line in epilog))
-    _, extra = parser.parse_known_args(argv)
+    if item:
+        parser.add_argument(item, type=str if choices else int, choices=choices or None,
+                            help=f"the {item}: one item of the params list dvc.yaml runs "
+                                 f"this stage for")
+    known, extra = parser.parse_known_args(argv)
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)} (a stage takes no "
-                     f"arguments: its settings are in params.yaml)")
+                     f"arguments{f' but its {item}' if item else ''}: its settings are in "
+                     f"params.yaml)")
+    return str(getattr(known, item)) if item else ""
 
 
-def run_stage(name: str, main: Callable[[], None], argv: Sequence[str] | None = None
-              ) -> None:
+def run_stage(name: str, main: Callable[..., None], argv: Sequence[str] | None = None, *,
+              item: str = "", choices: Sequence[str] = ()) -> None:
     """Run a stage's main(); user errors end it with one clear line and exit code 2.
 
     ``argv`` (default: the command line) may only ask for ``--help``
-    (:func:`stage_arguments`)."""
-    stage_arguments(name, main, sys.argv[1:] if argv is None else argv)
+    (:func:`stage_arguments`) and, with ``item``, give the item: then ``main(value)``
+    runs, named ``name@value`` in messages and the run record."""
+    value = stage_arguments(name, main, sys.argv[1:] if argv is None else argv, item=item,
+                            choices=choices)
+    if item:
+        name = f"{name}@{value}"
     start = time.perf_counter()
     try:
-        main()
+        main(*([value if choices else int(value)] if item else []))
     except PipelineError as exc:
         print(f"[{name}] error: {exc}", file=sys.stderr)
         sys.exit(2)

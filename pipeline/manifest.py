@@ -37,6 +37,16 @@ def read_manifest(path: Path) -> pd.DataFrame:
     return df
 
 
+def read_folds(path: Path) -> dict[str, int]:
+    """image id -> cross-validation fold of every train and val row of a split manifest
+    (its ``fold`` column, written with split.folds; test rows have -1 and are left out)."""
+    df = read_manifest(path)
+    if "fold" not in df:
+        raise PipelineError(f"{path} has no fold column: set split.folds (e.g. [0, 1, 2, 3, "
+                            f"4]) and run dvc repro")
+    return {i: int(f) for i, f in zip(df["image_id"], df["fold"]) if int(f) >= 0}
+
+
 def write_manifest(df: pd.DataFrame, path: Path) -> None:
     """Write a manifest sorted by image_id, booleans as true/false, Unix newlines."""
     path = Path(path)

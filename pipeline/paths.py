@@ -24,3 +24,23 @@ REPORTS_DIR = Path("reports")
 LOCK = Path("requirements.lock")  # the dependency lock: a dep of every stage
 RUN_RECORD = METRICS_DIR / "run.json"  # wall times: never a stage output (provenance.py)
 RUN_RECORD_ALL = METRICS_ALL / RUN_RECORD.name  # every stage's times, the machine, commit
+
+
+# Ensemble members (README "Ensembles and cross-validation"): kind is "seeds" (the member
+# stage, one per ensemble.seeds item) or "folds" (the fold stage, one per split.folds item).
+def member_model(kind: str, item: int) -> Path:
+    """models/<kind>/<item>.pt: a member's model, as models/model.pt."""
+    return Path("models") / kind / f"{item}.pt"
+
+
+def member_metrics(kind: str, item: int) -> Path:
+    """metrics/<kind>/<item>/: a member's train.json, eval.json, predictions, curves."""
+    return METRICS_DIR / kind / str(item)
+
+
+def member_checkpoints(kind: str, item: int) -> Path:
+    """checkpoints/<kind>/<item>/: a member's resume checkpoint (scratch, as train's)."""
+    return CHECKPOINT_DIR.parent / kind / str(item)
+
+
+ENSEMBLE_DIR = METRICS_DIR / "ensemble"  # ensemble@<kind>: <kind>.json, <kind>_predictions.csv

@@ -71,6 +71,42 @@ def split_units(labels: Sequence[str], keys: Sequence[str], *, fractions: Sequen
     return out
 
 
+def assign_folds(labels: Sequence[str], keys: Sequence[str], *, k: int, seed: int
+                 ) -> np.ndarray:
+    """Deal rows into k folds for cross-validation, stratified, rows sharing a key together.
+
+    scikit-learn's StratifiedGroupKFold (shuffled by ``seed``) over units: rows with equal
+    keys (a duplicate cluster, a group) land in one fold, and each class spreads over the
+    folds as evenly as the units allow. Rows are ordered by key first, so the result
+    depends only on the data and the seed, not on row order.
+
+    Args:
+        labels: (N,) class label per row.
+        keys: (N,) unit key per row, as for :func:`split_units`.
+        k: number of folds, at least 2.
+
+    Returns:
+        (N,) int64 fold per row, in 0..k-1.
+
+    Raises:
+        SplitError: fewer units than folds.
+    """
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    order, units = _units(keys)
+    if len(order) < k:
+        raise SplitError(f"{len(order)} images (or duplicate clusters / groups) cannot fill "
+                         f"{k} folds")
+    rows = np.array([i for key in order for i in units[key]])
+    group = np.array([n for n, key in enumerate(order) for _ in units[key]])
+    y = np.asarray(labels, dtype=object)[rows].astype(str)
+    out = np.empty(len(labels), dtype=np.int64)
+    folds = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+    for fold, (_, held_out) in enumerate(folds.split(np.zeros(len(rows)), y, group)):
+        out[rows[held_out]] = fold
+    return out
+
+
 def predefined_layout(given: Sequence[str]) -> tuple[np.ndarray, str]:
     """What a source's own split folders mean, before any val is carved.
 

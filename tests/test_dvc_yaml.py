@@ -21,11 +21,37 @@ def _sections_loaded(path: Path) -> list[str]:
     return [arg.value for call in calls for arg in call.args]
 
 
+# Stages made once per item of a params list (ensembles and cross-validation): the
+# list -> the one argument their command passes (pipeline.errors.run_stage item=...).
+MATRIX = {"member": ("${ensemble.seeds}", "seed"), "fold": ("${split.folds}", "fold"),
+          "ensemble": ("${ensemble.combine}", "kind")}
+
+
+@pytest.mark.parametrize("stage", sorted(DVC))
+def test_stage_command_runs_its_module(stage):
+    # a plain stage takes no arguments; a matrix stage only its item, over one params list
+    spec, module = DVC[stage], f"pipeline.stages.{stage}"
+    if stage in MATRIX:
+        values, item = MATRIX[stage]
+        assert spec["matrix"] == {item: values}
+        assert spec["cmd"] == f"python -m {module} ${{item.{item}}}"
+    else:
+        assert "matrix" not in spec and "foreach" not in spec
+        assert spec["cmd"] == f"python -m {module}"
+
+
+def test_matrix_stages_are_off_by_default():
+    # the default `dvc repro` (and the committed dvc.lock) must not include any of them
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    for values, _ in MATRIX.values():
+        section, key = values.strip("${}").split(".")
+        assert params[section][key] == []
+
+
 @pytest.mark.parametrize("stage", sorted(DVC))
 def test_stage_declares_exactly_the_modules_it_imports(stage):
     spec = DVC[stage]
     module = f"pipeline.stages.{stage}"
-    assert spec["cmd"] == f"python -m {module}"
     imported = {str(_module_file(m).relative_to(REPO)) for m in _closure(module)}
     declared = {d for d in spec["deps"] if d.startswith("pipeline/")}
     assert declared == imported, f"missing: {imported - declared}, extra: {declared - imported}"

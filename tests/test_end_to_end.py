@@ -75,7 +75,8 @@ def test_dvc_repro_runs_every_stage_then_nothing(tmp_path):
     shown = {name: json.loads((work / "metrics" / name).read_text())
              for name in ("clean.json", "split.json", "train.json", "eval.json", "run.json")}
     assert {k for values in shown.values() for k in values} == {
-        "kept", "leaks", "best_epoch", "accuracy", "macro_f1", "log_loss", "ece",
+        "kept", "leaks", "best_epoch", "best_val_accuracy", "accuracy", "macro_f1",
+        "log_loss", "ece",
         "accuracy_ci_low", "accuracy_ci_high", "macro_f1_ci_low", "macro_f1_ci_high",
         "train_seconds"}
     assert shown["run.json"] == {"train_seconds": run_record["train_seconds"]}

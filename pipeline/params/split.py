@@ -51,6 +51,9 @@ class SplitConfig:
     # copy of a train image (as clean.near_duplicate_threshold); auto: the clean stage's
     # calibrated rule (data/clean/calibration.json)
     near_duplicate_threshold: float | Literal["auto"] = field(metadata=in_range(gt=0, le=1))
+    # k-fold cross-validation of train + val: [0, 1, ..., k-1] gives every train/val row a
+    # fold (test rows -1) and dvc.yaml one stage fold@<k> per item; [] = none
+    folds: tuple[int, ...]
 
     @property
     def leakage_policy(self) -> str:
@@ -60,6 +63,13 @@ class SplitConfig:
         return "drop_from_train" if self.method == "predefined" else "fail"
 
     def __post_init__(self) -> None:
+        folds = list(self.folds)
+        if folds and (len(folds) < 2 or folds != list(range(len(folds)))):
+            raise ParamsError(f"split.folds = {folds}: give [] or the fold numbers 0 to k-1 "
+                              f"in order, k >= 2, e.g. [0, 1, 2, 3, 4] for 5 folds")
+        if folds and self.method == "temporal":
+            raise ParamsError("split.folds: k-fold cross-validation mixes old and new rows, "
+                              "which split.method temporal keeps apart; use [] with it")
         if not self.cutoffs:
             return
         given = list(self.cutoffs)

@@ -127,8 +127,12 @@ def compute(test: pd.DataFrame, val: pd.DataFrame, classes: list[str], *, bootst
 
 
 def run(base: BaseConfig, cfg: EvaluateConfig, model_path: Path, cache_dir: Path,
-        split_manifest: Path, out_dir: Path) -> dict[str, Any]:
-    """Predict val and test, write the tables, metrics and curves under ``out_dir``."""
+        split_manifest: Path, out_dir: Path, *, val: ArraySplit | None = None
+        ) -> dict[str, Any]:
+    """Predict val and test, write the tables, metrics and curves under ``out_dir``.
+
+    ``val``: rows to use instead of the cache's val split (a cross-validation fold's
+    held-out rows, :func:`pipeline.cachefiles.fold_splits`)."""
     device = resolve_device(base.device)
     model, prep, meta = load_trained(model_path)
     cache_meta = read_meta(cache_dir)
@@ -136,7 +140,7 @@ def run(base: BaseConfig, cfg: EvaluateConfig, model_path: Path, cache_dir: Path
     if cache_meta.classes != classes:
         raise PipelineError("the model's classes differ from the cache's: rerun dvc repro")
     test = open_split(cache_dir, cache_meta, "test")
-    val = open_split(cache_dir, cache_meta, "val")
+    val = open_split(cache_dir, cache_meta, "val") if val is None else val
     if len(test.labels) == 0 or len(val.labels) == 0:
         raise PipelineError("the test and val splits must not be empty: give "
                             "split.fractions.test and split.fractions.val > 0")

@@ -14,7 +14,9 @@ without val or test images fails here, never later in train or evaluate. Writes
 ``data/split/manifest.csv``, ``data/split/leakage.csv`` (every leaking pair),
 ``data/split/leakage.html`` (the pairs side by side as thumbnails, opens offline) and
 ``metrics/all/split.json`` (counts per split, leaks in all and by kind, drops; the
-per-class counts are in the report) and ``metrics/split.json`` (the leaks).
+per-class counts are in the report) and ``metrics/split.json`` (the leaks). With
+``split.folds`` the manifest gets a ``fold`` column for k-fold cross-validation of
+train + val (the ``fold@<k>`` stages).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from pipeline.seeding import pin_cpu
 from pipeline.splitting import (
     SPLITS,
     SplitError,
+    assign_folds,
     carve_val,
     check_classes,
     merge_keys,
@@ -107,6 +110,22 @@ def assign(df: pd.DataFrame, cfg: SplitConfig, seed: int) -> pd.Series:
         print(f"split: {decision}")
         result = carve_val(labels, clusters, list(given), val_fraction=val_share, seed=seed)
     return pd.Series(list(result), index=df.index)
+
+
+def fold_column(out: pd.DataFrame, cfg: SplitConfig, seed: int) -> pd.Series:
+    """split.folds: the cross-validation fold of every train and val row (test rows -1),
+    stratified, a duplicate cluster (and with method group, a group) inside one fold."""
+    pool = out["split"].isin(["train", "val"]).to_numpy()
+    df = out[pool]
+    keys = [c or i for c, i in zip(df["cluster_id"], df["image_id"])]
+    if cfg.method == "group":
+        keys = merge_keys(keys, list(df[cfg.group_column]))
+    folds = np.full(len(out), -1, dtype=np.int64)
+    try:
+        folds[pool] = assign_folds(list(df["label"]), keys, k=len(cfg.folds), seed=seed)
+    except SplitError as exc:
+        raise PipelineError(f"split.folds = {list(cfg.folds)}: {exc}") from None
+    return pd.Series(folds, index=out.index)
 
 
 def _groups_and_times(df: pd.DataFrame, cfg: SplitConfig
@@ -356,6 +375,10 @@ def run(base: BaseConfig, data: DataConfig, cfg: SplitConfig, clean: Path, embed
         out = ON_LEAKAGE[cfg.leakage_policy](LeakPolicy(
             cfg, out, leaks, drop, embeddings, hashes,
             where=f"{leakage_csv}, side by side in {leakage_html}", rule=rule))
+    if cfg.folds:  # no column without folds: the manifest stays as it was
+        out = out.assign(fold=fold_column(out, cfg, base.seed))
+        print("split: folds " + ", ".join(f"{k} {int((out['fold'] == k).sum())}"
+                                          for k in cfg.folds) + " (of train + val)")
     write_manifest(out, output)
     counts: dict[str, Any] = dict(split_counts(out, found, dropped, embargoed))
     # clean.json holds the calibrated rule's numbers; once is enough for dvc exp show

@@ -24,7 +24,14 @@ from scmrepo.exceptions import SCMError
 
 from pipeline import paths
 from pipeline.backbones import check_model_config
-from pipeline.cachefiles import CacheMeta, open_split, read_meta, read_meta_text, train_views
+from pipeline.cachefiles import (
+    ArraySplit,
+    CacheMeta,
+    open_split,
+    read_meta,
+    read_meta_text,
+    train_views,
+)
 from pipeline.config import as_dict, load_sections
 from pipeline.errors import PipelineError, run_stage
 from pipeline.files import atomic_path, write_metrics
@@ -45,9 +52,10 @@ from pipeline.training import (
     train_phases,
 )
 
-# what metrics/train.json keeps for dvc exp show (the epoch whose weights were kept);
-# every number goes to metrics/all/train.json (pipeline.files.write_metrics)
-HEADLINE = ("best_epoch",)
+# what metrics/train.json keeps for dvc exp show (the epoch whose weights were kept and
+# its validation score, what sweeps optimise); every number goes to
+# metrics/all/train.json (pipeline.files.write_metrics)
+HEADLINE = ("best_epoch", "best_val_accuracy")
 
 
 def _live(curves_dir: Path) -> Live:
@@ -130,9 +138,12 @@ def run_metrics(cfg: TrainConfig, loop: LoopState) -> dict[str, Any]:
 
 
 def run(base: BaseConfig, model_cfg: ModelConfig, cfg: TrainConfig, cache_dir: Path,
-        model_out: Path, metrics_out: Path, curves_dir: Path, checkpoint_dir: Path
-        ) -> dict[str, Any]:
-    """Train through every phase (resuming a killed run) and save the best model."""
+        model_out: Path, metrics_out: Path, curves_dir: Path, checkpoint_dir: Path, *,
+        data: tuple[ArraySplit, ArraySplit] | None = None) -> dict[str, Any]:
+    """Train through every phase (resuming a killed run) and save the best model.
+
+    ``data``: (train, val) rows of the cache to use instead of its train views and val
+    split (a cross-validation fold, :func:`pipeline.cachefiles.fold_splits`)."""
     check_model_config(model_cfg)
     cache = read_meta(cache_dir)
     cfg, notes = resolve_auto(cfg, cache.profile)
@@ -140,6 +151,10 @@ def run(base: BaseConfig, model_cfg: ModelConfig, cfg: TrainConfig, cache_dir: P
     for note in notes:
         print(note)
     views, val = train_views(cache_dir, cache), open_split(cache_dir, cache, "val")
+    rows: list[list[str]] = []  # a fold's rows: part of what a resumable checkpoint was made on
+    if data is not None:
+        views, val = [data[0]], data[1]
+        rows = [list(data[0].ids), list(data[1].ids)]
     if len(val.labels) == 0:
         raise PipelineError("the val split is empty: give split.fractions.val > 0, it "
                             "chooses the checkpoint")
@@ -152,7 +167,8 @@ def run(base: BaseConfig, model_cfg: ModelConfig, cfg: TrainConfig, cache_dir: P
                         train_labels=views[0].labels, classes=cache.classes)
     cfg = setup.cfg  # gradual phases written out: what runs, is resumed and is saved
     checkpointer = Checkpointer(checkpoint_dir, [as_dict(base), as_dict(model_cfg),
-                                                 as_dict(cfg), read_meta_text(cache_dir), world])
+                                                 as_dict(cfg), read_meta_text(cache_dir), world,
+                                                 *rows])
     loop, resume = checkpointer.restore(setup, order, augment_rng)
     live = _live(curves_dir) if rank == 0 else None
     log = _logger(live)

@@ -1,0 +1,33 @@
+"""params.yaml section ensemble: more models beside the main one, each a DVC stage.
+
+One module per section, so that DVC reruns only the stages that read the section whose
+schema changed (each stage declares the modules it imports). Loaded by
+:func:`pipeline.config.load_sections`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from pipeline.errors import ParamsError
+
+
+@dataclass(frozen=True)
+class EnsembleConfig:
+    """Seed members, and which member lists a combining stage scores together.
+
+    dvc.yaml makes one stage per list item (``member@<seed>`` from ``seeds``,
+    ``fold@<k>`` from ``split.folds``) but cannot make one stage from a whole list: the
+    stage that combines a list, ``ensemble@<kind>``, comes from ``combine``.
+    """
+
+    seeds: tuple[int, ...]  # train.seed of each member@<seed>; [] = none
+    combine: tuple[Literal["seeds", "folds"], ...]  # ensemble@seeds, ensemble@folds
+
+    def __post_init__(self) -> None:
+        for name, values in (("seeds", self.seeds), ("combine", self.combine)):
+            if len(set(values)) != len(values):
+                raise ParamsError(f"ensemble.{name} = {list(values)} names an item twice")
+        if any(s < 0 for s in self.seeds):
+            raise ParamsError(f"ensemble.seeds = {list(self.seeds)}: seeds are >= 0")

@@ -1,0 +1,237 @@
+"""ensemble stage: average the members' probabilities; score each member and the average.
+
+dvc.yaml runs it once per item of ``ensemble.combine``: ``ensemble@seeds`` over the
+models of ``member@<seed>`` (``ensemble.seeds``), ``ensemble@folds`` over those of
+``fold@<k>`` (``split.folds``). It reads only the members' prediction tables
+(``metrics/<kind>/<n>/predictions.csv``, ``predictions_val.csv``) and writes
+``metrics/ensemble/<kind>.json``: test accuracy, macro-F1 and log-loss of every member
+and of the average of their probabilities, with 95 % bootstrap intervals (the same
+resamples for all, so differences are paired), and the ensemble's gain over its best
+member; for folds also the accuracy and log-loss of each fold's held-out rows, their
+mean and standard deviation across folds, and the pooled out-of-fold accuracy.
+``metrics/ensemble/<kind>_predictions.csv`` holds the averaged test probabilities.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipeline import paths
+from pipeline.config import load_sections
+from pipeline.errors import PipelineError, run_stage
+from pipeline.manifest import read_folds
+from pipeline.metrics import apply_temperature, bootstrap_ci, calibrate_temperature, headline
+from pipeline.params.base import BaseConfig
+from pipeline.params.ensemble import EnsembleConfig
+from pipeline.params.evaluate import EvaluateConfig
+
+KINDS = ("seeds", "folds")
+
+
+def read_member(kind: str, item: int, split: str) -> pd.DataFrame:
+    """A member's prediction table of split test or val (as the evaluate stage wrote it)."""
+    name = "predictions.csv" if split == "test" else "predictions_val.csv"
+    path = paths.member_metrics(kind, item) / name
+    if not path.exists():
+        raise PipelineError(f"{path} not found: run the member's stage first (dvc repro)")
+    return pd.read_csv(path, dtype={"label": str, "pred": str})
+
+
+def class_names(table: pd.DataFrame) -> list[str]:
+    """The classes, in the model's order, from a prediction table's prob_* columns."""
+    return [c.removeprefix("prob_") for c in table.columns if c.startswith("prob_")]
+
+
+def row_losses(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """(N,) negative log-likelihood of each row's label; their mean is headline's log_loss
+    (probabilities clipped at 1e-12 and renormalised the same way)."""
+    clipped = np.clip(probs, 1e-12, 1)
+    clipped = clipped / clipped.sum(1, keepdims=True)
+    return -np.log(clipped[np.arange(len(labels)), labels])
+
+
+def scores(labels: np.ndarray, probs: np.ndarray, *, n: int, seed: int) -> dict[str, float]:
+    """Accuracy, macro-F1, log-loss and ECE, with bootstrap intervals of accuracy and
+    log-loss (seeded: every model of one report is resampled alike)."""
+    out = {k: v for k, v in headline(labels, probs).items()
+           if k in ("accuracy", "macro_f1", "log_loss", "ece")}
+    per_row = {"accuracy": (probs.argmax(1) == labels).astype(float),
+               "log_loss": row_losses(labels, probs)}
+    for name, values in per_row.items():
+        low, high = bootstrap_ci(labels, values, lambda _, v: float(v.mean()), n=n, seed=seed)
+        out[f"{name}_ci_low"], out[f"{name}_ci_high"] = low, high
+    return out
+
+
+def stack(kind: str, items: list[int], split: str) -> tuple[pd.DataFrame, list[str],
+                                                               np.ndarray, np.ndarray]:
+    """The first member's table, the classes, (N,) labels and (M, N, C) probabilities of
+    the members on one split; members must cover the same images in the same order."""
+    tables = [read_member(kind, i, split) for i in items]
+    first, classes = tables[0], class_names(tables[0])
+    for item, table in zip(items, tables):
+        if class_names(table) != classes or list(table["image_id"]) != list(first["image_id"]):
+            raise PipelineError(f"{kind} member {item} was scored on other images or classes "
+                                f"than member {items[0]}: rerun dvc repro")
+    index = {c: k for k, c in enumerate(classes)}
+    labels = first["label"].map(index).to_numpy()
+    probs = np.stack([t[[f"prob_{c}" for c in classes]].to_numpy(dtype=float) for t in tables])
+    return first, classes, labels, probs
+
+
+def combine(kind: str, items: list[int], *, bootstrap: int, seed: int
+            ) -> tuple[dict[str, Any], pd.DataFrame]:
+    """The report's numbers and the averaged test prediction table."""
+    first, classes, labels, probs = stack(kind, items, "test")
+    average = probs.mean(0)
+    kw: dict[str, Any] = dict(n=bootstrap, seed=seed)
+    members = {str(i): scores(labels, p, **kw) for i, p in zip(items, probs)}
+    ensemble = scores(labels, average, **kw)
+    best_loss = min(items, key=lambda i: members[str(i)]["log_loss"])
+    best_acc = max(items, key=lambda i: members[str(i)]["accuracy"])
+    loss_gain = row_losses(labels, probs[items.index(best_loss)]) - row_losses(labels, average)
+    acc_gain = ((average.argmax(1) == labels).astype(float)
+                - (probs[items.index(best_acc)].argmax(1) == labels))
+    out: dict[str, Any] = {"members": len(items), "test_images": len(labels),
+                           "ensemble": ensemble, "member": members,
+                           "best_member_log_loss": best_loss, "best_member_accuracy": best_acc}
+    for name, diff in (("log_loss_gain", loss_gain), ("accuracy_gain", acc_gain)):
+        out[name] = float(diff.mean())
+        out[f"{name}_ci_low"], out[f"{name}_ci_high"] = bootstrap_ci(
+            labels, diff, lambda _, v: float(v.mean()), **kw)
+    if kind == "seeds":
+        out |= calibrated(kind, items, labels, probs, members, ensemble, **kw)
+    else:
+        out |= cross_validation(items, bootstrap=bootstrap, seed=seed)
+    table = first[["image_id", "path", "label"]].assign(
+        pred=[classes[k] for k in average.argmax(1)])
+    for k, c in enumerate(classes):
+        table[f"prob_{c}"] = average[:, k]
+    return out, table
+
+
+def calibrated(kind: str, items: list[int], labels: np.ndarray, probs: np.ndarray,
+               members: dict[str, dict[str, float]], ensemble: dict[str, float], *, n: int,
+               seed: int) -> dict[str, Any]:
+    """Test log-loss after temperature scaling fitted on val (as the evaluate stage fits
+    it), for each member and for the average (its temperature fitted on the averaged val
+    probabilities), and the average's gain over the best calibrated member. Log-loss
+    mostly measures calibration, which label smoothing and the epoch picked change from
+    member to member; after scaling it compares what the models know. Seeds only: the
+    members of folds have no val split in common."""
+    _, _, val_labels, val_probs = stack(kind, items, "val")
+    losses = {}
+    for name, test_p, val_p, scores in [
+            *((str(i), probs[j], val_probs[j], members[str(i)]) for j, i in enumerate(items)),
+            ("average", probs.mean(0), val_probs.mean(0), ensemble)]:
+        temperature, _ = calibrate_temperature(val_labels, val_p)
+        losses[name] = row_losses(labels, apply_temperature(
+            np.log(np.clip(test_p, 1e-12, 1)), temperature))
+        scores["temperature"] = temperature
+        scores["log_loss_calibrated"] = float(losses[name].mean())
+    best = min((str(i) for i in items), key=lambda i: members[i]["log_loss_calibrated"])
+    diff = losses[best] - losses["average"]
+    low, high = bootstrap_ci(labels, diff, lambda _, v: float(v.mean()), n=n, seed=seed)
+    return {"best_member_calibrated": int(best), "calibrated_log_loss_gain": float(diff.mean()),
+            "calibrated_log_loss_gain_ci_low": low, "calibrated_log_loss_gain_ci_high": high}
+
+
+def cross_validation(folds: list[int], *, bootstrap: int, seed: int) -> dict[str, Any]:
+    """Each fold model on its held-out rows (its val predictions): accuracy and log-loss
+    per fold, their mean and sample standard deviation across folds, and the accuracy of
+    all held-out rows pooled, with its bootstrap interval."""
+    labels, probs = [], []
+    for k in folds:
+        table = read_member("folds", k, "val")
+        index = {c: j for j, c in enumerate(class_names(table))}
+        labels.append(table["label"].map(index).to_numpy())
+        probs.append(table[[f"prob_{c}" for c in index]].to_numpy(dtype=float))
+    acc = np.array([(p.argmax(1) == y).mean() for y, p in zip(labels, probs)])
+    loss = np.array([row_losses(y, p).mean() for y, p in zip(labels, probs)])
+    pooled_y = np.concatenate(labels)
+    correct = np.concatenate([(p.argmax(1) == y) for y, p in zip(labels, probs)]).astype(float)
+    low, high = bootstrap_ci(pooled_y, correct, lambda _, v: float(v.mean()), n=bootstrap,
+                             seed=seed)
+    return {"cv_accuracy_mean": float(acc.mean()), "cv_accuracy_std": float(acc.std(ddof=1)),
+            "cv_accuracy_min": float(acc.min()), "cv_accuracy_max": float(acc.max()),
+            "cv_log_loss_mean": float(loss.mean()), "cv_log_loss_std": float(loss.std(ddof=1)),
+            "cv_fold_accuracy": {str(k): float(a) for k, a in zip(folds, acc)},
+            "oof_images": len(pooled_y), "oof_accuracy": float(correct.mean()),
+            "oof_accuracy_ci_low": low, "oof_accuracy_ci_high": high}
+
+
+def _rounded(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    return round(value, 6) if isinstance(value, float) else value
+
+
+def summary(kind: str, out: dict[str, Any]) -> list[str]:
+    """The log lines: each model's test scores with intervals, then the gains."""
+    def line(name: str, s: dict[str, float]) -> str:
+        return (f"  {name:<10} accuracy {s['accuracy']:.4f} [{s['accuracy_ci_low']:.4f}, "
+                f"{s['accuracy_ci_high']:.4f}]  log-loss {s['log_loss']:.4f} "
+                f"[{s['log_loss_ci_low']:.4f}, {s['log_loss_ci_high']:.4f}]")
+    lines = [f"ensemble@{kind}: {out['members']} members on {out['test_images']} test images "
+             f"(95 % bootstrap intervals)"]
+    lines += [line(f"{kind[:-1]} {i}", s) for i, s in out["member"].items()]
+    lines.append(line("average", out["ensemble"]))
+    lines.append(f"  log-loss gain over the best member ({out['best_member_log_loss']}): "
+                 f"{out['log_loss_gain']:.4f} [{out['log_loss_gain_ci_low']:.4f}, "
+                 f"{out['log_loss_gain_ci_high']:.4f}]; accuracy gain over the most "
+                 f"accurate ({out['best_member_accuracy']}): {out['accuracy_gain']:+.4f} "
+                 f"[{out['accuracy_gain_ci_low']:+.4f}, {out['accuracy_gain_ci_high']:+.4f}]")
+    if "calibrated_log_loss_gain" in out:
+        lines.append("  after temperature scaling fitted on val, log-loss: " + ", ".join(
+            f"{kind[:-1]} {i} {m['log_loss_calibrated']:.4f}" for i, m in out["member"].items())
+            + f", average {out['ensemble']['log_loss_calibrated']:.4f}; gain over the best "
+            f"({out['best_member_calibrated']}): {out['calibrated_log_loss_gain']:.4f} "
+            f"[{out['calibrated_log_loss_gain_ci_low']:.4f}, "
+            f"{out['calibrated_log_loss_gain_ci_high']:.4f}]")
+    if "cv_accuracy_mean" in out:
+        lines.append(f"  cross-validation: held-out accuracy {out['cv_accuracy_mean']:.4f} "
+                     f"+- {out['cv_accuracy_std']:.4f} (sd over {out['members']} folds, "
+                     f"{out['cv_accuracy_min']:.4f}-{out['cv_accuracy_max']:.4f}); pooled "
+                     f"{out['oof_accuracy']:.4f} [{out['oof_accuracy_ci_low']:.4f}, "
+                     f"{out['oof_accuracy_ci_high']:.4f}] on {out['oof_images']} images")
+    return lines
+
+
+def members_of(kind: str, cfg: EnsembleConfig, split_manifest: Path) -> list[int]:
+    """The member items: ensemble.seeds, or every fold of the split manifest."""
+    if kind == "seeds":
+        items = list(cfg.seeds)
+    else:
+        items = sorted(set(read_folds(split_manifest).values()))
+    if len(items) < 2:
+        raise PipelineError(f"ensemble@{kind} needs at least 2 members, got {items}")
+    return items
+
+
+def run(base: BaseConfig, evaluate: EvaluateConfig, cfg: EnsembleConfig, kind: str,
+        split_manifest: Path, out_dir: Path) -> dict[str, Any]:
+    """Combine the members of ``kind``; write ``<kind>.json`` and the averaged predictions."""
+    items = members_of(kind, cfg, split_manifest)
+    out, table = combine(kind, items, bootstrap=evaluate.bootstrap, seed=base.seed)
+    out = _rounded(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{kind}.json").write_text(json.dumps(out, indent=2) + "\n")
+    table.to_csv(out_dir / f"{kind}_predictions.csv", index=False, lineterminator="\n",
+                 float_format="%.8g")
+    print("\n".join(summary(kind, out)))
+    return out
+
+
+def main(kind: str) -> None:
+    """Entry point of the DVC stage ``ensemble@<kind>``."""
+    base, evaluate, ensemble = load_sections("base", "evaluate", "ensemble")
+    run(base, evaluate, ensemble, kind, paths.SPLIT, paths.ENSEMBLE_DIR)
+
+
+if __name__ == "__main__":
+    run_stage("ensemble", main, item="kind", choices=KINDS)
