@@ -96,7 +96,7 @@ def test_both_kinds_together_are_accepted():
 
 
 def test_a_matrix_stage_takes_its_item_and_nothing_else(tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)  # the run record goes to metrics/run.json here
+    monkeypatch.chdir(tmp_path)  # the run record goes to metrics/all/run.json here
     seen = []
 
     def main(item):
@@ -104,7 +104,7 @@ def test_a_matrix_stage_takes_its_item_and_nothing_else(tmp_path, monkeypatch, c
 
     run_stage("member", main, argv=["3"], item="seed")
     assert seen == [3]
-    assert "member@3_seconds" in json.loads((tmp_path / "metrics/run.json").read_text())
+    assert "member@3_seconds" in json.loads((tmp_path / "metrics/all/run.json").read_text())
     with pytest.raises(SystemExit):
         run_stage("member", main, argv=["3", "4"], item="seed")
     with pytest.raises(SystemExit):

@@ -109,7 +109,7 @@ def test_chain_with_views_trains_from_the_cache_alone(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "run.json").read_text()) == {}
     assert json.loads((tmp_path / "all" / "train.json").read_text()) == metrics
     assert json.loads((tmp_path / "train.json").read_text()) == {
-        "best_epoch": metrics["best_epoch"]}
+        "best_epoch": metrics["best_epoch"], "best_val_accuracy": metrics["best_val_accuracy"]}
     out = tmp_path / "metrics"
     result = evaluate.run(base, eval_cfg, tmp_path / "model.pt", d / "cache", d / "split.csv",
                           out)
