@@ -246,22 +246,63 @@ def pair_similarity(x: np.ndarray, y: np.ndarray, a: np.ndarray | Sequence[int],
     return out
 
 
+def _view_cell_candidates(views: np.ndarray, *, wide: int, probes: int, seed: int
+                          ) -> np.ndarray:
+    """(N, wide) candidates of :func:`view_neighbours` above ``exact_max`` images: about
+    sqrt(N) k-means cells of the whole views; each image is compared with the members of
+    the cell nearest to each of its views and of the ``probes`` cells nearest to its
+    whole view (a cropped copy's whole view sits near one of the original's views, not
+    necessarily near its whole view). Rows with too few candidates repeat the last one."""
+    from sklearn.cluster import KMeans
+
+    n, v, d = views.shape
+    whole = np.ascontiguousarray(views[:, 0])
+    cells = max(2, round(np.sqrt(n)))
+    rng = np.random.default_rng(seed)
+    sample = whole[np.sort(rng.choice(n, size=min(n, 32 * cells), replace=False))]
+    centroids = KMeans(cells, init="random", n_init=1, max_iter=10, random_state=seed).fit(
+        sample).cluster_centers_.astype(np.float32)
+    sq = (centroids ** 2).sum(1)
+    home = np.empty(n, dtype=np.int64)
+    for start in range(0, n, 8192):
+        home[start:start + 8192] = np.argmin(sq - 2 * whole[start:start + 8192] @ centroids.T,
+                                             axis=1)
+    members = [np.flatnonzero(home == c) for c in range(cells)]
+    index = np.zeros((n, wide), dtype=np.int64)
+    for i in range(n):
+        dist = sq - 2 * (views[i] @ centroids.T)  # (V, cells)
+        near = set(np.argmin(dist, axis=1).tolist())
+        near.update(top_k(-dist[:1], min(probes, cells))[0][0].tolist())
+        cand = np.concatenate([members[c] for c in sorted(near)])
+        cand = cand[cand != i]
+        if len(cand) == 0:
+            index[i] = i
+            continue
+        best = (views[i] @ whole[cand].T).max(0)  # (len(cand),)
+        top = cand[np.argsort(-best, kind="stable")[:wide]]
+        index[i] = np.concatenate([top, np.full(wide - len(top), top[-1])])
+    return index
+
+
 def view_neighbours(views: np.ndarray, *, k: int, exact_max: int, probes: int,
                     seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """:func:`pipeline.quality.neighbours` for a views signal ((N, V, D)).
 
     Up to ``exact_max`` images, each image's candidates are the ``2k + 8`` images whose
     whole view best matches any of its views (chunks of (c, V, N) similarities: linear
-    memory); above it, the whole views' own neighbour search (the cell search), which
-    can miss a cropped copy of a tiny image. Either way the candidates are then scored
-    by :func:`pair_similarity` (both ways round) and the best k kept, best first.
+    memory); above it, the same among the images whose whole view lies in the k-means
+    cell nearest to one of its views or among the ``probes`` cells nearest to its whole
+    view (:func:`_view_cell_candidates`). Either way the candidates are then scored by
+    :func:`pair_similarity` (both ways round) and the best k kept, best first.
     """
     n, v, d = views.shape
     whole = np.ascontiguousarray(views[:, 0])
     k = min(k, max(n - 1, 0))
     wide = min(2 * k + 8, max(n - 1, 0))  # candidates, rescored both ways round
-    if n > exact_max or k == 0:
-        index = neighbours(whole, k=wide, exact_max=exact_max, probes=probes, seed=seed)[0]
+    if k == 0:
+        index = np.zeros((n, 0), dtype=np.int64)
+    elif n > exact_max:
+        index = _view_cell_candidates(views, wide=wide, probes=probes, seed=seed)
     else:
         index = np.zeros((n, wide), dtype=np.int64)
         chunk = max(1, (1 << 24) // (n * v))
@@ -273,6 +314,7 @@ def view_neighbours(views: np.ndarray, *, k: int, exact_max: int, probes: int,
             index[start:start + chunk] = top_k(block, wide)[0]
     sims = pair_similarity(views, views, np.repeat(np.arange(n), index.shape[1]),
                            index.ravel()).reshape(index.shape)
+    sims[index == np.arange(n)[:, None]] = 0.0  # padding (itself) matches nothing
     order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
     return np.take_along_axis(index, order, 1), np.take_along_axis(sims, order, 1)
 

@@ -107,6 +107,10 @@ def test_aligned_views_find_cropped_and_shrunk_copies_of_tiny_images():
     assert copy_sims.min() > 0.999  # the views hold the copy's exact crop and size
     index, sims = view_neighbours(views, k=3, exact_max=1000, probes=4)
     assert index[80, 0] == 0 and index[81, 0] == 1 and index[0, 0] == 80
+    # above exact_max: the k-means cell search over the views finds them too
+    cell_index, cell_sims = view_neighbours(views, k=3, exact_max=10, probes=2)
+    assert cell_index[80, 0] == 0 and cell_index[81, 0] == 1
+    assert np.allclose(cell_sims[[80, 81], 0], sims[[80, 81], 0])
     distinct_best = np.delete(sims[:, 0], [0, 1, 80, 81])
     assert distinct_best.max() < copy_sims.min() - 0.005  # distinct images stay below
     plain = thumbnails(data)
