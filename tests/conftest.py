@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -52,3 +53,21 @@ def write_tree(root: Path, classes: int = 3, per_class: int = 10, size: int = 20
 def tree(tmp_path: Path) -> Path:
     """3 classes x 10 distinct PNG images."""
     return write_tree(tmp_path / "images")
+
+
+PROJECT_FILES = ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", "requirements.lock",
+                 "data/review/decisions.csv")
+
+
+def scratch_project(work: Path, *, files: tuple[str, ...] = PROJECT_FILES,
+                    skip_dvc: tuple[str, ...] = ("cache", "tmp")) -> Path:
+    """A copy of this project's code, .dvc folder (without ``skip_dvc``) and ``files`` in
+    a new folder ``work``, for tests that run DVC on tiny data of their own."""
+    work.mkdir()
+    shutil.copytree(REPO / "pipeline", work / "pipeline",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / ".dvc", work / ".dvc", ignore=shutil.ignore_patterns(*skip_dvc))
+    for name in files:
+        (work / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / name, work / name)
+    return work

@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from .conftest import REPO, write_tree
+from .conftest import PROJECT_FILES, scratch_project, write_tree
 
 pytestmark = pytest.mark.slow
 
@@ -27,15 +26,8 @@ def _sh(*args: str, cwd: Path) -> str:
 
 
 def test_dvc_repro_runs_every_stage_then_nothing(tmp_path):
-    work = tmp_path / "project"
-    work.mkdir()
-    shutil.copytree(REPO / "pipeline", work / "pipeline",
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(REPO / ".dvc", work / ".dvc", ignore=shutil.ignore_patterns("cache", "tmp"))
-    for name in ("dvc.yaml", "params.yaml", ".dvcignore", "requirements.lock",
-                 "data/review/decisions.csv"):
-        (work / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(REPO / name, work / name)
+    work = scratch_project(tmp_path / "project",
+                           files=tuple(f for f in PROJECT_FILES if f != ".gitignore"))
     write_tree(work / "images", classes=3, per_class=16, size=24)
     params = yaml.safe_load((work / "params.yaml").read_text())
     params["data"].update(source="folder", root="images")

@@ -1,28 +1,19 @@
 """Ensembles and k-fold cross-validation as DVC stages, through `dvc exp run`, on CPU."""
 
 import json
-import shutil
 
 import pandas as pd
 import pytest
 import yaml
 
-from .conftest import REPO, write_tree
+from .conftest import scratch_project, write_tree
 from .test_end_to_end import _sh
 
 pytestmark = pytest.mark.slow
 
 
 def test_members_folds_and_their_combination_run_as_stages(tmp_path):
-    work = tmp_path / "project"
-    work.mkdir()
-    shutil.copytree(REPO / "pipeline", work / "pipeline",
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(REPO / ".dvc", work / ".dvc", ignore=shutil.ignore_patterns("cache", "tmp"))
-    for name in ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", "requirements.lock",
-                 "data/review/decisions.csv"):
-        (work / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(REPO / name, work / name)
+    work = scratch_project(tmp_path / "project")
     write_tree(work / "images", classes=3, per_class=12, size=24)
     params = yaml.safe_load((work / "params.yaml").read_text())
     params["data"].update(source="folder", root="images")

@@ -4,7 +4,6 @@ trials are real DVC experiments."""
 import csv
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +14,7 @@ import yaml
 from pipeline.errors import PipelineError
 from pipeline.sweep import Knob, check_keys, parse_knob, yaml_value
 
-from .conftest import REPO, repo_params, write_tree
+from .conftest import repo_params, scratch_project, write_tree
 
 
 def test_parse_knob_kinds_and_errors():
@@ -58,16 +57,8 @@ def _sh(*args: str, cwd: Path) -> str:
 
 @pytest.mark.slow
 def test_two_trial_sweep_records_dvc_experiments(tmp_path):
-    work = tmp_path / "project"
-    work.mkdir()
-    shutil.copytree(REPO / "pipeline", work / "pipeline",
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(REPO / ".dvc", work / ".dvc",
-                    ignore=shutil.ignore_patterns("cache", "tmp", "offline_plots.html"))
-    for name in ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", "requirements.lock",
-                 "data/review/decisions.csv"):
-        (work / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(REPO / name, work / name)
+    work = scratch_project(tmp_path / "project",
+                           skip_dvc=("cache", "tmp", "offline_plots.html"))
     write_tree(work / "images", classes=3, per_class=12, size=24)
     params = yaml.safe_load((work / "params.yaml").read_text())
     params["data"].update(source="folder", root="images")
