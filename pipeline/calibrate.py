@@ -35,7 +35,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from PIL import Image, ImageEnhance
 
-from pipeline.quality import near_duplicate_clusters, neighbours, top_k
+from pipeline.quality import cell_centroids, near_duplicate_clusters, neighbours, top_k
 
 COPY_KINDS = ("jpeg", "resize", "crop", "brightness", "combined")
 THUMBNAIL_SIZE = 16  # px: thumbnails' side, so (N, 256) rows
@@ -253,15 +253,10 @@ def _view_cell_candidates(views: np.ndarray, *, wide: int, probes: int, seed: in
     the cell nearest to each of its views and of the ``probes`` cells nearest to its
     whole view (a cropped copy's whole view sits near one of the original's views, not
     necessarily near its whole view). Rows with too few candidates repeat the last one."""
-    from sklearn.cluster import KMeans
-
     n, v, d = views.shape
     whole = np.ascontiguousarray(views[:, 0])
-    cells = max(2, round(np.sqrt(n)))
-    rng = np.random.default_rng(seed)
-    sample = whole[np.sort(rng.choice(n, size=min(n, 32 * cells), replace=False))]
-    centroids = KMeans(cells, init="random", n_init=1, max_iter=10, random_state=seed).fit(
-        sample).cluster_centers_.astype(np.float32)
+    centroids = cell_centroids(whole, seed=seed)
+    cells = len(centroids)
     sq = (centroids ** 2).sum(1)
     home = np.empty(n, dtype=np.int64)
     for start in range(0, n, 8192):

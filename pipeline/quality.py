@@ -86,20 +86,29 @@ def top_k(block: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return np.take_along_axis(top, order, axis=1), np.take_along_axis(top_sims, order, axis=1)
 
 
-def _cell_neighbours(x: np.ndarray, *, k: int, probes: int, seed: int
-                     ) -> tuple[np.ndarray, np.ndarray]:
-    """The inverted-file search of :func:`neighbours` (rows above ``exact_max``)."""
-    import torch
+def cell_centroids(x: np.ndarray, *, seed: int) -> np.ndarray:
+    """(about sqrt(N), D) float32 k-means centroids of the rows of ``x`` (fitted on a
+    seeded sample of 32 rows per cell): the cells of the inverted-file searches."""
     from sklearn.cluster import KMeans
 
     n = len(x)
     cells = max(2, round(np.sqrt(n)))
-    probes = min(probes, cells)
     rng = np.random.default_rng(seed)
     sample = x[np.sort(rng.choice(n, size=min(n, 32 * cells), replace=False))]
     # random init: k-means++ on float32 rows upcasts to float64 and costs minutes here
-    centroids = KMeans(cells, init="random", n_init=1, max_iter=10, random_state=seed).fit(
-        sample).cluster_centers_.astype(np.float32)  # (cells, D)
+    return KMeans(cells, init="random", n_init=1, max_iter=10, random_state=seed).fit(
+        sample).cluster_centers_.astype(np.float32)
+
+
+def _cell_neighbours(x: np.ndarray, *, k: int, probes: int, seed: int
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """The inverted-file search of :func:`neighbours` (rows above ``exact_max``)."""
+    import torch
+
+    n = len(x)
+    centroids = cell_centroids(x, seed=seed)  # (cells, D)
+    cells = len(centroids)
+    probes = min(probes, cells)
     # (N, probes) the cells nearest to each row, nearest first: the first is its home
     near_cells = np.empty((n, probes), dtype=np.int64)
     sq_norms = (centroids ** 2).sum(1)
