@@ -1,6 +1,6 @@
 """The whole pipeline on every offline real data set, defaults only (issue 12).
 
-    python benchmarks/real_data.py [--work /tmp/real_data] [--only NAME ...]
+    python benchmarks/real_data.py [--work /tmp/real_data] [--only NAME ...] [--folds K [--reuse]]
 
 Per data set it copies this working tree into WORK/NAME (a fresh git + DVC project),
 changes only ``data.*`` in params.yaml, runs ``dvc repro`` and prints one table row:
@@ -9,6 +9,12 @@ resolved ``auto`` values (image sizes, the data profile, train phases and hflip)
 ``clean`` found, the calibrated near-copy rule with its estimated recall, and the floor:
 a logistic-regression probe on the embed stage's frozen features (fitted on the train
 rows, scored on the same test rows).
+
+With ``--folds K`` it then cross-validates both on each data set's train + val rows, for
+sets whose test split is too small to rank them (lfw: 30 images): ``split.folds`` set to
+K folds, ``dvc repro ensemble@folds`` (each fold model trains on the other folds, picks
+its epoch on its own fold and scores it), and the same probe fitted on the other folds'
+rows; both are pooled over every held-out row, with 95 % bootstrap intervals.
 
 Data sets (none is copied into the repository; images are written under WORK):
 - ``digits``: the embedded demo (scikit-learn's 8x8 digits, 1,797 images).
@@ -126,6 +132,65 @@ def linear_probe(project: Path) -> float:
     return float((probe.predict(x[test]) == df["label"][test]).mean())
 
 
+def probe_folds(project: Path) -> np.ndarray:
+    """(N,) 0/1: the probe right on each held-out row of the split manifest's folds,
+    fitted on the other folds' rows, in manifest order (the fold stage's rows)."""
+    from sklearn.linear_model import LogisticRegression
+
+    meta = json.loads((project / "data/embed/meta.json").read_text())
+    feats = np.load(project / "data/embed/embeddings.npy")
+    row = {image_id: i for i, image_id in enumerate(meta["ids"])}
+    df = pd.read_csv(project / "data/split/manifest.csv", dtype=str)
+    df = df[df["fold"].notna() & (df["fold"] != "")]
+    x, y, fold = feats[[row[i] for i in df["image_id"]]], df["label"].to_numpy(), \
+        df["fold"].astype(float).astype(int).to_numpy()
+    right = np.zeros(len(df))
+    for k in np.unique(fold):
+        probe = LogisticRegression(max_iter=5000).fit(x[fold != k], y[fold != k])
+        right[fold == k] = probe.predict(x[fold == k]) == y[fold == k]
+    return right
+
+
+def cross_validate(name: str, work: Path, k: int) -> dict:
+    """K-fold cross-validation of the pipeline's defaults and of the probe (see --folds)."""
+    from pipeline.metrics import bootstrap_ci
+
+    project = work / name
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["split"]["folds"] = list(range(k))
+    params["ensemble"]["combine"] = ["folds"]
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    start = time.perf_counter()
+    proc = subprocess.run(["dvc", "repro", "ensemble@folds"], cwd=project,
+                          capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    (work / f"{name}_folds.log").write_text(proc.stdout + proc.stderr)
+    if proc.returncode != 0:
+        return {"name": name, "error": (proc.stdout + proc.stderr)[-600:], "wall": wall}
+    cv = json.loads((project / "metrics/ensemble/folds.json").read_text())
+    right = probe_folds(project)
+    ones = np.zeros(len(right), dtype=int)
+    low, high = bootstrap_ci(ones, right, lambda _, v: float(v.mean()), n=1000, seed=0)
+    return {"name": name, "wall": wall, "k": k, "rows": cv["oof_images"],
+            "pipeline": (cv["oof_accuracy"], cv["oof_accuracy_ci_low"],
+                         cv["oof_accuracy_ci_high"]),
+            "per_fold": (cv["cv_accuracy_mean"], cv["cv_accuracy_std"]),
+            "probe": (float(right.mean()), low, high)}
+
+
+def print_folds(rows: list[dict]) -> None:
+    print("\n| data set | folds | held-out rows | pipeline, pooled [95 % CI] | per fold "
+          "mean +- sd | probe, pooled [95 % CI] | s |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        if "error" in r:
+            print(f"| {r['name']} | FAILED after {r['wall']:.0f} s: {r['error'][-200:]!r} |")
+            continue
+        (a, lo, hi), (m, sd), (pa, plo, phi) = r["pipeline"], r["per_fold"], r["probe"]
+        print(f"| {r['name']} | {r['k']} | {r['rows']} | {a:.3f} [{lo:.3f}, {hi:.3f}] | "
+              f"{m:.3f} +- {sd:.3f} | {pa:.3f} [{plo:.3f}, {phi:.3f}] | {r['wall']:.0f} |")
+
+
 def run_one(name: str, data: dict, work: Path) -> dict:
     if "make" in data:
         data["make"]()
@@ -178,16 +243,28 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path, default=Path("/tmp/real_data"))
     parser.add_argument("--only", nargs="*", help="data set names (default: all)")
+    parser.add_argument("--folds", type=int, default=0,
+                        help="then K-fold cross-validate pipeline and probe (0: skip)")
+    parser.add_argument("--reuse", action="store_true",
+                        help="--folds only: reuse WORK/NAME from an earlier run")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    rows = []
+    rows: list[dict] = []
+    folds: list[dict] = []
     for name, data in datasets(args.work.resolve()).items():
         if args.only and name not in args.only:
             continue
         print(f"running {name} ...", file=sys.stderr, flush=True)
-        rows.append(run_one(name, data, args.work.resolve()))
-        (args.work / "results.json").write_text(json.dumps(rows, indent=1))
-    print_table(rows)
+        if not (args.reuse and (args.work / name / "dvc.lock").exists()):
+            rows.append(run_one(name, data, args.work.resolve()))
+            (args.work / "results.json").write_text(json.dumps(rows, indent=1))
+        if args.folds:
+            folds.append(cross_validate(name, args.work.resolve(), args.folds))
+            (args.work / "folds.json").write_text(json.dumps(folds, indent=1))
+    if rows:
+        print_table(rows)
+    if folds:
+        print_folds(folds)
 
 
 if __name__ == "__main__":
