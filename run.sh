@@ -16,6 +16,15 @@ setup() {
   if [ ! -x "$VENV/bin/python" ] || [ requirements.lock -nt "$VENV/.installed" ] \
       || [ pyproject.toml -nt "$VENV/.installed" ]; then
     echo "setting up $VENV from requirements.lock (first run downloads PyTorch, a few GB)..."
+    # PyTorch's PyPI wheels bring CUDA: the environment takes 6.5 GB. Say so up front
+    # rather than fail halfway through pip with "No space left on device".
+    mkdir -p "$(dirname "$VENV")"
+    free_kb=$(df -Pk "$(dirname "$VENV")" | awk 'NR == 2 {print $4}')
+    if [ ! -x "$VENV/bin/python" ] && [ "${free_kb:-0}" -lt $((8 * 1024 * 1024)) ]; then
+      echo "run.sh: $VENV needs about 8 GB of free disk (6.5 GB installed, plus pip's" \
+        "downloads); $(dirname "$VENV") has $((free_kb / 1024 / 1024)) GB free" >&2
+      exit 1
+    fi
     "$PY" -m venv "$VENV"
     "$VENV/bin/python" -m pip install --require-hashes -r requirements.lock
     "$VENV/bin/python" -m pip install --no-deps --no-build-isolation -e .
