@@ -222,9 +222,11 @@ PHASES = [{"epochs": 1, "unfreeze": "head", "lr_mult": 5.0},
 
 
 @pytest.mark.slow
-def test_killed_run_resumes_bit_identical_and_reruns_are_deterministic(tmp_path):
+@pytest.mark.parametrize("sampler", ["shuffle", "balanced"])
+def test_killed_run_resumes_bit_identical_and_reruns_are_deterministic(tmp_path, sampler):
     cache = write_cache(tmp_path / "cache", train_n=192)
-    settings = {"train.phases": PHASES, "model.drop_rate": 0.2, "train.mixup": 0.2}
+    settings = {"train.phases": PHASES, "model.drop_rate": 0.2, "train.mixup": 0.2,
+                "train.sampler": sampler}
     runs = {}
     for name in ("a", "b"):
         project = _project(tmp_path / name, cache, **settings)
