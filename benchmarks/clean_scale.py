@@ -1,7 +1,7 @@
 """Benchmark: the clean stage's detectors on 100,000 precomputed embeddings. Prints numbers.
 
     python benchmarks/clean_scale.py [--rows 100000] [--dim 1280] [--classes 100]
-        [--set clean.label_probe=logistic ...]
+        [--set clean.label_probe=logistic ...] [--views]
 
 Synthesises embeddings shaped like a backbone's pooled features: a shared positive mean
 direction (post-ReLU features all point one way), one centre per class drawn from a
@@ -15,6 +15,11 @@ Prints the wall and CPU seconds of each, the total, the peak resident memory
 (ru_maxrss) and how many planted defects were found. Params come from params.yaml with
 ``--set`` overrides; the default ``clean.label_probe: auto`` picks ``lda`` at this size
 (``logistic`` takes minutes).
+
+``--views`` also times the near-copy search of the aligned-views signal
+(:func:`pipeline.calibrate.view_neighbours`, (N, 48, 64) float32: 12 KB per image) on
+synthetic views: each image a class pattern plus noise, its 48 views small perturbations
+of its whole view, with the same rows planted as near copies.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from typing import Any
 import numpy as np
 from common import load_params
 
+from pipeline.calibrate import ALIGNED_SIZE, ALIGNED_VIEWS, view_neighbours
 from pipeline.config import parse_sections
 from pipeline.quality import (
     conflicting_clusters,
@@ -62,6 +68,32 @@ def synthesise(n: int, dim: int, classes: int, seed: int, *, separation: float
     return x, y
 
 
+def synthesise_views(n: int, seed: int, source: np.ndarray, copies: np.ndarray
+                     ) -> np.ndarray:
+    """(N, VIEWS, D) float32 unit views (see the module doc); ``copies`` repeat ``source``
+    with a little noise."""
+    rng = np.random.default_rng(seed)
+    d = ALIGNED_SIZE ** 2
+    basis = rng.standard_normal((16, d)).astype(np.float32)
+    centres = rng.standard_normal((100, 16)).astype(np.float32)
+    views = np.empty((n, ALIGNED_VIEWS, d), dtype=np.float32)
+    for start in range(0, n, 5_000):
+        m = min(5_000, n - start)
+        whole = (centres[rng.integers(0, 100, m)]
+                 + 0.6 * rng.standard_normal((m, 16), dtype=np.float32)) @ basis
+        whole += 0.3 * rng.standard_normal((m, d), dtype=np.float32)
+        scale = 0.15 / 8 * np.linalg.norm(whole, axis=1)[:, None, None]
+        part = whole[:, None, :] + scale * rng.standard_normal((m, ALIGNED_VIEWS, d),
+                                                               dtype=np.float32)
+        part[:, 0] = whole
+        part -= part.mean(2, keepdims=True)
+        views[start:start + m] = part / np.linalg.norm(part, axis=2, keepdims=True)
+    views[copies] = views[source] + 0.02 * rng.standard_normal(views[source].shape,
+                                                               dtype=np.float32)
+    views[copies] /= np.linalg.norm(views[copies], axis=2, keepdims=True)
+    return views
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=100_000)
@@ -72,8 +104,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="params override, as dvc exp run -S (repeatable)")
+    parser.add_argument("--views", action="store_true",
+                        help="also the aligned views' near-copy search (12 KB per image)")
     args = parser.parse_args()
     (cfg,) = parse_sections(load_params(args.set), "clean")
+    # auto calibrates on copies of real images; these planted copies sit near cosine 0.99
+    threshold = 0.98 if cfg.near_duplicate_threshold == "auto" else \
+        float(cfg.near_duplicate_threshold)
     n = args.rows
     rng = np.random.default_rng(args.seed + 1)
     start = time.perf_counter()
@@ -104,7 +141,8 @@ def main() -> None:
           f"{len(flipped)} label flips", flush=True)
     print(f"params: neighbours={cfg.neighbours}, exact_search_max={cfg.exact_search_max}, "
           f"search_probes={cfg.search_probes}, near_duplicate_threshold="
-          f"{cfg.near_duplicate_threshold}, label_probe={cfg.label_probe} ({cfg.probe_for(n)}), "
+          f"{threshold} ({cfg.near_duplicate_threshold}), label_probe={cfg.label_probe} "
+          f"({cfg.probe_for(n)}), "
           f"probe_dims={cfg.probe_dims}, label_folds={cfg.label_folds}, "
           f"label_method={cfg.label_method}", flush=True)
 
@@ -122,13 +160,19 @@ def main() -> None:
     index, sims = timed("neighbours", lambda: neighbours(
         x, k=cfg.neighbours, exact_max=cfg.exact_search_max, probes=cfg.search_probes))
     near = timed("near-duplicate clusters", lambda: near_duplicate_clusters(
-        index, sims, threshold=cfg.near_duplicate_threshold, order=ids, valid=valid))
+        index, sims, threshold=threshold, order=ids, valid=valid))
     clusters = [a if a is not None else b for a, b in zip(near, exact)]
     conflicting = timed("conflicting labels", lambda: conflicting_clusters(clusters, labels))
     mask, _, _, note = timed("label issues", lambda: label_issues(
         x, labels, folds=cfg.label_folds, seed=0, filter_by=cfg.label_method,
         probe=cfg.probe_for(len(labels)), dims=cfg.probe_dims))
     scores = timed("outlier scores", lambda: outlier_scores(sims))
+    if args.views:
+        views = synthesise_views(n, args.seed + 2, near_src, near_dst)
+        view_index, _ = timed("aligned views' neighbours", lambda: view_neighbours(
+            views, k=cfg.neighbours, exact_max=cfg.exact_search_max,
+            probes=cfg.search_probes))
+        found_views = np.mean([s in view_index[d] for s, d in zip(near_src, near_dst)])
     total_wall = sum(t[1] for t in timings)
     total_cpu = sum(t[2] for t in timings)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux -> GiB
@@ -147,6 +191,9 @@ def main() -> None:
     print(f"label issues: {int(mask.sum())} flagged, recall of flips "
           f"{hits / len(flip_set):.3f}, precision {hits / max(int(mask.sum()), 1):.3f} "
           f"(given labels {accuracy:.1%} right){'; ' + note if note else ''}")
+    if args.views:
+        print(f"aligned views ({views.nbytes / 2**30:.2f} GiB): planted copies among their "
+              f"source's {cfg.neighbours} neighbours: {found_views:.3f}")
     print(f"outlier scores: median {np.median(scores):.3f}, "
           f"{int((scores > cfg.outlier_threshold).sum())} above {cfg.outlier_threshold}")
 

@@ -252,31 +252,57 @@ def _view_cell_candidates(views: np.ndarray, *, wide: int, probes: int, seed: in
     sqrt(N) k-means cells of the whole views; each image is compared with the members of
     the cell nearest to each of its views and of the ``probes`` cells nearest to its
     whole view (a cropped copy's whole view sits near one of the original's views, not
-    necessarily near its whole view). Rows with too few candidates repeat the last one."""
+    necessarily near its whole view), ranked by its best view. The work goes cell by cell
+    (one matrix product per cell and chunk of the images that look into it), and each
+    image keeps a running best ``wide``: memory linear in N. Rows with too few
+    candidates repeat the last one (or the row itself)."""
+    import torch
+
     n, v, d = views.shape
     whole = np.ascontiguousarray(views[:, 0])
     centroids = cell_centroids(whole, seed=seed)
     cells = len(centroids)
+    probes = min(probes, cells)
     sq = (centroids ** 2).sum(1)
-    home = np.empty(n, dtype=np.int64)
-    for start in range(0, n, 8192):
-        home[start:start + 8192] = np.argmin(sq - 2 * whole[start:start + 8192] @ centroids.T,
-                                             axis=1)
-    members = [np.flatnonzero(home == c) for c in range(cells)]
-    index = np.zeros((n, wide), dtype=np.int64)
-    for i in range(n):
-        dist = sq - 2 * (views[i] @ centroids.T)  # (V, cells)
-        near = set(np.argmin(dist, axis=1).tolist())
-        near.update(top_k(-dist[:1], min(probes, cells))[0][0].tolist())
-        cand = np.concatenate([members[c] for c in sorted(near)])
-        cand = cand[cand != i]
-        if len(cand) == 0:
-            index[i] = i
+    # (N, V + probes): the cell nearest to each view (the whole view's first: the image's
+    # home cell), then the probes nearest to the whole view
+    looks = np.empty((n, v + probes), dtype=np.int64)
+    for start in range(0, n, 1024):
+        dist = sq - 2 * (views[start:start + 1024] @ centroids.T)  # (c, V, cells)
+        looks[start:start + 1024, :v] = dist.argmin(2)
+        looks[start:start + 1024, v:] = top_k(-dist[:, 0], probes)[0]
+    home = looks[:, 0]
+    by_home = np.argsort(home, kind="stable")
+    member_bounds = np.searchsorted(home[by_home], np.arange(cells + 1))
+    # every distinct (cell, image) pair, grouped by cell
+    key = np.unique((looks * n + np.arange(n)[:, None]).ravel())
+    pair_cell, pair_row = key // n, key % n
+    pair_bounds = np.searchsorted(pair_cell, np.arange(cells + 1))
+    best_index = np.repeat(np.arange(n)[:, None], wide, axis=1)
+    best_sims = np.full((n, wide), -np.inf, dtype=np.float32)
+    flat = torch.from_numpy(views.reshape(n, v * d))
+    for cell in range(cells):
+        members = by_home[member_bounds[cell]:member_bounds[cell + 1]]
+        if len(members) == 0:
             continue
-        best = (views[i] @ whole[cand].T).max(0)  # (len(cand),)
-        top = cand[np.argsort(-best, kind="stable")[:wide]]
-        index[i] = np.concatenate([top, np.full(wide - len(top), top[-1])])
-    return index
+        reference = torch.from_numpy(whole[members]).T  # (D, m)
+        looking = pair_row[pair_bounds[cell]:pair_bounds[cell + 1]]
+        chunk = max(1, (1 << 24) // (v * len(members)))
+        for s in range(0, len(looking), chunk):
+            rows = looking[s:s + chunk]
+            block = (flat[rows].reshape(-1, d) @ reference).reshape(len(rows), v, -1)
+            block = block.amax(1)  # (rows, m): each image's best view against each member
+            block[torch.from_numpy(rows[:, None] == members[None, :])] = -torch.inf
+            top_sims, top = torch.topk(block, min(wide, len(members)), dim=1)
+            merged_sims = np.concatenate([best_sims[rows], top_sims.numpy()], 1)
+            merged_index = np.concatenate([best_index[rows], members[top.numpy()]], 1)
+            keep, best_sims[rows] = top_k(merged_sims, wide)
+            best_index[rows] = np.take_along_axis(merged_index, keep, 1)
+    found = np.isfinite(best_sims).sum(1)  # best first, so the found ones lead each row
+    last = np.where(found > 0, best_index[np.arange(n), np.maximum(found - 1, 0)], np.arange(n))
+    short = np.arange(wide)[None, :] >= found[:, None]
+    best_index[short] = np.broadcast_to(last[:, None], best_index.shape)[short]
+    return best_index
 
 
 def view_neighbours(views: np.ndarray, *, k: int, exact_max: int, probes: int,
