@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +19,7 @@ from pipeline.errors import PipelineError
 from pipeline.init_data import data_values, inspect_source, report_lines, set_keys
 from pipeline.offline_plots import TEMPLATE
 from pipeline.predict import TTA, Predictor, expand, predict_files, top_k
-from pipeline.summary import PAGES, read_summary
+from pipeline.summary import PAGES, SUMMARY_LATER, read_summary
 from pipeline.sweep import DEFAULT_METRIC, DEFAULT_SPACE
 
 MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb limit
@@ -119,14 +120,13 @@ def guard_special_files() -> None:
 
 
 def run_command(args: argparse.Namespace, dvc_args: list[str]) -> None:
-    """``dvc repro`` with the given arguments; exit with its code. The report stage ends
-    with the closing summary; when it had nothing to redo, the summary is printed here."""
+    """``dvc repro`` with the given arguments; exit with its code. A successful run ends
+    with the closing summary, printed here after DVC's own closing lines (the report
+    stage leaves it to this command), also when nothing had to be redone."""
     guard_special_files()
-    report = PAGES["report"]
-    before = report.stat().st_mtime_ns if report.exists() else None
-    code = subprocess.call([sys.executable, "-m", "dvc", "repro", *dvc_args])
-    after = report.stat().st_mtime_ns if report.exists() else None
-    if code == 0 and after is not None and after == before:
+    env = dict(os.environ, **{SUMMARY_LATER: "1"})
+    code = subprocess.call([sys.executable, "-m", "dvc", "repro", *dvc_args], env=env)
+    if code == 0 and PAGES["report"].exists():
         try:
             print("\n".join(read_summary()))
         except (OSError, ValueError, KeyError) as exc:  # metrics of an older version

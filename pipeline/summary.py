@@ -1,8 +1,9 @@
 """The closing summary of a run, in under 20 lines: what ran, the headline test metrics
 with their 95 % intervals, what clean and the leakage audit found, and where to look.
 
-Printed at the end of the report stage, and by ``python -m pipeline run`` when the
-report stage had nothing to redo; made from the metrics files only.
+Printed at the end of the report stage (a plain ``dvc repro``), or by
+``python -m pipeline run`` after DVC's closing lines, so that it is the last thing on
+the screen; made from the metrics files only.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 from pipeline import paths
 from pipeline.manifest import ISSUES
 
+SUMMARY_LATER = "PIPELINE_SUMMARY_LATER"  # set: the report stage leaves it to the caller
 PAGES = {"report": paths.REPORTS_DIR / "report.html", "review": paths.REVIEW_PAGE,
          "leakage": paths.LEAKAGE_PAGE}
 # clean.json numbers that are no count of problems found

@@ -22,7 +22,7 @@ from pipeline.errors import run_stage
 from pipeline.init_data import set_keys
 from pipeline.report import issues_html
 from pipeline.review_page import review_page
-from pipeline.summary import summary_lines
+from pipeline.summary import SUMMARY_LATER, summary_lines
 
 from .conftest import REPO, write_tree
 
@@ -102,11 +102,34 @@ def test_export_help_does_no_work_and_a_missing_model_is_one_line(tmp_path, monk
 def test_run_passes_its_arguments_to_dvc_repro_and_exits_with_its_code(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)  # no report: no summary to print
     calls = []
-    monkeypatch.setattr(cli.subprocess, "call", lambda args: calls.append(args) or 3)
+    monkeypatch.setattr(cli.subprocess, "call",
+                        lambda args, env: calls.append(args) or 3)
     with pytest.raises(SystemExit) as done:
         cli.main(["run", "train", "--force"])
     assert done.value.code == 3
     assert calls == [[sys.executable, "-m", "dvc", "repro", "train", "--force"]]
+
+
+def test_run_prints_the_closing_summary_last_and_the_report_stage_leaves_it(
+        monkeypatch, tmp_path, capsys):
+    monkeypatch.chdir(tmp_path)
+    report = tmp_path / "reports/report.html"
+    monkeypatch.setitem(cli.PAGES, "report", report)
+    monkeypatch.setattr(cli, "read_summary", lambda: ["== summary ==", "look at: report"])
+    envs = []
+
+    def dvc_repro(args, env):
+        envs.append(env)
+        report.parent.mkdir()
+        report.write_text("<html>")
+        print("To track the changes with git, run:", flush=True)
+        return 0
+
+    monkeypatch.setattr(cli.subprocess, "call", dvc_repro)
+    with pytest.raises(SystemExit) as done:
+        cli.main(["run"])
+    assert done.value.code == 0 and envs[0][SUMMARY_LATER] == "1"
+    assert capsys.readouterr().out.splitlines()[-2:] == ["== summary ==", "look at: report"]
 
 
 def test_run_writes_dvcignore_rules_for_a_new_fifo_before_dvc_hashes_the_data(
@@ -119,7 +142,7 @@ def test_run_writes_dvcignore_rules_for_a_new_fifo_before_dvc_hashes_the_data(
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     seen = []
     monkeypatch.setattr(cli.subprocess, "call",
-                        lambda args: seen.append(Path(".dvcignore").read_text()) or 0)
+                        lambda args, env: seen.append(Path(".dvcignore").read_text()) or 0)
     with pytest.raises(SystemExit):
         cli.main(["run"])
     assert "images/a/pipe.png" in seen[0]  # written before dvc repro started

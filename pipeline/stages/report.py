@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import json
+import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,7 +57,7 @@ from pipeline.report import (
     timings_page,
     training_figure,
 )
-from pipeline.summary import PAGES, summary_lines
+from pipeline.summary import PAGES, SUMMARY_LATER, summary_lines
 
 
 def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -228,9 +229,10 @@ def run(sections: dict[str, Any], clean: Path, split: Path, cache_dir: Path, mod
               if paths.RUN_RECORD_ALL.exists() else {})
     (out_dir / "timings.html").write_text(timings_page(record))  # not a DVC output
     print(f"report: {target} ({len(text) / 1024:.0f} KiB)")
-    print("\n".join(summary_lines(inp.results, inp.clean_counts, inp.split_metrics,
-                                  classes=len(inp.model_meta["classes"]),
-                                  pages={**PAGES, "report": target})))
+    if not os.environ.get(SUMMARY_LATER):  # python -m pipeline run prints it last
+        print("\n".join(summary_lines(inp.results, inp.clean_counts, inp.split_metrics,
+                                      classes=len(inp.model_meta["classes"]),
+                                      pages={**PAGES, "report": target})))
     return target
 
 
