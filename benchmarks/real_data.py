@@ -38,6 +38,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -178,17 +179,23 @@ def cross_validate(name: str, work: Path, k: int) -> dict:
             "probe": (float(right.mean()), low, high)}
 
 
-def print_folds(rows: list[dict]) -> None:
-    print("\n| data set | folds | held-out rows | pipeline, pooled [95 % CI] | per fold "
-          "mean +- sd | probe, pooled [95 % CI] | s |")
-    print("|---|---|---|---|---|---|---|")
+def markdown(header: list[str], rows: list[dict], cells: Callable[[dict], list[str]]) -> None:
+    """A markdown table, one line per result; a failed run gets its error instead."""
+    print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
     for r in rows:
-        if "error" in r:
-            print(f"| {r['name']} | FAILED after {r['wall']:.0f} s: {r['error'][-200:]!r} |")
-            continue
+        print("| " + " | ".join([r["name"], *(
+            [f"FAILED after {r['wall']:.0f} s: {r['error'][-200:]!r}"] if "error" in r
+            else cells(r))]) + " |")
+
+
+def print_folds(rows: list[dict]) -> None:
+    def cells(r: dict) -> list[str]:
         (a, lo, hi), (m, sd), (pa, plo, phi) = r["pipeline"], r["per_fold"], r["probe"]
-        print(f"| {r['name']} | {r['k']} | {r['rows']} | {a:.3f} [{lo:.3f}, {hi:.3f}] | "
-              f"{m:.3f} +- {sd:.3f} | {pa:.3f} [{plo:.3f}, {phi:.3f}] | {r['wall']:.0f} |")
+        return [str(r["k"]), str(r["rows"]), f"{a:.3f} [{lo:.3f}, {hi:.3f}]",
+                f"{m:.3f} +- {sd:.3f}", f"{pa:.3f} [{plo:.3f}, {phi:.3f}]", f"{r['wall']:.0f}"]
+    print()
+    markdown(["data set", "folds", "held-out rows", "pipeline, pooled [95 % CI]",
+              "per fold mean +- sd", "probe, pooled [95 % CI]", "s"], rows, cells)
 
 
 def run_one(name: str, data: dict, work: Path) -> dict:
@@ -221,18 +228,15 @@ def run_one(name: str, data: dict, work: Path) -> dict:
 
 
 def print_table(rows: list[dict]) -> None:
-    print("| data set | test images | test accuracy [95 % CI] | linear probe | profile | "
-          "embed / cache px | prepare/embed/clean/split/cache/train/evaluate s | total s |")
-    print("|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        if "error" in r:
-            print(f"| {r['name']} | FAILED after {r['wall']:.0f} s: {r['error'][-200:]!r} |")
-            continue
+    def cells(r: dict) -> list[str]:
         secs = "/".join(f"{r['seconds'][s]:.0f}" if r["seconds"][s] is not None else "-"
                         for s in STAGES)
-        print(f"| {r['name']} | {r['test_images']} | {r['accuracy']:.3f} "
-              f"[{r['ci'][0]:.3f}, {r['ci'][1]:.3f}] | {r['probe']:.3f} | {r['profile']} | "
-              f"{r['embed_size']} / {r['cache_size']} | {secs} | {r['wall']:.0f} |")
+        return [str(r["test_images"]), f"{r['accuracy']:.3f} [{r['ci'][0]:.3f}, "
+                f"{r['ci'][1]:.3f}]", f"{r['probe']:.3f}", str(r["profile"]),
+                f"{r['embed_size']} / {r['cache_size']}", secs, f"{r['wall']:.0f}"]
+    markdown(["data set", "test images", "test accuracy [95 % CI]", "linear probe", "profile",
+              "embed / cache px", "prepare/embed/clean/split/cache/train/evaluate s",
+              "total s"], rows, cells)
     for r in rows:
         if "error" not in r:
             print(f"\n{r['name']}: clean {r['clean']}\n  near-copy rule {r['rule']}\n  "
