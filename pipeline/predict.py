@@ -57,8 +57,9 @@ class Predictor:
         over the test-time views of ``tta`` (none | flip | crops, as evaluate.tta)."""
         if tta not in TTA:
             raise PipelineError(f"tta = {tta!r}: choose one of {', '.join(TTA)}")
-        x = ImageInput(self.prep).to_input(torch.from_numpy(np.ascontiguousarray(images)),
-                                           self.device)
+        # a writable contiguous copy only when needed (torch warns on read-only arrays)
+        pixels = np.require(images, requirements=["C", "W"])
+        x = ImageInput(self.prep).to_input(torch.from_numpy(pixels), self.device)
         return view_probabilities(self.model, x, tta, device=self.device)
 
 

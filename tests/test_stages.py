@@ -131,7 +131,7 @@ def test_chain_with_views_trains_from_the_cache_alone(tmp_path, monkeypatch):
     assert list(got.columns) == ["path", "pred", "confidence", "top1_label", "top1_prob",
                                  "top2_label", "top2_prob", "error"]
     assert list(got["pred"][:-1]) == list(expected["pred"])
-    confidence = expected[[c for c in expected if c.startswith("prob_")]].max(1)
+    confidence = expected[[c for c in expected if c.startswith("prob_")]].max(axis=1)
     assert got["confidence"][:-1].astype(float).to_numpy() == pytest.approx(
         confidence.to_numpy(), abs=1e-5)
     assert got["error"].iloc[-1] == "file not found" and got["pred"].iloc[-1] == ""
