@@ -89,9 +89,10 @@ def stack(kind: str, items: list[int], split: str) -> tuple[pd.DataFrame, list[s
 def average(probs: np.ndarray, rule: str) -> np.ndarray:
     """(M, N, C) member probabilities -> (N, C). ``probs``: their mean; ``log_probs``: the
     softmax of their mean log-probability, i.e. the normalised geometric mean (for
-    softmax models the same as averaging logits). The mean of probabilities is never
-    more confident than its members; with label smoothing they are all under-confident
-    already, and the geometric mean keeps the confidence the members share."""
+    softmax models the same as averaging logits). The mean of probabilities is less
+    confident than its members wherever they disagree; trained with label smoothing they
+    are all under-confident already, and the geometric mean keeps more of the confidence
+    they share (README "Ensembles and cross-validation" has the measurements)."""
     if rule == "probs":
         return probs.mean(0)
     return apply_temperature(np.log(np.clip(probs, 1e-12, 1)).mean(0), 1.0)
