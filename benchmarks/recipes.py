@@ -1,12 +1,22 @@
-"""Benchmark: fine-tuning recipes with the same epoch budget on the cached demo.
+"""Benchmark: fine-tuning recipes on the cache of the current project.
 
-    python benchmarks/recipes.py [--set train.layer_decay=0.9 ...] [--only staged]
+    python benchmarks/recipes.py [--set train.layer_decay=0.9 ...] [--only staged ...]
 
 Trains each recipe with the train stage's own code on the cache that ``dvc repro cache``
-built (data/cache), then reports the test accuracy of its best checkpoint and the wall
-time of training. Recipes: ``head`` (linear probe: the head alone for the whole budget),
-``all`` (every layer from the start), ``staged`` (params.yaml's train.phases). Every
-other setting comes from params.yaml, plus any ``--set section.key=value``.
+built (data/cache: the demo, or any data set the project's params point at), then
+prints a table: the best val accuracy, the test accuracy of the best checkpoint with its
+95 % bootstrap interval, the epochs and the wall time of training. Recipes:
+
+- ``head``: linear probe, the head alone for the default schedule's total epochs;
+- ``all``: every layer from the start, same epochs, at the lowest lr_mult of the default;
+- ``staged``: the default schedule (params.yaml's train.phases; ``auto`` resolved for
+  the cache's data profile as the train stage does);
+- ``gradual``: the default's head phases, then instead of its last phase ``unfreeze:
+  gradual`` down to the same depth (one more group each epoch, ULMFiT's schedule), at
+  the last phase's lr_mult; it takes at least the last phase's epochs, and one more
+  than its steps (so ``all`` on EfficientNet-Lite0: 9 epochs, 8 steps + 1).
+
+Every other setting comes from params.yaml, plus any ``--set section.key=value``.
 """
 
 from __future__ import annotations
@@ -21,21 +31,39 @@ import torch
 from common import load_params
 
 from pipeline import paths
-from pipeline.backbones import load_trained
+from pipeline.backbones import create_model, load_trained
 from pipeline.cachefiles import open_split, read_meta
 from pipeline.config import parse_sections
 from pipeline.engine import predict
+from pipeline.finetune import AUTO_PHASES
+from pipeline.metrics import bootstrap_ci
+from pipeline.models import layer_groups
 from pipeline.stages import train
 
 
-def recipes(phases: list[dict]) -> dict[str, list[dict]]:
-    """The three schedules, each over the default schedule's total epochs."""
+def default_phases(params: dict, profile: str) -> list[dict]:
+    """train.phases as plain data, ``auto`` replaced by the profile's schedule."""
+    phases = params["train"]["phases"]
+    if phases == "auto":
+        phases = [{"epochs": p.epochs, "unfreeze": p.unfreeze, "lr_mult": p.lr_mult}
+                  for p in AUTO_PHASES[profile]]
+    return copy.deepcopy(phases)
+
+
+def recipes(phases: list[dict], groups_below_head: int) -> dict[str, list[dict]]:
+    """The four schedules (see the module docstring)."""
     epochs = sum(p["epochs"] for p in phases)
     top_lr = max(p.get("lr_mult", 1.0) for p in phases)
     low_lr = min(p.get("lr_mult", 1.0) for p in phases)
+    *first, last = phases
+    depth = last["unfreeze"]
+    steps = groups_below_head if depth == "all" else int(depth)
+    gradual = {"epochs": max(last["epochs"], steps + 1), "unfreeze": "gradual",
+               "step_epochs": 1, "until": depth, "lr_mult": last.get("lr_mult", 1.0)}
     return {"head": [{"epochs": epochs, "unfreeze": "head", "lr_mult": top_lr}],
             "all": [{"epochs": epochs, "unfreeze": "all", "lr_mult": low_lr}],
-            "staged": phases}
+            "staged": phases,
+            "gradual": [*first, gradual]}
 
 
 def main() -> None:
@@ -44,29 +72,40 @@ def main() -> None:
     parser.add_argument("--only", action="append", default=[])
     args = parser.parse_args()
     params = load_params(args.set)
-    test = open_split(paths.CACHE_DIR, read_meta(paths.CACHE_DIR), "test")
+    meta = read_meta(paths.CACHE_DIR)
+    test = open_split(paths.CACHE_DIR, meta, "test")
+    base, model_cfg = parse_sections(params, "base", "model")
+    model, _, _ = create_model(model_cfg, len(meta.classes), pretrained=False)
     rows = []
-    for name, phases in recipes(params["train"]["phases"]).items():
+    for name, phases in recipes(default_phases(params, meta.profile),
+                                len(layer_groups(model)) - 1).items():
         if args.only and name not in args.only:
             continue
         p = copy.deepcopy(params)
         p["train"]["phases"] = phases
-        base, model_cfg, cfg = parse_sections(p, "base", "model", "train")
+        (cfg,) = parse_sections(p, "train")
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp)
             start = time.perf_counter()
             metrics = train.run(base, model_cfg, cfg, paths.CACHE_DIR, out / "model.pt",
                                 out / "train.json", out / "curves", out / "checkpoints")
             seconds = time.perf_counter() - start
-            model, prep, _ = load_trained(out / "model.pt")
-            model.to(memory_format=torch.channels_last)
-            probs = predict(model, test, prep=prep, device=torch.device("cpu"),
+            trained, prep, _ = load_trained(out / "model.pt")
+            trained.to(memory_format=torch.channels_last)
+            probs = predict(trained, test, prep=prep, device=torch.device("cpu"),
                             batch_size=256)
-        accuracy = float((probs.argmax(1) == test.labels).mean())
-        rows.append((name, phases, metrics["best_val_accuracy"], accuracy, seconds))
-    print(f"\n{'recipe':<8} {'val acc':>8} {'test acc':>9} {'train s':>8}  phases")
-    for name, phases, val, accuracy, seconds in rows:
-        print(f"{name:<8} {val:>8.4f} {accuracy:>9.4f} {seconds:>8.1f}  {phases}")
+        correct = (probs.argmax(1) == test.labels).astype(float)
+        low, high = bootstrap_ci(test.labels, correct, lambda _, v: float(v.mean()),
+                                 n=1000, seed=base.seed)
+        rows.append((name, phases, metrics["best_val_accuracy"], correct.mean(), low, high,
+                     sum(ph["epochs"] for ph in phases), seconds))
+        print(rows[-1], flush=True)
+    print(f"\n{len(test.labels)} test images ({meta.profile} profile)\n")
+    print("| recipe | best val accuracy | test accuracy [95 % CI] | epochs | train s | phases |")
+    print("|---|---|---|---|---|---|")
+    for name, phases, val, accuracy, low, high, epochs, seconds in rows:
+        print(f"| {name} | {val:.4f} | {accuracy:.4f} [{low:.4f}, {high:.4f}] | {epochs} | "
+              f"{seconds:.0f} | `{phases}` |")
 
 
 if __name__ == "__main__":

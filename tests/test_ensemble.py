@@ -172,7 +172,7 @@ def _members(n_members, n=90, seed=0):
     return labels, members
 
 
-def test_ensemble_averages_probabilities_and_beats_its_best_member(tmp_path, monkeypatch):
+def test_ensemble_averages_log_probabilities_and_beats_its_best_member(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     labels, members = _members(3, n=300)
     for seed, probs in zip([4, 7, 9], members):
@@ -182,14 +182,20 @@ def test_ensemble_averages_probabilities_and_beats_its_best_member(tmp_path, mon
     out = ensemble.run(parse_sections(repo_params(), "base")[0],
                        parse_sections(repo_params(), "evaluate")[0], cfg, "seeds",
                        paths.SPLIT, paths.ENSEMBLE_DIR)
-    average = np.mean(members, axis=0)
+    geometric = np.exp(np.log(members).mean(0))
+    average = geometric / geometric.sum(1, keepdims=True)  # ensemble.average: log_probs
+    assert out["average"] == "log_probs"
     assert out["ensemble"]["log_loss"] == pytest.approx(headline(labels, average)["log_loss"],
                                                         abs=1e-6)
     assert out["members"] == 3 and set(out["member"]) == {"4", "7", "9"}
-    best = min(out["member"].values(), key=lambda s: s["log_loss"])
+    best = out["member"][str(out["best_member"])]  # picked on val
+    assert best["val_log_loss"] == min(m["val_log_loss"] for m in out["member"].values())
     assert out["log_loss_gain"] == pytest.approx(best["log_loss"] - out["ensemble"]["log_loss"],
                                                  abs=1e-5)
-    assert out["log_loss_gain_ci_low"] > 0  # planted: the average is clearly better
+    assert out["log_loss_gain_ci_low"] > 0  # planted: the ensemble is clearly better
+    best_test = min(out["member"].values(), key=lambda s: s["log_loss"])
+    assert out["log_loss_gain_test_best"] == pytest.approx(
+        best_test["log_loss"] - out["ensemble"]["log_loss"], abs=1e-5)
     for scores in [out["ensemble"], *out["member"].values()]:
         for name in ("accuracy", "log_loss"):
             assert scores[f"{name}_ci_low"] <= scores[name] <= scores[f"{name}_ci_high"]
@@ -212,8 +218,21 @@ def test_one_member_better_than_the_rest_shows_no_gain(tmp_path, monkeypatch):
     for seed, probs in enumerate([perfect, *members]):
         _write_member("seeds", seed, labels, probs)
         _write_member("seeds", seed, labels, probs, split="val")
-    out, _ = ensemble.combine("seeds", [0, 1, 2], bootstrap=200, seed=0)
-    assert out["best_member_log_loss"] == 0 and out["log_loss_gain"] < 0
+    for rule in ("log_probs", "probs"):
+        out, _ = ensemble.combine("seeds", [0, 1, 2], rule=rule, bootstrap=200, seed=0)
+        assert out["best_member"] == out["best_member_test"] == 0
+        assert out["log_loss_gain"] < 0 and out["calibrated_log_loss_gain"] < 0
+
+
+def test_probs_rule_is_the_mean_and_log_probs_the_normalised_geometric_mean():
+    probs = np.array([[[0.9, 0.1], [0.5, 0.5]], [[0.5, 0.5], [0.2, 0.8]]])  # (M=2, N=2, C=2)
+    assert np.allclose(ensemble.average(probs, "probs"), [[0.7, 0.3], [0.35, 0.65]])
+    geometric = np.sqrt(probs[0] * probs[1])
+    assert np.allclose(ensemble.average(probs, "log_probs"),
+                       geometric / geometric.sum(1, keepdims=True))
+    # members that agree: the geometric mean keeps their confidence, the mean too
+    agree = np.array([[[0.9, 0.1]], [[0.9, 0.1]]])
+    assert np.allclose(ensemble.average(agree, "log_probs"), [[0.9, 0.1]])
 
 
 def test_cross_validation_reports_each_fold_and_the_spread(tmp_path, monkeypatch):

@@ -15,7 +15,7 @@ from pipeline.errors import ParamsError
 
 @dataclass(frozen=True)
 class EnsembleConfig:
-    """Seed members, and which member lists a combining stage scores together.
+    """Seed members, which member lists a combining stage scores together, and how.
 
     dvc.yaml makes one stage per list item (``member@<seed>`` from ``seeds``,
     ``fold@<k>`` from ``split.folds``) but cannot make one stage from a whole list: the
@@ -24,6 +24,9 @@ class EnsembleConfig:
 
     seeds: tuple[int, ...]  # train.seed of each member@<seed>; [] = none
     combine: tuple[Literal["seeds", "folds"], ...]  # ensemble@seeds, ensemble@folds
+    # log_probs: softmax of the members' mean log-probability (their normalised geometric
+    # mean, the same as averaging logits); probs: the mean of their probabilities
+    average: Literal["log_probs", "probs"] = "log_probs"
 
     def __post_init__(self) -> None:
         for name, values in (("seeds", self.seeds), ("combine", self.combine)):
