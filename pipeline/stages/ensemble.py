@@ -49,6 +49,14 @@ def class_names(table: pd.DataFrame) -> list[str]:
     return [c.removeprefix("prob_") for c in table.columns if c.startswith("prob_")]
 
 
+def arrays(table: pd.DataFrame, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(N,) label indices and (N, C) probabilities of a prediction table, in ``classes``
+    order."""
+    index = {c: k for k, c in enumerate(classes)}
+    return (table["label"].map(index).to_numpy(),
+            table[[f"prob_{c}" for c in classes]].to_numpy(dtype=float))
+
+
 def row_losses(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
     """(N,) negative log-likelihood of each row's label; their mean is headline's log_loss
     (probabilities clipped at 1e-12 and renormalised the same way)."""
@@ -80,9 +88,8 @@ def stack(kind: str, items: list[int], split: str) -> tuple[pd.DataFrame, list[s
         if class_names(table) != classes or list(table["image_id"]) != list(first["image_id"]):
             raise PipelineError(f"{kind} member {item} was scored on other images or classes "
                                 f"than member {items[0]}: rerun dvc repro")
-    index = {c: k for k, c in enumerate(classes)}
-    labels = first["label"].map(index).to_numpy()
-    probs = np.stack([t[[f"prob_{c}" for c in classes]].to_numpy(dtype=float) for t in tables])
+    labels = arrays(first, classes)[0]
+    probs = np.stack([arrays(t, classes)[1] for t in tables])
     return first, classes, labels, probs
 
 
@@ -118,12 +125,10 @@ def combine(kind: str, items: list[int], *, rule: str = "log_probs", bootstrap: 
     kw: dict[str, Any] = dict(n=bootstrap, seed=seed)
     members = {str(i): scores(labels, p, **kw) for i, p in zip(items, probs)}
     ensemble = scores(labels, combined, **kw)
-    index = {c: k for k, c in enumerate(classes)}
-    for i in items:  # the val tables of folds hold different rows: each fold's own
-        val = read_member(kind, i, "val")
-        members[str(i)]["val_log_loss"] = float(row_losses(
-            val["label"].map(index).to_numpy(),
-            val[[f"prob_{c}" for c in classes]].to_numpy(dtype=float)).mean())
+    # each member's val rows (for folds, each fold's own held-out rows)
+    val = [arrays(read_member(kind, i, "val"), classes) for i in items]
+    for i, (val_labels, val_probs) in zip(items, val):
+        members[str(i)]["val_log_loss"] = float(row_losses(val_labels, val_probs).mean())
     best = min(items, key=lambda i: members[str(i)]["val_log_loss"])
     best_test = min(items, key=lambda i: members[str(i)]["log_loss"])
     out: dict[str, Any] = {"members": len(items), "test_images": len(labels), "average": rule,
@@ -141,7 +146,7 @@ def combine(kind: str, items: list[int], *, rule: str = "log_probs", bootstrap: 
     if kind == "seeds":
         out |= calibrated(kind, items, labels, probs, members, ensemble, rule=rule, **kw)
     else:
-        out |= cross_validation(items, bootstrap=bootstrap, seed=seed)
+        out |= cross_validation(items, val, bootstrap=bootstrap, seed=seed)
     table = first[["image_id", "path", "label"]].assign(
         pred=[classes[k] for k in combined.argmax(1)])
     for k, c in enumerate(classes):
@@ -161,15 +166,15 @@ def calibrated(kind: str, items: list[int], labels: np.ndarray, probs: np.ndarra
     of folds have no val split in common."""
     _, _, val_labels, val_probs = stack(kind, items, "val")
     losses, val_losses = {}, {}
-    for name, test_p, val_p, scores in [
+    for name, test_p, val_p, record in [
             *((str(i), probs[j], val_probs[j], members[str(i)]) for j, i in enumerate(items)),
             ("ensemble", average(probs, rule), average(val_probs, rule), ensemble)]:
         temperature, _ = calibrate_temperature(val_labels, val_p)
         losses[name], val_losses[name] = (row_losses(y, apply_temperature(
             np.log(np.clip(p, 1e-12, 1)), temperature)) for y, p in ((labels, test_p),
                                                                       (val_labels, val_p)))
-        scores["temperature"] = temperature
-        scores["log_loss_calibrated"] = float(losses[name].mean())
+        record["temperature"] = temperature
+        record["log_loss_calibrated"] = float(losses[name].mean())
     best = min((str(i) for i in items), key=lambda i: val_losses[i].mean())
     best_test = min((str(i) for i in items), key=lambda i: losses[i].mean())
     out: dict[str, Any] = {"best_member_calibrated": int(best)}
@@ -180,16 +185,13 @@ def calibrated(kind: str, items: list[int], labels: np.ndarray, probs: np.ndarra
     return out
 
 
-def cross_validation(folds: list[int], *, bootstrap: int, seed: int) -> dict[str, Any]:
-    """Each fold model on its held-out rows (its val predictions): accuracy and log-loss
-    per fold, their mean and sample standard deviation across folds, and the accuracy of
-    all held-out rows pooled, with its bootstrap interval."""
-    labels, probs = [], []
-    for k in folds:
-        table = read_member("folds", k, "val")
-        index = {c: j for j, c in enumerate(class_names(table))}
-        labels.append(table["label"].map(index).to_numpy())
-        probs.append(table[[f"prob_{c}" for c in index]].to_numpy(dtype=float))
+def cross_validation(folds: list[int], held_out: list[tuple[np.ndarray, np.ndarray]], *,
+                     bootstrap: int, seed: int) -> dict[str, Any]:
+    """Each fold model on its held-out rows (``held_out``: its val labels and
+    probabilities): accuracy and log-loss per fold, their mean and sample standard
+    deviation across folds, and the accuracy of all held-out rows pooled, with its
+    bootstrap interval."""
+    labels, probs = [y for y, _ in held_out], [p for _, p in held_out]
     acc = np.array([(p.argmax(1) == y).mean() for y, p in zip(labels, probs)])
     loss = np.array([row_losses(y, p).mean() for y, p in zip(labels, probs)])
     pooled_y = np.concatenate(labels)
