@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import copy
+import os
 import shutil
+import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -70,4 +74,41 @@ def scratch_project(work: Path, *, files: tuple[str, ...] = PROJECT_FILES,
     for name in files:
         (work / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(REPO / name, work / name)
+    return work
+
+
+HALF_SPLIT = {"train": 0.5, "val": 0.25, "test": 0.25}  # split.fractions of a tiny project
+
+
+def sh(*args: str, cwd: Path, stderr: bool = True) -> str:
+    """Run a command in a scratch project (this venv's dvc and python, no telemetry, a git
+    identity, no PYTHONPATH: the project's own copy of pipeline/); its stdout (+ stderr)."""
+    env = dict(os.environ, DVC_NO_ANALYTICS="1", GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t",
+               GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t",
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    env.pop("PYTHONPATH", None)
+    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, f"{args} failed:\n{done.stdout}\n{done.stderr}"
+    return done.stdout + (done.stderr if stderr else "")
+
+
+def tiny_project(work: Path, *, per_class: int, head_epochs: int = 1,
+                 edit: Callable[[dict[str, Any]], None] = lambda params: None,
+                 **scratch: Any) -> Path:
+    """:func:`scratch_project` on 3 classes of ``per_class`` 24-px images, cached at 32 px,
+    trained in batches of 8 for ``head_epochs`` head epochs and one all-layers epoch;
+    ``edit`` changes params.yaml further. Committed to a new git repository."""
+    scratch_project(work, **scratch)
+    write_tree(work / "images", classes=3, per_class=per_class, size=24)
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    params["data"].update(source="folder", root="images")
+    params["cache"]["image_size"] = 32
+    params["train"].update(batch_size=8, phases=[
+        {"epochs": head_epochs, "unfreeze": "head", "lr_mult": 5.0},
+        {"epochs": 1, "unfreeze": "all", "lr_mult": 0.25}])
+    edit(params)
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    sh("git", "init", "-q", cwd=work)
+    sh("git", "add", "-A", cwd=work)
+    sh("git", "commit", "-qm", "init", cwd=work)
     return work

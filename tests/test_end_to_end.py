@@ -1,47 +1,22 @@
 """The whole chain through `dvc repro` on a tiny image set, on CPU, in well under a minute."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
-import yaml
 
-from .conftest import PROJECT_FILES, scratch_project, write_tree
+from .conftest import HALF_SPLIT, PROJECT_FILES, sh, tiny_project
 
 pytestmark = pytest.mark.slow
 
 
-def _sh(*args: str, cwd: Path) -> str:
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-               DVC_NO_ANALYTICS="1", GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t",
-               GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
-    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
-    assert done.returncode == 0, f"{args} failed:\n{done.stdout}\n{done.stderr}"
-    return done.stdout + done.stderr
-
-
 def test_dvc_repro_runs_every_stage_then_nothing(tmp_path):
-    work = scratch_project(tmp_path / "project",
-                           files=tuple(f for f in PROJECT_FILES if f != ".gitignore"))
-    write_tree(work / "images", classes=3, per_class=16, size=24)
-    params = yaml.safe_load((work / "params.yaml").read_text())
-    params["data"].update(source="folder", root="images")
-    params["split"]["fractions"] = {"train": 0.5, "val": 0.25, "test": 0.25}
-    params["cache"]["image_size"] = 32
-    params["train"].update(batch_size=8, phases=[
-        {"epochs": 2, "unfreeze": "head", "lr_mult": 5.0},
-        {"epochs": 1, "unfreeze": "all", "lr_mult": 0.25}])
-    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    _sh("git", "init", "-q", cwd=work)
-    _sh("git", "add", "-A", cwd=work)
-    _sh("git", "commit", "-qm", "init", cwd=work)
+    work = tiny_project(tmp_path / "project", per_class=16, head_epochs=2,
+                        edit=lambda p: p["split"].update(fractions=HALF_SPLIT),
+                        files=tuple(f for f in PROJECT_FILES if f != ".gitignore"))
 
-    log = _sh("dvc", "repro", cwd=work)
+    log = sh("dvc", "repro", cwd=work)
     for stage in ("demo", "prepare", "embed", "clean", "split", "cache", "train", "evaluate",
                   "export", "report"):
         assert f"Running stage '{stage}'" in log
@@ -74,5 +49,5 @@ def test_dvc_repro_runs_every_stage_then_nothing(tmp_path):
     assert shown["run.json"] == {"train_seconds": run_record["train_seconds"]}
     assert (work / "reports/timings.html").exists()
 
-    again = _sh("dvc", "repro", cwd=work)
+    again = sh("dvc", "repro", cwd=work)
     assert "Running stage" not in again

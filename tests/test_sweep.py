@@ -3,10 +3,7 @@ trials are real DVC experiments."""
 
 import csv
 import json
-import os
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
@@ -14,7 +11,7 @@ import yaml
 from pipeline.errors import PipelineError
 from pipeline.sweep import Knob, check_keys, parse_knob, yaml_value
 
-from .conftest import repo_params, scratch_project, write_tree
+from .conftest import repo_params, sh, tiny_project
 
 
 def test_parse_knob_kinds_and_errors():
@@ -45,37 +42,16 @@ def test_values_read_back_as_the_same_floats():
         assert yaml.safe_load(text) == pytest.approx(value, rel=1e-3)
 
 
-def _sh(*args: str, cwd: Path) -> str:
-    env = dict(os.environ, DVC_NO_ANALYTICS="1", GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t",
-               GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t",
-               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    env.pop("PYTHONPATH", None)  # the project's own copy of pipeline/
-    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
-    assert done.returncode == 0, f"{args} failed:\n{done.stdout}\n{done.stderr}"
-    return done.stdout
-
-
 @pytest.mark.slow
 def test_two_trial_sweep_records_dvc_experiments(tmp_path):
-    work = scratch_project(tmp_path / "project",
-                           skip_dvc=("cache", "tmp", "offline_plots.html"))
-    write_tree(work / "images", classes=3, per_class=12, size=24)
-    params = yaml.safe_load((work / "params.yaml").read_text())
-    params["data"].update(source="folder", root="images")
-    params["cache"]["image_size"] = 32
-    params["train"].update(batch_size=8, phases=[
-        {"epochs": 1, "unfreeze": "head", "lr_mult": 5.0},
-        {"epochs": 1, "unfreeze": "all", "lr_mult": 0.25}])
-    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    _sh("git", "init", "-q", cwd=work)
-    _sh("git", "add", "-A", cwd=work)
-    _sh("git", "commit", "-qm", "project", cwd=work)
-    _sh("dvc", "repro", "-q", cwd=work)  # the data stages once, cached for every trial
-    _sh("git", "add", "-A", cwd=work)
-    _sh("git", "commit", "-qm", "baseline", cwd=work)
+    work = tiny_project(tmp_path / "project", per_class=12,
+                        skip_dvc=("cache", "tmp", "offline_plots.html"))
+    sh("dvc", "repro", "-q", cwd=work)  # the data stages once, cached for every trial
+    sh("git", "add", "-A", cwd=work)
+    sh("git", "commit", "-qm", "baseline", cwd=work)
 
     head_only = "train.phases=[{epochs: 2, unfreeze: head, lr_mult: 5.0}]"
-    out = _sh(sys.executable, "-m", "pipeline", "sweep", "--name", "tiny", "--trials", "2",
+    out = sh(sys.executable, "-m", "pipeline", "sweep", "--name", "tiny", "--trials", "2",
               "--param", "train.lr=log:1e-3:1e-2", "--param", "train.label_smoothing=0:0.2",
               "--set", head_only, "--stage", "evaluate", cwd=work)
     assert "best: tiny-00" in out, out
@@ -84,7 +60,7 @@ def test_two_trial_sweep_records_dvc_experiments(tmp_path):
     assert all(r["state"] == "COMPLETE" for r in rows)
     assert (work / "sweeps/tiny/search.png").stat().st_size > 10_000
     # dvc exp show lists both trials with the values the sweep set and the metric it read
-    shown = json.loads(_sh("dvc", "exp", "show", "--json", cwd=work))
+    shown = json.loads(sh("dvc", "exp", "show", "--json", cwd=work, stderr=False))
     exps = {e["name"]: e["data"] for row in shown for e in (row.get("experiments") or [])
             for e in [e["revs"][0]]}
     for row in rows:
@@ -96,7 +72,7 @@ def test_two_trial_sweep_records_dvc_experiments(tmp_path):
         best = data["metrics"]["metrics/train.json"]["data"]["best_val_accuracy"]
         assert best == pytest.approx(float(row["metrics/train.json:best_val_accuracy"]))
     # the same command again continues the study: 2 trials already, nothing to run
-    again = _sh(sys.executable, "-m", "pipeline", "sweep", "--name", "tiny", "--trials", "2",
+    again = sh(sys.executable, "-m", "pipeline", "sweep", "--name", "tiny", "--trials", "2",
                 "--param", "train.lr=log:1e-3:1e-2", "--param", "train.label_smoothing=0:0.2",
                 cwd=work)
     assert "[sweep] trial" not in again and "best: tiny-00" in again
