@@ -174,6 +174,21 @@ def train_views(cache_dir: Path, meta: CacheMeta) -> list[ArraySplit]:
         [open_split(cache_dir, meta, "train")]
 
 
+def bootstrap_rows(labels: np.ndarray, seed: int) -> np.ndarray:
+    """A stratified bootstrap sample (bagging): from each class as many rows as it has,
+    drawn with replacement from ``seed``; (N,) int64 row indices, sorted."""
+    rng = np.random.default_rng(seed)
+    rows = [rng.choice(members, size=len(members), replace=True)
+            for members in (np.flatnonzero(labels == c) for c in np.unique(labels))]
+    return np.sort(np.concatenate(rows)) if rows else np.zeros(0, np.int64)
+
+
+def take_rows(split: ArraySplit, rows: np.ndarray) -> ArraySplit:
+    """Rows ``rows`` of one split (repeats allowed), read as one split."""
+    return ArraySplit(JoinedRows([split.images], np.zeros(len(rows), np.int64), rows),
+                      split.labels[rows], tuple(split.ids[i] for i in rows))
+
+
 def fold_splits(cache_dir: Path, meta: CacheMeta, folds: dict[str, int], fold: int
                 ) -> tuple[ArraySplit, ArraySplit]:
     """Cross-validation fold ``fold``: (the train and val rows of every other fold, the

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from pipeline.backbones import create_model
+from pipeline.cachefiles import bootstrap_rows, open_split, read_meta, take_rows
 from pipeline.engine import batch_indices
 from pipeline.errors import ParamsError, PipelineError
 from pipeline.finetune import check_phases, expand_gradual, group_lrs
@@ -222,3 +223,18 @@ def test_balanced_weights_and_sampler_train_deterministically(tmp_path, feature_
                                                    "train.class_weights": "none"})
     c = weights(tmp_path / "plain/model.pt")
     assert plain["epochs"] == 3 and not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_bagging_draws_a_stratified_bootstrap_sample_per_seed(tmp_path):
+    labels = np.array([0] * 20 + [1] * 6 + [2] * 3)
+    sample = bootstrap_rows(labels, 0)
+    assert np.array_equal(sample, bootstrap_rows(labels, 0))  # the seed decides
+    assert not np.array_equal(sample, bootstrap_rows(labels, 1))
+    assert np.bincount(labels[sample]).tolist() == [20, 6, 3]  # each class keeps its count
+    assert len(np.unique(sample)) < len(labels)  # with replacement: some rows repeat
+    cache = imbalanced_cache(tmp_path / "cache")
+    split = open_split(cache, read_meta(cache), "train")
+    rows = bootstrap_rows(split.labels, 3)
+    taken = take_rows(split, rows)  # repeated rows read as one split
+    assert np.array_equal(taken.images[np.arange(len(rows))],
+                          split.images[rows]) and taken.ids == tuple(split.ids[i] for i in rows)

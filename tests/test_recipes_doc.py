@@ -19,7 +19,7 @@ import yaml
 from torch import nn
 
 from pipeline.backbones import load_trained
-from pipeline.cachefiles import open_split, read_meta
+from pipeline.cachefiles import bootstrap_rows, open_split, read_meta
 from pipeline.config import parse_sections
 from pipeline.engine import predict
 from pipeline.finetune import resolve_auto
@@ -204,13 +204,22 @@ def check_tta(r: Applied) -> None:
     assert evaluated == pytest.approx((plain + mirrored) / 2)
 
 
+def check_bagging(r: Applied) -> None:
+    labels = open_split(r.cache, read_meta(r.cache), "train").labels
+    sample = bootstrap_rows(labels, r.sections["train"].seed)
+    meta = torch.load(r.out / "model.pt", weights_only=True)["meta"]
+    assert meta["bagging"] == {"rows": len(labels), "distinct": len(np.unique(sample))}
+    assert np.bincount(labels[sample]).tolist() == COUNTS.tolist()  # per class, as many
+    assert len(np.unique(sample)) < len(labels)  # drawn with replacement
+
+
 CHECKS: dict[str, Callable[[Applied], None]] = {
     "explicit-lrs": check_explicit_lrs, "gradual": check_gradual,
     "custom-head": check_custom_head, "run-patience": check_run_patience,
     "adam": check_adam, "sgd": check_sgd, "rmsprop": check_rmsprop,
     "exponential": check_exponential, "cosine-floor": check_cosine_floor,
     "mixup": check_mixup, "balanced": check_balanced, "class-weights": check_class_weights,
-    "tta": check_tta}
+    "tta": check_tta, "bagging": check_bagging}
 
 
 @pytest.fixture(scope="module")

@@ -93,6 +93,9 @@ class TrainConfig:
     sampler: Literal["shuffle", "balanced"]  # balanced: draw rows with p ~ 1 / class count
     bn: Literal["frozen", "train"]  # BatchNorm statistics of trainable layers (see models)
     feature_cache: bool  # head-only phases train on stored backbone features
+    # train on a stratified bootstrap sample of the train split drawn from train.seed
+    # (bagging: members of a seed ensemble then differ in their data, not only their seed)
+    bagging: bool
     # random horizontal flips each epoch; auto: on for photos, off for small images such
     # as digits (the cache's data profile, pipeline.finetune.resolve_auto)
     hflip: bool | Literal["auto"]

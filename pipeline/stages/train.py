@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from dvclive import Live
@@ -27,9 +28,11 @@ from pipeline.backbones import check_model_config
 from pipeline.cachefiles import (
     ArraySplit,
     CacheMeta,
+    bootstrap_rows,
     open_split,
     read_meta,
     read_meta_text,
+    take_rows,
     train_views,
 )
 from pipeline.config import as_dict, load_sections
@@ -148,13 +151,21 @@ def run(base: BaseConfig, model_cfg: ModelConfig, cfg: TrainConfig, cache_dir: P
     cache = read_meta(cache_dir)
     cfg, notes = resolve_auto(cfg, cache.profile)
     check_class_weights(cfg, cache.classes)  # before any work
-    for note in notes:
-        print(note)
     views, val = train_views(cache_dir, cache), open_split(cache_dir, cache, "val")
     rows: list[list[str]] = []  # a fold's rows: part of what a resumable checkpoint was made on
     if data is not None:
         views, val = [data[0]], data[1]
         rows = [list(data[0].ids), list(data[1].ids)]
+    for note in notes:
+        print(note)
+    bagging = None
+    if cfg.bagging:  # the same bootstrap rows of every augmented view
+        sample = bootstrap_rows(views[0].labels, cfg.seed)
+        views = [take_rows(v, sample) for v in views]
+        rows = [list(views[0].ids), list(val.ids)]
+        bagging = {"rows": len(sample), "distinct": len(np.unique(sample))}
+        print(f"train.bagging: a bootstrap sample of {bagging['rows']} train rows (seed "
+              f"{cfg.seed}), {bagging['distinct']} distinct images")
     if len(val.labels) == 0:
         raise PipelineError("the val split is empty: give split.fractions.val > 0, it "
                             "chooses the checkpoint")
@@ -182,6 +193,7 @@ def run(base: BaseConfig, model_cfg: ModelConfig, cfg: TrainConfig, cache_dir: P
     if rank == 0:
         meta = model_meta(base, model_cfg, cfg, cache, setup, loop.best or {},
                           environment(device.type, cpu), notes)
+        meta["bagging"] = bagging  # None, or the bootstrap sample's rows and distinct images
         _save(model_out, loop, meta, metrics_out, metrics)
         record_run("train", timing_metrics(loop, len(cfg.phase_list), len(cache.ids["train"])),
                    path=metrics_out.parent / paths.RUN_RECORD.name)
