@@ -53,6 +53,9 @@ from pipeline.images import fit_image, pixel_hash
 from pipeline.inputs import to_input
 
 REPO = Path(__file__).resolve().parents[1]
+# the share estimate of pipeline.calibrate.calibrate_rule made robust to a few dozen real
+# copies: from settings that find most copies, a full Poisson deviation, once for the data
+TUNED = {"floor_recall": 0.75, "allowance": 1.0, "shared_share": True}
 HYMENOPTERA = REPO.parent / "shared" / "data" / "hymenoptera"
 
 
@@ -180,7 +183,8 @@ def run_set(name: str, originals: list[np.ndarray], model, prep, backbone: int,
             pos = copy_similarities(sigs, [sig_copies[c] for c in combo], source)
             neg, owner = distinct_similarities(sigs, hashes=hashes, k=1)
             cal = calibrate(pos, neg, signals=combo, owner=owner, kinds=kinds,
-                            max_false_rate=args.max_false_rate)
+                            max_false_rate=args.max_false_rate,
+                            **(TUNED if args.estimator == "tuned" else {}))
             clusters = near_copy_clusters(sigs, cal, k=10, exact_max=20000, probes=8,
                                           order=ids, valid=valid)
             t_cal = time.perf_counter() - start
@@ -220,6 +224,8 @@ def main() -> None:
     parser.add_argument("--max-false-rate", type=float, default=0.002)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache", type=Path, help="keep the embeddings here (reruns)")
+    parser.add_argument("--estimator", choices=["shipped", "tuned"], default="shipped",
+                        help="tuned: calibrate()'s share estimate as in copy_model_study.py")
     args = parser.parse_args()
     torch.manual_seed(0)
     cfg = ModelConfig(name="tf_efficientnet_lite0", weights="default", drop_rate=0.0)

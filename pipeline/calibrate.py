@@ -460,8 +460,8 @@ def _candidates(values: np.ndarray, *, limit: int) -> np.ndarray:
 def calibrate(copy_sims: np.ndarray, distinct_sims: np.ndarray, *,
               signals: Sequence[str], owner: np.ndarray | None = None,
               kinds: np.ndarray | None = None, max_false_rate: float = 0.002,
-              min_recall: float = 0.9, limit: int = 200, floor_recall: float = 0.25
-              ) -> Calibration:
+              min_recall: float = 0.9, limit: int = 200, floor_recall: float = 0.25,
+              allowance: float = 0.5, shared_share: bool = False) -> Calibration:
     """The best OR rule over every subset of the signals (see :func:`calibrate_rule`).
 
     Each non-empty subset of signals is calibrated on its own (its own estimate of the
@@ -469,7 +469,9 @@ def calibrate(copy_sims: np.ndarray, distinct_sims: np.ndarray, *,
     the joint grid noisy, which is why the subsets are tried one by one); the subset with
     the highest estimated recall wins, ties going to fewer signals, then fewer false
     matches. Signals left out get an infinite threshold. Arguments as
-    :func:`calibrate_rule`.
+    :func:`calibrate_rule`; with ``shared_share`` the share of images that already have
+    a copy is estimated once, the least over every subset with usable settings (it
+    belongs to the data, not to the signals), instead of per subset.
     """
     # to 1e-6: float32 noise must not order copies that are equal (a crop copy and a
     # planted one both at 1.0 +- 1e-7 would otherwise split the strictest thresholds)
@@ -477,6 +479,15 @@ def calibrate(copy_sims: np.ndarray, distinct_sims: np.ndarray, *,
     pairs = np.round(np.asarray(distinct_sims, dtype=np.float64), SIM_DECIMALS)
     best: Calibration | None = None
     best_key: tuple[float, int, float] | None = None
+    share = None  # shared_share: the share of real copies is the data's, not a subset's
+    if shared_share:
+        owners, n_owners = _owners(owner, len(pairs))
+        estimates = [_share(*_grid(copy_sims[:, list(c)], pairs[:, list(c)], owners,
+                                   n_owners, limit=limit)[1:], n_owners,
+                            floor_recall=floor_recall, allowance=allowance)
+                     for r in range(1, len(signals) + 1)
+                     for c in itertools.combinations(range(len(signals)), r)]
+        share = min((x for x in estimates if x is not None), default=0.0)
     for r in range(1, len(signals) + 1):
         for subset in itertools.combinations(range(len(signals)), r):
             cols = list(subset)
@@ -484,7 +495,8 @@ def calibrate(copy_sims: np.ndarray, distinct_sims: np.ndarray, *,
                                  signals=[signals[j] for j in cols], owner=owner,
                                  kinds=kinds, max_false_rate=max_false_rate,
                                  min_recall=min_recall, limit=limit,
-                                 floor_recall=floor_recall)
+                                 floor_recall=floor_recall, allowance=allowance,
+                                 share=share)
             key = (round(cal.recall, 6), -r, -cal.false_match_rate)
             if best_key is None or key > best_key:
                 thresholds = [np.inf] * len(signals)
@@ -533,23 +545,48 @@ def _grid_rates(copy_sims: np.ndarray, pairs: np.ndarray, owner: np.ndarray, n_o
     return np.concatenate(recall), np.concatenate(fired)
 
 
-def _grid_search(copy_sims: np.ndarray, pairs: np.ndarray, owner: np.ndarray,
-                 n_owners: int, *, limit: int, floor_recall: float, max_false_rate: float
-                 ) -> tuple[list[float], float]:
-    """The joint threshold search of :func:`calibrate_rule`: the chosen threshold per
-    signal (each moved to the middle of its gap) and the estimated share of images that
-    already have a real copy."""
+def _owners(owner: np.ndarray | None, n_pairs: int) -> tuple[np.ndarray, int]:
+    """Each pair's owner as 0..n_owners - 1 (default: one pair per owner), and n_owners."""
+    owner = np.arange(n_pairs) if owner is None else np.asarray(owner)
+    _, owner = np.unique(owner, return_inverse=True)
+    return owner, max(1, int(owner.max()) + 1 if len(owner) else 1)
+
+
+def _grid(copy_sims: np.ndarray, pairs: np.ndarray, owner: np.ndarray, n_owners: int, *,
+          limit: int) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """The joint grid of candidate thresholds (one list per signal), and the recall and
+    share of firing owners of each of its settings (:func:`_grid_rates`)."""
     s = copy_sims.shape[1]
     limit = min(limit, int(50_000 ** (1 / s)))  # keep the joint grid near 50,000 settings
     grids = [_candidates(pairs[:, j], limit=limit) for j in range(s)]
-    recall, fired = _grid_rates(copy_sims, pairs, owner, n_owners, grids)
-    combos = list(itertools.product(*(range(len(g)) for g in grids)))
+    return (grids, *_grid_rates(copy_sims, pairs, owner, n_owners, grids))
+
+
+def _share(recall: np.ndarray, fired: np.ndarray, n_owners: int, *, floor_recall: float,
+           allowance: float) -> float | None:
+    """The estimated share of images that already have a copy: the least ratio of
+    firing owners to recall over the settings with recall >= ``floor_recall`` (None
+    when there are none), each count ``c`` taken ``allowance`` Poisson deviations high
+    (``c + allowance * sqrt(c)``): the minimum over many noisy ratios would otherwise
+    fall below the truth when a few dozen real copies exist."""
     usable = recall >= floor_recall
-    # half a Poisson deviation above each count: the minimum over many noisy
-    # ratios would otherwise fall below the truth when a few dozen real copies exist
-    count = fired * n_owners
-    upper = (count + 0.5 * np.sqrt(count)) / n_owners
-    share = float(np.min(upper[usable] / recall[usable])) if usable.any() else 0.0
+    if not usable.any():
+        return None
+    count = fired[usable] * n_owners
+    return float(np.min((count + allowance * np.sqrt(count)) / n_owners / recall[usable]))
+
+
+def _grid_search(copy_sims: np.ndarray, pairs: np.ndarray, owner: np.ndarray,
+                 n_owners: int, *, limit: int, floor_recall: float, max_false_rate: float,
+                 allowance: float, share: float | None) -> tuple[list[float], float]:
+    """The joint threshold search of :func:`calibrate_rule`: the chosen threshold per
+    signal (each moved to the middle of its gap) and the estimated share of images that
+    already have a real copy (``share`` when given)."""
+    grids, recall, fired = _grid(copy_sims, pairs, owner, n_owners, limit=limit)
+    combos = list(itertools.product(*(range(len(g)) for g in grids)))
+    if share is None:
+        share = _share(recall, fired, n_owners, floor_recall=floor_recall,
+                       allowance=allowance) or 0.0
     false_rate = np.maximum(0.0, fired - share * recall)
     ok = np.flatnonzero(false_rate <= max_false_rate)
     # most recall, then fewest matches, then the strictest (latest in product order)
@@ -569,8 +606,8 @@ def _grid_search(copy_sims: np.ndarray, pairs: np.ndarray, owner: np.ndarray,
 def calibrate_rule(copy_sims: np.ndarray, distinct_sims: np.ndarray, *,
                    signals: Sequence[str], owner: np.ndarray | None = None,
                    kinds: np.ndarray | None = None, max_false_rate: float = 0.002,
-                   min_recall: float = 0.9, limit: int = 200, floor_recall: float = 0.25
-                   ) -> Calibration:
+                   min_recall: float = 0.9, limit: int = 200, floor_recall: float = 0.25,
+                   allowance: float = 0.5, share: float | None = None) -> Calibration:
     """Pick one threshold per signal for the rule "copy when any signal reaches its own".
 
     Searches the joint grid of thresholds just above the ``limit`` largest
@@ -606,6 +643,9 @@ def calibrate_rule(copy_sims: np.ndarray, distinct_sims: np.ndarray, *,
         min_recall: below this estimated recall the signals "cannot separate".
         limit: candidate thresholds per signal.
         floor_recall: the settings that estimate the share of real copies.
+        allowance: Poisson deviations added to each count of firing images in that
+            estimate (:func:`_share`).
+        share: the share of images that already have a copy, when estimated already.
     """
     copy_sims = np.asarray(copy_sims, dtype=np.float64)
     pairs = np.asarray(distinct_sims, dtype=np.float64)
@@ -615,13 +655,11 @@ def calibrate_rule(copy_sims: np.ndarray, distinct_sims: np.ndarray, *,
                          "columns of similarities")
     if len(copy_sims) == 0:
         raise ValueError("calibrate needs at least one synthetic copy")
-    owner = np.arange(len(pairs)) if owner is None else np.asarray(owner)
-    _, owner = np.unique(owner, return_inverse=True)
-    n_owners = max(1, int(owner.max()) + 1 if len(owner) else 1)
-
+    owner, n_owners = _owners(owner, len(pairs))
     thresholds, share = _grid_search(copy_sims, pairs, owner, n_owners, limit=limit,
                                      floor_recall=floor_recall,
-                                     max_false_rate=max_false_rate)
+                                     max_false_rate=max_false_rate, allowance=allowance,
+                                     share=share)
     cal = np.asarray(thresholds)
     hit = np.asarray((copy_sims >= cal).any(axis=1), dtype=bool)
     fire = np.asarray((pairs >= cal).any(axis=1), dtype=bool)

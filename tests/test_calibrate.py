@@ -93,6 +93,26 @@ def test_cannot_separate_is_reported():
     assert not cal.separable and "CANNOT SEPARATE" in cal.note and cal.recall < 0.9
 
 
+def test_shared_share_estimate_keeps_a_weak_signal_from_claiming_every_pair():
+    """200 images, 10 of them with a real copy (5 pairs); a signal that separates
+    copies and one that does not. The weak signal reaches recall 0.75 only where nearly
+    every image fires, so alone it puts the share of real copies near 1 and its false
+    matches near 0; estimated once for the data, the share comes from the good signal."""
+    rng = np.random.default_rng(0)
+    n, real = 200, 10
+    copy_sims = np.column_stack([rng.uniform(0.95, 1.0, 500), rng.uniform(0.5, 0.9, 500)])
+    distinct = np.column_stack([rng.uniform(0.5, 0.9, n), rng.uniform(0.5, 0.9, n)])
+    distinct[:real, 0] = rng.uniform(0.95, 1.0, real)  # the owners of real copies
+    options = {"floor_recall": 0.75, "allowance": 1.0}
+    weak = calibrate(copy_sims[:, [1]], distinct[:, [1]], signals=("weak",), **options)
+    assert weak.copy_share > 0.5  # alone, the weak signal's estimate is useless
+    cal = calibrate(copy_sims, distinct, signals=("good", "weak"), shared_share=True,
+                    **options)
+    assert 0.04 <= cal.copy_share <= 0.08  # the truth is 0.05
+    assert np.isfinite(cal.thresholds[0]) and cal.thresholds[1] == np.inf
+    assert cal.separable and cal.recall >= 0.9 and cal.false_match_rate <= 0.002
+
+
 def test_aligned_views_find_cropped_and_shrunk_copies_of_tiny_images():
     """On 8 x 8 images a one-pixel crop moves everything by an eighth: the plain
     thumbnails miss the copy, the aligned views line it up again."""
