@@ -126,6 +126,17 @@ def embed(images: list[np.ndarray], model: torch.nn.Module, prep, size: int,
     return np.concatenate(feats)
 
 
+def found_pairs(clusters: np.ndarray, hashes: list[str | None]) -> set[tuple[int, int]]:
+    """Every (a, b), a < b, of images in one near-copy cluster, pixel-identical pairs (the
+    exact duplicates) left out."""
+    members: dict[str, list[int]] = {}
+    for i, c in enumerate(clusters):
+        if c is not None:
+            members.setdefault(c, []).append(i)
+    return {(a, b) for g in members.values() for a, b in itertools.combinations(g, 2)
+            if hashes[a] != hashes[b]}
+
+
 def run_set(name: str, originals: list[np.ndarray], model, prep, backbone: int,
             args: argparse.Namespace) -> None:
     rng = np.random.default_rng(args.seed + 1)
@@ -188,12 +199,7 @@ def run_set(name: str, originals: list[np.ndarray], model, prep, backbone: int,
             clusters = near_copy_clusters(sigs, cal, k=10, exact_max=20000, probes=8,
                                           order=ids, valid=valid)
             t_cal = time.perf_counter() - start
-            members: dict[str, list[int]] = {}
-            for i, c in enumerate(clusters):
-                if c is not None:
-                    members.setdefault(c, []).append(i)
-            found = {(a, b) for g in members.values() for a, b in itertools.combinations(g, 2)
-                     if hashes[a] != hashes[b]}
+            found = found_pairs(clusters, hashes)
             hit = {p: k for p, k in truth_pairs.items() if p in found}
             precision = len(hit) / len(found) if found else float("nan")
             recall = len(hit) / len(truth_pairs)

@@ -50,7 +50,7 @@ import itertools
 import time
 
 import numpy as np
-from calibrate_copies import TUNED, digits  # this folder's: python benchmarks/...
+from calibrate_copies import TUNED, digits, found_pairs  # this folder's benchmark
 from PIL import Image
 
 from pipeline.calibrate import (
@@ -187,12 +187,7 @@ def run(seed: int, args: argparse.Namespace) -> None:
             np.concatenate([p[0] for p in parts], 1), np.concatenate([p[1] for p in parts], 1),
             threshold=0.0, order=[f"{i:06d}" for i in range(total)],
             valid=np.ones(total, bool))
-        members: dict[str, list[int]] = {}
-        for i, c in enumerate(clusters):
-            if c is not None:
-                members.setdefault(c, []).append(i)
-        found = {(a, b) for g in members.values() for a, b in itertools.combinations(g, 2)
-                 if hashes[a] != hashes[b]}
+        found = found_pairs(clusters, hashes)
         hit = [k for p, k in truth.items() if p in found]
         print(f"  blind, {label} [{'+'.join(combo)}] {cal.summary()}")
         print(f"    measured: recall {len(hit)}/{len(truth)}, precision {len(hit)}/"
