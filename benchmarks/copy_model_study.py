@@ -55,6 +55,7 @@ from PIL import Image
 
 from pipeline.calibrate import (
     COPY_KINDS,
+    _unit_rows,
     aligned_views,
     calibrate,
     copy_similarities,
@@ -68,10 +69,9 @@ from pipeline.images import pixel_hash
 from pipeline.quality import near_duplicate_clusters
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
-    x = x - x.mean(axis=-1, keepdims=True)
-    n = np.linalg.norm(x, axis=-1, keepdims=True)
-    return np.divide(x, n, out=np.zeros_like(x), where=n > 1e-6)
+def _unit(rows: np.ndarray) -> np.ndarray:
+    """(R, D) rows centred to zero mean and unit norm (as the thumbnails are)."""
+    return _unit_rows(rows - rows.mean(axis=1, keepdims=True))
 
 
 class CopyModel:
@@ -85,7 +85,7 @@ class CopyModel:
         self.cache: dict[tuple[int, tuple[int, int]], np.ndarray] = {}
 
     def whole(self, i: int) -> np.ndarray:
-        return _unit(self.grey[i].astype(np.float32).ravel())
+        return _unit(self.grey[i].astype(np.float32).reshape(1, -1))[0]
 
     def views(self, i: int, target: tuple[int, int]) -> np.ndarray:
         if (i, target) in self.cache:
