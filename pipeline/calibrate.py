@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import io
 import itertools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -46,6 +46,8 @@ ALIGNED_SCALES = (1.0, 0.85, 0.75)  # downscales of each crop view (the resize c
 MINI_SIDE = 64  # px: larger images are reduced to this short side before the views
 ALIGNED_VIEWS = len(ALIGNED_SCALES) * 16  # x crops: each side cut or not, 2**4
 SIM_DECIMALS = 6  # similarities are calibrated to this many decimals
+TINY_SIDE = 16  # px: images with no side above this get the copy-model signal
+COPY_QUALITIES = (50, 55, 60, 65, 70, 75, 80)  # JPEG qualities the copy model tries
 
 
 # --------------------------------------------------------------------------- copies
@@ -228,7 +230,187 @@ def aligned_views(images: Sequence[np.ndarray]) -> np.ndarray:
     return np.stack([_views_of(p) for p in images])
 
 
-def pair_similarity(x: np.ndarray, y: np.ndarray, a: np.ndarray | Sequence[int],
+def _jpeg_tiles(tiles: Sequence[np.ndarray], quality: int, *, columns: int = 256
+                ) -> list[np.ndarray]:
+    """Each (h, w) uint8 grey tile (sides up to ``TINY_SIDE``) after a JPEG round trip at
+    ``quality``, bit for bit as if encoded alone, in one encode: grey JPEG codes 8 x 8
+    blocks independently (the DC difference chain is lossless), so each tile is padded
+    to whole blocks by repeating its edge (as the encoder pads an image) and placed on
+    the block grid of one mosaic."""
+    if not len(tiles):
+        return []
+    cell = -(-TINY_SIDE // 8) * 8
+    rows = -(-len(tiles) // columns)
+    mosaic = np.zeros((rows * cell, min(columns, len(tiles)) * cell), np.uint8)
+    for k, tile in enumerate(tiles):
+        (r, c), (h, w) = divmod(k, columns), tile.shape
+        padded = np.pad(tile, ((0, -h % 8), (0, -w % 8)), mode="edge")
+        mosaic[r * cell:r * cell + padded.shape[0], c * cell:c * cell + padded.shape[1]] = padded
+    buffer = io.BytesIO()
+    Image.fromarray(mosaic).save(buffer, format="JPEG", quality=quality)
+    with Image.open(buffer, formats=("JPEG",)) as decoded:
+        out = np.asarray(decoded)
+    return [out[(k // columns) * cell:(k // columns) * cell + t.shape[0],
+                (k % columns) * cell:(k % columns) * cell + t.shape[1]]
+            for k, t in enumerate(tiles)]
+
+
+def tiny_pixels(images: Sequence[np.ndarray]) -> np.ndarray:
+    """The copy model's stored form: per image, its height, width and grey pixels
+    (row-major, zero-padded) when no side exceeds ``TINY_SIDE``, else a zero row.
+
+    Returns:
+        (N, 2 + TINY_SIDE**2) uint8.
+    """
+    out = np.zeros((len(images), 2 + TINY_SIDE ** 2), np.uint8)
+    for i, pixels in enumerate(images):
+        h, w = pixels.shape[:2]
+        if max(h, w) <= TINY_SIDE:
+            out[i, :2] = h, w
+            out[i, 2:2 + h * w] = np.asarray(Image.fromarray(pixels).convert("L")).ravel()
+    return out
+
+
+class CopyModel:
+    """Pixel-space signal for tiny images (no side above ``TINY_SIDE``, such as 8x8
+    digits), where JPEG on a cropped, resized copy leaves every fixed-size view too noisy.
+
+    Two images are compared by modelling the copy: the larger one (by area; both ways
+    round when equal) is cropped by 0 or 1 pixel on each side (only crops that one uniform
+    scale takes to the smaller one's exact size; a same-size pair is not cropped), resized
+    to that size (bicubic), and re-encoded as JPEG at each of ``COPY_QUALITIES`` (and not
+    at all); the similarity is the best correlation with the smaller image. Other images
+    match nothing (0). Candidates come from the aligned views (:func:`aligned_views`), which
+    the model rescores: see :func:`search` and :func:`copy_pairs`.
+
+    Args:
+        packed: (N, 2 + TINY_SIDE**2) uint8 from :func:`tiny_pixels`.
+        views: (N, V, D) the same images' aligned views.
+    """
+
+    def __init__(self, packed: np.ndarray, views: np.ndarray):
+        self.packed, self.views = np.asarray(packed, np.uint8), views
+        self._views: dict[tuple[int, tuple[int, int]], np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.packed)
+
+    def __getitem__(self, rows: np.ndarray) -> CopyModel:
+        return CopyModel(self.packed[rows], self.views[rows])
+
+    def shape(self, i: int) -> tuple[int, int]:
+        return int(self.packed[i, 0]), int(self.packed[i, 1])
+
+    def any(self) -> bool:
+        """Whether any image is tiny (else the signal matches nothing)."""
+        return bool(len(self.packed)) and bool(self.packed[:, 0].any())
+
+    def whole(self, i: int) -> np.ndarray:
+        """(h * w,) image i's own pixels, centred unit row."""
+        h, w = self.shape(i)
+        row = self.packed[i, 2:2 + h * w].astype(np.float32)[None]
+        return _unit_rows(row - row.mean())[0]
+
+    def _crops(self, i: int, target: tuple[int, int]) -> list[np.ndarray]:
+        """Image i's crops (0 or 1 px per side) that one uniform scale takes to
+        ``target``, resized to it (bicubic), (th, tw) uint8 each."""
+        h, w = self.shape(i)
+        th, tw = target
+        img = Image.fromarray(self.packed[i, 2:2 + h * w].reshape(h, w))
+        out = []
+        for left, top, right, bottom in itertools.product((0, 1), repeat=4):
+            cw, ch = w - left - right, h - top - bottom
+            if cw < 1 or ch < 1 or ((th, tw) == (h, w) and left + top + right + bottom):
+                continue  # a same-size pair is compared uncropped
+            if max((tw - 0.5) / cw, (th - 0.5) / ch) >= min((tw + 0.5) / cw, (th + 0.5) / ch):
+                continue  # no uniform scale takes this crop to the target size
+            view = img.crop((left, top, w - right, h - bottom))
+            if view.size != (tw, th):
+                view = view.resize((tw, th), Image.Resampling.BICUBIC)
+            out.append(np.asarray(view))
+        return out
+
+    def prepare(self, keys: Sequence[tuple[int, tuple[int, int]]]) -> None:
+        """Compute (and keep) :meth:`model_views` of every (image, target size) key at
+        once: one JPEG round trip per quality for all their crops (:func:`_jpeg_tiles`)."""
+        keys = [k for k in dict.fromkeys(keys) if k not in self._views]
+        crops = [self._crops(i, target) for i, target in keys]
+        tiles = [c for group in crops for c in group]
+        coded = [_jpeg_tiles(tiles, q) for q in COPY_QUALITIES]
+        at = 0
+        for (i, (th, tw)), group in zip(keys, crops):
+            rows = [row for k in range(at, at + len(group))
+                    for row in [tiles[k]] + [c[k] for c in coded]]  # crop, then its JPEGs
+            at += len(group)
+            flat = (np.stack(rows).reshape(len(rows), -1).astype(np.float32) if rows
+                    else np.zeros((0, th * tw), np.float32))
+            self._views[(i, (th, tw))] = _unit_rows(flat - flat.mean(axis=1, keepdims=True))
+
+    def model_views(self, i: int, target: tuple[int, int]) -> np.ndarray:
+        """(K, th * tw) centred unit rows: image i modelled as a copy of size ``target``,
+        each crop then its JPEG re-encodings (for a same-size target the first row is
+        the image itself)."""
+        if (i, target) not in self._views:
+            self.prepare([(i, target)])
+        return self._views[(i, target)]
+
+    def similarity(self, other: CopyModel, a: np.ndarray | Sequence[int],
+                   b: np.ndarray | Sequence[int], *, chunk: int = 4096) -> np.ndarray:
+        """(P,) copy-model similarity of the pairs (``self[a[p]]``, ``other[b[p]]``):
+        same-size pairs in chunks, the others one by one. Each image's modelled views are
+        kept once computed (at most 8 x ``TINY_SIDE``**2 floats per image and size)."""
+        a, b = np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64)
+        out = np.zeros(len(a), np.float32)
+        ha, wa = self.packed[a, 0].astype(int), self.packed[a, 1].astype(int)
+        hb, wb = other.packed[b, 0].astype(int), other.packed[b, 1].astype(int)
+        tiny = (ha > 0) & (hb > 0)
+        same = tiny & (ha == hb) & (wa == wb)
+        for h, w in sorted({(int(x), int(y)) for x, y in zip(ha[same], wa[same])}):
+            group = np.flatnonzero(same & (ha == h) & (wa == w))
+            # each image's views once, (U, K, D), then gathered per chunk of pairs
+            mine_u, mine_at = np.unique(a[group], return_inverse=True)
+            theirs_u, theirs_at = np.unique(b[group], return_inverse=True)
+            self.prepare([(int(i), (h, w)) for i in mine_u])
+            other.prepare([(int(j), (h, w)) for j in theirs_u])
+            mine_views = np.stack([self.model_views(int(i), (h, w)) for i in mine_u])
+            theirs_views = np.stack([other.model_views(int(j), (h, w)) for j in theirs_u])
+            for start in range(0, len(group), chunk):  # (chunk, K, D) at a time
+                pairs = group[start:start + chunk]
+                mine = mine_views[mine_at[start:start + chunk]]
+                theirs = theirs_views[theirs_at[start:start + chunk]]
+                out[pairs] = np.maximum(
+                    np.einsum("pvd,pd->pv", mine, theirs[:, 0]).max(1),
+                    np.einsum("pvd,pd->pv", theirs, mine[:, 0]).max(1))
+        apart = np.flatnonzero(tiny & ~same)
+        for large, little, xs, ys in ((self, other, a[apart], b[apart]),
+                                      (other, self, b[apart], a[apart])):
+            large.prepare([(int(x), little.shape(int(y))) for x, y in zip(xs, ys)
+                           if np.prod(large.shape(int(x))) >= np.prod(little.shape(int(y)))])
+        for p in apart:
+            i, j = int(a[p]), int(b[p])
+            best = 0.0
+            for big, small, m, n in ((self, other, i, j), (other, self, j, i)):
+                (bh, bw), size = big.shape(m), small.shape(n)
+                if bh * bw >= size[0] * size[1]:
+                    sims = big.model_views(m, size) @ small.whole(n)
+                    best = max(best, float(sims.max()) if len(sims) else 0.0)
+            out[p] = best
+        return out
+
+
+def as_signals(stored: Sequence[np.ndarray], names: Sequence[str]) -> list[Signal]:
+    """Signals as the embed stage stores them (``names`` in order), the copy model's
+    packed pixels (:func:`tiny_pixels`) wrapped as a :class:`CopyModel` over the
+    ``aligned`` views."""
+    values = dict(zip(names, stored))
+    return [CopyModel(values[n], values["aligned"]) if n == "copy_model" else values[n]
+            for n in names]
+
+
+Signal = np.ndarray | CopyModel  # (N, D) unit rows, (N, V, D) views, or the copy model
+
+
+def pair_similarity(x: Signal, y: Signal, a: np.ndarray | Sequence[int],
                     b: np.ndarray | Sequence[int], *, chunk: int = 4096) -> np.ndarray:
     """(P,) similarity of the pairs (``x[a[p]]``, ``y[b[p]]``) in one signal.
 
@@ -236,6 +418,9 @@ def pair_similarity(x: np.ndarray, y: np.ndarray, a: np.ndarray | Sequence[int],
     ((N, V, D), :func:`aligned_views`) the best cosine of either image's views against
     the other's whole view (view 0). Pairs are gathered in chunks (linear memory).
     """
+    if isinstance(x, CopyModel) and isinstance(y, CopyModel):
+        return x.similarity(y, a, b, chunk=chunk)
+    assert isinstance(x, np.ndarray) and isinstance(y, np.ndarray), "one kind of signal"
     rows_x, rows_y = np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64)
     out = np.empty(len(rows_x), np.float32)
     for s in range(0, len(rows_x), chunk):
@@ -305,8 +490,42 @@ def _view_cell_candidates(views: np.ndarray, *, wide: int, probes: int, seed: in
     return best_index
 
 
+def _view_candidates(views: np.ndarray, *, k: int, exact_max: int, probes: int, seed: int
+                     ) -> np.ndarray:
+    """(N, 2k + 8) candidates of each image (see :func:`view_neighbours`), unranked."""
+    n, v, d = views.shape
+    whole = np.ascontiguousarray(views[:, 0])
+    wide = min(2 * k + 8, max(n - 1, 0))  # candidates, rescored both ways round
+    if k == 0:
+        return np.zeros((n, 0), dtype=np.int64)
+    if n > exact_max:
+        return _view_cell_candidates(views, wide=wide, probes=probes, seed=seed)
+    index = np.zeros((n, wide), dtype=np.int64)
+    chunk = max(1, (1 << 24) // (n * v))
+    for start in range(0, n, chunk):
+        part = views[start:start + chunk]
+        block = (part.reshape(-1, d) @ whole.T).reshape(len(part), v, n).max(1)
+        rows = np.arange(len(part))
+        block[rows, start + rows] = -np.inf  # not its own neighbour
+        index[start:start + chunk] = top_k(block, wide)[0]
+    return index
+
+
+def _best_rescored(signal: Signal, index: np.ndarray, k: int
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """The candidates ``index`` scored by :func:`pair_similarity` in ``signal``, the best k
+    of each row, best first (a row's padding, itself, scores 0)."""
+    n = len(index)
+    sims = pair_similarity(signal, signal, np.repeat(np.arange(n), index.shape[1]),
+                           index.ravel()).reshape(index.shape)
+    sims[index == np.arange(n)[:, None]] = 0.0  # padding (itself) matches nothing
+    order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(index, order, 1), np.take_along_axis(sims, order, 1)
+
+
 def view_neighbours(views: np.ndarray, *, k: int, exact_max: int, probes: int,
-                    seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+                    seed: int = 0, candidates: np.ndarray | None = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
     """:func:`pipeline.quality.neighbours` for a views signal ((N, V, D)).
 
     Up to ``exact_max`` images, each image's candidates are the ``2k + 8`` images whose
@@ -314,33 +533,31 @@ def view_neighbours(views: np.ndarray, *, k: int, exact_max: int, probes: int,
     memory); above it, the same among the images whose whole view lies in the k-means
     cell nearest to one of its views or among the ``probes`` cells nearest to its whole
     view (:func:`_view_cell_candidates`). Either way the candidates are then scored by
-    :func:`pair_similarity` (both ways round) and the best k kept, best first.
+    :func:`pair_similarity` (both ways round) and the best k kept, best first
+    (``candidates``: those candidates when the caller has them).
     """
-    n, v, d = views.shape
-    whole = np.ascontiguousarray(views[:, 0])
+    k = min(k, max(len(views) - 1, 0))
+    index = candidates if candidates is not None else _view_candidates(
+        views, k=k, exact_max=exact_max, probes=probes, seed=seed)
+    return _best_rescored(views, index, k)
+
+
+def copy_model_neighbours(model: CopyModel, *, k: int, exact_max: int, probes: int,
+                          seed: int = 0, candidates: np.ndarray | None = None
+                          ) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`pipeline.quality.neighbours` for the copy model: the aligned views'
+    candidates (:func:`view_neighbours`) rescored by the model. Without a tiny image,
+    every row's neighbours are itself at similarity 0 (no work)."""
+    n = len(model)
     k = min(k, max(n - 1, 0))
-    wide = min(2 * k + 8, max(n - 1, 0))  # candidates, rescored both ways round
-    if k == 0:
-        index = np.zeros((n, 0), dtype=np.int64)
-    elif n > exact_max:
-        index = _view_cell_candidates(views, wide=wide, probes=probes, seed=seed)
-    else:
-        index = np.zeros((n, wide), dtype=np.int64)
-        chunk = max(1, (1 << 24) // (n * v))
-        for start in range(0, n, chunk):
-            part = views[start:start + chunk]
-            block = (part.reshape(-1, d) @ whole.T).reshape(len(part), v, n).max(1)
-            rows = np.arange(len(part))
-            block[rows, start + rows] = -np.inf  # not its own neighbour
-            index[start:start + chunk] = top_k(block, wide)[0]
-    sims = pair_similarity(views, views, np.repeat(np.arange(n), index.shape[1]),
-                           index.ravel()).reshape(index.shape)
-    sims[index == np.arange(n)[:, None]] = 0.0  # padding (itself) matches nothing
-    order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
-    return np.take_along_axis(index, order, 1), np.take_along_axis(sims, order, 1)
+    if not model.any():
+        return np.repeat(np.arange(n)[:, None], k, 1), np.zeros((n, k), np.float32)
+    index = candidates if candidates is not None else _view_candidates(
+        model.views, k=k, exact_max=exact_max, probes=probes, seed=seed)
+    return _best_rescored(model, index, k)
 
 
-def copy_similarities(signals: Sequence[np.ndarray], copies: Sequence[np.ndarray],
+def copy_similarities(signals: Sequence[Signal], copies: Sequence[Signal],
                       source: np.ndarray) -> np.ndarray:
     """(M, S) similarity of each copy to its original, per signal (:func:`pair_similarity`).
 
@@ -356,16 +573,35 @@ def copy_similarities(signals: Sequence[np.ndarray], copies: Sequence[np.ndarray
 Search = tuple[np.ndarray, np.ndarray]  # (N, k) neighbour indices, (N, k) similarities
 
 
-def search(signals: Sequence[np.ndarray], *, k: int, exact_max: int = 20000,
+def search(signals: Sequence[Signal], *, k: int, exact_max: int = 20000,
            probes: int = 8, seed: int = 0) -> list[Search]:
     """Each signal's k nearest neighbours (:func:`pipeline.quality.neighbours`, or
-    :func:`view_neighbours` for a views signal; linear memory), searched once and shared
-    by the calibration and the clustering."""
-    return [(view_neighbours if sig.ndim == 3 else neighbours)(
-        sig, k=k, exact_max=exact_max, probes=probes, seed=seed) for sig in signals]
+    :func:`view_neighbours` for a views signal, :func:`copy_model_neighbours` for the copy
+    model; linear memory), searched once and shared by the calibration and the
+    clustering. The aligned views' candidates are found once and shared with the copy
+    model."""
+    wide: dict[int, np.ndarray] = {}  # id of a views array -> its candidates
+
+    def candidates(views: np.ndarray) -> np.ndarray:
+        if id(views) not in wide:
+            wide[id(views)] = _view_candidates(views, k=min(k, max(len(views) - 1, 0)),
+                                               exact_max=exact_max, probes=probes, seed=seed)
+        return wide[id(views)]
+
+    out = []
+    for sig in signals:
+        options = {"k": k, "exact_max": exact_max, "probes": probes, "seed": seed}
+        if isinstance(sig, CopyModel):
+            out.append(copy_model_neighbours(
+                sig, **options, candidates=candidates(sig.views) if sig.any() else None))
+        elif sig.ndim == 3:
+            out.append(view_neighbours(sig, **options, candidates=candidates(sig)))
+        else:
+            out.append(neighbours(sig, **options))
+    return out
 
 
-def distinct_similarities(signals: Sequence[np.ndarray], *, rows: np.ndarray | None = None,
+def distinct_similarities(signals: Sequence[Signal], *, rows: np.ndarray | None = None,
                           hashes: Sequence[str | None] | None = None, k: int = 1,
                           exact_max: int = 20000, probes: int = 8, seed: int = 0,
                           searches: Sequence[Search] | None = None
@@ -460,18 +696,26 @@ def _candidates(values: np.ndarray, *, limit: int) -> np.ndarray:
 def calibrate(copy_sims: np.ndarray, distinct_sims: np.ndarray, *,
               signals: Sequence[str], owner: np.ndarray | None = None,
               kinds: np.ndarray | None = None, max_false_rate: float = 0.002,
-              min_recall: float = 0.9, limit: int = 200, floor_recall: float = 0.25,
-              allowance: float = 0.5, shared_share: bool = False) -> Calibration:
+              min_recall: float = 0.9, limit: int = 200, floor_recall: float = 0.75,
+              allowance: float = 1.0, shared_share: bool = True) -> Calibration:
     """The best OR rule over every subset of the signals (see :func:`calibrate_rule`).
 
     Each non-empty subset of signals is calibrated on its own (its own estimate of the
     share of real copies: a signal that cannot separate copies makes that estimate and
     the joint grid noisy, which is why the subsets are tried one by one); the subset with
     the highest estimated recall wins, ties going to fewer signals, then fewer false
-    matches. Signals left out get an infinite threshold. Arguments as
-    :func:`calibrate_rule`; with ``shared_share`` the share of images that already have
-    a copy is estimated once, the least over every subset with usable settings (it
-    belongs to the data, not to the signals), instead of per subset.
+    matches. Signals left out get an infinite threshold, and so does a signal on which
+    no copy scores above 0 (the copy model on images larger than ``TINY_SIDE``); its
+    subsets are not tried. Arguments as :func:`calibrate_rule`; with ``shared_share``
+    (the default) the share of images that already have a copy is estimated once, the
+    least over every subset with usable settings (it belongs to the data, not to the
+    signals: a weak signal whose only settings that find most copies fire on nearly
+    every image would otherwise claim every pair), instead of per subset.
+
+    The defaults (the share from settings that find 75 % of the copies, counts one
+    Poisson deviation high, shared) were measured on planted copies in real images
+    (``benchmarks/calibrate_copies.py``, README); with ``floor_recall=0.25,
+    allowance=0.5, shared_share=False`` the estimate is the one used before 2026-12.
     """
     # to 1e-6: float32 noise must not order copies that are equal (a crop copy and a
     # planted one both at 1.0 +- 1e-7 would otherwise split the strictest thresholds)
@@ -479,31 +723,34 @@ def calibrate(copy_sims: np.ndarray, distinct_sims: np.ndarray, *,
     pairs = np.round(np.asarray(distinct_sims, dtype=np.float64), SIM_DECIMALS)
     best: Calibration | None = None
     best_key: tuple[float, int, float] | None = None
+    # a signal on which no copy scores above 0 (the copy model without tiny images)
+    # cannot find one: its subsets are not tried
+    usable = [j for j in range(len(signals)) if len(copy_sims) and copy_sims[:, j].max() > 0]
+    subsets = [list(c) for r in range(1, len(usable or signals) + 1)
+               for c in itertools.combinations(usable or range(len(signals)), r)]
     share = None  # shared_share: the share of real copies is the data's, not a subset's
+    grids: list[Grid | None] = [None] * len(subsets)
     if shared_share:
         owners, n_owners = _owners(owner, len(pairs))
-        estimates = [_share(*_grid(copy_sims[:, list(c)], pairs[:, list(c)], owners,
-                                   n_owners, limit=limit)[1:], n_owners,
-                            floor_recall=floor_recall, allowance=allowance)
-                     for r in range(1, len(signals) + 1)
-                     for c in itertools.combinations(range(len(signals)), r)]
-        share = min((x for x in estimates if x is not None), default=0.0)
-    for r in range(1, len(signals) + 1):
-        for subset in itertools.combinations(range(len(signals)), r):
-            cols = list(subset)
-            cal = calibrate_rule(copy_sims[:, cols], pairs[:, cols],
-                                 signals=[signals[j] for j in cols], owner=owner,
-                                 kinds=kinds, max_false_rate=max_false_rate,
-                                 min_recall=min_recall, limit=limit,
-                                 floor_recall=floor_recall, allowance=allowance,
-                                 share=share)
-            key = (round(cal.recall, 6), -r, -cal.false_match_rate)
-            if best_key is None or key > best_key:
-                thresholds = [np.inf] * len(signals)
-                for j, t in zip(cols, cal.thresholds):
-                    thresholds[j] = t
-                best_key = key
-                best = replace(cal, signals=tuple(signals), thresholds=tuple(thresholds))
+        grids = [_grid(copy_sims[:, c], pairs[:, c], owners, n_owners, limit=limit)
+                 for c in subsets]
+        share = _share([g[1:] for g in grids if g is not None], n_owners,
+                       floor_recall=floor_recall, allowance=allowance)
+    for cols, grid in zip(subsets, grids):
+        r = len(cols)
+        cal = calibrate_rule(copy_sims[:, cols], pairs[:, cols],
+                             signals=[signals[j] for j in cols], owner=owner,
+                             kinds=kinds, max_false_rate=max_false_rate,
+                             min_recall=min_recall, limit=limit,
+                             floor_recall=floor_recall, allowance=allowance,
+                             share=share, grid=grid)
+        key = (round(cal.recall, 6), -r, -cal.false_match_rate)
+        if best_key is None or key > best_key:
+            thresholds = [np.inf] * len(signals)
+            for j, t in zip(cols, cal.thresholds):
+                thresholds[j] = t
+            best_key = key
+            best = replace(cal, signals=tuple(signals), thresholds=tuple(thresholds))
     assert best is not None
     if not best.separable:  # name every signal tried, not only the best subset's
         best = replace(best, note=(
@@ -513,6 +760,8 @@ def calibrate(copy_sims: np.ndarray, distinct_sims: np.ndarray, *,
     return best
 
 
+PLAUSIBLE_SHARE = 0.5  # at most this share of the images already has a near copy
+LOW_FLOOR = 0.25  # the recall of the settings that estimate it when the usual ones can't
 _BITS = np.array([bin(i).count("1") for i in range(256)], dtype=np.int64)  # popcount
 
 
@@ -552,8 +801,11 @@ def _owners(owner: np.ndarray | None, n_pairs: int) -> tuple[np.ndarray, int]:
     return owner, max(1, int(owner.max()) + 1 if len(owner) else 1)
 
 
+Grid = tuple[list[np.ndarray], np.ndarray, np.ndarray]  # :func:`_grid`'s result
+
+
 def _grid(copy_sims: np.ndarray, pairs: np.ndarray, owner: np.ndarray, n_owners: int, *,
-          limit: int) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+          limit: int) -> Grid:
     """The joint grid of candidate thresholds (one list per signal), and the recall and
     share of firing owners of each of its settings (:func:`_grid_rates`)."""
     s = copy_sims.shape[1]
@@ -562,31 +814,45 @@ def _grid(copy_sims: np.ndarray, pairs: np.ndarray, owner: np.ndarray, n_owners:
     return (grids, *_grid_rates(copy_sims, pairs, owner, n_owners, grids))
 
 
-def _share(recall: np.ndarray, fired: np.ndarray, n_owners: int, *, floor_recall: float,
-           allowance: float) -> float | None:
-    """The estimated share of images that already have a copy: the least ratio of
-    firing owners to recall over the settings with recall >= ``floor_recall`` (None
-    when there are none), each count ``c`` taken ``allowance`` Poisson deviations high
+def _share(rates: Sequence[tuple[np.ndarray, np.ndarray]], n_owners: int, *,
+           floor_recall: float, allowance: float) -> float:
+    """The estimated share of images that already have a copy, from the (recall, share
+    of firing owners) of every setting of one or more grids (:func:`_grid`): the least
+    ratio of firing owners to recall over the settings with recall >= ``floor_recall``
+    (0 when there are none), each count ``c`` taken ``allowance`` Poisson deviations high
     (``c + allowance * sqrt(c)``): the minimum over many noisy ratios would otherwise
-    fall below the truth when a few dozen real copies exist."""
-    usable = recall >= floor_recall
-    if not usable.any():
-        return None
-    count = fired[usable] * n_owners
-    return float(np.min((count + allowance * np.sqrt(count)) / n_owners / recall[usable]))
+    fall below the truth when a few dozen real copies exist. Where that says more than
+    ``PLAUSIBLE_SHARE`` of the images have a copy (signals that find that many copies
+    only by linking nearly every image), the settings with recall >= ``LOW_FLOOR``
+    estimate it instead, and the estimate is never above ``PLAUSIBLE_SHARE``: signals
+    that cannot tell copies from distinct images would otherwise call every image a copy
+    of its neighbour, at an estimated false-match rate of 0."""
+    estimate = None
+    for floor in sorted({floor_recall, min(floor_recall, LOW_FLOOR)}, reverse=True):
+        ratios = []
+        for recall, fired in rates:
+            usable = recall >= floor
+            count = fired[usable] * n_owners
+            ratios.extend((count + allowance * np.sqrt(count)) / n_owners / recall[usable])
+        if ratios:
+            estimate = float(np.min(ratios))
+            if estimate <= PLAUSIBLE_SHARE:
+                break
+    return 0.0 if estimate is None else min(estimate, PLAUSIBLE_SHARE)
 
 
 def _grid_search(copy_sims: np.ndarray, pairs: np.ndarray, owner: np.ndarray,
                  n_owners: int, *, limit: int, floor_recall: float, max_false_rate: float,
-                 allowance: float, share: float | None) -> tuple[list[float], float]:
+                 allowance: float, share: float | None, grid: Grid | None = None
+                 ) -> tuple[list[float], float]:
     """The joint threshold search of :func:`calibrate_rule`: the chosen threshold per
     signal (each moved to the middle of its gap) and the estimated share of images that
-    already have a real copy (``share`` when given)."""
-    grids, recall, fired = _grid(copy_sims, pairs, owner, n_owners, limit=limit)
+    already have a real copy (``share`` when given; ``grid`` when computed already)."""
+    grids, recall, fired = grid or _grid(copy_sims, pairs, owner, n_owners, limit=limit)
     combos = list(itertools.product(*(range(len(g)) for g in grids)))
     if share is None:
-        share = _share(recall, fired, n_owners, floor_recall=floor_recall,
-                       allowance=allowance) or 0.0
+        share = _share([(recall, fired)], n_owners, floor_recall=floor_recall,
+                       allowance=allowance)
     false_rate = np.maximum(0.0, fired - share * recall)
     ok = np.flatnonzero(false_rate <= max_false_rate)
     # most recall, then fewest matches, then the strictest (latest in product order)
@@ -606,8 +872,9 @@ def _grid_search(copy_sims: np.ndarray, pairs: np.ndarray, owner: np.ndarray,
 def calibrate_rule(copy_sims: np.ndarray, distinct_sims: np.ndarray, *,
                    signals: Sequence[str], owner: np.ndarray | None = None,
                    kinds: np.ndarray | None = None, max_false_rate: float = 0.002,
-                   min_recall: float = 0.9, limit: int = 200, floor_recall: float = 0.25,
-                   allowance: float = 0.5, share: float | None = None) -> Calibration:
+                   min_recall: float = 0.9, limit: int = 200, floor_recall: float = 0.75,
+                   allowance: float = 1.0, share: float | None = None,
+                   grid: Grid | None = None) -> Calibration:
     """Pick one threshold per signal for the rule "copy when any signal reaches its own".
 
     Searches the joint grid of thresholds just above the ``limit`` largest
@@ -623,10 +890,11 @@ def calibrate_rule(copy_sims: np.ndarray, distinct_sims: np.ndarray, *,
     copies' rate ``r(t)``, if the synthetic copies are like the real ones) and distinct
     pairs. With ``n(t)`` the share of images with a firing pair,
     ``n(t) = pi * r(t) + false(t)``; ``pi`` is estimated as the smallest ``n(t) / r(t)``
-    over the grid (settings with ``r(t) >= floor_recall``: an upper bound of ``pi``,
-    tight where the strictest settings fire on copies only; each count ``c`` of firing
-    images taken half a Poisson deviation high, ``c + sqrt(c) / 2``, so that the least of
-    many noisy ratios does not land below the truth), and the false-match rate as
+    over the grid (settings with ``r(t) >= floor_recall``, 0.75: an upper bound of
+    ``pi``, tight where the settings that find most copies fire on copies only; each
+    count ``c`` of firing images taken ``allowance`` Poisson deviations high,
+    ``c + sqrt(c)``, so that the least of many noisy ratios does not land below the
+    truth; see :func:`_share`), and the false-match rate as
     ``n(t) - pi * r(t)``. Without copies in the data ``pi`` comes out near 0 and the
     estimate is the plain share of images linked to their nearest distinct neighbour.
 
@@ -646,6 +914,7 @@ def calibrate_rule(copy_sims: np.ndarray, distinct_sims: np.ndarray, *,
         allowance: Poisson deviations added to each count of firing images in that
             estimate (:func:`_share`).
         share: the share of images that already have a copy, when estimated already.
+        grid: :func:`_grid` of these similarities, when computed already.
     """
     copy_sims = np.asarray(copy_sims, dtype=np.float64)
     pairs = np.asarray(distinct_sims, dtype=np.float64)
@@ -659,7 +928,7 @@ def calibrate_rule(copy_sims: np.ndarray, distinct_sims: np.ndarray, *,
     thresholds, share = _grid_search(copy_sims, pairs, owner, n_owners, limit=limit,
                                      floor_recall=floor_recall,
                                      max_false_rate=max_false_rate, allowance=allowance,
-                                     share=share)
+                                     share=share, grid=grid)
     cal = np.asarray(thresholds)
     hit = np.asarray((copy_sims >= cal).any(axis=1), dtype=bool)
     fire = np.asarray((pairs >= cal).any(axis=1), dtype=bool)
@@ -676,7 +945,7 @@ def calibrate_rule(copy_sims: np.ndarray, distinct_sims: np.ndarray, *,
 # --------------------------------------------------------------------------- detection
 
 
-def near_copy_clusters(signals: Sequence[np.ndarray], calibration: Calibration, *, k: int,
+def near_copy_clusters(signals: Sequence[Signal], calibration: Calibration, *, k: int,
                        exact_max: int, probes: int, order: Sequence[str], valid: np.ndarray,
                        seed: int = 0, searches: Sequence[Search] | None = None
                        ) -> np.ndarray:
@@ -708,14 +977,14 @@ def near_copy_clusters(signals: Sequence[np.ndarray], calibration: Calibration, 
                                    order=order, valid=valid)
 
 
-def copy_pairs(queries: Sequence[np.ndarray], reference: Sequence[np.ndarray],
+def copy_pairs(queries: Sequence[Signal], reference: Sequence[Signal],
                calibration: Calibration) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every (query, reference) pair that the calibrated OR rule calls a copy.
 
     For the split stage's leakage audit (val/test rows as queries, train rows as
     reference): each used signal's :func:`pipeline.quality.similar_pairs` at its own
-    threshold (:func:`similar_view_pairs` for a views signal), united. Linear memory
-    in Q + M.
+    threshold (:func:`similar_view_pairs` for a views signal,
+    :func:`similar_copy_model_pairs` for the copy model), united. Linear memory in Q + M.
 
     Returns:
         (P,) int64 query rows, (P,) int64 reference rows, (P,) int64 index of the signal
@@ -727,8 +996,12 @@ def copy_pairs(queries: Sequence[np.ndarray], reference: Sequence[np.ndarray],
     for j, (q, r, t) in enumerate(zip(queries, reference, calibration.thresholds)):
         if not np.isfinite(t):
             continue
-        rows, cols = (similar_view_pairs(q, r, threshold=float(t)) if q.ndim == 3 else
-                      similar_pairs(q, r, threshold=float(t))[:2])
+        if isinstance(q, CopyModel) and isinstance(r, CopyModel):
+            rows, cols = similar_copy_model_pairs(q, r, threshold=float(t))
+        else:
+            assert isinstance(q, np.ndarray) and isinstance(r, np.ndarray)
+            rows, cols = (similar_view_pairs(q, r, threshold=float(t)) if q.ndim == 3 else
+                          similar_pairs(q, r, threshold=float(t))[:2])
         for a, b in zip(rows.tolist(), cols.tolist()):
             found.setdefault((a, b), j)
     keys = sorted(found)
@@ -739,38 +1012,64 @@ def copy_pairs(queries: Sequence[np.ndarray], reference: Sequence[np.ndarray],
 VIEW_PAIRS_MAX = 5e9  # Q x M x V similarities: above it the views audit uses whole views
 
 
+def _view_blocks(queries: np.ndarray, reference: np.ndarray
+                 ) -> Iterator[tuple[int, np.ndarray]]:
+    """(start, (c, M) :func:`pair_similarity` of query rows ``start:start + c`` against
+    every reference row) of a views signal, chunk by chunk (linear memory). Above
+    ``VIEW_PAIRS_MAX`` similarities only the whole views are compared."""
+    q_n, v, d = queries.shape
+    m = len(reference)
+    ref_whole, ref_flat = np.ascontiguousarray(reference[:, 0]), reference.reshape(-1, d)
+    if q_n * m * v > VIEW_PAIRS_MAX:
+        chunk = max(1, (1 << 24) // max(1, m))
+        for start in range(0, q_n, chunk):
+            yield start, queries[start:start + chunk, 0] @ ref_whole.T
+        return
+    chunk = max(1, (1 << 24) // max(1, m * v))
+    for start in range(0, q_n, chunk):
+        part = queries[start:start + chunk]
+        mine = (part.reshape(-1, d) @ ref_whole.T).reshape(len(part), v, m).max(1)
+        theirs = (ref_flat @ part[:, 0].T).reshape(m, v, len(part)).max(1).T
+        yield start, np.maximum(mine, theirs)
+
+
 def similar_view_pairs(queries: np.ndarray, reference: np.ndarray, *, threshold: float
                        ) -> tuple[np.ndarray, np.ndarray]:
     """Every (query, reference) pair of a views signal ((Q, V, D), (M, V, D)) whose
     :func:`pair_similarity` reaches ``threshold``: exact, in chunks of (c, V, M)
     similarities (linear memory). Above ``VIEW_PAIRS_MAX`` similarities (tens of
-    thousands of images each side) only the whole views are compared
-    (:func:`pipeline.quality.similar_pairs`), which can miss a cropped copy of a tiny
-    image; the audit's other signals still apply.
+    thousands of images each side) only the whole views are compared, which can miss a
+    cropped copy of a tiny image; the audit's other signals still apply.
 
     Returns:
         (P,) int64 query rows and (P,) int64 reference rows, ordered by query row.
     """
-    from pipeline.quality import similar_pairs
-
-    q_n, v, d = queries.shape
-    m = len(reference)
-    if q_n * m * v > VIEW_PAIRS_MAX:
-        rows, cols, _ = similar_pairs(np.ascontiguousarray(queries[:, 0]),
-                                      np.ascontiguousarray(reference[:, 0]),
-                                      threshold=threshold)
-        return rows, cols
-    ref_whole, ref_flat = np.ascontiguousarray(reference[:, 0]), reference.reshape(-1, d)
-    chunk = max(1, (1 << 24) // max(1, m * v))
-    found_rows, found_cols = [], []
-    for start in range(0, q_n, chunk):
-        part = queries[start:start + chunk]
-        mine = (part.reshape(-1, d) @ ref_whole.T).reshape(len(part), v, m).max(1)
-        theirs = (ref_flat @ part[:, 0].T).reshape(m, v, len(part)).max(1).T
-        rows, cols = np.nonzero(np.maximum(mine, theirs) >= threshold)
+    found_rows, found_cols = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    for start, block in _view_blocks(queries, reference) if len(reference) else ():
+        rows, cols = np.nonzero(block >= threshold)
         found_rows.append(rows + start)
         found_cols.append(cols)
-    if not found_rows:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
     return (np.concatenate(found_rows).astype(np.int64),
             np.concatenate(found_cols).astype(np.int64))
+
+
+def similar_copy_model_pairs(queries: CopyModel, reference: CopyModel, *, threshold: float,
+                             wide: int = 28) -> tuple[np.ndarray, np.ndarray]:
+    """Every (query, reference) pair of tiny images among each query's ``wide`` best
+    reference rows by the aligned views (:func:`_view_blocks`) whose copy-model
+    similarity reaches ``threshold``; nothing when either side has no tiny image.
+
+    Returns:
+        (P,) int64 query rows and (P,) int64 reference rows, ordered by query row.
+    """
+    q_rows = np.flatnonzero(queries.packed[:, 0] > 0)
+    r_rows = np.flatnonzero(reference.packed[:, 0] > 0)
+    if not len(q_rows) or not len(r_rows):
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    wide = min(wide, len(r_rows))
+    index = np.zeros((len(q_rows), wide), np.int64)
+    for start, block in _view_blocks(queries.views[q_rows], reference.views[r_rows]):
+        index[start:start + len(block)] = top_k(block, wide)[0]
+    a, b = np.repeat(q_rows, wide), r_rows[index.ravel()]
+    hit = queries.similarity(reference, a, b) >= threshold
+    return a[hit], b[hit]

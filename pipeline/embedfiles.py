@@ -11,10 +11,12 @@ readable image ("" for most; the frame count of an animated or multi-page file).
 
 Pixel signals for near-copy detection (:mod:`pipeline.calibrate`), row-aligned too:
 ``thumbnails.npy`` ((N, 256) float32), ``phash.npy`` ((N, 64) float32) and
-``aligned.npy`` ((N, 48, 64) float32 views, :func:`pipeline.calibrate.aligned_views`),
-zero for unreadable images. Calibration copies (synthetic near copies of a seeded
-sample): ``copies_{embedding,thumbnail,phash,aligned}.npy`` ((M, ...) each) and
-``copies.json`` (source row and kind of each copy).
+``aligned.npy`` ((N, 48, 64) float32 views, :func:`pipeline.calibrate.aligned_views`)
+and ``tiny.npy`` ((N, 258) uint8: height, width and grey pixels of images no larger than
+16 px, :func:`pipeline.calibrate.tiny_pixels`, read back as the copy model with the
+aligned views), zero for unreadable images. Calibration copies (synthetic near copies of
+a seeded sample): ``copies_{embedding,thumbnail,phash,aligned,copy_model}.npy``
+((M, ...) each) and ``copies.json`` (source row and kind of each copy).
 """
 
 from __future__ import annotations
@@ -30,9 +32,9 @@ from pipeline.errors import PipelineError
 
 EMBEDDINGS = "embeddings.npy"
 META = "meta.json"
-SIGNALS = ("embedding", "thumbnail", "phash", "aligned")  # names in Calibration order
+SIGNALS = ("embedding", "thumbnail", "phash", "aligned", "copy_model")  # Calibration order
 _SIGNAL_FILES = {"thumbnail": "thumbnails.npy", "phash": "phash.npy",
-                 "aligned": "aligned.npy"}
+                 "aligned": "aligned.npy", "copy_model": "tiny.npy"}
 COPIES = "copies.json"
 
 
@@ -111,11 +113,16 @@ def read_rows(embed_dir: Path, ids: list[str]) -> tuple[np.ndarray, list[str | N
     return out, hashes
 
 
+def _stored(name: str, values: np.ndarray) -> np.ndarray:
+    """A signal as stored: float32, the copy model's packed pixels uint8."""
+    return values.astype(np.uint8 if name == "copy_model" else np.float32)
+
+
 def write_signals(out_dir: Path, signals: dict[str, np.ndarray]) -> None:
     """The pixel signals (every name of :data:`SIGNALS` but the embedding), row-aligned
-    with the embeddings, float32."""
+    with the embeddings."""
     for name, file in _SIGNAL_FILES.items():
-        np.save(Path(out_dir) / file, signals[name].astype(np.float32))
+        np.save(Path(out_dir) / file, _stored(name, signals[name]))
 
 
 def write_copies(out_dir: Path, signals: dict[str, np.ndarray], source: np.ndarray,
@@ -123,7 +130,7 @@ def write_copies(out_dir: Path, signals: dict[str, np.ndarray], source: np.ndarr
     """The calibration copies: (M, D) per signal in :data:`SIGNALS`, each copy's source
     row (in the embeddings) and kind."""
     for name in SIGNALS:
-        np.save(Path(out_dir) / f"copies_{name}.npy", signals[name].astype(np.float32))
+        np.save(Path(out_dir) / f"copies_{name}.npy", _stored(name, signals[name]))
     (Path(out_dir) / COPIES).write_text(json.dumps(
         {"source": [int(i) for i in source], "kind": [str(k) for k in kinds]}) + "\n")
 
@@ -136,9 +143,12 @@ def _signal_file(embed_dir: Path, name: str) -> Path:
 
 
 def read_signals(embed_dir: Path, ids: list[str] | None = None) -> list[np.ndarray]:
-    """Every signal of :data:`SIGNALS` ((N, D_s) or (N, V, D_s) float32, unit or zero
-    rows), for all rows
-    (``ids`` None) or these image ids in this order; undecoded rows are zero."""
+    """Every signal of :data:`SIGNALS` as stored ((N, D_s) or (N, V, D_s) float32, unit
+    or zero rows; the copy model's (N, 258) uint8 pixels: wrap them with
+    :func:`pipeline.calibrate.as_signals`), for all rows (``ids`` None) or these image ids
+    in this order; undecoded rows are zero (match nothing). Kept free of
+    :mod:`pipeline.calibrate`, so that the stages that read only the meta do not depend
+    on it."""
     meta = read_meta(embed_dir)
     if ids is None:
         rows = np.arange(len(meta.ids))
@@ -150,9 +160,8 @@ def read_signals(embed_dir: Path, ids: list[str] | None = None) -> list[np.ndarr
     valid = np.array(meta.valid, dtype=bool)[rows]
     out = []
     for name in SIGNALS:
-        values = np.asarray(np.load(_signal_file(embed_dir, name), mmap_mode="r")[rows],
-                            dtype=np.float32)
-        values[~valid] = 0.0
+        values = np.array(np.load(_signal_file(embed_dir, name), mmap_mode="r")[rows])
+        values[~valid] = 0
         out.append(values)
     return out
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.calibrate import Calibration, copy_pairs, pair_similarity
+from pipeline.calibrate import Calibration, Signal, copy_pairs, pair_similarity
 from pipeline.quality import similar_pairs
 
 KINDS = ("exact_duplicate", "near_duplicate", "duplicate_cluster", "group", "temporal",
@@ -50,7 +50,7 @@ def _similarity(embeddings: np.ndarray | None, i: int, j: int) -> float:
 
 def copies_in_train(splits: np.ndarray, *, hashes: Sequence[str | None] | None,
                     embeddings: np.ndarray | None, threshold: float,
-                    signals: Sequence[np.ndarray] | None = None,
+                    signals: Sequence[Signal] | None = None,
                     calibration: Calibration | None = None) -> list[Leak]:
     """Every (val/test row, train row) pair of exact or near copies, each pair once.
 
@@ -97,7 +97,7 @@ def audit(splits: Sequence[str], *, labels: Sequence[str], clusters: Sequence[st
           groups: Sequence[str | None] | None = None, times: Sequence[float] | None = None,
           embargo: float = 0.0, hashes: Sequence[str | None] | None = None,
           embeddings: np.ndarray | None = None, near_threshold: float | None = None,
-          signals: Sequence[np.ndarray] | None = None, calibration: Calibration | None = None
+          signals: Sequence[Signal] | None = None, calibration: Calibration | None = None
           ) -> list[Leak]:
     """Every leak in a split.
 

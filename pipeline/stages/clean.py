@@ -38,6 +38,8 @@ from pipeline import calibfiles, paths
 from pipeline.calibrate import (
     Calibration,
     Search,
+    Signal,
+    as_signals,
     calibrate,
     copy_similarities,
     distinct_similarities,
@@ -107,7 +109,7 @@ class NearRule:
     """The calibrated near-copy rule and the signals it applies to (row-aligned)."""
 
     calibration: Calibration
-    signals: list[np.ndarray]  # per name in embedfiles.SIGNALS: (N, D_s) float32
+    signals: list[Signal]  # per name in embedfiles.SIGNALS, row-aligned
     searches: list[Search]  # each signal's clean.neighbours nearest neighbours, searched once
 
 
@@ -115,8 +117,9 @@ def calibrate_near_copies(cfg: CleanConfig, embed_dir: Path, hashes: list[str | 
                           valid: np.ndarray) -> NearRule:
     """clean.near_duplicate_threshold = auto: the OR rule calibrated on the embed stage's
     synthetic copies of the user's images (pipeline.calibrate)."""
-    signals = read_signals(embed_dir)
-    copies, source, kinds = read_copies(embed_dir)
+    signals = as_signals(read_signals(embed_dir), SIGNALS)
+    stored_copies, source, kinds = read_copies(embed_dir)
+    copies = as_signals(stored_copies, SIGNALS)
     if not len(source):
         raise PipelineError("the embed stage made no calibration copies (no image decoded)")
     searches = search(signals, k=cfg.neighbours, exact_max=cfg.exact_search_max,

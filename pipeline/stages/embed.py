@@ -4,7 +4,8 @@ Writes ``data/embed/embeddings.npy`` ((N, D) float32, L2-normalised pooled featu
 zero rows for unreadable images), row-aligned with data/prepared/manifest.csv, and
 ``meta.json`` (image ids, which rows decoded, the pixel hash of each decoded image, the
 reason each other one is unreadable, the backbone, the resolved ``image_size``). Also
-the pixel signals (thumbnails, perceptual hashes, aligned views) and the calibration
+the pixel signals (thumbnails, perceptual hashes, aligned views, the grey pixels of tiny
+images for the copy model) and the calibration
 copies (synthetic near copies of a seeded sample of ``embed.calibration_sample``
 images, embedded the same way) that clean's ``auto`` near-copy rule is calibrated on
 (pipeline.calibrate). The clean stage reads all of it and decodes nothing but the
@@ -30,10 +31,12 @@ from pipeline.calibrate import (
     ALIGNED_VIEWS,
     PHASH_BITS,
     THUMBNAIL_SIZE,
+    TINY_SIDE,
     aligned_views,
     make_copies,
     phash,
     thumbnails,
+    tiny_pixels,
 )
 from pipeline.config import load_sections
 from pipeline.embedfiles import EmbedMeta
@@ -83,7 +86,8 @@ def embed_copies(model: torch.nn.Module, inputs: ImageInput, originals: list[np.
                                     for c in copies[start:start + batch_size]], dev)
              for start in range(0, len(copies), batch_size)]
     signals = {"embedding": np.concatenate(feats), "thumbnail": thumbnails(copies),
-               "phash": phash(copies), "aligned": aligned_views(copies)}
+               "phash": phash(copies), "aligned": aligned_views(copies),
+               "copy_model": tiny_pixels(copies)}
     return signals, np.stack([source, kinds])
 
 
@@ -116,11 +120,13 @@ def run(data: DataConfig, cfg: EmbedConfig, prepared: Path, out_dir: Path, *,
     rows: list[int] = []
     feats: list[np.ndarray] = []
     # pixel signals, zero rows: unreadable
-    pixel_signals = {"thumbnail": np.zeros((len(df), THUMBNAIL_SIZE ** 2), np.float32),
-                     "phash": np.zeros((len(df), PHASH_BITS ** 2), np.float32),
-                     "aligned": np.zeros((len(df), ALIGNED_VIEWS, ALIGNED_SIZE ** 2),
-                                         np.float32)}
-    signal_of = {"thumbnail": thumbnails, "phash": phash, "aligned": aligned_views}
+    pixel_signals: dict[str, np.ndarray] = {
+        "thumbnail": np.zeros((len(df), THUMBNAIL_SIZE ** 2), np.float32),
+        "phash": np.zeros((len(df), PHASH_BITS ** 2), np.float32),
+        "aligned": np.zeros((len(df), ALIGNED_VIEWS, ALIGNED_SIZE ** 2), np.float32),
+        "copy_model": np.zeros((len(df), 2 + TINY_SIDE ** 2), np.uint8)}
+    signal_of = {"thumbnail": thumbnails, "phash": phash, "aligned": aligned_views,
+                 "copy_model": tiny_pixels}
     with torch.inference_mode():
         for start in tqdm(range(0, len(df), cfg.batch_size), desc="embed", mininterval=1.0):
             batch, batch_rows, decoded = [], [], []

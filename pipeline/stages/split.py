@@ -31,9 +31,9 @@ import numpy as np
 import pandas as pd
 
 from pipeline import calibfiles, paths
-from pipeline.calibrate import Calibration
+from pipeline.calibrate import Calibration, Signal, as_signals
 from pipeline.config import load_sections
-from pipeline.embedfiles import read_rows, read_signals
+from pipeline.embedfiles import SIGNALS, read_rows, read_signals
 from pipeline.errors import PipelineError, run_stage
 from pipeline.files import write_metrics
 from pipeline.leakage import KINDS, Leak, audit, train_rows_to_drop
@@ -143,7 +143,7 @@ class CopyRule:
     """split.near_duplicate_threshold = auto: clean's calibrated rule and the rows' signals."""
 
     calibration: Calibration
-    signals: list[np.ndarray]  # per calibration signal: (N, D_s), row-aligned
+    signals: list[Signal]  # per calibration signal, row-aligned
 
     def subset(self, keep: np.ndarray) -> CopyRule:
         """The same rule over the rows ``keep`` ((N,) bool)."""
@@ -346,7 +346,7 @@ def copy_rule(cfg: SplitConfig, calibration: Path, embed_dir: Path, ids: list[st
         return None
     cal = calibfiles.read(calibration)
     print(f"split: leakage audit near copies by clean's rule: {cal.summary()}")
-    return CopyRule(cal, read_signals(embed_dir, ids))
+    return CopyRule(cal, as_signals(read_signals(embed_dir, ids), SIGNALS))
 
 
 def run(base: BaseConfig, data: DataConfig, cfg: SplitConfig, clean: Path, embed_dir: Path,
