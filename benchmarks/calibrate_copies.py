@@ -11,7 +11,7 @@ what the stages would do, blind to what was planted: embeds every image with the
 project's embed code path (``create_model`` + ``fit_image`` + ``to_input``, at the
 ``auto`` size), makes synthetic copies of a ``--sample`` of the images (seed ``--seed``),
 calibrates each combination of signals (embedding, 16-px thumbnails, perceptual hash,
-aligned views) and finds near-copy clusters with it. Prints, per data set and signal
+aligned views, copy model) and finds near-copy clusters with it. Prints, per data set and signal
 combination, the thresholds, the estimated recall and false-match rate, the measured
 recall (per kind) and precision on the planted pairs, and what the split stage's audit
 finds when the planted copies are a test folder and every original is in train.
@@ -37,6 +37,7 @@ from pipeline.autosize import backbone_input_size, resolve_image_size
 from pipeline.backbones import create_model, resolve_arch
 from pipeline.calibrate import (
     COPY_KINDS,
+    CopyModel,
     aligned_views,
     calibrate,
     copy_pairs,
@@ -46,6 +47,7 @@ from pipeline.calibrate import (
     near_copy_clusters,
     phash,
     thumbnails,
+    tiny_pixels,
 )
 from pipeline.config import ModelConfig
 from pipeline.embedfiles import SIGNALS
@@ -53,9 +55,9 @@ from pipeline.images import fit_image, pixel_hash
 from pipeline.inputs import to_input
 
 REPO = Path(__file__).resolve().parents[1]
-# the share estimate of pipeline.calibrate.calibrate_rule made robust to a few dozen real
-# copies: from settings that find most copies, a full Poisson deviation, once for the data
-TUNED = {"floor_recall": 0.75, "allowance": 1.0, "shared_share": True}
+# the share estimate of pipeline.calibrate.calibrate before 2026-12 (for --estimator old):
+# from settings that find a quarter of the copies, half a Poisson deviation, per subset
+OLD = {"floor_recall": 0.25, "allowance": 0.5, "shared_share": False}
 HYMENOPTERA = REPO.parent / "shared" / "data" / "hymenoptera"
 
 
@@ -180,13 +182,15 @@ def run_set(name: str, originals: list[np.ndarray], model, prep, backbone: int,
     sig_all["thumbnail"], sig_copies["thumbnail"] = thumbnails(images), thumbnails(copies)
     sig_all["phash"], sig_copies["phash"] = phash(images), phash(copies)
     sig_all["aligned"], sig_copies["aligned"] = aligned_views(images), aligned_views(copies)
+    sig_all["copy_model"] = CopyModel(tiny_pixels(images), sig_all["aligned"])
+    sig_copies["copy_model"] = CopyModel(tiny_pixels(copies), sig_copies["aligned"])
     t_pixel = time.perf_counter() - start
     print(f"time (2 shared CPU cores): copies {t_copies:.1f} s, embeddings of "
           f"{len(images)} + {len(copies)} images {t_embed:.1f} s, thumbnails+phash "
           f"{t_pixel:.1f} s")
     ids = [f"{i:06d}" for i in range(len(images))]
     valid = np.ones(len(images), bool)
-    for combo in [("embedding",), ("thumbnail",), ("phash",), ("aligned",),
+    for combo in [("embedding",), ("thumbnail",), ("phash",), ("aligned",), ("copy_model",),
                   ("embedding", "thumbnail", "phash"), SIGNALS]:
         if True:
             start = time.perf_counter()
@@ -195,7 +199,7 @@ def run_set(name: str, originals: list[np.ndarray], model, prep, backbone: int,
             neg, owner = distinct_similarities(sigs, hashes=hashes, k=1)
             cal = calibrate(pos, neg, signals=combo, owner=owner, kinds=kinds,
                             max_false_rate=args.max_false_rate,
-                            **(TUNED if args.estimator == "tuned" else {}))
+                            **(OLD if args.estimator == "old" else {}))
             clusters = near_copy_clusters(sigs, cal, k=10, exact_max=20000, probes=8,
                                           order=ids, valid=valid)
             t_cal = time.perf_counter() - start
@@ -219,6 +223,12 @@ def run_set(name: str, originals: list[np.ndarray], model, prep, backbone: int,
             print(f"    MEASURED on planted: recall {recall:.3f} ({len(hit)}/{len(truth_pairs)}),"
                   f" precision {precision:.3f} ({len(hit)}/{len(found)}); {per_kind}; "
                   f"calibrate+detect {t_cal:.1f} s")
+            # the found pairs that touch a planted copy, and those between two originals
+            # (pairs the data held before anything was planted)
+            touching = [p for p in found if p[1] >= n]
+            print(f"    of the found pairs: {len(touching)} touch a planted copy "
+                  f"({sum(p in truth_pairs for p in touching)} right), "
+                  f"{len(found) - len(touching)} are between two originals")
 
 
 def main() -> None:
@@ -230,8 +240,8 @@ def main() -> None:
     parser.add_argument("--max-false-rate", type=float, default=0.002)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache", type=Path, help="keep the embeddings here (reruns)")
-    parser.add_argument("--estimator", choices=["shipped", "tuned"], default="shipped",
-                        help="tuned: calibrate()'s share estimate as in copy_model_study.py")
+    parser.add_argument("--estimator", choices=["shipped", "old"], default="shipped",
+                        help="old: calibrate()'s share estimate before 2026-12")
     args = parser.parse_args()
     torch.manual_seed(0)
     cfg = ModelConfig(name="tf_efficientnet_lite0", weights="default", drop_rate=0.0)
