@@ -589,11 +589,10 @@ def search(signals: Sequence[Signal], *, k: int, exact_max: int = 20000,
         return wide[id(views)]
 
     out = []
+    options = {"k": k, "exact_max": exact_max, "probes": probes, "seed": seed}
     for sig in signals:
-        options = {"k": k, "exact_max": exact_max, "probes": probes, "seed": seed}
         if isinstance(sig, CopyModel):
-            out.append(copy_model_neighbours(
-                sig, **options, candidates=candidates(sig.views) if sig.any() else None))
+            out.append(copy_model_neighbours(sig, **options, candidates=candidates(sig.views)))
         elif sig.ndim == 3:
             out.append(view_neighbours(sig, **options, candidates=candidates(sig)))
         else:
@@ -729,13 +728,14 @@ def calibrate(copy_sims: np.ndarray, distinct_sims: np.ndarray, *,
     subsets = [list(c) for r in range(1, len(usable or signals) + 1)
                for c in itertools.combinations(usable or range(len(signals)), r)]
     share = None  # shared_share: the share of real copies is the data's, not a subset's
-    grids: list[Grid | None] = [None] * len(subsets)
+    grids: list[Grid | None] = [None] * len(subsets)  # each computed once when shared
     if shared_share:
         owners, n_owners = _owners(owner, len(pairs))
-        grids = [_grid(copy_sims[:, c], pairs[:, c], owners, n_owners, limit=limit)
-                 for c in subsets]
-        share = _share([g[1:] for g in grids if g is not None], n_owners,
-                       floor_recall=floor_recall, allowance=allowance)
+        computed = [_grid(copy_sims[:, c], pairs[:, c], owners, n_owners, limit=limit)
+                    for c in subsets]
+        share = _share([g[1:] for g in computed], n_owners, floor_recall=floor_recall,
+                       allowance=allowance)
+        grids = list(computed)
     for cols, grid in zip(subsets, grids):
         r = len(cols)
         cal = calibrate_rule(copy_sims[:, cols], pairs[:, cols],
