@@ -44,6 +44,7 @@ SECTIONS: dict[str, str] = {
     "train": "TrainConfig",
     "evaluate": "EvaluateConfig",
     "ensemble": "EnsembleConfig",
+    "members": "MembersConfig",
 }
 _EXTRA = {"MaxRates": "clean", "Fractions": "split", "AugmentConfig": "cache", "Phase": "train"}
 
@@ -75,6 +76,8 @@ def _unknown_key(key: str, valid: Sequence[str]) -> ParamsError:
 
 def _convert(value: Any, tp: Any, key: str) -> Any:
     """Convert one YAML value to the annotated type, or raise naming the key."""
+    if tp is Any:  # checked later against the section it changes (section members)
+        return value
     origin = get_origin(tp)
     if origin is Literal:
         choices = get_args(tp)
@@ -178,16 +181,41 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
                 kwargs[name] = f.default_factory()
                 continue
             raise ParamsError(f"missing key {key!r} in params.yaml")
-        value = _convert(data[name], hints[name], key)
-        if "range" in f.metadata and not isinstance(value, str):  # "auto" has no range
-            _check_range(value, f.metadata["range"], key)
-        kwargs[name] = value
+        kwargs[name] = _field_value(f, hints[name], data[name], key)
+    return _checked(lambda: cls(**kwargs), prefix)
+
+
+def _field_value(f: dataclasses.Field, tp: Any, value: Any, key: str) -> Any:
+    """One field's YAML value converted to its type and checked against its range."""
+    value = _convert(value, tp, key)
+    if "range" in f.metadata and not isinstance(value, str):  # "auto" has no range
+        _check_range(value, f.metadata["range"], key)
+    return value
+
+
+def _checked(make: Any, prefix: str, sep: str = ".") -> Any:
+    """``make()``, a dataclass whose ``__post_init__`` checks rules between keys; its
+    error names where the keys are (``prefix`` + ``sep``) when it does not."""
     try:
-        return cls(**kwargs)
-    except ParamsError as exc:  # a rule between keys: name where it is when it does not
+        return make()
+    except ParamsError as exc:
         if str(exc).startswith(prefix):
             raise
-        raise ParamsError(f"{prefix}.{exc}") from None
+        raise ParamsError(f"{prefix}{sep}{exc}") from None
+
+
+def with_changes(config: Any, changes: Mapping[str, Any], prefix: str) -> Any:
+    """Section object ``config`` with the keys in ``changes`` replaced, each converted and
+    checked as in params.yaml and the rules between keys checked again (an ensemble
+    member's settings, section ``members``); errors name the keys under ``prefix``."""
+    fields = {f.name: f for f in dataclasses.fields(config)}
+    hints = get_type_hints(type(config))
+    kwargs = {}
+    for name, value in changes.items():
+        if name not in fields:
+            raise _unknown_key(f"{prefix}.{name}", list(fields))
+        kwargs[name] = _field_value(fields[name], hints[name], value, f"{prefix}.{name}")
+    return _checked(lambda: dataclasses.replace(config, **kwargs), prefix, ": ")
 
 
 def parse_sections(params: Mapping[str, Any], *names: str) -> tuple[Any, ...]:
@@ -226,7 +254,8 @@ def check_params(params: Mapping[str, Any]) -> dict[str, Any]:
 def check_members(sections: Mapping[str, Any]) -> None:
     """Each member list (ensemble.seeds, split.folds) and its combining stage
     (ensemble.combine) come together: dvc.yaml makes a stage per list item but the one
-    stage that combines a list only from ensemble.combine."""
+    stage that combines a list only from ensemble.combine. A member's own settings
+    (section members) name one of ensemble.seeds and valid train / model keys."""
     ensemble, split, cache = sections["ensemble"], sections["split"], sections["cache"]
     for kind, key, members in (("seeds", "ensemble.seeds", ensemble.seeds),
                                ("folds", "split.folds", split.folds)):
@@ -235,6 +264,17 @@ def check_members(sections: Mapping[str, Any]) -> None:
                           if members else (f"ensemble.combine names {kind!r}", f"{key} is []"))
             raise ParamsError(f"{have} but {lack}: set both, e.g. dvc exp run -S "
                               f"'{key}=[0,1,2]' -S 'ensemble.combine=[{kind}]', or neither")
+    members = sections["members"]
+    for section, changes in (("train", members.train), ("model", members.model)):
+        for seed, change in changes.items():
+            key = f"members.{section}.{seed}"
+            if seed not in ensemble.seeds:
+                raise ParamsError(f"{key}: {seed} is no seed in ensemble.seeds = "
+                                  f"{list(ensemble.seeds)}")
+            if section == "train" and "seed" in change:
+                raise ParamsError(f"{key}.seed: a member's train.seed is its item of "
+                                  f"ensemble.seeds ({seed}); leave it out")
+            with_changes(sections[section], change, key)
     if split.folds and cache.views:
         raise ParamsError(f"split.folds = {list(split.folds)} trains on val images too, and "
                           f"cache.views = {cache.views} has augmented views of train only: "

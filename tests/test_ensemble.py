@@ -1,5 +1,6 @@
 """Ensembles and k-fold cross-validation: folds, params rules, fold rows, the combination."""
 
+import dataclasses
 import json
 from collections import Counter
 
@@ -15,6 +16,7 @@ from pipeline.metrics import headline
 from pipeline.params.ensemble import EnsembleConfig
 from pipeline.splitting import SplitError, assign_folds
 from pipeline.stages import ensemble
+from pipeline.stages.member import member_settings
 
 from .conftest import repo_params
 
@@ -57,6 +59,9 @@ def test_more_folds_than_units_is_an_error():
 NONE = {"ensemble.seeds": [], "ensemble.combine": [], "split.folds": []}  # the defaults
 
 
+SEEDS = {"ensemble.seeds": [0, 1], "ensemble.combine": ["seeds"]}
+
+
 def _check(**overrides):
     params = repo_params(**{**NONE, **overrides})
     sections = dict(zip(SECTIONS, parse_sections(params, *SECTIONS)))
@@ -83,10 +88,34 @@ def test_default_params_train_no_member():
     ({"split.folds": [1, 2]}, r"split\.folds = \[1, 2\]: give \[\] or the fold numbers 0 to k-1"),
     ({"split.folds": [0]}, r"k >= 2"),
     ({"split.folds": [0, 1], "split.method": "temporal"}, r"split\.method temporal"),
+    # a member's own settings: one of ensemble.seeds, valid keys and values, no seed
+    ({**SEEDS, "members.train": {2: {"lr": 0.01}}},
+     r"members\.train\.2: 2 is no seed in ensemble\.seeds = \[0, 1\]"),
+    ({**SEEDS, "members.train": {1: {"learning_rate": 0.01}}},
+     r"unknown key 'members\.train\.1\.learning_rate'"),
+    ({**SEEDS, "members.train": {1: {"lr": -1}}}, r"members\.train\.1\.lr = -1"),
+    ({**SEEDS, "members.train": {1: {"phases": [{"epochs": 1, "unfreeze": "sideways"}]}}},
+     r"members\.train\.1\.phases\[0\]\.unfreeze"),
+    ({**SEEDS, "members.train": {1: {"min_lr": 0.001, "schedule": "step"}}},
+     r"members\.train\.1: train\.min_lr and train\.cosine_epochs shape the cosine"),
+    ({**SEEDS, "members.train": {1: {"seed": 5}}}, r"members\.train\.1\.seed: a member's"),
+    ({**SEEDS, "members.model": {1: {"drop_rate": 2.0}}}, r"members\.model\.1\.drop_rate"),
+    ({**SEEDS, "members.train": {1: "fast"}}, r"members\.train\.1 = 'fast': expected a mapping"),
 ])
 def test_member_lists_and_their_combination_are_checked(overrides, message):
     with pytest.raises(ParamsError, match=message):
         _check(**overrides)
+
+
+def test_a_member_trains_with_its_own_settings_and_the_rest_with_the_sections():
+    sections = _check(**{**SEEDS, "members.train": {"1": {"label_smoothing": 0.0, "lr": "4e-3"}},
+                         "members.model": {0: {"drop_rate": 0.3}}})
+    train, model = sections["train"], sections["model"]
+    own = {s: member_settings(model, train, sections["members"], s) for s in (0, 1)}
+    assert own[0] == (dataclasses.replace(model, drop_rate=0.3),
+                      dataclasses.replace(train, seed=0))
+    assert own[1] == (model, dataclasses.replace(train, seed=1, label_smoothing=0.0, lr=4e-3))
+    assert train.label_smoothing == 0.1  # the sections themselves are left alone
 
 
 def test_both_kinds_together_are_accepted():

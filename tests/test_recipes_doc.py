@@ -6,6 +6,7 @@ model's head, the optimizer and the loss weights."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,12 +21,13 @@ from torch import nn
 
 from pipeline.backbones import load_trained
 from pipeline.cachefiles import bootstrap_rows, open_split, read_meta
-from pipeline.config import parse_sections
+from pipeline.config import check_params, parse_sections
 from pipeline.engine import predict
 from pipeline.finetune import resolve_auto
 from pipeline.models import layer_groups
 from pipeline.predict import Predictor
 from pipeline.stages import train
+from pipeline.stages.member import member_settings
 from pipeline.training import Setup, build_setup, sample_weights
 
 from .conftest import REPO, repo_params
@@ -213,13 +215,29 @@ def check_bagging(r: Applied) -> None:
     assert len(np.unique(sample)) < len(labels)  # drawn with replacement
 
 
+def check_hyper_ensemble(r: Applied) -> None:
+    sections = check_params(r.params)  # the members' keys checked against train and model
+    own = {seed: member_settings(sections["model"], sections["train"], sections["members"],
+                                 seed) for seed in sections["ensemble"].seeds}
+    assert own[0] == (sections["model"], dataclasses.replace(sections["train"], seed=0))
+    assert own[1][1] == dataclasses.replace(sections["train"], seed=1, label_smoothing=0.0)
+    assert sections["train"].label_smoothing > 0
+    assert [(p.epochs, p.unfreeze) for p in own[2][1].phase_list] == [(6, "head"), (6, "all")]
+    # member 1 trains with its own settings, and its model records them
+    model_cfg, train_cfg = own[1]
+    train.run(sections["base"], model_cfg, train_cfg, r.cache, r.out / "member1.pt",
+              r.out / "member1.json", r.out / "member1_curves", r.out / "member1_checkpoints")
+    meta = torch.load(r.out / "member1.pt", weights_only=True)["meta"]["params"]["train"]
+    assert (meta["seed"], meta["label_smoothing"]) == (1, 0.0)
+
+
 CHECKS: dict[str, Callable[[Applied], None]] = {
     "explicit-lrs": check_explicit_lrs, "gradual": check_gradual,
     "custom-head": check_custom_head, "run-patience": check_run_patience,
     "adam": check_adam, "sgd": check_sgd, "rmsprop": check_rmsprop,
     "exponential": check_exponential, "cosine-floor": check_cosine_floor,
     "mixup": check_mixup, "balanced": check_balanced, "class-weights": check_class_weights,
-    "tta": check_tta, "bagging": check_bagging}
+    "tta": check_tta, "bagging": check_bagging, "hyper-ensemble": check_hyper_ensemble}
 
 
 @pytest.fixture(scope="module")

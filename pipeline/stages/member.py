@@ -5,7 +5,8 @@ stage's run with ``train.seed`` set to the item, then the evaluate stage's run o
 model, writing ``models/seeds/<seed>.pt`` and under ``metrics/seeds/<seed>/`` the files
 the main model gets (train.json, eval.json, predictions.csv, predictions_val.csv, ...).
 ``ensemble@seeds`` then averages the members' probabilities. A seed equal to
-``train.seed`` gives the main model's weights again (training is deterministic).
+``train.seed`` gives the main model's weights again (training is deterministic), unless
+section ``members`` gives that member train or model settings of its own.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ from typing import Any
 
 from pipeline import paths
 from pipeline.cachefiles import ArraySplit
-from pipeline.config import load_sections
+from pipeline.config import load_sections, with_changes
 from pipeline.errors import run_stage
 from pipeline.params.base import BaseConfig
 from pipeline.params.evaluate import EvaluateConfig
+from pipeline.params.members import MembersConfig
 from pipeline.params.model import ModelConfig
 from pipeline.params.train import TrainConfig
 from pipeline.stages import evaluate as evaluate_stage
@@ -39,11 +41,24 @@ def train_and_evaluate(base: BaseConfig, model: ModelConfig, train: TrainConfig,
                               out_dir, val=None if data is None else data[1])
 
 
+def member_settings(model: ModelConfig, train: TrainConfig, members: MembersConfig,
+                    seed: int) -> tuple[ModelConfig, TrainConfig]:
+    """Member ``seed``'s model and train settings: the sections' own, with train.seed set
+    to ``seed`` and that member's keys from section ``members`` replaced."""
+    model = with_changes(model, members.model.get(seed, {}), f"members.model.{seed}")
+    train = with_changes(train, members.train.get(seed, {}), f"members.train.{seed}")
+    changed = {**members.model.get(seed, {}), **members.train.get(seed, {})}
+    if changed:
+        print(f"member {seed}: its own settings {changed}")
+    return model, dataclasses.replace(train, seed=seed)
+
+
 def main(seed: int) -> None:
     """Entry point of the DVC stage ``member@<seed>``."""
-    base, model, train, evaluate = load_sections("base", "model", "train", "evaluate")
-    train_and_evaluate(base, model, dataclasses.replace(train, seed=seed), evaluate,
-                       "seeds", seed)
+    base, model, train, evaluate, members = load_sections(
+        "base", "model", "train", "evaluate", "members")
+    model, train = member_settings(model, train, members, seed)
+    train_and_evaluate(base, model, train, evaluate, "seeds", seed)
 
 
 if __name__ == "__main__":
