@@ -1,6 +1,6 @@
-"""Command line of the pipeline: start on your own images (init), run it (run), use the
-trained model (predict, serve, export). Each stage also runs on its own: python -m
-pipeline.stages.<stage> --help."""
+"""Command line of the pipeline: start on your own images (init), run it (run), compare
+experiments (exps), use the trained model (predict, serve, export). Each stage also runs
+on its own: python -m pipeline.stages.<stage> --help."""
 
 from __future__ import annotations
 
@@ -23,6 +23,12 @@ from pipeline.summary import PAGES, SUMMARY_LATER, read_summary
 from pipeline.sweep import DEFAULT_METRIC, DEFAULT_SPACE
 
 MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb limit
+# `dvc exp show` narrowed to what fits a terminal: the params that differ between the rows,
+# no dependency hashes (their names hold a "/"), the headline metrics even where equal.
+# A plain `dvc exp show` cannot fit 160 columns: rich takes one separator per column of the
+# whole table (~190: every param, every code file) off the width before DVC folds any.
+EXPS_ARGS = ("--only-changed", "--drop", ".*/", "--keep",
+             "kept|leaks|best_epoch|accuracy|macro_f1|log_loss|ece")
 
 
 def predict_command(args: argparse.Namespace) -> None:
@@ -134,6 +140,13 @@ def run_command(args: argparse.Namespace, dvc_args: list[str]) -> None:
     sys.exit(code)
 
 
+def exps_command(args: argparse.Namespace, dvc_args: list[str]) -> None:
+    """``dvc exp show`` with :data:`EXPS_ARGS` and any further arguments; exit with its
+    code."""
+    sys.exit(subprocess.call([sys.executable, "-m", "dvc", "exp", "show", *EXPS_ARGS,
+                              *dvc_args]))
+
+
 def plots_template_command(args: argparse.Namespace) -> None:
     """Write the offline page template that `dvc plots show/diff` use."""
     from pipeline.offline_plots import write_template
@@ -189,7 +202,7 @@ def sweep_doc() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command line: init, run, predict, serve, export, sweep, plots-template."""
+    """The command line: init, run, exps, predict, serve, export, sweep, plots-template."""
     formatter = argparse.ArgumentDefaultsHelpFormatter
     parser = argparse.ArgumentParser(prog="python -m pipeline", formatter_class=formatter,
                                      description=__doc__)
@@ -219,6 +232,16 @@ def build_parser() -> argparse.ArgumentParser:
                                    "metrics, what clean and the leakage audit found, the "
                                    "pages to open).")
     r.set_defaults(func=run_command)
+    x = sub.add_parser("exps", formatter_class=formatter,
+                       usage="python -m pipeline exps [-h] [dvc exp show arguments ...]",
+                       help="compare experiments: dvc exp show narrowed to the params that "
+                            "differ and the headline metrics",
+                       description=f"Runs `dvc exp show {' '.join(EXPS_ARGS)}` with any "
+                                   f"further arguments (--no-pager, -n 5, --csv, ...): the "
+                                   f"params that differ between the rows, the headline "
+                                   f"metrics, no dependency hashes, so that it fits a "
+                                   f"160-column terminal.")
+    x.set_defaults(func=exps_command)
     p = sub.add_parser("predict", formatter_class=formatter,
                        help="classify image files or folders (recursive) into a CSV")
     p.add_argument("inputs", nargs="+", type=Path, help="image files or folders")
@@ -296,11 +319,11 @@ def main(argv: list[str] | None = None) -> None:
     """Parse the command line and run a subcommand."""
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if extra and args.command != "run":  # only run passes arguments on (to dvc repro)
+    if extra and args.command not in ("run", "exps"):  # these pass arguments on to dvc
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
-        if args.command == "run":
-            run_command(args, extra)
+        if args.command in ("run", "exps"):
+            args.func(args, extra)
         else:
             args.func(args)
     except PipelineError as exc:

@@ -74,11 +74,14 @@ def test_pipeline_help_lists_the_subcommands_with_defaults(capsys):
         cli.main(["--help"])
     assert done.value.code == 0
     out = capsys.readouterr().out
-    for command in ("init", "run", "predict", "serve", "export"):
+    for command in ("init", "run", "exps", "predict", "serve", "export"):
         assert f"    {command} " in out
     with pytest.raises(SystemExit):
         cli.main(["predict", "--help"])
     assert "(default: models/model.pt)" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as done:  # exps: its help, not dvc's table
+        cli.main(["exps", "--help"])
+    assert done.value.code == 0 and "--only-changed" in capsys.readouterr().out
 
 
 def test_export_help_does_no_work_and_a_missing_model_is_one_line(tmp_path, monkeypatch,

@@ -71,6 +71,14 @@ def test_two_trial_sweep_records_dvc_experiments(tmp_path):
         assert train["phases"] == [{"epochs": 2, "unfreeze": "head", "lr_mult": 5.0}]
         best = data["metrics"]["metrics/train.json"]["data"]["best_val_accuracy"]
         assert best == pytest.approx(float(row["metrics/train.json:best_val_accuracy"]))
+    # python -m pipeline exps: both trials, train.lr and the headline metrics in 160
+    # columns (the params after train.lr fold into "…" first)
+    table = sh("env", "COLUMNS=160", sys.executable, "-m", "pipeline", "exps", "--no-pager",
+               cwd=work, stderr=False)
+    assert all(len(line) <= 160 for line in table.splitlines()), table
+    for shown_name in ("[tiny-000]", "[tiny-001]", "train.lr", "best_epoch", "accuracy",
+                       "macro_f1", "log_loss"):
+        assert shown_name in table, table
     # the same command again continues the study: 2 trials already, nothing to run
     again = sh(sys.executable, "-m", "pipeline", "sweep", "--name", "tiny", "--trials", "2",
                 "--param", "train.lr=log:1e-3:1e-2", "--param", "train.label_smoothing=0:0.2",
