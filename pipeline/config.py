@@ -248,6 +248,14 @@ def check_params(params: Mapping[str, Any]) -> dict[str, Any]:
     backbones.check_model_config(backbones.BackboneSpec(embed.model, embed.weights),
                                  section="embed", weights_file=True)
     check_members(sections)
+    for seed, change in sections["members"].model.items():  # a member's own backbone
+        key = f"members.model.{seed}"
+        if {"name", "weights"} & set(change):
+            try:
+                backbones.check_model_config(with_changes(sections["model"], change, key),
+                                             weights_file=True)
+            except PipelineError as exc:
+                raise type(exc)(f"{key}: {exc}") from None
     return sections
 
 

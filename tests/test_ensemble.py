@@ -10,8 +10,8 @@ import pytest
 
 from pipeline import paths
 from pipeline.cachefiles import CacheMeta, fold_splits, write_meta
-from pipeline.config import SECTIONS, check_members, parse_sections
-from pipeline.errors import ParamsError, run_stage
+from pipeline.config import SECTIONS, check_members, check_params, parse_sections
+from pipeline.errors import ParamsError, PipelineError, run_stage
 from pipeline.metrics import headline
 from pipeline.params.ensemble import EnsembleConfig
 from pipeline.splitting import SplitError, assign_folds
@@ -116,6 +116,12 @@ def test_a_member_trains_with_its_own_settings_and_the_rest_with_the_sections():
                       dataclasses.replace(train, seed=0))
     assert own[1] == (model, dataclasses.replace(train, seed=1, label_smoothing=0.0, lr=4e-3))
     assert train.label_smoothing == 0.1  # the sections themselves are left alone
+
+
+def test_a_members_backbone_is_checked_before_any_work():
+    params = repo_params(**{**NONE, **SEEDS, "members.model": {1: {"name": "resnet_5"}}})
+    with pytest.raises(PipelineError, match=r"members\.model\.1: model\.name = 'resnet_5'"):
+        check_params(params)
 
 
 def test_both_kinds_together_are_accepted():
