@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import re
 from collections import Counter
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 
 from pipeline import paths
 from pipeline.cachefiles import CacheMeta, fold_splits, write_meta
-from pipeline.config import SECTIONS, check_members, check_params, parse_sections
+from pipeline.config import SECTIONS, check_members, check_params, load_sections, parse_sections
 from pipeline.errors import ParamsError, PipelineError, run_stage
 from pipeline.metrics import headline
 from pipeline.params.ensemble import EnsembleConfig
@@ -18,7 +19,7 @@ from pipeline.splitting import SplitError, assign_folds
 from pipeline.stages import ensemble
 from pipeline.stages.member import member_settings
 
-from .conftest import repo_params
+from .conftest import REPO, repo_params
 
 # ----------------------------------------------------------------------------- folds
 
@@ -122,6 +123,23 @@ def test_a_members_backbone_is_checked_before_any_work():
     params = repo_params(**{**NONE, **SEEDS, "members.model": {1: {"name": "resnet_5"}}})
     with pytest.raises(PipelineError, match=r"members\.model\.1: model\.name = 'resnet_5'"):
         check_params(params)
+
+
+def test_the_documented_set_params_give_a_member_its_own_setting(tmp_path):
+    # the `dvc exp run -S ...` of docs/recipes.md's hyper-ensemble, applied by DVC's own
+    # override code to the repo's params.yaml
+    from dvc.utils.hydra import apply_overrides
+
+    doc = (REPO / "docs" / "recipes.md").read_text()
+    command = doc[doc.index("<!-- recipe: hyper-ensemble -->"):].split("```bash\n")[1]
+    overrides = re.findall(r"-S '([^']+)'", command.split("```")[0])
+    assert any(o.startswith("++members.train=") for o in overrides), overrides
+    path = tmp_path / "params.yaml"
+    path.write_text((REPO / "params.yaml").read_text())
+    apply_overrides(str(path), overrides)
+    model, train, members = load_sections("model", "train", "members", path=path)
+    assert member_settings(model, train, members, 1)[1].label_smoothing == 0.0
+    assert member_settings(model, train, members, 2)[1] == dataclasses.replace(train, seed=2)
 
 
 def test_both_kinds_together_are_accepted():
