@@ -45,11 +45,11 @@ def member_settings(model: ModelConfig, train: TrainConfig, members: MembersConf
                     seed: int) -> tuple[ModelConfig, TrainConfig]:
     """Member ``seed``'s model and train settings: the sections' own, with train.seed set
     to ``seed`` and that member's keys from section ``members`` replaced."""
-    model = with_changes(model, members.model.get(seed, {}), f"members.model.{seed}")
-    train = with_changes(train, members.train.get(seed, {}), f"members.train.{seed}")
-    changed = {**members.model.get(seed, {}), **members.train.get(seed, {})}
-    if changed:
-        print(f"member {seed}: its own settings {changed}")
+    own = {"model": members.model.get(seed, {}), "train": members.train.get(seed, {})}
+    model = with_changes(model, own["model"], f"members.model.{seed}")
+    train = with_changes(train, own["train"], f"members.train.{seed}")
+    if own["model"] or own["train"]:
+        print(f"member {seed}: its own settings {own}")
     return model, dataclasses.replace(train, seed=seed)
 
 
