@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import PipelineError
+from pipeline.files import write_text
 
 META = "meta.json"
 
@@ -52,7 +53,7 @@ class CacheMeta:
 
 def write_meta(out_dir: Path, meta: CacheMeta) -> None:
     """Write ``meta.json`` into the cache folder."""
-    (Path(out_dir) / META).write_text(meta.to_json())
+    write_text(Path(out_dir) / META, meta.to_json())
 
 
 def read_meta_text(cache_dir: Path) -> str:

@@ -15,6 +15,7 @@ from typing import Any
 
 from pipeline.calibrate import Calibration
 from pipeline.errors import PipelineError
+from pipeline.files import write_text
 
 
 def write(path: Path, cal: Calibration, *, calibrated: bool) -> None:
@@ -25,8 +26,7 @@ def write(path: Path, cal: Calibration, *, calibrated: bool) -> None:
         "recall": cal.recall, "false_match_rate": cal.false_match_rate,
         "separable": cal.separable, "recall_by_kind": cal.recall_by_kind,
         "copy_share": cal.copy_share, "note": cal.note}
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(raw, indent=1) + "\n")
+    write_text(Path(path), json.dumps(raw, indent=1) + "\n")
 
 
 def read(path: Path) -> Calibration:

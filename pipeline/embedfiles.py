@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import PipelineError
+from pipeline.files import save_npy, write_text
 
 EMBEDDINGS = "embeddings.npy"
 META = "meta.json"
@@ -59,8 +60,8 @@ def write(out_dir: Path, embeddings: np.ndarray, meta: EmbedMeta) -> None:
     """Write both files (key order fixed: the stage's output hash depends on it)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    np.save(out_dir / EMBEDDINGS, embeddings)
-    (out_dir / META).write_text(json.dumps(
+    save_npy(out_dir / EMBEDDINGS, embeddings)
+    write_text(out_dir / META, json.dumps(
         {"ids": meta.ids, "valid": meta.valid, "pixel_hash": meta.pixel_hash,
          "error": meta.error, "model": meta.model, "image_size": meta.image_size,
          "image_size_reason": meta.image_size_reason, "backbone_size": meta.backbone_size,
@@ -122,7 +123,7 @@ def write_signals(out_dir: Path, signals: dict[str, np.ndarray]) -> None:
     """The pixel signals (every name of :data:`SIGNALS` but the embedding), row-aligned
     with the embeddings."""
     for name, file in _SIGNAL_FILES.items():
-        np.save(Path(out_dir) / file, _stored(name, signals[name]))
+        save_npy(Path(out_dir) / file, _stored(name, signals[name]))
 
 
 def write_copies(out_dir: Path, signals: dict[str, np.ndarray], source: np.ndarray,
@@ -130,8 +131,8 @@ def write_copies(out_dir: Path, signals: dict[str, np.ndarray], source: np.ndarr
     """The calibration copies: (M, D) per signal in :data:`SIGNALS`, each copy's source
     row (in the embeddings) and kind."""
     for name in SIGNALS:
-        np.save(Path(out_dir) / f"copies_{name}.npy", _stored(name, signals[name]))
-    (Path(out_dir) / COPIES).write_text(json.dumps(
+        save_npy(Path(out_dir) / f"copies_{name}.npy", _stored(name, signals[name]))
+    write_text(Path(out_dir) / COPIES, json.dumps(
         {"source": [int(i) for i in source], "kind": [str(k) for k in kinds]}) + "\n")
 
 

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import argparse
 import ast
+import errno
 import inspect
 import os
 import sys
 import textwrap
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
+from pipeline.files import declared_outputs, detach_links, free_bytes
 from pipeline.provenance import record_run
 
 
@@ -21,6 +24,19 @@ class PipelineError(Exception):
 
 class ParamsError(PipelineError):
     """A key in params.yaml is unknown, missing, mistyped or out of range."""
+
+
+def no_space_message(exc: OSError, outputs: Sequence[os.PathLike]) -> str:
+    """One line for a full disk: the file (when the OS named it), the folder and its free
+    space. Every output is written beside its path and renamed into place, so none is
+    left half-written."""
+    where = Path(exc.filename) if exc.filename else Path(next(iter(outputs), "."))
+    folder = where if where.is_dir() else where.parent
+    detail = (exc.strerror if exc.strerror and "No space left" not in exc.strerror else
+              f"writing {where}, {free_bytes(folder) / 2**20:.0f} MiB free under "
+              f"{folder.absolute()}")
+    return (f"no space left on device ({detail}): free some space and rerun; the previous "
+            f"outputs are unchanged")
 
 
 def sections_read(main: Callable[[], None]) -> list[str]:
@@ -79,13 +95,25 @@ def run_stage(name: str, main: Callable[..., None], argv: Sequence[str] | None =
     runs, named ``name@value`` in messages and the run record."""
     value = stage_arguments(name, main, sys.argv[1:] if argv is None else argv, item=item,
                             choices=choices)
+    stage = name
     if item:
         name = f"{name}@{value}"
+    detached = detach_links(declared_outputs(stage, value))
+    if detached:
+        print(f"[{name}] {len(detached)} output file(s) were links into DVC's cache (e.g. "
+              f"{detached[0]}): unlinked before writing, so the cache keeps its content "
+              f"(dvc checkout restores it)", file=sys.stderr)
     start = time.perf_counter()
     try:
         main(*([value if choices else int(value)] if item else []))
     except PipelineError as exc:
         print(f"[{name}] error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        print(f"[{name}] error: {no_space_message(exc, declared_outputs(stage, value))}",
+              file=sys.stderr)
         sys.exit(2)
     seconds = time.perf_counter() - start
     if os.environ.get("RANK", "0") == "0":  # one process of a torchrun job writes it

@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.errors import PipelineError
+from pipeline.files import write_csv
 
 BOOL_COLUMNS = ("keep",)
 # The names of the clean manifest's ``issues`` column (;-joined), in the order clean
@@ -55,7 +56,7 @@ def write_manifest(df: pd.DataFrame, path: Path) -> None:
     for column in BOOL_COLUMNS:
         if column in out:
             out[column] = out[column].map({True: "true", False: "false"})
-    out.to_csv(path, index=False, lineterminator="\n")
+    write_csv(out, path)  # renamed into place: never half a file, never through a link
 
 
 def resolve(root: Path, relative: str) -> Path:

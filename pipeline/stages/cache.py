@@ -17,10 +17,11 @@ which the train stage's ``auto`` settings follow) go to the cache's meta.json.
 from __future__ import annotations
 
 import json
-import shutil
+import os
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from numpy.lib.format import open_memmap
 from tqdm import tqdm
 
@@ -32,6 +33,7 @@ from pipeline.config import load_sections
 from pipeline.embedfiles import META as EMBED_META
 from pipeline.embedfiles import read_meta as read_embed_meta
 from pipeline.errors import PipelineError, run_stage
+from pipeline.files import atomic_dir, check_space, save_npy
 from pipeline.images import IMAGES, natural_key
 from pipeline.manifest import read_manifest, resolve
 from pipeline.modality import UnreadableItem
@@ -72,9 +74,30 @@ def run(data: DataConfig, cfg: CacheConfig, split_manifest: Path, out_dir: Path,
     classes = sorted(set(df["label"]), key=natural_key)
     class_index = {c: i for i, c in enumerate(classes)}
     root = Path(data.root)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True)
+    needed = sum(len(df[df["split"] == split]) * size * size * 3 *
+                 (1 + (cfg.views if split == "train" else 0)) for split in SPLITS)
+    check_space(out_dir.parent, needed, f"the cache at {size} px")
+    with atomic_dir(out_dir) as partial:  # the old cache stays whole until the new one is
+        meta = write_cache(df, root, partial, cfg, size, reason, profile, class_index)
+    print("cache: " + ", ".join(f"{s} {len(meta.ids[s])}" for s in SPLITS) +
+          f" images at {size}x{size}")
+    return json.loads(meta.to_json())
+
+
+def _allocated(path: Path, shape: tuple[int, ...]) -> np.memmap:
+    """A new (N, S, S, 3) uint8 .npy memory map with its blocks reserved on disk: a disk
+    that fills up fails here with ENOSPC, never later as a SIGBUS while writing a row."""
+    array = open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
+    with open(path, "r+b") as fh:
+        os.posix_fallocate(fh.fileno(), 0, os.path.getsize(path))
+    return array
+
+
+def write_cache(df: pd.DataFrame, root: Path, out_dir: Path, cfg: CacheConfig, size: int,
+                reason: str, profile: str, class_index: dict[str, int]) -> CacheMeta:
+    """Decode, fit and store every split's images, labels and train views in
+    ``out_dir``; return the meta written beside them."""
+    classes = list(class_index)
     meta = CacheMeta(classes=classes, image_size=size, fit=cfg.fit, views=cfg.views, ids={},
                      image_size_reason=reason, profile=profile)
     transform = view_transform(cfg.augment, size)
@@ -82,11 +105,9 @@ def run(data: DataConfig, cfg: CacheConfig, split_manifest: Path, out_dir: Path,
         rows = df[df["split"] == split].sort_values("image_id", kind="stable")
         shape = (len(rows), size, size, 3)
         # open_memmap writes row by row: the stage's memory does not grow with N.
-        images = open_memmap(out_dir / images_name(split), mode="w+", dtype=np.uint8,
-                             shape=shape)
+        images = _allocated(out_dir / images_name(split), shape)
         k_views = cfg.views if split == "train" else 0
-        views = [open_memmap(out_dir / images_name(split, k), mode="w+",
-                             dtype=np.uint8, shape=shape) for k in range(k_views)]
+        views = [_allocated(out_dir / images_name(split, k), shape) for k in range(k_views)]
         for i, rel in enumerate(tqdm(rows["path"], desc=f"cache {split}", mininterval=1.0)):
             try:
                 pixels = IMAGES.decode(resolve(root, rel), max_pixels=MAX_PIXELS)
@@ -103,12 +124,10 @@ def run(data: DataConfig, cfg: CacheConfig, split_manifest: Path, out_dir: Path,
             array.flush()
         del images, views
         labels = np.array([class_index[c] for c in rows["label"]], dtype=np.int64)
-        np.save(out_dir / labels_name(split), labels)
+        save_npy(out_dir / labels_name(split), labels)
         meta.ids[split] = list(rows["image_id"])
     write_meta(out_dir, meta)
-    print("cache: " + ", ".join(f"{s} {len(meta.ids[s])}" for s in SPLITS) +
-          f" images at {size}x{size}")
-    return json.loads(meta.to_json())
+    return meta
 
 
 def main() -> None:

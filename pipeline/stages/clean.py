@@ -49,7 +49,7 @@ from pipeline.calibrate import (
 from pipeline.config import load_sections
 from pipeline.embedfiles import SIGNALS, read_aligned, read_copies, read_signals
 from pipeline.errors import PipelineError, run_stage
-from pipeline.files import write_metrics
+from pipeline.files import write_csv, write_metrics, write_text
 from pipeline.manifest import (
     ISSUES,
     check_two_classes,
@@ -366,9 +366,9 @@ def run(data: DataConfig, cfg: CleanConfig, prepared: Path, embed_dir: Path, out
     write_manifest(out, output)
     review = review_table(df, out, findings)
     review_out.parent.mkdir(parents=True, exist_ok=True)
-    review.to_csv(review_out, index=False, lineterminator="\n", float_format="%.6g")
+    write_csv(review, review_out, float_format="%.6g")
     notes = data_notes(data, list(df["path"]), embed_meta.notes)
-    review_html.write_text(review_page(review, Path(data.root), actions=ACTIONS, notes=notes))
+    write_text(review_html, review_page(review, Path(data.root), actions=ACTIONS, notes=notes))
 
     counts: dict[str, Any] = {"images": len(ids), "kept": int(keep.sum())}
     counts |= {name: int(found.sum()) for name, found in findings.found.items()}

@@ -16,6 +16,7 @@ from sklearn.datasets import load_digits
 
 from pipeline import paths
 from pipeline.errors import run_stage
+from pipeline.files import write_csv
 
 
 def run(root: Path, manifest: Path) -> int:
@@ -31,8 +32,7 @@ def run(root: Path, manifest: Path) -> int:
         (root / relative).parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(image).save(root / relative)  # (8, 8) uint8: mode L
         rows.append({"path": relative.as_posix(), "label": str(target)})
-    manifest.parent.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(rows).to_csv(manifest, index=False, lineterminator="\n")
+    write_csv(pd.DataFrame(rows), manifest)
     return len(rows)
 
 

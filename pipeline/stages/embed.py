@@ -41,6 +41,7 @@ from pipeline.calibrate import (
 from pipeline.config import load_sections
 from pipeline.embedfiles import EmbedMeta
 from pipeline.errors import PipelineError, run_stage
+from pipeline.files import atomic_dir
 from pipeline.images import IMAGES
 from pipeline.inputs import ImageInput
 from pipeline.manifest import read_manifest, resolve
@@ -182,7 +183,8 @@ def main() -> None:
     base, data, embed = load_sections("base", "data", "embed")
     assert isinstance(base, BaseConfig)
     pin_cpu(deterministic=base.deterministic)  # first: kernels are chosen at first use
-    run(data, embed, paths.PREPARED, paths.EMBED_DIR)
+    with atomic_dir(paths.EMBED_DIR) as partial:  # the old folder stays whole until then
+        run(data, embed, paths.PREPARED, partial)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ from pipeline.cachefiles import open_split, read_meta
 from pipeline.config import load_sections
 from pipeline.engine import batches
 from pipeline.errors import PipelineError, run_stage
-from pipeline.files import atomic_path
+from pipeline.files import atomic_path, write_text
 from pipeline.inputs import ImageInput
 from pipeline.params.base import BaseConfig
 from pipeline.provenance import record_run
@@ -96,7 +96,7 @@ def run(model_path: Path, cache_dir: Path, out_dir: Path, metrics_out: Path, *,
     report |= {f"{n}_argmax_disagreements": v for n, v in disagree.items()}
     report["test_images"] = len(test.labels)
     metrics_out.parent.mkdir(parents=True, exist_ok=True)
-    metrics_out.write_text(json.dumps(report, indent=2) + "\n")
+    write_text(metrics_out, json.dumps(report, indent=2) + "\n")
     if run_record is not None:
         record_run("export", {"onnx_max_prob_diff": diffs["onnx"]}, path=run_record)
     print(f"export: {', '.join(f'{k} {v}' for k, v in report.items())}, onnx max prob diff "

@@ -35,7 +35,7 @@ from pipeline.calibrate import Calibration, Signal, as_signals
 from pipeline.config import load_sections
 from pipeline.embedfiles import SIGNALS, read_rows, read_signals
 from pipeline.errors import PipelineError, run_stage
-from pipeline.files import write_metrics
+from pipeline.files import write_csv, write_metrics, write_text
 from pipeline.leakage import KINDS, Leak, audit, train_rows_to_drop
 from pipeline.leakage_page import leakage_page
 from pipeline.manifest import check_two_classes, read_manifest, write_manifest
@@ -366,11 +366,11 @@ def run(base: BaseConfig, data: DataConfig, cfg: SplitConfig, clean: Path, embed
     found = {kind: sum(leak.kind == kind for leak in leaks) for kind in KINDS}
     pairs = leakage_table(out, leaks)
     leakage_csv.parent.mkdir(parents=True, exist_ok=True)
-    pairs.to_csv(leakage_csv, index=False, lineterminator="\n", float_format="%.4f")
+    write_csv(pairs, leakage_csv, float_format="%.4f")
     drop = rows_to_drop(out, leaks, cfg)
     dropped = int(drop.sum())
     summary = page_summary(out, cfg, found, bool(leaks), dropped)
-    leakage_html.write_text(leakage_page(pairs, Path(data.root), summary=summary))
+    write_text(leakage_html, leakage_page(pairs, Path(data.root), summary=summary))
     if leaks:
         out = ON_LEAKAGE[cfg.leakage_policy](LeakPolicy(
             cfg, out, leaks, drop, embeddings, hashes,
