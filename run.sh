@@ -30,8 +30,9 @@ setup() {
     "$VENV/bin/python" -m pip install --no-deps --no-build-isolation -e .
     touch "$VENV/.installed"
   fi
-  # `dvc plots show/diff` draw offline: .dvc/config names this page template, which
-  # inlines the Vega libraries of the locked vl-convert-python wheel
+  # `dvc plots show/diff` draw offline: .dvc/config names this committed page template,
+  # which inlines the Vega libraries of the locked vl-convert-python wheel; rewritten
+  # (only if it changes) after an install
   if [ ! -f .dvc/offline_plots.html ] || [ "$VENV/.installed" -nt .dvc/offline_plots.html ]; then
     "$VENV/bin/python" -m pipeline plots-template
   fi

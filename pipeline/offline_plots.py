@@ -4,7 +4,9 @@ DVC's own page loads Vega, Vega-Lite and Vega-Embed from a CDN, so offline it sh
 nothing. This writes DVC's page template with those libraries inlined, taken from the
 pinned vl-convert-python wheel (BSD-3-Clause; its JavaScript bundle is the libraries'
 own BSD-3-Clause code). `.dvc/config` names the file (`plots.html_template`), so plain
-`dvc plots show` and `dvc plots diff` use it; `bash run.sh` writes it after installing.
+`dvc plots show` and `dvc plots diff` use it. The file is committed, so a clone set up
+any way draws plots; `bash run.sh` rewrites it only when a new wheel changes it (a test
+fails while the committed one is stale).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.offline_plots import write_template
+from pipeline.offline_plots import TEMPLATE, template_html, write_template
 
 from .conftest import REPO
 
@@ -30,11 +30,19 @@ def test_template_inlines_vega_and_keeps_dvc_placeholders(template):
     assert "Vega-Lite 5.21" in page
 
 
-def test_repo_config_names_the_template_and_git_ignores_it():
+def test_repo_config_names_the_committed_template_and_it_is_current():
+    """A clone set up without run.sh (an existing environment, an editor's DVC extension)
+    has the template from git: it must be tracked and equal what the locked wheel gives
+    (``python -m pipeline plots-template`` rewrites it after an upgrade)."""
     config = (REPO / ".dvc/config").read_text()
     assert "html_template = offline_plots.html" in config
     ignored = (REPO / ".gitignore").read_text().splitlines()
-    assert "/.dvc/offline_plots.html" in ignored and "dvc_plots/" in ignored
+    assert "/.dvc/offline_plots.html" not in ignored and "dvc_plots/" in ignored
+    tracked = subprocess.run(["git", "ls-files", "--error-unmatch", ".dvc/offline_plots.html"],
+                             cwd=REPO, capture_output=True, text=True)
+    assert tracked.returncode == 0, "commit .dvc/offline_plots.html"
+    assert (REPO / TEMPLATE).read_text(encoding="utf8") == template_html(), (
+        "stale: run python -m pipeline plots-template and commit .dvc/offline_plots.html")
 
 
 def _plots_page(project: Path, template: Path | None) -> Path:
@@ -63,6 +71,11 @@ def test_page_draws_its_chart_offline_and_dvcs_own_page_does_not(template, tmp_p
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "1 charts, 1 drawn" in done.stdout
+    # the committed template, as a fresh clone has it without run.sh, draws the same
+    page = _plots_page(tmp_path / "clone", REPO / TEMPLATE)
+    done = subprocess.run([*script, str(page), "--screenshot", str(tmp_path / "c.png")],
+                          capture_output=True, text=True)
+    assert done.returncode == 0 and "1 charts, 1 drawn" in done.stdout, done.stdout
     # DVC's own page (Vega from a CDN) draws nothing with the network off: the check fails
     page = _plots_page(tmp_path / "cdn", None)
     done = subprocess.run([*script, str(page), "--screenshot", str(tmp_path / "b.png")],
