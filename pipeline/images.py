@@ -162,10 +162,12 @@ def thumbnail_png(pixels: np.ndarray, size: int = 96) -> bytes:
     return buffer.getvalue()
 
 
-def natural_key(text: str) -> tuple[tuple[int, int | str], ...]:
-    """Sort key that orders "2" before "10" (class folders named by numbers)."""
+def natural_key(text: str) -> tuple[tuple[tuple[int, int | str], ...], str]:
+    """Sort key that orders "2" before "10" (class folders named by numbers); names whose
+    numbers tie ("01" and "1", "007" and "7") follow their text, so the order never
+    depends on the order they came in (a set's follows PYTHONHASHSEED)."""
     return tuple((0, int(part)) if part.isdigit() else (1, part)
-                 for part in re.split(r"(\d+)", text) if part)
+                 for part in re.split(r"(\d+)", text) if part), text
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
