@@ -163,3 +163,20 @@ def save_npy(path: Path, array: np.ndarray) -> None:
     """``np.save(path, array)`` through :func:`atomic_path`."""
     with atomic_path(Path(path)) as partial:
         np.save(partial, array)
+
+
+def utf8_path(path: str) -> str:
+    """``path`` as it can be written to a UTF-8 file: a name that is not valid UTF-8
+    (Python holds its bytes as surrogates, e.g. ``caf\\udce9.png``) gets each such byte
+    as ``\\xNN`` (``caf\\xe9.png``); valid names come back unchanged."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def non_utf8_original(path: Path | str) -> bytes | None:
+    """The file a :func:`utf8_path` name stands for, as bytes, when ``path`` itself does
+    not exist but that file does; else None."""
+    text = str(path)
+    if "\\x" not in text or os.path.lexists(text):
+        return None
+    raw = re.sub(rb"\\x([0-9a-f]{2})", lambda m: bytes([int(m[1], 16)]), text.encode())
+    return raw if os.path.lexists(raw) else None

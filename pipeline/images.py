@@ -16,6 +16,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from pipeline.files import non_utf8_original
 from pipeline.modality import UnreadableItem
 
 # Broken files must fail, never train on half an image.
@@ -37,9 +38,27 @@ def _stat_problem(path: Path, exc: OSError) -> str:
         return "symbolic link loop (too many levels of symbolic links)"
     if exc.errno == errno.ENOENT and os.path.islink(path):
         return f"dangling symbolic link (to {os.readlink(path)!r}, which does not exist)"
+    if exc.errno == errno.ENOENT and non_utf8_original(path):
+        return ("file name is not valid UTF-8 (shown with \\xNN escapes): never opened; "
+                "rename the file to read it")
     if exc.errno == errno.ENOENT:
         return "file not found"
     return f"cannot read: {exc.strerror}"
+
+
+def not_regular(path: Path | str) -> str:
+    """Why ``path`` is no regular file to read, in words ("" when it is one, symbolic
+    links followed): a FIFO, device, socket or folder (found with ``os.stat``, never
+    opened: a FIFO would block, ``/dev/zero`` never ends), a symbolic link loop, a
+    dangling link or a missing file."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        return _stat_problem(Path(path), exc)
+    if not stat.S_ISREG(mode):
+        kind = FILE_KINDS.get(stat.S_IFMT(mode), "not a plain file")
+        return f"{kind}, not a regular file: never opened"
+    return ""
 
 
 def open_regular(path: Path | str) -> BinaryIO:
@@ -49,13 +68,9 @@ def open_regular(path: Path | str) -> BinaryIO:
     (checked with ``os.stat`` before opening: a FIFO would block, ``/dev/zero`` never
     ends), a symbolic link loop, a dangling link or a missing file.
     """
-    try:
-        mode = os.stat(path).st_mode
-    except OSError as exc:
-        raise UnreadableImage(_stat_problem(Path(path), exc)) from None
-    if not stat.S_ISREG(mode):
-        kind = FILE_KINDS.get(stat.S_IFMT(mode), "not a plain file")
-        raise UnreadableImage(f"{kind}, not a regular file: never opened")
+    problem = not_regular(path)
+    if problem:
+        raise UnreadableImage(problem)
     try:  # O_NONBLOCK: a file swapped for a FIFO after the check still cannot block
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as exc:
@@ -170,7 +185,10 @@ def natural_key(text: str) -> tuple[tuple[tuple[int, int | str], ...], str]:
                  for part in re.split(r"(\d+)", text) if part), text
 
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+# What predict reads from a folder (the rest it lists as skipped); prepare lists every
+# file. Pillow decodes all of these (AVIF where it was built with libavif).
+IMAGE_SUFFIXES = (".png", ".apng", ".jpg", ".jpeg", ".jpe", ".jfif", ".bmp", ".gif", ".tif",
+                  ".tiff", ".webp", ".avif")
 
 
 class ImageCodec:

@@ -486,3 +486,35 @@ def test_pixel_budget_bounds_pixels_in_flight():
 def test_decode_of_an_in_memory_upload_keeps_the_callers_file_open():
     buf = io.BytesIO(_png(class_image(0, 0)))
     assert decode_image(buf, max_pixels=MAX_PIXELS).shape == (20, 20, 3) and not buf.closed
+
+
+def test_a_file_name_that_is_not_utf8_is_an_unreadable_row_dvc_never_hashes(src, tmp_path):
+    """``caf\\xe9.png`` (Latin-1 bytes in a name): prepare lists it escaped in a complete
+    UTF-8 manifest, decoding it gives the reason, and the .dvcignore rule keeps
+    `dvc status` (which fails on such a name) working."""
+    for i in range(4):
+        (src / f"c{i % 2}").mkdir(exist_ok=True)
+        Image.fromarray(class_image(i % 2, i)).save(src / f"c{i % 2}" / f"ok{i}.png")
+    Image.fromarray(class_image(0, 9)).save(os.fsdecode(bytes(src / "c0") + b"/caf\xe9.png"))
+    freeze(src)
+    root = tmp_path  # the repository, src = root/images inside it
+    df = prepare.run(_data(src), root / "prepared.csv", ignore=root / ".dvcignore")
+    written = (root / "prepared.csv").read_text(encoding="utf8")
+    assert len(df) == 5 and written.count("\n") == 6 and "c0/caf\\xe9.png" in written
+    with pytest.raises(UnreadableImage) as caught:
+        IMAGES.decode(src / "c0/caf\\xe9.png", max_pixels=MAX_PIXELS)
+    assert str(caught.value) == ("file name is not valid UTF-8 (shown with \\xNN escapes): "
+                                 "never opened; rename the file to read it")
+    rules = (root / ".dvcignore").read_text(encoding="utf8").splitlines()
+    assert "/images/c0/caf?.png" in rules, rules
+    dvc = shutil.which("dvc") or pytest.skip("dvc not installed")
+    env = dict(os.environ, DVC_NO_ANALYTICS="1")
+    run = lambda *a: subprocess.run(a, cwd=root, env=env, capture_output=True,  # noqa
+                                    text=True, timeout=60)
+    run("git", "init", "-q")
+    run(dvc, "init", "-q")
+    (root / "dvc.yaml").write_text("stages:\n  list:\n    cmd: ls -R images > out.txt\n"
+                                   "    deps: [images]\n    outs: [out.txt]\n")
+    assert run(dvc, "repro", "-q").returncode == 0
+    status = run(dvc, "status")
+    assert status.returncode == 0 and "up to date" in status.stdout, status.stderr

@@ -25,6 +25,7 @@ from tqdm import tqdm
 from pipeline import paths
 from pipeline.config import load_sections
 from pipeline.errors import PipelineError, run_stage
+from pipeline.files import utf8_path
 from pipeline.images import file_sha256
 from pipeline.manifest import check_two_classes, empty_class_folders, resolve, write_manifest
 from pipeline.modality import UnreadableItem
@@ -66,7 +67,9 @@ def list_folder(root: Path) -> pd.DataFrame:
                 # not only regular files: FIFOs, loops and dangling links become rows
                 # that embed reports as unreadable
                 if not file.is_dir() and _visible(rel):
-                    row = {"path": rel.as_posix(), "label": class_dir.name}
+                    # a name that is not UTF-8 is listed escaped: embed marks it
+                    # unreadable with that reason, .dvcignore keeps DVC off it
+                    row = {"path": utf8_path(rel.as_posix()), "label": class_dir.name}
                     if split:
                         row["split"] = split
                     rows.append(row)
@@ -105,7 +108,36 @@ def read_csv_source(manifest: Path) -> pd.DataFrame:
     if len(empty):
         raise PipelineError(f"{manifest}: row(s) {', '.join(str(i + 2) for i in empty[:5])} "
                             f"have an empty path or label")
+    check_split_values(df, manifest)
     return df[[c for c in df if c in ("path", "label", *OPTIONAL_COLUMNS)]]
+
+
+SPLIT_SYNONYMS = {"training": "train", "validation": "val", "valid": "val", "dev": "val",
+                  "testing": "test"}
+
+
+def check_split_values(df: pd.DataFrame, manifest: Path) -> None:
+    """A CSV's split column says train, val or test in every row, or nothing in every row
+    (no recorded split): stop here on anything else (``TRAIN``, ``validation``, a row
+    left empty), which the split stage would refuse only after embed and clean ran."""
+    if "split" not in df or (df["split"] == "").all():
+        return
+    wrong = df["split"][(df["split"] != "") & ~df["split"].isin(SPLIT_DIRS)]
+    if len(wrong):
+        values = list(dict.fromkeys(wrong))
+        meant = {v: SPLIT_SYNONYMS.get(v.strip().lower(), v.strip().lower()) for v in values}
+        hint = ", ".join(f"{m} for {v!r}" for v, m in meant.items() if m in SPLIT_DIRS)
+        raise PipelineError(
+            f"{manifest}: column split has {', '.join(map(repr, values[:5]))} (line(s) "
+            f"{', '.join(str(i + 2) for i in wrong.index[:5])}); use train, val or test, in "
+            f"lower case{f' (e.g. {hint})' if hint else ''}, or leave the column empty in "
+            f"every row to let split.method divide the images")
+    blank = df.index[df["split"] == ""]
+    if len(blank):
+        raise PipelineError(
+            f"{manifest}: line(s) {', '.join(str(i + 2) for i in blank[:5])} have an empty "
+            f"split while the others have one; give every row train, val or test, or leave "
+            f"the column empty in every row")
 
 
 def assign_ids(df: pd.DataFrame, root: Path) -> pd.DataFrame:
@@ -154,13 +186,14 @@ def check_inside(df: pd.DataFrame, root: Path, *, allow_outside: bool) -> None:
 
 def unhashable(root: Path) -> list[Path]:
     """Entries under ``root`` that DVC cannot hash: FIFOs (reading one blocks), devices,
-    sockets, symbolic link loops and dangling links (DVC stops on them)."""
+    sockets, symbolic link loops and dangling links (DVC stops on them), and names that
+    are not valid UTF-8 (DVC fails on them)."""
     found = []
     for folder, _, names in os.walk(root):
         for name in names:
             path = Path(folder, name)
             try:
-                if stat.S_ISREG(os.stat(path).st_mode):
+                if stat.S_ISREG(os.stat(path).st_mode) and utf8_path(name) == name:
                     continue
             except OSError:
                 pass
@@ -175,6 +208,7 @@ IGNORE_END = "# <<< prepare"
 def ignore_rule(path: Path) -> str:
     """A .dvcignore line matching exactly this file (relative to the repository root)."""
     rule = re.sub(r"([\\*?\[])", r"\\\1", path.as_posix())
+    rule = re.sub("[\udc80-\udcff]", "?", rule)  # a byte that is not UTF-8: any character
     return "/" + (rule[:-1] + "\\ " if rule.endswith(" ") else rule)
 
 
@@ -191,8 +225,9 @@ def write_dvcignore(found: list[Path], ignore: Path) -> None:
     if new != old:
         ignore.write_text(new)
     if found:
-        print(f"warning: {len(found)} file(s) under data.root are special files or broken "
-              f"links ({', '.join(str(p) for p in found[:3])}): unreadable, never opened"
+        print(f"warning: {len(found)} file(s) under data.root are special files, broken "
+              f"links or names that are not UTF-8 ("
+              f"{', '.join(utf8_path(str(p)) for p in found[:3])}): unreadable, never opened"
               + (f"; rules in {ignore} keep DVC from hashing them" if inside else ""),
               file=sys.stderr)
 
