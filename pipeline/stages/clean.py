@@ -50,6 +50,7 @@ from pipeline.config import load_sections
 from pipeline.embedfiles import SIGNALS, read_aligned, read_copies, read_signals
 from pipeline.errors import PipelineError, run_stage
 from pipeline.files import write_csv, write_metrics, write_text
+from pipeline.labelfiles import for_spreadsheet
 from pipeline.manifest import (
     ISSUES,
     check_two_classes,
@@ -366,7 +367,9 @@ def run(data: DataConfig, cfg: CleanConfig, prepared: Path, embed_dir: Path, out
     write_manifest(out, output)
     review = review_table(df, out, findings)
     review_out.parent.mkdir(parents=True, exist_ok=True)
-    write_csv(review, review_out, float_format="%.6g")
+    # a list people open in a spreadsheet: no label or path runs there as a formula
+    write_csv(for_spreadsheet(review, ["path", "label", "suggested_label"]), review_out,
+              float_format="%.6g")
     notes = data_notes(data, list(df["path"]), embed_meta.notes)
     write_text(review_html, review_page(review, Path(data.root), actions=ACTIONS, notes=notes))
 

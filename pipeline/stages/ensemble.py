@@ -26,6 +26,12 @@ import pandas as pd
 from pipeline import paths
 from pipeline.config import load_sections
 from pipeline.errors import PipelineError, run_stage
+from pipeline.labelfiles import (
+    prediction_arrays,
+    prediction_classes,
+    read_predictions,
+    write_predictions,
+)
 from pipeline.manifest import read_folds
 from pipeline.metrics import apply_temperature, bootstrap_ci, calibrate_temperature, headline
 from pipeline.params.base import BaseConfig
@@ -41,20 +47,7 @@ def read_member(kind: str, item: int, split: str) -> pd.DataFrame:
     path = paths.member_metrics(kind, item) / name
     if not path.exists():
         raise PipelineError(f"{path} not found: run the member's stage first (dvc repro)")
-    return pd.read_csv(path, dtype={"label": str, "pred": str})
-
-
-def class_names(table: pd.DataFrame) -> list[str]:
-    """The classes, in the model's order, from a prediction table's prob_* columns."""
-    return [c.removeprefix("prob_") for c in table.columns if c.startswith("prob_")]
-
-
-def arrays(table: pd.DataFrame, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """(N,) label indices and (N, C) probabilities of a prediction table, in ``classes``
-    order."""
-    index = {c: k for k, c in enumerate(classes)}
-    return (table["label"].map(index).to_numpy(),
-            table[[f"prob_{c}" for c in classes]].to_numpy(dtype=float))
+    return read_predictions(path)
 
 
 def row_losses(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
@@ -83,13 +76,14 @@ def stack(kind: str, items: list[int], split: str) -> tuple[pd.DataFrame, list[s
     """The first member's table, the classes, (N,) labels and (M, N, C) probabilities of
     the members on one split; members must cover the same images in the same order."""
     tables = [read_member(kind, i, split) for i in items]
-    first, classes = tables[0], class_names(tables[0])
+    first, classes = tables[0], prediction_classes(tables[0])
     for item, table in zip(items, tables):
-        if class_names(table) != classes or list(table["image_id"]) != list(first["image_id"]):
+        if (prediction_classes(table) != classes
+                or list(table["image_id"]) != list(first["image_id"])):
             raise PipelineError(f"{kind} member {item} was scored on other images or classes "
                                 f"than member {items[0]}: rerun dvc repro")
-    labels = arrays(first, classes)[0]
-    probs = np.stack([arrays(t, classes)[1] for t in tables])
+    labels = prediction_arrays(first, classes)[0]
+    probs = np.stack([prediction_arrays(t, classes)[1] for t in tables])
     return first, classes, labels, probs
 
 
@@ -126,7 +120,7 @@ def combine(kind: str, items: list[int], *, rule: str = "log_probs", bootstrap: 
     members = {str(i): scores(labels, p, **kw) for i, p in zip(items, probs)}
     ensemble = scores(labels, combined, **kw)
     # each member's val rows (for folds, each fold's own held-out rows)
-    val = [arrays(read_member(kind, i, "val"), classes) for i in items]
+    val = [prediction_arrays(read_member(kind, i, "val"), classes) for i in items]
     for i, (val_labels, val_probs) in zip(items, val):
         members[str(i)]["val_log_loss"] = float(row_losses(val_labels, val_probs).mean())
     best = min(items, key=lambda i: members[str(i)]["val_log_loss"])
@@ -269,8 +263,7 @@ def run(base: BaseConfig, evaluate: EvaluateConfig, cfg: EnsembleConfig, kind: s
     out = _rounded(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"{kind}.json").write_text(json.dumps(out, indent=2) + "\n")
-    table.to_csv(out_dir / f"{kind}_predictions.csv", index=False, lineterminator="\n",
-                 float_format="%.8g")
+    write_predictions(table, out_dir / f"{kind}_predictions.csv")
     print("\n".join(summary(kind, out)))
     return out
 

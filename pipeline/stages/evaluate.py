@@ -7,6 +7,12 @@ every number from those tables as written: ``metrics/all/eval.json`` (the metric
 95 % bootstrap intervals, ECE before and after temperature scaling fitted on val; the
 headline ones also in ``metrics/eval.json``),
 ``metrics/per_class.csv`` and the curve tables under ``metrics/plots/``.
+
+Labels are written as :mod:`pipeline.labelfiles` says: a class name a spreadsheet would
+run as a formula gets a leading ``'``, and ``&``, ``<``, ``>`` become HTML entities (DVC
+copies these files into its plots page), in the label and pred cells and in the
+``prob_<class>`` column names alike, so every metric is recomputable from the files as
+written; ``read_predictions`` gives the class names back.
 """
 
 from __future__ import annotations
@@ -29,6 +35,12 @@ from pipeline.engine import predict
 from pipeline.errors import PipelineError, run_stage
 from pipeline.files import write_metrics
 from pipeline.inputs import ImageInput
+from pipeline.labelfiles import (
+    prediction_arrays,
+    read_predictions,
+    write_labelled,
+    write_predictions,
+)
 from pipeline.manifest import read_manifest
 from pipeline.metrics import (
     apply_temperature,
@@ -77,15 +89,6 @@ def prediction_table(data: ArraySplit, probs: np.ndarray, classes: list[str],
     return table
 
 
-def arrays(table: pd.DataFrame, classes: list[str], prefix: str = ""
-           ) -> tuple[np.ndarray, np.ndarray]:
-    """(N,) label indices and (N, C) probabilities back from a prediction table."""
-    index = {c: i for i, c in enumerate(classes)}
-    labels = table["label"].astype(str).map(index).to_numpy()
-    probs = table[[f"{prefix}prob_{c}" for c in classes]].to_numpy(dtype=float)
-    return labels, probs
-
-
 def _macro_f1(n_classes: int) -> Any:
     return lambda y, p: f1_score(y, p, average="macro", labels=np.arange(n_classes),
                                  zero_division=0)
@@ -95,13 +98,13 @@ def compute(test: pd.DataFrame, val: pd.DataFrame, classes: list[str], *, bootst
             seed: int, tta: bool) -> tuple[dict[str, Any], pd.DataFrame, dict[str, pd.DataFrame]]:
     """Every reported number from the prediction tables: eval.json's dict, the per-class
     table and the curve tables (roc, pr, reliability)."""
-    labels, probs = arrays(test, classes)
+    labels, probs = prediction_arrays(test, classes)
     preds = probs.argmax(1)
     out: dict[str, Any] = headline(labels, probs)
     for name, fn in (("accuracy", accuracy_score), ("macro_f1", _macro_f1(len(classes)))):
         low, high = bootstrap_ci(labels, preds, fn, n=bootstrap, seed=seed)
         out[f"{name}_ci_low"], out[f"{name}_ci_high"] = low, high
-    val_labels, val_probs = arrays(val, classes)
+    val_labels, val_probs = prediction_arrays(val, classes)
     temperature, skipped = calibrate_temperature(val_labels, val_probs)
     calibrated = apply_temperature(np.log(np.clip(probs, 1e-12, 1)), temperature)
     out["temperature"] = temperature
@@ -110,7 +113,7 @@ def compute(test: pd.DataFrame, val: pd.DataFrame, classes: list[str], *, bootst
         print(f"warning: {skipped}", file=sys.stderr)
     out["ece_calibrated"] = expected_calibration_error(labels, calibrated)
     if tta:
-        tta_labels, tta_probs = arrays(test, classes, prefix="tta_")
+        tta_labels, tta_probs = prediction_arrays(test, classes, prefix="tta_")
         tta_headline = headline(tta_labels, tta_probs)
         out["tta_accuracy"] = tta_headline["accuracy"]
         out["tta_macro_f1"] = tta_headline["macro_f1"]
@@ -124,6 +127,26 @@ def compute(test: pd.DataFrame, val: pd.DataFrame, classes: list[str], *, bootst
     table["roc_auc"] = [scores.get(f"roc_auc_{c}", np.nan) for c in classes]
     table["average_precision"] = [scores.get(f"average_precision_{c}", np.nan) for c in classes]
     return out, table, curves
+
+
+def write_scores(test: pd.DataFrame, val: pd.DataFrame, classes: list[str], out_dir: Path, *,
+                 bootstrap: int, seed: int, tta: bool) -> dict[str, Any]:
+    """Write the prediction tables, then every number computed from the files as written
+    (so anyone can recompute them): eval.json, per_class.csv, plots/*.csv. Returns the
+    metrics, rounded as written."""
+    files = {"test": out_dir / "predictions.csv", "val": out_dir / "predictions_val.csv"}
+    write_predictions(test, files["test"])
+    write_predictions(val, files["val"])
+    results, table, curves = compute(read_predictions(files["test"]),
+                                     read_predictions(files["val"]), classes,
+                                     bootstrap=bootstrap, seed=seed, tta=tta)
+    results = {k: round(v, 6) if isinstance(v, float) else v for k, v in results.items()}
+    write_metrics(out_dir / "eval.json", results, HEADLINE)
+    write_labelled(table, out_dir / "per_class.csv", ["class"], float_format="%.6g")
+    for name, frame in curves.items():
+        write_labelled(frame, out_dir / "plots" / f"{name}.csv", ["curve"],
+                       float_format="%.6g")
+    return results
 
 
 def run(base: BaseConfig, cfg: EvaluateConfig, model_path: Path, cache_dir: Path,
@@ -158,25 +181,9 @@ def run(base: BaseConfig, cfg: EvaluateConfig, model_path: Path, cache_dir: Path
         tta_table = prediction_table(test, probs(test, f"test {cfg.tta}", cfg.tta), classes,
                                      manifest, "tta_")
         test_table = test_table.join(tta_table.filter(regex="^tta_"))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    files = {"test": out_dir / "predictions.csv", "val": out_dir / "predictions_val.csv"}
-    test_table.to_csv(files["test"], index=False, lineterminator="\n", float_format="%.8g")
-    prediction_table(val, probs(val, "val"), classes, manifest).to_csv(
-        files["val"], index=False, lineterminator="\n", float_format="%.8g")
-
-    # everything below is computed from the files as written, so it can be recomputed
-    results, table, curves = compute(pd.read_csv(files["test"], dtype={"label": str}),
-                                     pd.read_csv(files["val"], dtype={"label": str}),
-                                     classes, bootstrap=cfg.bootstrap, seed=base.seed,
-                                     tta=cfg.tta != "none")
-    results = {k: round(v, 6) if isinstance(v, float) else v for k, v in results.items()}
-    write_metrics(out_dir / "eval.json", results, HEADLINE)
-    table.to_csv(out_dir / "per_class.csv", index=False, lineterminator="\n",
-                 float_format="%.6g")
-    (out_dir / "plots").mkdir(exist_ok=True)
-    for name, frame in curves.items():
-        frame.to_csv(out_dir / "plots" / f"{name}.csv", index=False, lineterminator="\n",
-                     float_format="%.6g")
+    val_table = prediction_table(val, probs(val, "val"), classes, manifest)
+    results = write_scores(test_table, val_table, classes, out_dir, bootstrap=cfg.bootstrap,
+                           seed=base.seed, tta=cfg.tta != "none")
     print(f"test accuracy {results['accuracy']:.4f} "
           f"[{results['accuracy_ci_low']:.4f}, {results['accuracy_ci_high']:.4f}], "
           f"macro-F1 {results['macro_f1']:.4f}, ECE {results['ece']:.4f} -> "
