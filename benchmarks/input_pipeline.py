@@ -42,7 +42,6 @@ from pipeline.engine import batches, random_flip_shift, train_one_epoch
 from pipeline.inputs import Preprocessing, to_input
 from pipeline.manifest import write_manifest
 from pipeline.models import layer_groups, set_trainable, train_mode
-from pipeline.seeding import dataloader_seeding
 from pipeline.stages import cache, prepare
 
 REPO = Path(__file__).resolve().parents[1]
@@ -107,7 +106,7 @@ def _tutorial(model: nn.Module, optimizer: torch.optim.Optimizer, root: Path, ba
                              transforms.ToTensor(), transforms.Normalize(prep.mean, prep.std)])
     loader = torch.utils.data.DataLoader(datasets.ImageFolder(str(root), tf), batch_size=batch,
                                          shuffle=True, num_workers=2,
-                                         **dataloader_seeding(0))
+                                         generator=torch.Generator().manual_seed(0))
     loss_fn = nn.CrossEntropyLoss()
     seen = 0
     start = time.perf_counter()

@@ -31,7 +31,6 @@ import numpy as np
 
 # timm's test_input_size / input_size for its 224-px ResNet and ConvNeXt weights
 TEST_RATIO = 288 / 224
-PROFILES = ("photo", "small")
 
 
 def backbone_input_size(library: str, arch: str, weights: str = "default"

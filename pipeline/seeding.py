@@ -35,22 +35,6 @@ def seed_everything(seed: int, *, deterministic: bool) -> torch.Generator:
     return generator
 
 
-def dataloader_seeding(seed: int) -> dict[str, Any]:
-    """``generator`` and ``worker_init_fn`` for a ``torch.utils.data.DataLoader``: the
-    shuffle follows ``seed`` whatever ``num_workers`` is, and each worker seeds Python
-    and NumPy from its own torch seed (forked workers otherwise share NumPy's state and
-    repeat "random" augmentations)."""
-    generator = torch.Generator()
-    generator.manual_seed(seed)
-
-    def worker_init_fn(worker_id: int) -> None:
-        worker_seed = torch.initial_seed() % 2**32  # differs per worker and per epoch
-        random.seed(worker_seed)
-        np.random.seed(worker_seed)
-
-    return {"generator": generator, "worker_init_fn": worker_init_fn}
-
-
 def resolve_device(name: str) -> torch.device:
     """Map base.device to a torch device; asking for CUDA without one is an error."""
     if name == "auto":
