@@ -49,10 +49,10 @@ from pipeline.calibrate import (
     thumbnails,
     tiny_pixels,
 )
-from pipeline.config import ModelConfig
 from pipeline.embedfiles import SIGNALS
 from pipeline.images import fit_image, pixel_hash
 from pipeline.inputs import to_input
+from pipeline.params.model import ModelConfig
 
 REPO = Path(__file__).resolve().parents[1]
 # the share estimate of pipeline.calibrate.calibrate before 2026-12 (for --estimator old):

@@ -26,7 +26,7 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-from pipeline.errors import ParamsError, PipelineError, run_stage  # noqa: F401 (re-exported)
+from pipeline.errors import ParamsError, PipelineError
 
 PARAMS_FILE = Path("params.yaml")
 
@@ -46,21 +46,11 @@ SECTIONS: dict[str, str] = {
     "ensemble": "EnsembleConfig",
     "members": "MembersConfig",
 }
-_EXTRA = {"MaxRates": "clean", "Fractions": "split", "AugmentConfig": "cache", "Phase": "train"}
 
 
 def section_class(name: str) -> type:
     """The dataclass of params section ``name``."""
     return getattr(importlib.import_module(f"pipeline.params.{name}"), SECTIONS[name])
-
-
-def __getattr__(attr: str) -> Any:
-    """``from pipeline.config import TrainConfig`` as before the split (for code outside
-    the stages; a stage imports ``pipeline.params.<section>`` so DVC sees the dep)."""
-    section = _EXTRA.get(attr) or next((s for s, c in SECTIONS.items() if c == attr), None)
-    if section is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")
-    return getattr(importlib.import_module(f"pipeline.params.{section}"), attr)
 
 
 # ----------------------------------------------------------------------------- loading
