@@ -146,9 +146,29 @@ def _check_range(value: float, bounds: Mapping[str, float | None], key: str) -> 
     }
     for name, bound in bounds.items():
         if bound is not None and not tests[name][0](value, bound):
-            allowed = " and ".join(f"{tests[n][1]} {b:g}" for n, b in bounds.items()
+            allowed = " and ".join(f"{tests[n][1]} {_number(b)}" for n, b in bounds.items()
                                    if b is not None)
             raise ParamsError(f"{key} = {value!r} is out of range: it must be {allowed}")
+
+
+def _number(bound: float) -> str:
+    """A bound as written: whole numbers in full (4294967295, not 4.29497e+09)."""
+    return str(int(bound)) if float(bound).is_integer() else f"{bound:g}"
+
+
+def _check_ranges(value: Any, bounds: Mapping[str, float | None], key: str) -> None:
+    """``value`` and, for a list or mapping, each number in it against ``bounds``
+    ("auto" and other words have no range)."""
+    if isinstance(value, bool) or isinstance(value, str):
+        return
+    if isinstance(value, tuple):
+        for i, item in enumerate(value):
+            _check_ranges(item, bounds, f"{key}[{i}]")
+    elif isinstance(value, Mapping):
+        for name, item in value.items():
+            _check_ranges(item, bounds, f"{key}.{name}")
+    elif isinstance(value, (int, float)):
+        _check_range(value, bounds, key)
 
 
 def _build(cls: type, data: Any, prefix: str) -> Any:
@@ -178,8 +198,8 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
 def _field_value(f: dataclasses.Field, tp: Any, value: Any, key: str) -> Any:
     """One field's YAML value converted to its type and checked against its range."""
     value = _convert(value, tp, key)
-    if "range" in f.metadata and not isinstance(value, str):  # "auto" has no range
-        _check_range(value, f.metadata["range"], key)
+    if "range" in f.metadata:
+        _check_ranges(value, f.metadata["range"], key)
     return value
 
 
@@ -279,6 +299,105 @@ def check_members(sections: Mapping[str, Any]) -> None:
                           f"set cache.views: 0 for cross-validation")
 
 
+# An alias (``*name``) stands for its anchor's whole value; nested aliases multiply
+# ("billion laughs": a few lines that stand for 10**9 values). The loaded object shares
+# them, but every copy of it (a message quoting the value, the resolved params saved
+# with each model) expands them: refuse before that.
+ALIAS_VALUES = 1000  # values (scalars, lists, mappings) one alias may stand for
+FILE_VALUES = 100_000  # values of the whole file, its aliases expanded
+
+
+def read_params(path: Path) -> Any:
+    """``path`` (params.yaml) parsed as plain data, as ``yaml.safe_load`` does, after
+    refusing what DVC refuses and what would exhaust memory when expanded: a key given
+    twice in one mapping (PyYAML keeps the last, DVC stops), an alias of itself, an alias
+    that stands for more than :data:`ALIAS_VALUES` values, more than :data:`FILE_VALUES`
+    values in all. Each error is one line naming the key."""
+    try:
+        with path.open(encoding="utf-8") as fh:
+            loader = yaml.SafeLoader(fh)
+            try:
+                node = loader.get_single_node()
+                if node is None:
+                    return {}
+                _check_nodes(node, path)
+                return loader.construct_document(node)
+            finally:
+                loader.dispose()
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path} is not valid YAML: {' '.join(str(exc).split())}"
+                          ) from None
+    except UnicodeDecodeError as exc:
+        raise ParamsError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})"
+                          ) from None
+    except RecursionError:
+        raise ParamsError(f"{path} nests lists or mappings too deeply to read") from None
+    except ValueError as exc:  # an integer of more than 4300 digits (CPython's limit)
+        raise ParamsError(f"{path}: a value cannot be read: {str(exc).split(';')[0]}"
+                          ) from None
+
+
+def _key_text(node: yaml.Node) -> str:
+    return str(node.value) if isinstance(node, yaml.ScalarNode) else f"<{node.tag}>"
+
+
+def _check_nodes(root: yaml.Node, path: Path) -> None:
+    """Raise ParamsError for a duplicate key, a recursive alias or aliases that expand
+    beyond the limits (see :func:`read_params`); ``root``: the composed document."""
+    sizes: dict[int, int] = {}
+
+    def size(node: yaml.Node, where: str, open_: frozenset[int]) -> int:
+        """Values ``node`` stands for, aliases expanded (each node counted once)."""
+        if id(node) in open_:
+            raise ParamsError(f"{path}: {where or 'the document'} is an alias inside its "
+                              f"own anchor (a value that contains itself): write it out")
+        if id(node) not in sizes:
+            inner = open_ | {id(node)}
+            children: list[yaml.Node] = (
+                [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode)
+                else list(node.value) if isinstance(node, yaml.SequenceNode) else [])
+            sizes[id(node)] = 1 + sum(size(child, where, inner) for child in children)
+        return sizes[id(node)]
+
+    seen: set[int] = set()
+
+    def walk(node: yaml.Node, where: str) -> None:
+        if id(node) in seen:  # a second occurrence: an alias
+            values = size(node, where, frozenset())
+            if values > ALIAS_VALUES:
+                raise ParamsError(f"{path}: {where} is an alias that stands for {values} "
+                                  f"values (more than {ALIAS_VALUES}): write them out")
+            return
+        seen.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                walk(item, f"{where}[{i}]")
+        elif isinstance(node, yaml.MappingNode):
+            lines: dict[tuple[str, str], int] = {}
+            for key, value in node.value:
+                name = _key_text(key)
+                here = f"{where}.{name}" if where else name
+                if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
+                    line = key.start_mark.line + 1
+                    if (key.tag, key.value) in lines:
+                        raise ParamsError(
+                            f"{path}: {here} is given twice (lines "
+                            f"{lines[key.tag, key.value]} and {line}); DVC refuses duplicate "
+                            f"keys: keep one")
+                    lines[key.tag, key.value] = line
+                walk(key, here)
+                walk(value, here)
+
+    walk(root, "")
+    total = size(root, "", frozenset())
+    if total > FILE_VALUES:
+        top = ([(size(v, _key_text(k), frozenset()), _key_text(k)) for k, v in root.value]
+               if isinstance(root, yaml.MappingNode) else [(total, "the document")])
+        raise ParamsError(f"{path}: {max(top)[1]} stands for {max(top)[0]} values with its "
+                          f"aliases expanded (the file may hold {FILE_VALUES}): write "
+                          f"them out")
+
+
 def load_sections(*names: str, path: Path = PARAMS_FILE) -> tuple[Any, ...]:
     """Read and validate all of params.yaml once (:func:`check_params`) and return the
     named sections as typed, frozen objects.
@@ -288,12 +407,7 @@ def load_sections(*names: str, path: Path = PARAMS_FILE) -> tuple[Any, ...]:
     """
     if not path.exists():
         raise ParamsError(f"{path} not found: run stages from the project root")
-    with path.open() as fh:
-        try:
-            params = yaml.safe_load(fh) or {}
-        except yaml.YAMLError as exc:
-            raise ParamsError(f"{path} is not valid YAML: {' '.join(str(exc).split())}"
-                              ) from None
+    params = read_params(path)
     if not isinstance(params, Mapping):
         raise ParamsError(f"{path} must be a mapping of sections, got {params!r}")
     sections = check_params(params)

@@ -10,13 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pipeline.params.fields import in_range
+from pipeline.params.fields import SEED_MAX, in_range
 
 
 @dataclass(frozen=True)
 class BaseConfig:
     """Settings shared by every stage."""
 
-    seed: int = field(metadata=in_range(ge=0))
+    seed: int = field(metadata=in_range(ge=0, le=SEED_MAX))
     device: Literal["auto", "cpu", "cuda"]
     deterministic: bool

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pipeline.params.fields import in_range
+from pipeline.params.fields import SEED_MAX, in_range
 
 
 @dataclass(frozen=True)
@@ -34,5 +34,6 @@ class CacheConfig:
     image_size: int | Literal["auto"] = field(metadata=in_range(ge=8, le=1024))
     fit: Literal["crop", "pad", "stretch"]  # how a non-square image becomes square
     views: int = field(metadata=in_range(ge=0, le=1000))  # K augmented copies per train image
-    seed: int = field(metadata=in_range(ge=0))  # seeds the views: same seed, same bytes
+    # seeds the views: same seed, same bytes
+    seed: int = field(metadata=in_range(ge=0, le=SEED_MAX))
     augment: AugmentConfig

@@ -40,15 +40,18 @@ class CleanConfig:
     label_issues: Literal["flag", "drop"]  # likely label errors (cleanlab)
     label_method: Literal["prune_by_noise_rate", "prune_by_class", "both",
                           "confident_learning", "predicted_neq_given"]  # cleanlab filter_by
-    label_folds: int = field(metadata=in_range(ge=2))  # K of the out-of-fold probe
+    label_folds: int = field(metadata=in_range(ge=2, le=100))  # K of the out-of-fold probe
     # the out-of-fold probe's model; auto: logistic up to exact_search_max images, lda above
     label_probe: Literal["auto", "logistic", "lda"]
-    probe_dims: int = field(metadata=in_range(ge=2))  # principal components the lda probe sees
+    # principal components the lda probe sees
+    probe_dims: int = field(metadata=in_range(ge=2, le=100_000))
     outliers: Literal["flag", "drop"]
     outlier_threshold: float = field(metadata=in_range(gt=0, le=2))  # mean cosine distance
     neighbours: int = field(metadata=in_range(ge=1, le=100))  # k of the neighbour search
-    exact_search_max: int = field(metadata=in_range(ge=1))  # images; above: k-means cell search
-    search_probes: int = field(metadata=in_range(ge=1))  # cells each image is compared with
+    # images; above: k-means cell search
+    exact_search_max: int = field(metadata=in_range(ge=1, le=10**9))
+    # cells each image is compared with
+    search_probes: int = field(metadata=in_range(ge=1, le=100_000))
     max_rate: MaxRates  # gates: fail when an issue type exceeds its share
 
     def probe_for(self, n: int) -> str:

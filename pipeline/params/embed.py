@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pipeline.params.fields import in_range
+from pipeline.params.fields import BATCH_MAX, in_range
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,8 @@ class EmbedConfig:
     # pixels, square; auto: the backbone's pretrained input size, or 8 x the images' median
     # short side for small images (pipeline.autosize.resolve_image_size)
     image_size: int | Literal["auto"] = field(metadata=in_range(ge=8, le=1024))
-    batch_size: int = field(metadata=in_range(ge=1))
-    max_pixels: int = field(metadata=in_range(gt=0))  # larger images are unreadable (bombs)
+    batch_size: int = field(metadata=in_range(ge=1, le=BATCH_MAX))
+    # larger images are unreadable (bombs)
+    max_pixels: int = field(metadata=in_range(gt=0, le=10**10))
     # images whose synthetic near copies calibrate clean's near-copy rule (pipeline.calibrate)
     calibration_sample: int = field(metadata=in_range(ge=1, le=10000))

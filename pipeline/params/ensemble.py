@@ -7,10 +7,11 @@ schema changed (each stage declares the modules it imports). Loaded by
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from pipeline.errors import ParamsError
+from pipeline.params.fields import SEED_MAX, in_range
 
 
 @dataclass(frozen=True)
@@ -22,7 +23,8 @@ class EnsembleConfig:
     stage that combines a list, ``ensemble@<kind>``, comes from ``combine``.
     """
 
-    seeds: tuple[int, ...]  # train.seed of each member@<seed>; [] = none
+    # train.seed of each member@<seed>; [] = none
+    seeds: tuple[int, ...] = field(metadata=in_range(le=SEED_MAX))
     combine: tuple[Literal["seeds", "folds"], ...]  # ensemble@seeds, ensemble@folds
     # log_probs: softmax of the members' mean log-probability (their normalised geometric
     # mean, the same as averaging logits); probs: the mean of their probabilities

@@ -10,15 +10,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pipeline.params.fields import in_range
+from pipeline.params.fields import BATCH_MAX, in_range
 
 
 @dataclass(frozen=True)
 class EvaluateConfig:
     """Evaluation of the final model on the test split."""
 
-    batch_size: int = field(metadata=in_range(ge=1))
+    batch_size: int = field(metadata=in_range(ge=1, le=BATCH_MAX))
     tta: Literal["none", "flip", "crops"]  # test-time augmentation, reported as tta_*
-    bootstrap: int = field(metadata=in_range(ge=100))  # resamples for the 95 % intervals
+    # resamples for the 95 % intervals
+    bootstrap: int = field(metadata=in_range(ge=100, le=100_000))
     min_accuracy: float = field(metadata=in_range(ge=0, le=1))  # gate: fail below (0: off)
     max_ece: float = field(metadata=in_range(ge=0, le=1))  # gate: fail above (1: off)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from pipeline.errors import ParamsError
-from pipeline.params.fields import in_range
+from pipeline.params.fields import BATCH_MAX, in_range
 
 
 @dataclass(frozen=True)
@@ -20,7 +20,8 @@ class HeadConfig:
     (Linear, norm, activation, dropout each), then the Linear to the classes. The default
     (no hidden layers) is the single Linear layer (after model.drop_rate's dropout)."""
 
-    hidden: tuple[int, ...] = ()  # widths of the hidden layers, input side first
+    # widths of the hidden layers, input side first
+    hidden: tuple[int, ...] = field(default=(), metadata=in_range(le=BATCH_MAX))
     activation: Literal["relu", "gelu", "silu"] = "relu"
     dropout: float = field(default=0.0, metadata=in_range(ge=0, lt=1))  # after each hidden
     norm: Literal["none", "batchnorm", "layernorm"] = "none"  # after each hidden Linear

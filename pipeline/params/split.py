@@ -43,7 +43,8 @@ class SplitConfig:
     group_column: str
     time_column: str
     cutoffs: tuple[str, ...]  # temporal: (val start, test start) dates; empty: by fractions
-    embargo_days: float = field(metadata=in_range(ge=0))  # temporal gap left out between splits
+    # temporal gap left out between splits
+    embargo_days: float = field(metadata=in_range(ge=0, le=36_500))
     # what the leakage audit does; auto: drop_from_train for predefined splits (a fixed
     # val/test set is never changed, its train-side copies go), fail otherwise
     on_leakage: Literal["auto", "fail", "warn", "drop_from_train"]
@@ -53,7 +54,7 @@ class SplitConfig:
     near_duplicate_threshold: float | Literal["auto"] = field(metadata=in_range(gt=0, le=1))
     # k-fold cross-validation of train + val: [0, 1, ..., k-1] gives every train/val row a
     # fold (test rows -1) and dvc.yaml one stage fold@<k> per item; [] = none
-    folds: tuple[int, ...]
+    folds: tuple[int, ...] = field(metadata=in_range(le=99))  # k <= 100: a stage each
 
     @property
     def leakage_policy(self) -> str:

@@ -11,29 +11,32 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from pipeline.errors import ParamsError
-from pipeline.params.fields import in_range
+from pipeline.params.fields import BATCH_MAX, EPOCHS_MAX, LR_MAX, SEED_MAX, in_range
 
 
 @dataclass(frozen=True)
 class Phase:
     """One training phase: which layer groups train, for how long, at what learning rate."""
 
-    epochs: int = field(metadata=in_range(ge=1))
+    epochs: int = field(metadata=in_range(ge=1, le=EPOCHS_MAX))
     # head: only the new head; an integer n: the head and the n layer groups below it;
     # all: everything; a list of group names (the train log lists them): those and the
     # head; gradual: one more group every step_epochs epochs, down to `until` (expanded
     # into phases when training starts). Frozen groups keep weights and BatchNorm statistics.
-    unfreeze: Literal["head", "all", "gradual"] | int | tuple[str, ...]
-    lr_mult: float = field(default=1.0, metadata=in_range(gt=0))  # lr = train.lr * lr_mult
+    unfreeze: Literal["head", "all", "gradual"] | int | tuple[str, ...] = field(
+        metadata=in_range(le=1000))
+    lr_mult: float = field(default=1.0, metadata=in_range(gt=0, le=1000))  # lr = train.lr * lr_mult
     # "" takes train.schedule
     schedule: Literal["", "cosine", "step", "exponential", "onecycle", "plateau",
                       "constant"] = ""
     layer_decay: float = field(default=0.0, metadata=in_range(ge=0, le=1))  # 0: train.layer_decay
     # explicit peak learning rates by group name (and `default` for the other trainable
     # groups; without it they keep the rule lr x lr_mult x layer_decay^depth)
-    lrs: dict[str, float] = field(default_factory=dict)
-    step_epochs: int = field(default=0, metadata=in_range(ge=0))  # gradual: epochs per step
-    until: Literal["all"] | int = "all"  # gradual: the last step's unfreeze (n groups or all)
+    lrs: dict[str, float] = field(default_factory=dict, metadata=in_range(le=LR_MAX))
+    # gradual: epochs per step
+    step_epochs: int = field(default=0, metadata=in_range(ge=0, le=EPOCHS_MAX))
+    # gradual: the last step's unfreeze (n groups or all)
+    until: Literal["all"] | int = field(default="all", metadata=in_range(le=1000))
 
     def __post_init__(self) -> None:
         if isinstance(self.unfreeze, int) and self.unfreeze < 0:
@@ -57,39 +60,45 @@ class Phase:
 class TrainConfig:
     """Fine-tuning schedule and optimisation."""
 
-    seed: int = field(metadata=in_range(ge=0))
-    lr: float = field(metadata=in_range(gt=0, le=10))  # the head's learning rate
+    seed: int = field(metadata=in_range(ge=0, le=SEED_MAX))
+    lr: float = field(metadata=in_range(gt=0, le=LR_MAX))  # the head's learning rate
     layer_decay: float = field(metadata=in_range(gt=0, le=1))  # x this per group below the head
     # adamw: decoupled weight decay; adam: L2 (weight_decay x weight added to the gradient)
     optimizer: Literal["adamw", "adam", "sgd", "rmsprop"]
     momentum: float = field(metadata=in_range(ge=0, lt=1))  # sgd and rmsprop
     nesterov: bool  # sgd with momentum > 0: Nesterov momentum
-    weight_decay: float = field(metadata=in_range(ge=0))  # never on norm and bias parameters
-    batch_size: int = field(metadata=in_range(ge=1))
-    accumulate: int = field(metadata=in_range(ge=1))  # batches per optimizer step
-    clip_grad: float = field(metadata=in_range(ge=0))  # max gradient norm (0: off)
+    weight_decay: float = field(metadata=in_range(ge=0, le=10))  # never on norm and bias parameters
+    batch_size: int = field(metadata=in_range(ge=1, le=BATCH_MAX))
+    accumulate: int = field(metadata=in_range(ge=1, le=1024))  # batches per optimizer step
+    clip_grad: float = field(metadata=in_range(ge=0, le=10**6))  # max gradient norm (0: off)
     schedule: Literal["cosine", "step", "exponential", "onecycle", "plateau", "constant"]
-    warmup_epochs: float = field(metadata=in_range(ge=0))  # linear warmup at each phase start
-    decay_epochs: int = field(metadata=in_range(ge=1))  # step: lr x decay_gamma every N epochs
+    # linear warmup at each phase start
+    warmup_epochs: float = field(metadata=in_range(ge=0, le=EPOCHS_MAX))
+    # step: lr x decay_gamma every N epochs
+    decay_epochs: int = field(metadata=in_range(ge=1, le=EPOCHS_MAX))
     # step and plateau: the factor; exponential: lr x decay_gamma per epoch (each step)
     decay_gamma: float = field(metadata=in_range(gt=0, lt=1))
-    min_lr: float = field(metadata=in_range(ge=0))  # cosine: the floor (eta_min), per group
+    # cosine: the floor (eta_min), per group
+    min_lr: float = field(metadata=in_range(ge=0, le=LR_MAX))
     # cosine: epochs from peak to min_lr after the warmup (0: the rest of the phase)
-    cosine_epochs: float = field(metadata=in_range(ge=0))
-    plateau_patience: int = field(metadata=in_range(ge=0))  # plateau: epochs without gain
+    cosine_epochs: float = field(metadata=in_range(ge=0, le=EPOCHS_MAX))
+    # plateau: epochs without gain
+    plateau_patience: int = field(metadata=in_range(ge=0, le=EPOCHS_MAX))
     label_smoothing: float = field(metadata=in_range(ge=0, lt=1))
-    mixup: float = field(metadata=in_range(ge=0))  # Beta(alpha, alpha) of mixup (0: off)
-    cutmix: float = field(metadata=in_range(ge=0))  # Beta(alpha, alpha) of cutmix (0: off)
+    mixup: float = field(metadata=in_range(ge=0, le=100))  # Beta(alpha, alpha) of mixup (0: off)
+    cutmix: float = field(metadata=in_range(ge=0, le=100))  # Beta(alpha, alpha) of cutmix (0: off)
     mixup_prob: float = field(metadata=in_range(ge=0, le=1))  # share of batches mixed
     mixup_switch_prob: float = field(metadata=in_range(ge=0, le=1))  # both on: cutmix share
     ema_decay: float = field(metadata=in_range(ge=0, lt=1))  # EMA of the weights (0: off)
     monitor: Literal["val_accuracy", "val_macro_f1", "val_loss"]  # picks the best epoch
-    patience: int = field(metadata=in_range(ge=0))  # end a phase after N epochs without gain
+    # end a phase after N epochs without gain
+    patience: int = field(metadata=in_range(ge=0, le=EPOCHS_MAX))
     # phase: patience ends the phase (the next one still runs); run: it ends the run
     patience_scope: Literal["phase", "run"]
     # balanced: loss weights n / (classes x count); a mapping: class name -> weight (1 for
     # the classes it leaves out)
-    class_weights: Literal["none", "balanced"] | dict[str, float]
+    class_weights: Literal["none", "balanced"] | dict[str, float] = field(
+        metadata=in_range(le=10**6))
     sampler: Literal["shuffle", "balanced"]  # balanced: draw rows with p ~ 1 / class count
     bn: Literal["frozen", "train"]  # BatchNorm statistics of trainable layers (see models)
     feature_cache: bool  # head-only phases train on stored backbone features
@@ -99,7 +108,7 @@ class TrainConfig:
     # random horizontal flips each epoch; auto: on for photos, off for small images such
     # as digits (the cache's data profile, pipeline.finetune.resolve_auto)
     hflip: bool | Literal["auto"]
-    shift: int = field(metadata=in_range(ge=0))  # random translation each epoch, pixels
+    shift: int = field(metadata=in_range(ge=0, le=1024))  # random translation each epoch, pixels
     amp: bool  # mixed precision on CUDA; ignored on CPU
     compile: bool  # torch.compile the model
     # auto: pipeline.finetune.AUTO_PHASES for the cache's data profile
