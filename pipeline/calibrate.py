@@ -187,9 +187,13 @@ def _views_of(pixels: np.ndarray) -> np.ndarray:
                          Image.Resampling.BICUBIC)
     mw, mh = img.size
     c = cut * shrink  # the cut in the reduced image's pixels (may be a fraction)
+    # a side too short for a cut at both ends (1 or 2 pixels) is never cut: the views
+    # keep their number, and the image its whole extent on that axis
+    cx, cy = (c if side - 2 * c >= 1 else 0.0 for side in (mw, mh))
     views = []
     for scale in ALIGNED_SCALES:
-        for left, top, right, bottom in itertools.product((0.0, c), repeat=4):
+        for left, top, right, bottom in itertools.product((0.0, cx), (0.0, cy), (0.0, cx),
+                                                          (0.0, cy)):
             box = (left, top, mw - right, mh - bottom)
             bw, bh = box[2] - box[0], box[3] - box[1]
             # a whole-pixel crop is cut out (the edge pixels then stay out of the
