@@ -60,10 +60,17 @@ def parse_knob(text: str) -> Knob:
     except ValueError:
         raise PipelineError(f"--param {text!r}: the range must be two numbers LOW:HIGH, "
                             f"with an optional kind first ({', '.join(KINDS)})") from None
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise PipelineError(f"--param {text!r}: the bounds must be finite numbers (Optuna "
+                            f"samples between them), e.g. {key}=0:1")
     if not low < high or (kind == "log" and low <= 0):
         raise PipelineError(f"--param {text!r}: need LOW < HIGH" + (" and LOW > 0 on a log "
                                                                     "scale" if kind == "log"
                                                                     else ""))
+    if kind == "int" and math.ceil(low) > math.floor(high):
+        raise PipelineError(f"--param {text!r}: no whole number lies between {low:g} and "
+                            f"{high:g}; give an integer range, e.g. {key}=int:"
+                            f"{math.floor(low)}:{math.ceil(high)}")
     return Knob(key, kind, low, high)
 
 
