@@ -7,8 +7,10 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from tqdm import tqdm
@@ -16,13 +18,15 @@ from tqdm import tqdm
 from pipeline import init_data, paths
 from pipeline.config import PARAMS_FILE
 from pipeline.errors import PipelineError
+from pipeline.images import IMAGES
 from pipeline.init_data import data_values, inspect_source, report_lines, set_keys
 from pipeline.offline_plots import TEMPLATE
-from pipeline.predict import TTA, Predictor, expand, predict_files, top_k
+from pipeline.predict import TTA, Predictor, list_inputs, predict_files, top_k
 from pipeline.summary import PAGES, SUMMARY_LATER, read_summary
 from pipeline.sweep import DEFAULT_METRIC, DEFAULT_SPACE
 
 MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb limit
+SKIPPED_SHOWN = 20  # skipped files predict names (it counts them all)
 # `dvc exp show` narrowed to what fits a terminal: the params that differ between the rows,
 # no dependency hashes (their names hold a "/"), the headline metrics even where equal.
 # A plain `dvc exp show` cannot fit 160 columns: rich takes one separator per column of the
@@ -34,9 +38,16 @@ EXPS_ARGS = ("--only-changed", "--drop", ".*/", "--keep",
 def predict_command(args: argparse.Namespace) -> None:
     """Write one CSV row per file: path, pred, confidence, top-k labels and probabilities."""
     predictor = Predictor.load(args.model, device=args.device)
-    files = expand(args.inputs)
+    files, skipped = list_inputs(args.inputs)
+    if skipped:
+        shown = ", ".join(map(str, skipped[:SKIPPED_SHOWN]))
+        more = f" and {len(skipped) - SKIPPED_SHOWN} more" if len(skipped) > SKIPPED_SHOWN else ""
+        print(f"warning: skipped {len(skipped)} file(s) under the given folders whose suffix "
+              f"is no image suffix ({' '.join(IMAGES.suffixes)}): {shown}{more}",
+              file=sys.stderr)
     if not files:
-        raise PipelineError("no image files found in the given paths")
+        raise PipelineError("no image files found in the given paths"
+                            + (f" ({len(skipped)} other file(s) skipped)" if skipped else ""))
     k = min(args.top_k, len(predictor.classes))
     header = ["path", "pred", "confidence"] + [f"top{i}_{what}" for i in range(1, k + 1)
                                                for what in ("label", "prob")] + ["error"]
@@ -57,7 +68,8 @@ def predict_command(args: argparse.Namespace) -> None:
             cells = [v for label, p in best for v in (label, f"{p:.6f}")]
             writer.writerow([str(path), best[0][0], f"{best[0][1]:.6f}", *cells, ""])
     print(f"predicted {len(files) - failed} of {len(files)} files into {args.out}"
-          + (f"; {failed} could not be read (see the error column)" if failed else ""))
+          + (f"; {failed} could not be read (see the error column)" if failed else "")
+          + (f"; {len(skipped)} skipped (no image suffix)" if skipped else ""))
 
 
 def serve_command(args: argparse.Namespace) -> None:
@@ -87,8 +99,35 @@ def export_command(args: argparse.Namespace) -> None:
     print(f"wrote {', '.join(map(str, written))}; the check's numbers: {report}")
 
 
+# Folders under data/ that the stages write (their outputs): never a source of images.
+STAGE_OUTPUTS = (paths.PREPARED.parent, paths.EMBED_DIR, paths.CLEAN.parent,
+                 paths.SPLIT.parent, paths.CACHE_DIR, paths.DECISIONS.parent)
+
+
+def check_not_own_data(source: Path, project: Path) -> None:
+    """Refuse, in one line, a source that is the project's own ``data/`` folder, lies in
+    a stage's output folder there, or holds ``data/`` (the project folder): its "class
+    folders" would be the pipeline's outputs, which the next run rewrites."""
+    target, project = source.resolve(), project.resolve()
+    own = project / "data"
+    inside = next((project / d for d in STAGE_OUTPUTS
+                   if target.is_relative_to(project / d)), None)
+    if target == own:
+        what = "the project's own data/ folder, where the stages write their outputs"
+    elif inside is not None:
+        what = (f"inside {inside.relative_to(project).as_posix()}/, which a stage of this "
+                f"pipeline writes")
+    elif own.is_dir() and own.is_relative_to(target):
+        what = "a folder that holds the project's data/ folder (the stages' outputs)"
+    else:
+        return
+    raise PipelineError(f"{source} is {what}, not a source of images: give the folder of "
+                        f"your class folders (or a CSV manifest of your images)")
+
+
 def init_command(args: argparse.Namespace) -> None:
     """Inspect a folder or CSV manifest, print what it holds, point data.* at it."""
+    check_not_own_data(args.path, args.params.parent)
     found = inspect_source(args.path, root=getattr(args, "root", None), sample=args.sample)
     print("\n".join(report_lines(found)))
     if not args.params.is_file():
@@ -142,9 +181,17 @@ def run_command(args: argparse.Namespace, dvc_args: list[str]) -> None:
 
 def exps_command(args: argparse.Namespace, dvc_args: list[str]) -> None:
     """``dvc exp show`` with :data:`EXPS_ARGS` and any further arguments; exit with its
-    code."""
+    code. The table fits the terminal (80 columns when piped, or ``COLUMNS``): DVC's
+    pager would draw it as wide as all its columns (hundreds), so it is off unless
+    ``--pager`` asks for it."""
+    pager = "--pager" in dvc_args
+    rest = [a for a in dvc_args if a != "--pager"]
+    if not pager and "--no-pager" not in rest:
+        rest.append("--no-pager")
+    # rich reads COLUMNS; without it, it takes any terminal's width (stderr's too)
+    env = dict(os.environ, COLUMNS=str(shutil.get_terminal_size().columns))
     sys.exit(subprocess.call([sys.executable, "-m", "dvc", "exp", "show", *EXPS_ARGS,
-                              *dvc_args]))
+                              *rest], env=env))
 
 
 def plots_template_command(args: argparse.Namespace) -> None:
@@ -186,6 +233,23 @@ def sweep_command(args: argparse.Namespace) -> None:
     print(f"bring the best into the workspace: dvc exp apply {best.user_attrs['experiment']}")
 
 
+def whole_number(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse ``type``: an integer from ``low`` to ``high`` (no limit when None); a
+    value outside is refused with argparse's one-line error before any work."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low or (high is not None and value > high):
+            allowed = f"from {low} to {high}" if high is not None else f"{low} or more"
+            raise argparse.ArgumentTypeError(f"{value} is out of range: give {allowed}")
+        return value
+
+    return parse
+
+
 def _device(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="where the model runs")
@@ -218,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "CSV's folder)")
     i.add_argument("--params", type=Path, default=PARAMS_FILE,
                    help="the params file whose data.* lines are rewritten in place")
-    i.add_argument("--sample", type=int, default=init_data.SAMPLE,
+    i.add_argument("--sample", type=whole_number(1), default=init_data.SAMPLE,
                    help="images decoded for the size statistics")
     i.add_argument("--dry-run", action="store_true", help="print, write nothing")
     i.set_defaults(func=init_command)
@@ -237,18 +301,22 @@ def build_parser() -> argparse.ArgumentParser:
                        help="compare experiments: dvc exp show narrowed to the params that "
                             "differ and the headline metrics",
                        description=f"Runs `dvc exp show {' '.join(EXPS_ARGS)}` with any "
-                                   f"further arguments (--no-pager, -n 5, --csv, ...): the "
-                                   f"params that differ between the rows, the headline "
-                                   f"metrics, no dependency hashes, so that it fits a "
-                                   f"160-column terminal.")
+                                   f"further arguments (-n 5, --csv, ...): the params that "
+                                   f"differ between the rows, the headline metrics, no "
+                                   f"dependency hashes. The table fits the terminal (80 "
+                                   f"columns when piped, or COLUMNS), folding what does not "
+                                   f"fit into '…'; --pager shows every column in DVC's "
+                                   f"pager instead.")
     x.set_defaults(func=exps_command)
     p = sub.add_parser("predict", formatter_class=formatter,
                        help="classify image files or folders (recursive) into a CSV")
     p.add_argument("inputs", nargs="+", type=Path, help="image files or folders")
     p.add_argument("--model", type=Path, default=paths.MODEL, help="a trained model.pt")
     p.add_argument("--out", type=Path, default=Path("predictions.csv"), help="the CSV")
-    p.add_argument("--top-k", type=int, default=5, help="labels per row")
-    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+    p.add_argument("--top-k", type=whole_number(1), default=5,
+                   help="labels per row (at most the class count)")
+    p.add_argument("--batch-size", type=whole_number(1, 65_536), default=64,
+                   help="images per forward pass")
     _device(p)
     p.set_defaults(func=predict_command)
     s = sub.add_parser("serve", formatter_class=formatter,
@@ -256,8 +324,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", type=Path, default=paths.MODEL, help="a trained model.pt")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on")
     s.add_argument("--port", type=int, default=8000, help="port to listen on")
-    s.add_argument("--top-k", type=int, default=5, help="labels per answer without ?k=")
-    s.add_argument("--max-bytes", type=int, default=10 * 2**20, help="largest upload")
+    s.add_argument("--top-k", type=whole_number(1), default=5,
+                   help="labels per answer without ?k=")
+    s.add_argument("--max-bytes", type=whole_number(1), default=10 * 2**20,
+                   help="largest upload")
     _device(s)
     s.set_defaults(func=serve_command)
     e = sub.add_parser("export", formatter_class=formatter,

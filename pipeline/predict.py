@@ -17,7 +17,7 @@ import torch
 from pipeline.backbones import load_trained
 from pipeline.engine import view_probabilities
 from pipeline.errors import PipelineError
-from pipeline.images import IMAGES, UnreadableImage, decode_image, fit_image
+from pipeline.images import IMAGES, UnreadableImage, decode_image, fit_image, not_regular
 from pipeline.inputs import ImageInput, Preprocessing
 from pipeline.seeding import resolve_device
 
@@ -35,7 +35,12 @@ class Predictor:
 
     @classmethod
     def load(cls, path: Path, *, device: str = "auto") -> Predictor:
-        """Load models/model.pt (weights_only) onto ``device`` (auto|cpu|cuda)."""
+        """Load models/model.pt (weights_only) onto ``device`` (auto|cpu|cuda); a FIFO,
+        device or broken link is never opened (reading a FIFO would block)."""
+        if Path(path).exists() or Path(path).is_symlink():  # a missing file: train first
+            problem = not_regular(path)
+            if problem:
+                raise PipelineError(f"{path}: {problem}")
         model, prep, meta = load_trained(path)
         dev = resolve_device(device)
         model.to(dev).to(memory_format=torch.channels_last).eval()
@@ -69,16 +74,28 @@ def top_k(probs: np.ndarray, classes: Sequence[str], k: int) -> list[list[tuple[
     return [[(classes[j], float(row[j])) for j in idx] for row, idx in zip(probs, order)]
 
 
-def expand(inputs: Sequence[Path]) -> list[Path]:
-    """Files as given, and image files under folders (recursive), sorted."""
+def list_inputs(inputs: Sequence[Path]) -> tuple[list[Path], list[Path]]:
+    """(files to predict, files skipped): the files as given, and under folders
+    (recursive, sorted) every entry with an image suffix (:data:`IMAGES.suffixes`), a
+    FIFO, device or broken link among them too (its row then says what it is, as
+    prepare's unreadable rows do); every other file under the folders is skipped."""
     files: list[Path] = []
+    skipped: list[Path] = []
     for item in inputs:
-        if item.is_dir():
-            files.extend(sorted(p for p in item.rglob("*")
-                                if p.is_file() and p.suffix.lower() in IMAGES.suffixes))
-        else:
+        if not item.is_dir():
             files.append(item)
-    return files
+            continue
+        for path in sorted(item.rglob("*")):
+            if path.is_dir():
+                continue
+            (files if path.suffix.lower() in IMAGES.suffixes else skipped).append(path)
+    return files, skipped
+
+
+def expand(inputs: Sequence[Path]) -> list[Path]:
+    """Files as given, and image files under folders (recursive), sorted
+    (:func:`list_inputs` without the skipped files)."""
+    return list_inputs(inputs)[0]
 
 
 def predict_files(predictor: Predictor, files: Sequence[Path], *, batch_size: int,
