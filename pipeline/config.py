@@ -119,7 +119,10 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         # `dvc exp run -S train.lr=0.000001` writes 1e-06, which PyYAML reads as a string.
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            number = float(value)
+            try:
+                number = float(value)
+            except OverflowError:  # an integer beyond any float (about 1.8e308)
+                number = math.inf
         elif isinstance(value, str):
             try:
                 number = float(value)

@@ -267,6 +267,9 @@ CASES: dict[str, tuple[Callable[[Path], object], Callable[[Path, Path], str], st
         lambda src, out: _load(src),
         "{src}/params.yaml: a value cannot be read: Exceeds the limit (4300 digits) for "
         "integer string conversion: value has 5000 digits"),
+    "params_integer_beyond_any_float": (
+        lambda src: _params_text(src, _repo_text(**{"  lr: 0.002 ": f"  lr: 1{'0' * 400} "})),
+        lambda src, out: _load(src), f"train.lr = 1{'0' * 400}: expected a finite number"),
     "params_billion_laughs": (
         lambda src: _params_text(src, LAUGHS + _repo_text(**{
             "  lr: 0.002 ": "  lr: *l8 "})), lambda src, out: _load(src),
