@@ -12,7 +12,9 @@ Labels are the user's own text, and two readers run text (issue 26):
 - ``dvc plots show`` copies every field of a plot file, unescaped, into a ``<script>``
   block of its page, so a label ``</script><script>...`` would run there: in the
   prediction, per-class and curve tables ``&``, ``<`` and ``>`` are written as ``&amp;``,
-  ``&lt;`` and ``&gt;`` (first, then the spreadsheet step).
+  ``&lt;`` and ``&gt;`` (first, then the spreadsheet step), and a carriage return as
+  ``&#13;`` (Python's csv writer leaves a field holding one unquoted, and pandas and
+  spreadsheets would end the row there).
 
 Labels of the demo's kind (letters, digits, ``_``, spaces) are written as they are.
 
@@ -58,17 +60,18 @@ def from_spreadsheet_cell(cell: str) -> str:
 
 
 def plot_cell(text: str) -> str:
-    """``text`` as a cell of a file DVC draws and spreadsheets open: ``&``, ``<``, ``>`` as
-    HTML entities, then :func:`spreadsheet_cell`."""
+    """``text`` as a cell of a file DVC draws and spreadsheets open: ``&``, ``<``, ``>``
+    and a carriage return as HTML entities, then :func:`spreadsheet_cell`."""
     return spreadsheet_cell(text.replace("&", "&amp;").replace("<", "&lt;")
-                            .replace(">", "&gt;"))
+                            .replace(">", "&gt;").replace("\r", "&#13;"))
 
 
 def from_plot_cell(cell: str) -> str:
     """The text :func:`plot_cell` made ``cell`` from (every ``&`` in a cell starts one of
-    the three entities, so the order of the replacements is safe)."""
+    the four entities, so the order of the replacements is safe)."""
     text = from_spreadsheet_cell(cell)
-    return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+    return (text.replace("&lt;", "<").replace("&gt;", ">").replace("&#13;", "\r")
+            .replace("&amp;", "&"))
 
 
 def for_spreadsheet(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
@@ -108,9 +111,11 @@ def read_labelled(path: Path, text: Sequence[str]) -> pd.DataFrame:
                             f"(dvc repro)")
     # an empty cell of another column is a missing number (pandas writes NaN so); a
     # converter cannot keep text whole: pandas 3 turns "NA" into NaN before it
-    numbers = {c: [""] for c in pd.read_csv(path, nrows=0).columns if c not in text}
+    # lines end in "\n" only (write_csv): a carriage return is data, never a line end
+    header = pd.read_csv(path, nrows=0, lineterminator="\n").columns
+    numbers = {c: [""] for c in header if c not in text}
     frame = pd.read_csv(path, dtype=dict.fromkeys(text, str), keep_default_na=False,
-                        na_values=numbers)
+                        na_values=numbers, lineterminator="\n")
     for column in (c for c in text if c in frame):
         frame[column] = [from_plot_cell(v) for v in frame[column]]
     return frame

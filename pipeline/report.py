@@ -10,7 +10,8 @@ import dataclasses
 import html
 import io
 import json
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +35,28 @@ STYLE = """body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#2
 h1{margin-bottom:0}h2{border-bottom:1px solid #ccc;margin-top:2em}
 table.t{border-collapse:collapse;font-size:13px;margin:.5em 0}
 table.t td,table.t th{border:1px solid #ddd;padding:3px 8px;text-align:right}
+table.t{display:block;max-width:100%;overflow-x:auto}table.t td{overflow-wrap:anywhere}
+table.facts th{text-align:left;font-weight:normal;color:#555;background:#fafafa}
 .muted{color:#666}code{background:#f3f3f3;padding:1px 4px}img{max-width:100%}"""
 # Marks the page once every image has decoded: data-broken-images="0" when all load.
 CHECK_IMAGES = """<script>window.addEventListener('load',function(){var b=0;
 document.querySelectorAll('img').forEach(function(i){if(!i.complete||i.naturalWidth===0)b++;});
 document.body.setAttribute('data-broken-images',String(b));
 document.body.setAttribute('data-images',String(document.images.length));});</script>"""
+
+
+# control characters but the line break, which no font draws
+CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f]")
+
+
+def plain(text: object) -> str:
+    """``text`` as matplotlib should draw it, letter for letter: its mathtext reads what
+    lies between two ``$`` as a formula (``US$ vs C$`` loses its dollars, and an unpaired
+    or bad one stops the figure), so every ``$`` is escaped; a control character (a
+    carriage return, a tab) is drawn as its escape, ``\\r``. Every label, caption and
+    title of the figures below goes through here."""
+    shown = CONTROL.sub(lambda m: repr(m.group())[1:-1], str(text))
+    return shown.replace("$", r"\$")
 
 
 def png(fig: Figure) -> bytes:
@@ -52,9 +69,26 @@ def png(fig: Figure) -> bytes:
 
 
 def table(frame: pd.DataFrame, float_format: str = "{:.4f}") -> str:
-    """An HTML table of a DataFrame, floats formatted."""
+    """An HTML table of a DataFrame, floats formatted. A table wider than the page
+    scrolls inside it, and long cells (paths, hashes) wrap."""
     return frame.to_html(index=False, border=0, classes="t", na_rep="",
                          float_format=lambda v: float_format.format(v), escape=True)
+
+
+def facts(values: Mapping[str, Any], *, per_row: int = 3, float_format: str = "{:.4f}"
+          ) -> str:
+    """A record of many fields (one row of a wide table: clean's counts, the near-copy
+    calibration) as name/value pairs, ``per_row`` pairs a line, so it fits the page: as
+    one row of 13 columns it ran past 1,280 pixels."""
+    def cell(value: Any) -> str:
+        text = float_format.format(value) if isinstance(value, float) else str(value)
+        return html.escape(text)
+
+    items = list(values.items())
+    rows = ["<tr>" + "".join(f"<th>{html.escape(str(k))}</th><td>{cell(v)}</td>"
+                             for k, v in items[i:i + per_row]) + "</tr>"
+            for i in range(0, len(items), per_row)]
+    return "<table class='t facts'>" + "".join(rows) + "</table>"
 
 
 def confusion_figure(labels: Sequence[str], preds: Sequence[str], classes: list[str]) -> bytes:
@@ -64,8 +98,9 @@ def confusion_figure(labels: Sequence[str], preds: Sequence[str], classes: list[
     side = max(4.0, 0.45 * len(classes) + 2)
     fig, ax = plt.subplots(figsize=(side, side))
     ax.imshow(matrix, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(len(classes)), classes, rotation=90)
-    ax.set_yticks(range(len(classes)), classes)
+    names = [plain(c) for c in classes]
+    ax.set_xticks(range(len(classes)), names, rotation=90)
+    ax.set_yticks(range(len(classes)), names)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     if len(classes) <= 20:
@@ -82,16 +117,20 @@ def curves_figure(frame: pd.DataFrame, x: str, y: str, title: str, *,
                   diagonal: bool = False) -> bytes:
     """One line per value of frame['curve']."""
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    lines, names = [], []
     for name, part in frame.groupby("curve", sort=False):
-        ax.plot(part[x], part[y], marker="o" if len(part) < 20 else None, ms=3, label=name)
+        lines += ax.plot(part[x], part[y], marker="o" if len(part) < 20 else None, ms=3)
+        names.append(plain(name))
     if diagonal:
         ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.02)
     ax.set_xlabel(x)
     ax.set_ylabel(y)
-    ax.set_title(title)
-    ax.legend(fontsize=7, loc="best")
+    ax.set_title(plain(title))
+    # handles given: a legend made from the lines' own labels would leave out every
+    # class whose name starts with "_" (matplotlib's mark for "no legend entry")
+    ax.legend(lines, names, fontsize=7, loc="best")
     return png(fig)
 
 
@@ -124,7 +163,7 @@ def training_figure(curves: dict[str, pd.DataFrame],
         cmap = plt.get_cmap("viridis")
         for i, (name, table) in enumerate(sorted(lrs.items())):
             axes[2].plot(table["step"] + 1, table.iloc[:, -1], marker=".",
-                         color=cmap(i / max(1, len(lrs) - 1)), label=name)
+                         color=cmap(i / max(1, len(lrs) - 1)), label=plain(name))
         axes[2].set_yscale("symlog", linthresh=1e-6)
         axes[2].set_xlabel("epoch")
         axes[2].set_title("Learning rate per layer group (end of epoch)")
@@ -141,9 +180,9 @@ def image_grid(images: Sequence[np.ndarray], captions: Sequence[str], *, columns
         ax.axis("off")
     for ax, image, caption in zip(axes.flat, images, captions):
         ax.imshow(image, interpolation="nearest")
-        ax.set_title(caption, fontsize=7)
+        ax.set_title(plain(caption), fontsize=7)
     if title:
-        fig.suptitle(title)
+        fig.suptitle(plain(title))
     return png(fig)
 
 
@@ -202,15 +241,27 @@ def split_counts(split: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
     return counts
 
 
-def metric_rows(results: dict[str, Any]) -> pd.DataFrame:
-    """The test metrics, accuracy and macro-F1 with their 95 % intervals first."""
+def metric_rows(results: dict[str, Any], log_loss_scaled: float | None = None
+                ) -> pd.DataFrame:
+    """The test metrics, accuracy and macro-F1 with their 95 % intervals first; log-loss
+    and ECE each with its value after the temperature scaling fitted on val beside it
+    (``log_loss_scaled``: :func:`pipeline.metrics.scaled_log_loss`), since label
+    smoothing makes the raw log-loss look worse than the model is."""
     ci = "{:.4f} [{:.4f}, {:.4f}]"
     rows = [("accuracy (95 % CI)", ci.format(results["accuracy"],
              results["accuracy_ci_low"], results["accuracy_ci_high"])),
             ("macro-F1 (95 % CI)", ci.format(results["macro_f1"],
              results["macro_f1_ci_low"], results["macro_f1_ci_high"]))]
-    rows += [(k, f"{v:.4f}" if isinstance(v, float) else str(v)) for k, v in results.items()
-             if not k.startswith(("accuracy", "macro_f1"))]
+    scaled = {"log_loss": log_loss_scaled, "ece": results.get("ece_calibrated")}
+    for key, value in results.items():
+        if key.startswith(("accuracy", "macro_f1")) or key == "ece_calibrated":
+            continue
+        text = f"{value:.4f}" if isinstance(value, float) else str(value)
+        after = scaled.get(key)
+        if after is not None:
+            text += (f" ({after:.4f} after temperature scaling, "
+                     f"T = {results.get('temperature', 1.0):.3g})")
+        rows.append((key, text))
     return pd.DataFrame(rows, columns=["metric", "value"])
 
 
@@ -283,7 +334,7 @@ def resolved_html(clean_counts: dict[str, Any], cache_image_size: int, cache_rea
              if split_metrics.get("audit_rule_calibrated") else "clean")
     parts.append(f"<p>Near copies ({where}): calibrated on synthetic copies of the "
                  f"images (JPEG, resize, crop, brightness, combined).</p>")
-    parts.append(table(pd.DataFrame([cal])))
+    parts.append(facts(cal))
     return parts
 
 
@@ -293,5 +344,5 @@ def split_html(split_cfg: Any, seed: int, split_metrics: dict[str, Any]) -> list
     return [f"<p>Method <code>{html.escape(split_cfg.method)}</code>, fractions "
             f"{html.escape(json.dumps(dataclasses.asdict(split_cfg.fractions)))}, seed "
             f"{seed}. Duplicate clusters are kept inside one split.</p>",
-            table(pd.DataFrame([leak_keys])) if leak_keys else
+            facts(leak_keys) if leak_keys else
             "<p>Leakage audit: not run by this version of the split stage.</p>"]

@@ -3,7 +3,8 @@ with their 95 % intervals, what clean and the leakage audit found, and where to 
 
 Printed at the end of the report stage (a plain ``dvc repro``), or by
 ``python -m pipeline run`` after DVC's closing lines, so that it is the last thing on
-the screen; made from the metrics files only.
+the screen; made from the metrics files only (the log-loss after temperature scaling
+from the test predictions and eval.json's temperature).
 """
 
 from __future__ import annotations
@@ -14,7 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import paths
+from pipeline.labelfiles import (
+    prediction_arrays,
+    prediction_classes,
+    read_labelled,
+    read_predictions,
+)
 from pipeline.manifest import ISSUES
+from pipeline.metrics import scaled_log_loss
 
 SUMMARY_LATER = "PIPELINE_SUMMARY_LATER"  # set: the report stage leaves it to the caller
 PAGES = {"report": paths.REPORTS_DIR / "report.html", "review": paths.REVIEW_PAGE,
@@ -33,16 +41,21 @@ def _ci(results: Mapping[str, Any], name: str) -> str:
 
 
 def _test_lines(results: Mapping[str, Any]) -> list[str]:
-    """The headline test metrics, two lines (three with test-time augmentation)."""
+    """The headline test metrics: two lines, one more with the values after temperature
+    scaling, one more with test-time augmentation."""
     lines = [f"test ({results.get('test_images', '?')} images, 95 % intervals): accuracy "
              f"{_ci(results, 'accuracy')}, macro-F1 {_ci(results, 'macro_f1')}"]
     more = [f"{label} {results[key]:.3f}" for key, label in
             (("balanced_accuracy", "balanced accuracy"), ("log_loss", "log-loss"),
              ("ece", "ECE")) if key in results]
-    if "ece_calibrated" in results:
-        more[-1] += (f" ({results['ece_calibrated']:.3f} after temperature scaling, "
-                     f"T = {results.get('temperature', 1.0):.2f})")
+    # beside the raw ones: label smoothing makes the raw log-loss look worse than the
+    # model is (log_loss_scaled: the report stage's, from the predictions)
+    scaled = [f"{label} {results[key]:.3f}" for key, label in
+              (("log_loss_scaled", "log-loss"), ("ece_calibrated", "ECE")) if key in results]
     lines.append("  " + ", ".join(more))
+    if scaled:
+        lines.append(f"  after temperature scaling (T = {results.get('temperature', 1.0):.2f}, "
+                     f"fitted on val): " + ", ".join(scaled))
     if "tta_accuracy" in results:
         lines.append(f"  with test-time augmentation: accuracy {results['tta_accuracy']:.3f}, "
                      f"macro-F1 {results['tta_macro_f1']:.3f}")
@@ -83,7 +96,14 @@ def read_summary(metrics_dir: Path = paths.METRICS_DIR,
     def read(name: str) -> dict[str, Any]:  # every number, not only the headline
         return dict(json.loads((metrics_dir / "all" / name).read_text()))
 
-    per_class = metrics_dir / "per_class.csv"  # one line per class after the header
-    classes = len(per_class.read_text().splitlines()) - 1 if per_class.exists() else "?"
-    return summary_lines(read("eval.json"), read("clean.json"), read("split.json"),
-                         classes=classes, pages=pages)
+    results = read("eval.json")
+    per_class = metrics_dir / "per_class.csv"  # one row per class
+    classes = len(read_labelled(per_class, ["class"])) if per_class.exists() else "?"
+    predictions = metrics_dir / "predictions.csv"
+    if predictions.exists():
+        table = read_predictions(predictions)
+        labels, probs = prediction_arrays(table, prediction_classes(table))
+        results["log_loss_scaled"] = scaled_log_loss(labels, probs,
+                                                     float(results.get("temperature", 1.0)))
+    return summary_lines(results, read("clean.json"), read("split.json"), classes=classes,
+                         pages=pages)

@@ -35,12 +35,15 @@ from pipeline import paths
 from pipeline.cachefiles import CacheMeta, NpyRows, images_name, read_meta
 from pipeline.config import PARAMS_FILE, load_sections
 from pipeline.errors import run_stage
+from pipeline.labelfiles import prediction_arrays, read_labelled, read_predictions
 from pipeline.manifest import read_manifest
+from pipeline.metrics import scaled_log_loss
 from pipeline.pages import img_tag
 from pipeline.report import (
     THUMB,
     confusion_figure,
     curves_figure,
+    facts,
     image_grid,
     issues_html,
     metric_rows,
@@ -121,13 +124,19 @@ def read_inputs(clean: Path, split: Path, cache_dir: Path, model: Path, metrics_
         model_meta=torch.load(model, map_location="cpu", weights_only=True)["meta"],
         results=read_json("eval.json"), train_metrics=read_json("train.json"),
         clean_counts=read_json("clean.json"), split_metrics=read_json("split.json"),
-        per_class=pd.read_csv(metrics_dir / "per_class.csv", dtype={"class": str}),
-        predictions=pd.read_csv(metrics_dir / "predictions.csv",
-                                dtype={"label": str, "pred": str}),
-        plots={n: pd.read_csv(metrics_dir / "plots" / f"{n}.csv", dtype={"curve": str})
+        per_class=read_labelled(metrics_dir / "per_class.csv", ["class"]),
+        predictions=read_predictions(metrics_dir / "predictions.csv"),
+        plots={n: read_labelled(metrics_dir / "plots" / f"{n}.csv", ["curve"])
                for n in ("roc", "pr", "reliability")},
         curves={p.stem: pd.read_csv(p, sep="\t") for p in sorted(curves.glob("*.tsv"))},
         lrs={p.stem: pd.read_csv(p, sep="\t") for p in sorted(curves.glob("lr/*.tsv"))})
+
+
+def scaled_loss(inp: Inputs) -> float:
+    """The test log-loss after the temperature scaling evaluate fitted on val (its T in
+    eval.json), from the prediction table: shown beside the raw log-loss."""
+    labels, probs = prediction_arrays(inp.predictions, inp.model_meta["classes"])
+    return scaled_log_loss(labels, probs, float(inp.results.get("temperature", 1.0)))
 
 
 def figures(inp: Inputs, cache_dir: Path) -> dict[str, bytes]:
@@ -185,19 +194,19 @@ def body(inp: Inputs, sections: dict[str, Any], pictures: dict[str, bytes], samp
         section("What auto resolved to", *resolved_html(
             inp.clean_counts, inp.cache.image_size, inp.cache.image_size_reason,
             inp.split_metrics, meta.get("auto", []))),
-        section("What clean found", table(pd.DataFrame([{
-            k: v for k, v in inp.clean_counts.items() if not k.startswith("near_duplicate_")}])),
+        section("What clean found", facts({
+            k: v for k, v in inp.clean_counts.items() if not k.startswith("near_duplicate_")}),
                 *(issues_html(inp.clean, Path(data_cfg.root)) or ["<p>No issues found.</p>"])),
         section("Split", *split_html(sections["split"], sections["base"].seed,
                                      inp.split_metrics)),
-        section("Model and weights", table(model_table(meta))),
+        section("Model and weights", facts(model_table(meta).iloc[0].to_dict(), per_row=2)),
         section("Training schedule that ran", table(phases_table(meta), "{:.4g}"),
                 f"<p>{tm['epochs']} epochs; the best validation accuracy "
                 f"{tm['best_val_accuracy']:.4f} at epoch {tm['best_epoch']} became the "
                 f"model.</p>",
                 img_tag(training_figure(inp.curves, inp.lrs), "training curves")
                 if inp.curves else ""),
-        section("Test metrics", table(metric_rows(results)),
+        section("Test metrics", table(metric_rows(results, scaled_loss(inp))),
                 "<h3>Per class</h3>", table(inp.per_class),
                 img_tag(pictures["confusion"], "confusion matrix", 560),
                 img_tag(pictures["reliability"], "reliability diagram", 480),
@@ -230,7 +239,8 @@ def run(sections: dict[str, Any], clean: Path, split: Path, cache_dir: Path, mod
     (out_dir / "timings.html").write_text(timings_page(record))  # not a DVC output
     print(f"report: {target} ({len(text) / 1024:.0f} KiB)")
     if not os.environ.get(SUMMARY_LATER):  # python -m pipeline run prints it last
-        print("\n".join(summary_lines(inp.results, inp.clean_counts, inp.split_metrics,
+        results = {**inp.results, "log_loss_scaled": scaled_loss(inp)}
+        print("\n".join(summary_lines(results, inp.clean_counts, inp.split_metrics,
                                       classes=len(inp.model_meta["classes"]),
                                       pages={**PAGES, "report": target})))
     return target
