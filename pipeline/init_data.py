@@ -1,7 +1,8 @@
 """``python -m pipeline init PATH``: look at a user's images and point params.yaml at them.
 
 PATH is a class-per-folder tree (``root/<class>/<image>``), a tree already split
-(``root/{train,val,test}/<class>/<image>``) or a CSV manifest (``path,label`` and
+(``root/{train,val,test}/<class>/<image>``, the split folders' names in any case, valid/
+for val) or a CSV manifest (``path,label`` and
 optionally ``timestamp,group,split``). The folder is listed by the prepare stage's own
 rules, images are decoded by the pipeline's own decoder, and only the ``data.*`` lines of
 params.yaml are rewritten, in place, so every comment stays.
@@ -23,7 +24,7 @@ from tqdm import tqdm
 from pipeline import paths
 from pipeline.errors import PipelineError
 from pipeline.images import IMAGES, natural_key
-from pipeline.manifest import check_two_classes, resolve
+from pipeline.manifest import check_two_classes, resolve, twin_labels
 from pipeline.modality import UnreadableItem
 from pipeline.splitting import SplitError, predefined_layout
 from pipeline.stages.prepare import list_folder, read_csv_source
@@ -43,6 +44,7 @@ class Inspection:
     rows: pd.DataFrame  # path, label[, split]: what prepare will list
     short_sides: list[int]  # pixels, of the decoded sample
     unreadable: list[tuple[str, str]]  # (path, reason)
+    warnings: tuple[str, ...] = ()  # about the labels, as prepare will print them
 
 
 def list_source(path: Path, root: Path | None = None) -> tuple[str, Path, pd.DataFrame]:
@@ -108,8 +110,9 @@ def inspect_source(path: Path, *, root: Path | None = None, sample: int = SAMPLE
     check_two_classes(rows["label"], str(path))
     layout = describe_layout(rows, source)
     short_sides, unreadable = check_images(rows, base, sample=sample)
+    twins = twin_labels(rows["label"])
     return Inspection(source, base, path if source == "csv" else None, layout, rows,
-                      short_sides, unreadable)
+                      short_sides, unreadable, (twins,) if twins else ())
 
 
 def counts_table(rows: pd.DataFrame) -> pd.DataFrame:
@@ -139,6 +142,7 @@ def report_lines(found: Inspection, *, limit: int = 5) -> list[str]:
     lines.append(f"  unreadable files: {len(found.unreadable)}" + ("" if not found.unreadable
                  else " (clean marks them unreadable and drops them), e.g."))
     lines += [f"    {rel}: {reason}" for rel, reason in found.unreadable[:limit]]
+    lines += [f"  warning: {warning}" for warning in found.warnings]
     return lines
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import unicodedata
+from collections.abc import Iterable
 from pathlib import Path
 
 import pandas as pd
@@ -31,7 +33,9 @@ def read_manifest(path: Path) -> pd.DataFrame:
     if not Path(path).exists():
         raise PipelineError(f"{path} not found: run the stage that writes it first "
                             f"(dvc repro)")
-    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    # lines end in "\n" (write_manifest): a carriage return in a label or a file name is
+    # data (Python's csv writer leaves such a field unquoted), never a line end
+    df = pd.read_csv(path, dtype=str, keep_default_na=False, lineterminator="\n")
     for column in BOOL_COLUMNS:
         if column in df:
             df[column] = df[column].map({"true": True, "false": False})
@@ -65,6 +69,27 @@ def resolve(root: Path, relative: str) -> Path:
     return p if p.is_absolute() else Path(root) / p
 
 
+# Folder names read as a split, in any case, when every folder of a data root is one
+# (as the CSV source's split values: pipeline.stages.prepare.SPLIT_SYNONYMS)
+SPLIT_FOLDERS = {"train": "train", "training": "train", "val": "val", "valid": "val",
+                 "validation": "val", "dev": "val", "test": "test", "testing": "test"}
+
+
+def split_folder(name: str) -> str | None:
+    """The split a folder named ``name`` stands for (``Train`` train, ``valid`` val), or
+    None."""
+    return SPLIT_FOLDERS.get(name.strip().casefold())
+
+
+def split_layout(names: list[str]) -> dict[str, str]:
+    """Folder name -> split when the folders of a data root (``names``) are its splits:
+    every one names a split (:func:`split_folder`); empty when they are classes."""
+    splits = {name: split_folder(name) for name in names}
+    if not names or None in splits.values():
+        return {}
+    return {name: split for name, split in splits.items() if split is not None}
+
+
 def empty_class_folders(root: Path) -> list[str]:
     """Class folders under ``root`` (or under its train/ val/ test/) holding no visible
     file, as paths relative to ``root``: a folder source lists no row, so no class, for
@@ -74,15 +99,43 @@ def empty_class_folders(root: Path) -> list[str]:
 
     root = Path(root)
     found = []
-    for folder in (p for p in visible(root) if p.is_dir()):
+    folders = [p for p in visible(root) if p.is_dir()]
+    layout = split_layout([p.name for p in folders])
+    for folder in folders:
         layers = ([c for c in visible(folder) if c.is_dir()]
-                  if folder.name in ("train", "val", "test") else [folder])
+                  if folder.name in layout else [folder])
         for class_dir in layers:
             files = (f for f in class_dir.rglob("*") if f.is_file()
                      and not any(part.startswith(".") for part in f.relative_to(root).parts))
             if next(files, None) is None:
                 found.append(class_dir.relative_to(root).as_posix())
     return found
+
+
+def _shown(label: str) -> str:
+    """A label as a warning names it: quoted, and escaped where it is not in Unicode's
+    composed form (NFC), so two names that print alike read apart."""
+    if unicodedata.is_normalized("NFC", label):
+        return repr(label)
+    return f"{ascii(label)} (decomposed)"
+
+
+def twin_labels(labels: Iterable[str], *, limit: int = 5) -> str:
+    """A warning naming the classes whose names differ only in case, Unicode
+    normalisation (NFC/NFD: macOS writes file names decomposed) or surrounding spaces,
+    or "" when there are none. They stay separate classes: the names are the user's."""
+    groups: dict[str, set[str]] = {}
+    for label in set(labels):
+        key = unicodedata.normalize("NFC", label).strip().casefold()
+        groups.setdefault(key, set()).add(label)
+    twins = [sorted(names) for _, names in sorted(groups.items()) if len(names) > 1]
+    if not twins:
+        return ""
+    shown = "; ".join(" and ".join(_shown(name) for name in names) for names in twins[:limit])
+    more = f"; and {len(twins) - limit} more" if len(twins) > limit else ""
+    return (f"{len(twins)} group(s) of class names differ only in case, Unicode "
+            f"normalisation or surrounding spaces, and stay separate classes: {shown}{more}; "
+            f"rename them alike if each group is one class")
 
 
 def check_two_classes(labels: pd.Series, where: str) -> None:

@@ -27,7 +27,15 @@ from pipeline.config import load_sections
 from pipeline.errors import PipelineError, run_stage
 from pipeline.files import utf8_path
 from pipeline.images import file_sha256
-from pipeline.manifest import check_two_classes, empty_class_folders, resolve, write_manifest
+from pipeline.manifest import (
+    check_two_classes,
+    empty_class_folders,
+    resolve,
+    split_folder,
+    split_layout,
+    twin_labels,
+    write_manifest,
+)
 from pipeline.modality import UnreadableItem
 from pipeline.params.data import DataConfig
 
@@ -44,15 +52,14 @@ def _visible(path: Path) -> bool:
 def list_folder(root: Path) -> pd.DataFrame:
     """Rows (path, label[, split]) for every file under class folders of ``root``.
 
-    ``root/<class>/...`` or ``root/<split>/<class>/...`` with split in train, val, test.
-    Every visible file is listed, image or not, so clean can report what is unreadable.
+    ``root/<class>/...`` or ``root/<split>/<class>/...`` with split in train, val, test
+    (folder names in any case, and valid/ or validation/ for val:
+    :func:`split_folders`). Every visible file is listed, image or not, so clean can
+    report what is unreadable.
     """
     subdirs = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    split_dirs = [d for d in subdirs if d in SPLIT_DIRS]
-    if split_dirs and len(split_dirs) != len(subdirs):
-        others = [d for d in subdirs if d not in SPLIT_DIRS]
-        raise PipelineError(f"{root} mixes split folders ({', '.join(split_dirs)}) with "
-                            f"other folders ({', '.join(others[:5])}); use one layout")
+    layout = split_folders(root, subdirs)
+    split_dirs = list(layout)
     loose = sorted(p.name for p in root.iterdir() if p.is_file() and not p.name.startswith("."))
     if loose:
         print(f"warning: {len(loose)} files directly in {root} have no class folder and are "
@@ -71,11 +78,40 @@ def list_folder(root: Path) -> pd.DataFrame:
                     # unreadable with that reason, .dvcignore keeps DVC off it
                     row = {"path": utf8_path(rel.as_posix()), "label": class_dir.name}
                     if split:
-                        row["split"] = split
+                        row["split"] = layout[split]
                     rows.append(row)
     if not rows:
         raise PipelineError(f"no files found in class folders under {root}")
     return pd.DataFrame(rows)
+
+
+def split_folders(root: Path, subdirs: list[str]) -> dict[str, str]:
+    """Folder -> split when the folders of ``root`` are its splits (any case, valid/ for
+    val), else {}. Lowercase train/ val/ test/ beside class folders stop the stage; other
+    split-like names there (Train/, valid/) are classes, with a warning naming them."""
+    layout = split_layout(subdirs)
+    if not layout:
+        exact = [d for d in subdirs if d in SPLIT_DIRS]
+        others = [d for d in subdirs if d not in SPLIT_DIRS]
+        if exact:
+            raise PipelineError(f"{root} mixes split folders ({', '.join(exact)}) with "
+                                f"other folders ({', '.join(others[:5])}); use one layout")
+        alike = [d for d in subdirs if split_folder(d)]
+        if alike:
+            print(f"warning: folders {', '.join(f'{d}/' for d in alike)} in {root} look like "
+                  f"split folders but sit beside class folders, so they are read as classes",
+                  file=sys.stderr)
+        return {}
+    for split in SPLIT_DIRS:
+        folders = [d for d, s in layout.items() if s == split]
+        if len(folders) > 1:
+            raise PipelineError(f"{root} has {len(folders)} folders for split {split} "
+                                f"({', '.join(f'{d}/' for d in folders)}); merge them into one")
+    renamed = [f"{d}/ as {s}" for d, s in layout.items() if d != s]
+    if renamed:
+        print(f"note: split folders in {root} read as splits: {', '.join(renamed)}",
+              file=sys.stderr)
+    return layout
 
 
 def read_csv_source(manifest: Path) -> pd.DataFrame:
@@ -250,6 +286,8 @@ def run(cfg: DataConfig, output: Path, *, ignore: Path = DVCIGNORE) -> pd.DataFr
                   file=sys.stderr)
     write_dvcignore(unhashable(root), ignore)
     check_inside(df, root, allow_outside=cfg.allow_outside_root)
+    if twins := twin_labels(df["label"]):
+        print(f"warning: {twins}", file=sys.stderr)
     check_two_classes(df["label"], f"data.root = {cfg.root!r}" if cfg.source != "csv"
                       else f"data.manifest = {cfg.manifest!r}")
     df = assign_ids(df, root)
