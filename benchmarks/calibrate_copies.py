@@ -2,7 +2,7 @@
 
     python benchmarks/calibrate_copies.py [--sets photos,digits,textures,lfw,fashion]
         [--per-kind 6]
-        [--sample 100] [--max-false-rate 0.002] [--seed 0]
+        [--sample 100] [--max-false-rate 0.002] [--seed 0] [--smoke]
 
 For each data set it plants ``--per-kind`` near copies of each kind of
 :data:`pipeline.calibrate.COPY_KINDS` (JPEG 50-80, 10-25 % smaller, a few pixels cropped,
@@ -20,6 +20,9 @@ Data sets: ``photos`` = the ants/bees JPEGs (``--hymenoptera``, train and val po
 .gif placeholder left out); ``digits`` = scikit-learn's 1,797 8x8 handwritten digits;
 ``textures`` = 800 synthetic 96-px textures (filtered noise and gratings, seeded);
 ``lfw`` = scikit-image's 200 25-px faces; ``fashion`` = 2,000 Fashion-MNIST images.
+
+``--smoke``: 40 textures of 48 px, one copy per kind, timm's tiny test model with random
+weights, in seconds.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import TINY_MODEL, add_smoke
 from PIL import Image
 
 from pipeline.autosize import backbone_input_size, resolve_image_size
@@ -242,16 +246,21 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, help="keep the embeddings here (reruns)")
     parser.add_argument("--estimator", choices=["shipped", "old"], default="shipped",
                         help="old: calibrate()'s share estimate before 2026-12")
+    add_smoke(parser)
     args = parser.parse_args()
     torch.manual_seed(0)
     cfg = ModelConfig(name="tf_efficientnet_lite0", weights="default", drop_rate=0.0)
+    if args.smoke:
+        args.sets, args.per_kind, args.sample = "textures", 1, 12
+        cfg = ModelConfig(name=TINY_MODEL, weights="none", drop_rate=0.0)
     model, prep, _ = create_model(cfg, num_classes=0)
     model.eval()
     library, arch = resolve_arch(cfg.name)
     backbone, _, why = backbone_input_size(library, arch, cfg.weights)
     print(f"backbone {arch}: {backbone} px ({why})")
     loaders = {"photos": lambda: photos(args.hymenoptera), "digits": digits,
-               "textures": textures, "lfw": lfw, "fashion": fashion}
+               "textures": (lambda: textures(40, 48)) if args.smoke else textures,
+               "lfw": lfw, "fashion": fashion}
     for name in args.sets.split(","):
         run_set(name, loaders[name](), model, prep, backbone, args)
 

@@ -1,7 +1,7 @@
 """Benchmark: plant known defects into real photos, run prepare -> embed -> clean, score.
 
     python benchmarks/clean_planted.py [--source hymenoptera|fashion-mnist]
-        [--set clean.near_duplicate_threshold=0.9 ...] [--workdir DIR]
+        [--set clean.near_duplicate_threshold=0.9 ...] [--workdir DIR] [--smoke]
 
 Builds a class-per-folder tree in a temporary folder (the source images are only read),
 plants defects whose truth it records, runs the real stage functions in-process
@@ -19,7 +19,9 @@ Sources:
   are too small for the near-copy transforms: use ``--exact 0 --near-per-kind 0
   --conflicts 0``).
 Every other setting is params.yaml's, with ``--set`` overrides; the max_rate gates are
-switched off so that the stage writes its outputs whatever it finds.
+switched off so that the stage writes its outputs whatever it finds. ``--smoke``: 3
+classes of 14 generated 64-px images, a few of each plant, timm's tiny test model with
+random weights at 32 px: every step in seconds.
 
 Planted (disjoint sets of originals, drawn with ``--seed``):
 - exact copies: byte copies under other names and lossless PNG re-saves (other bytes,
@@ -61,7 +63,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from common import load_params, probe_accuracy
+from common import add_smoke, load_params, probe_accuracy, smoke_params, tiny_images
 from PIL import Image, ImageEnhance
 
 from pipeline.config import parse_sections
@@ -116,6 +118,13 @@ def fashion_originals(classes: list[str], per_class: int, seed: int
         for i in sorted(rng.choice(rows, size=per_class, replace=False)):
             out.append((f"fm{i:05d}.png", name, Image.fromarray(images[i]).convert("RGB")))
     return out
+
+
+def smoke_originals() -> list[tuple[str, str, Image.Image]]:
+    """(name, label, image) for 3 classes of 14 generated 64-px images (``--smoke``)."""
+    images, labels = tiny_images(classes=3, per_class=14, size=64)
+    return [(f"s{i:03d}.png", f"c{label}", Image.fromarray(img))
+            for i, (img, label) in enumerate(zip(images, labels))]
 
 
 def _hash(path: Path) -> str:
@@ -324,9 +333,14 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="params override, as dvc exp run -S (repeatable)")
     parser.add_argument("--workdir", type=Path, help="keep the tree and outputs here")
+    add_smoke(parser)
     args = parser.parse_args()
 
-    if args.source == "hymenoptera":
+    if args.smoke:
+        originals = smoke_originals()
+        args.exact, args.near_per_kind, args.conflicts, args.flip_rate = 2, 1, 2, 0.1
+        defaults = []
+    elif args.source == "hymenoptera":
         originals = hymenoptera_originals(args.root)
         # photos: the backbone's own resolution, and the threshold that suits it (the
         # params.yaml default, 0.98, is for the 64-px digits demo)
@@ -340,15 +354,16 @@ def main() -> None:
     root = work / "images"
     overrides = [*defaults, "data.source=folder", f"data.root={root}", *args.set,
                  *[f"clean.max_rate.{k}=1.0" for k in clean.ISSUE_ORDER]]
-    data, embed_cfg, clean_cfg = parse_sections(load_params(overrides),
-                                                "data", "embed", "clean")
+    data, embed_cfg, clean_cfg = parse_sections(
+        (smoke_params if args.smoke else load_params)(overrides), "data", "embed", "clean")
     try:
         truth = build_tree(originals, root, seed=args.seed, exact=args.exact,
                            near_per_kind=args.near_per_kind, conflicts=args.conflicts,
                            flip_rate=args.flip_rate)
         kinds = pd.Series([t.kind for t in truth]).value_counts().sort_index()
-        print(f"{args.source}: {len(originals)} originals, {len(truth)} files planted "
-              f"in {root}: " + ", ".join(f"{k} {v}" for k, v in kinds.items()))
+        print(f"{'smoke' if args.smoke else args.source}: {len(originals)} originals, "
+              f"{len(truth)} files planted in {root}: "
+              + ", ".join(f"{k} {v}" for k, v in kinds.items()))
         seconds = {}
         start = time.perf_counter()
         prepare.run(data, work / "prepared.csv")

@@ -1,7 +1,7 @@
 """Benchmark: the clean stage's detectors on 100,000 precomputed embeddings. Prints numbers.
 
     python benchmarks/clean_scale.py [--rows 100000] [--dim 1280] [--classes 100]
-        [--set clean.label_probe=logistic ...] [--views]
+        [--set clean.label_probe=logistic ...] [--views] [--smoke]
 
 Synthesises embeddings shaped like a backbone's pooled features: a shared positive mean
 direction (post-ReLU features all point one way), one centre per class drawn from a
@@ -20,6 +20,8 @@ Prints the wall and CPU seconds of each, the total, the peak resident memory
 (:func:`pipeline.calibrate.view_neighbours`, (N, 48, 64) float32: 12 KB per image) on
 synthetic views: each image a class pattern plus noise, its 48 views small perturbations
 of its whole view, with the same rows planted as near copies.
+
+``--smoke``: 1,000 rows of dimension 64 in 4 classes, with ``--views``, in seconds.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from common import load_params
+from common import add_smoke, load_params, smoke_params
 
 from pipeline.calibrate import ALIGNED_SIZE, ALIGNED_VIEWS, view_neighbours
 from pipeline.config import parse_sections
@@ -106,8 +108,11 @@ def main() -> None:
                         help="params override, as dvc exp run -S (repeatable)")
     parser.add_argument("--views", action="store_true",
                         help="also the aligned views' near-copy search (12 KB per image)")
+    add_smoke(parser)
     args = parser.parse_args()
-    (cfg,) = parse_sections(load_params(args.set), "clean")
+    if args.smoke:
+        args.rows, args.dim, args.classes, args.views = 1000, 64, 4, True
+    (cfg,) = parse_sections((smoke_params if args.smoke else load_params)(args.set), "clean")
     # auto calibrates on copies of real images; these planted copies sit near cosine 0.99
     threshold = 0.98 if cfg.near_duplicate_threshold == "auto" else \
         float(cfg.near_duplicate_threshold)

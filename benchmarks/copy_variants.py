@@ -1,7 +1,7 @@
 """Study for issue 12 (not built into clean): can near copies of 8x8 digits be found if
 each copy is compared with crop / downscale *variants* of its original?
 
-    python benchmarks/copy_variants.py
+    python benchmarks/copy_variants.py [--smoke]
 
 Makes the calibration's synthetic copies (pipeline.calibrate.make_copies: JPEG, resize,
 crop, brightness, combined) of 100 seeded digits, and prints, per thumbnail size and
@@ -10,14 +10,17 @@ of every image's best similarity to a distinct image: first plain 16-px thumbnai
 (what clean uses), then the best over 16 crop variants (0/1 px off each side), then over
 48 (those crops x downscale 1.0, 0.85, 0.75). Measured 2026-11-23: plain 0.396, 48
 variants 0.888-0.892 (combined copies 0.46). Holds N x N x 48 similarities in memory
-(about 0.6 GB for the 1,797 digits): a study, not a detector.
+(about 0.6 GB for the 1,797 digits): a study, not a detector. ``--smoke``: the first
+120 digits and 20 copies, in seconds.
 """
 
 from __future__ import annotations
 
+import argparse
 import itertools
 
 import numpy as np
+from common import add_smoke
 from PIL import Image, ImageFilter
 from sklearn.datasets import load_digits
 
@@ -51,10 +54,14 @@ def variants(pixels: np.ndarray, scales: tuple[float, ...]) -> list[np.ndarray]:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_smoke(parser)
+    args = parser.parse_args()
     digits = load_digits()
     images = [np.repeat((x * 255 / 16).astype(np.uint8)[:, :, None], 3, 2)
-              for x in digits.images]
-    sample = np.random.default_rng(0).choice(len(images), 100, replace=False)
+              for x in digits.images[:120 if args.smoke else None]]
+    sample = np.random.default_rng(0).choice(len(images), 20 if args.smoke else 100,
+                                             replace=False)
     copies, source, kinds = make_copies([images[i] for i in sample], seed=0)[:3]
     for name, scales in (("plain", None), ("16 crop variants", (1.0,)),
                          ("48 crop x scale variants", (1.0, 0.85, 0.75))):

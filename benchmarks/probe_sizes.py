@@ -1,24 +1,28 @@
 """At what input size are a pretrained backbone's frozen features best on photos?
 
     python benchmarks/probe_sizes.py [--root ../shared/data/hymenoptera] [--sizes 224 256 288 320]
+        [--smoke]
 
 The evidence for ``cache.image_size: auto`` giving photos the backbone's test size
 (pipeline/autosize.py). Decodes the ants/bees photos once (its ``train/`` to fit,
 ``val/`` to score), centre-crops them to each size with the pipeline's own ``fit_image``,
 takes model.name's pooled features (params.yaml's backbone and weights, eval mode) and
 prints the test accuracy of a standardised logistic regression at three strengths.
-Nothing is written.
+Nothing is written. ``--smoke``: a tiny train/ + val/ tree of 48-px images made in a
+temporary folder, sizes 32 and 48, timm's tiny test model with random weights.
 """
 
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 import yaml
+from common import TINY_MODEL, add_smoke, write_tree
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -43,27 +47,38 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", type=Path, default=REPO.parent / "shared/data/hymenoptera")
     parser.add_argument("--sizes", type=int, nargs="+", default=[224, 256, 288, 320])
+    add_smoke(parser)
     args = parser.parse_args()
+    model_cfg = yaml.safe_load((REPO / "params.yaml").read_text())["model"]
+    if not args.smoke:
+        probe(args.root, args.sizes, model_cfg)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        root = write_tree(Path(tmp), per_class=6, size=48, splits=("train", "val"))
+        probe(root, [32, 48], {"name": TINY_MODEL, "weights": "none"})
+
+
+def probe(root: Path, sizes: list[int], model_cfg: dict) -> None:
+    """The table: per size, the probe's test accuracy at three strengths."""
     torch.set_num_threads(2)
     rows = [(split, label, path) for split in ("train", "val")
-            for label in sorted(p.name for p in (args.root / split).iterdir())
-            for path in sorted((args.root / split / label).iterdir())]
+            for label in sorted(p.name for p in (root / split).iterdir())
+            for path in sorted((root / split / label).iterdir())]
     pixels = [decode_image(path, max_pixels=89478485) for _, _, path in rows]
     fit = np.array([split == "train" for split, _, _ in rows])
     labels = np.array([label for _, label, _ in rows])
-    model_cfg = yaml.safe_load((REPO / "params.yaml").read_text())["model"]
     model, prep, _ = create_model(BackboneSpec(model_cfg["name"], model_cfg["weights"]), 0)
     model.eval()
     print(f"{model_cfg['name']}: fit on {fit.sum()} train/ photos, score on "
           f"{(~fit).sum()} val/ photos")
-    for size in args.sizes:
+    for size in sizes:
         start = time.perf_counter()
         x = features(model, pixels, size, prep)
         scores = []
         for c in (0.01, 0.1, 1.0):
-            probe = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=5000))
-            probe.fit(x[fit], labels[fit])
-            scores.append(f"C={c:g}: {(probe.predict(x[~fit]) == labels[~fit]).mean():.3f}")
+            clf = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=5000))
+            clf.fit(x[fit], labels[fit])
+            scores.append(f"C={c:g}: {(clf.predict(x[~fit]) == labels[~fit]).mean():.3f}")
         print(f"{size} px: {', '.join(scores)} ({time.perf_counter() - start:.1f} s)")
 
 
