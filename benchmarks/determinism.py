@@ -10,6 +10,7 @@ train stage's wall time, then which cases agree with the first.
     python benchmarks/determinism.py                 # short phases (1 + 1 epochs)
     python benchmarks/determinism.py --full          # the params.yaml phases
     python benchmarks/determinism.py --cases base,avx2 --set base.deterministic=false
+    python benchmarks/determinism.py --smoke         # a tiny cache and model, one case
 
 Time it alone: every case is timed, and a second job on a 2-core machine skews that.
 """
@@ -32,7 +33,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from common import load_params  # noqa: E402
+from common import add_smoke, load_params, smoke_params, tiny_cache  # noqa: E402
 
 # Each case: environment variables that make this machine behave like another one.
 CASES: dict[str, dict[str, str]] = {
@@ -63,12 +64,13 @@ def weights_hash(path: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def run_case(name: str, env_change: dict[str, str], params: dict, work: Path) -> dict:
-    """Train once in a new folder under ``work`` with ``params`` and ``env_change``; return
-    a table row. A case may be named twice (a rerun, for timing)."""
+def run_case(name: str, env_change: dict[str, str], params: dict, work: Path, cache: Path
+             ) -> dict:
+    """Train once on ``cache`` in a new folder under ``work`` with ``params`` and
+    ``env_change``; return a table row. A case may be named twice (a rerun, for timing)."""
     folder = work / f"{len(list(work.iterdir()))}_{name}"
     (folder / "data").mkdir(parents=True)
-    (folder / "data" / "cache").symlink_to(REPO / "data" / "cache")
+    (folder / "data" / "cache").symlink_to(cache.resolve())
     (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {**os.environ, "PYTHONPATH": str(REPO), **env_change}
     start = time.perf_counter()
@@ -88,13 +90,18 @@ def main() -> None:
     parser.add_argument("--cases", default=",".join(CASES), help="comma-separated names")
     parser.add_argument("--full", action="store_true", help="the params.yaml phases")
     parser.add_argument("--set", action="append", default=[], help="section.key=value")
+    add_smoke(parser)
     args = parser.parse_args()
     params = load_params((() if args.full else SHORT) + tuple(args.set),
                          path=REPO / "params.yaml")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
+        cache = REPO / "data" / "cache"
+        if args.smoke:
+            params, cache, args.cases = smoke_params(args.set), tiny_cache(Path(tmp)), "base"
+        (Path(tmp) / "runs").mkdir()
         for name in args.cases.split(","):
-            rows.append(run_case(name, CASES[name], params, Path(tmp)))
+            rows.append(run_case(name, CASES[name], params, Path(tmp) / "runs", cache))
             print(json.dumps(rows[-1]), flush=True)
     first = rows[0]["weights"]
     print(f"\n{'case':<20} {'weights':<17} {'same as ' + rows[0]['case']:<14} "

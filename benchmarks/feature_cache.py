@@ -1,9 +1,10 @@
 """Benchmark: a head-only epoch on stored backbone features vs. one through the backbone.
 
-    python benchmarks/feature_cache.py [--epochs 3]
+    python benchmarks/feature_cache.py [--epochs 3] [--cache data/cache] [--smoke]
 
 Uses the demo cache (``dvc repro cache`` first) and params.yaml's model and train
-settings. Times, with the train stage's own parts (pipeline.training: build_setup,
+settings (``--smoke``: a tiny cache made in a temporary folder and timm's tiny test
+model, 2 epochs). Times, with the train stage's own parts (pipeline.training: build_setup,
 start_phase, run_epoch): computing the features once, head-only epochs on them, and
 head-only epochs that run the frozen backbone forward every batch (train.feature_cache:
 false). Prints the median epoch times,
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from common import add_smoke, smoke_params, tiny_cache
 
 from pipeline import paths
 from pipeline.cachefiles import open_split, read_meta
@@ -39,16 +41,26 @@ from pipeline.training import (
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--cache", type=Path, default=paths.CACHE_DIR)
+    add_smoke(parser)
     args = parser.parse_args()
-    params = yaml.safe_load(Path("params.yaml").read_text())
+    if not args.smoke:
+        measure(yaml.safe_load(Path("params.yaml").read_text()), args.cache, args.epochs)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        measure(smoke_params(), tiny_cache(Path(tmp)), 2)
+
+
+def measure(params: dict, cache_dir: Path, epochs: int) -> None:
+    """Time both modes on the cache in ``cache_dir``; print the comparison."""
     model_cfg, cfg = parse_sections(params, "model", "train")
     # one head-only phase at a constant lr, nothing that changes inputs every epoch
     cfg = dataclasses.replace(
         cfg, hflip=False, shift=0, mixup=0.0, cutmix=0.0, ema_decay=0.0, compile=False,
-        patience=0, phases=(Phase(epochs=args.epochs, unfreeze="head",
+        patience=0, phases=(Phase(epochs=epochs, unfreeze="head",
                                   lr_mult=cfg.phases[0].lr_mult, schedule="constant"),))
-    meta = read_meta(paths.CACHE_DIR)
-    data, val = open_split(paths.CACHE_DIR, meta, "train"), open_split(paths.CACHE_DIR, meta, "val")
+    meta = read_meta(cache_dir)
+    data, val = open_split(cache_dir, meta, "train"), open_split(cache_dir, meta, "val")
     cpu = torch.device("cpu")
     results, heads = {}, {}
     for mode in ("backbone", "features"):
@@ -63,7 +75,7 @@ def main() -> None:
         _, extract = epoch_batches(run, phase, data, 0)  # stores the features (features mode)
         torch.manual_seed(1)  # the same dropout masks in both modes
         times = []
-        for _ in range(args.epochs):
+        for _ in range(epochs):
             before = loop.timing.get("phase0_seconds", 0.0)
             run_epoch(run, loop, phase)  # the train stage's own epoch (validation untimed)
             times.append(loop.timing["phase0_seconds"] - before)
@@ -73,14 +85,14 @@ def main() -> None:
     diff = max(float((heads["backbone"][k] - heads["features"][k]).abs().max())
                for k in heads["backbone"])
     print(f"{len(data.labels)} train images, {meta.image_size} px, {model_cfg.name}, "
-          f"batch {cfg.batch_size}, {torch.get_num_threads()} threads, {args.epochs} epochs")
+          f"batch {cfg.batch_size}, {torch.get_num_threads()} threads, {epochs} epochs")
     print(f"head epoch through the frozen backbone: {full:.3f} s "
           f"({len(data.labels) / full:.0f} images/s)")
     print(f"head epoch on stored features:          {fast:.4f} s "
           f"({len(data.labels) / fast:.0f} images/s)")
     print(f"computing the features once:            {results['features'][1]:.3f} s")
     print(f"speed-up per epoch: {full / fast:.1f}x; largest head weight difference after "
-          f"{args.epochs} epochs: {diff:.2e}")
+          f"{epochs} epochs: {diff:.2e}")
 
 
 if __name__ == "__main__":

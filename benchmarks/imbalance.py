@@ -1,6 +1,7 @@
 """Benchmark: class imbalance settings on the demo digits with classes 0-4 cut to 10 %.
 
     python benchmarks/imbalance.py [--epochs N] [--keep 0.1] [--set section.key=value ...]
+        [--smoke]
 
 Builds the demo's cache once in a temporary folder with the stages' own ``run``
 functions (demo, prepare, embed, clean, split, cache), dropping all but ``--keep`` of
@@ -9,6 +10,10 @@ trains with each train.class_weights x train.sampler setting and prints macro-F1
 balanced accuracy (95 % bootstrap intervals) of the best checkpoint on the test split.
 ``--epochs N`` replaces the schedule by 1 head epoch and N - 1 epochs of the whole
 network (the demo's own schedule shape, shorter), for slow machines.
+
+``--smoke``: instead of the digits, 4 classes ("0", "1", "5", "6") of 12 tiny images
+each, half of the train images of "0" and "1" kept, timm's tiny test model, one head
+epoch, 100 bootstrap resamples: every step in seconds.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import load_params
+from common import add_smoke, load_params, smoke_params, write_tree
 from sklearn.metrics import balanced_accuracy_score, f1_score
 
 from pipeline import paths
@@ -39,11 +44,13 @@ SETTINGS = [("none", "shuffle"), ("balanced", "shuffle"), ("none", "balanced"),
 
 
 def build_cache(params: dict, keep: float) -> tuple[int, ...]:
-    """The stages from demo to cache in the current folder, with classes 0-4 of the
-    train split cut to ``keep``; returns the train count per class."""
+    """The stages from demo (unless params.yaml names other data) to cache in the current
+    folder, with classes 0-4 of the train split cut to ``keep``; returns the train count
+    per class."""
     base, data, embed_cfg, clean_cfg, split_cfg, cache_cfg = parse_sections(
         params, "base", "data", "embed", "clean", "split", "cache")
-    demo.run(paths.DEMO_ROOT, paths.DEMO_MANIFEST)
+    if data.source == "demo":
+        demo.run(paths.DEMO_ROOT, paths.DEMO_MANIFEST)
     prepare.run(data, paths.PREPARED)
     embed.run(data, embed_cfg, paths.PREPARED, paths.EMBED_DIR, device=base.device)
     clean.run(data, clean_cfg, paths.PREPARED, paths.EMBED_DIR, paths.CLEAN,
@@ -61,8 +68,10 @@ def build_cache(params: dict, keep: float) -> tuple[int, ...]:
     return tuple(np.bincount(train_labels, minlength=len(meta.classes)).tolist())
 
 
-def evaluate(model_path: Path, test) -> dict[str, tuple[float, float, float]]:
-    """Macro-F1 and balanced accuracy on the test split, each (value, low, high)."""
+def evaluate(model_path: Path, test, *, resamples: int = 1000
+             ) -> dict[str, tuple[float, float, float]]:
+    """Macro-F1 and balanced accuracy on the test split, each (value, low, high) with
+    a bootstrap of ``resamples``."""
     model, prep, _ = load_trained(model_path)
     model.to(memory_format=torch.channels_last)
     preds = predict(model, test, prep=prep, device=torch.device("cpu"),
@@ -70,7 +79,7 @@ def evaluate(model_path: Path, test) -> dict[str, tuple[float, float, float]]:
     out = {}
     for name, metric in (("macro_f1", lambda y, p: f1_score(y, p, average="macro")),
                          ("balanced_accuracy", balanced_accuracy_score)):
-        low, high = bootstrap_ci(test.labels, preds, metric, n=1000, seed=0)
+        low, high = bootstrap_ci(test.labels, preds, metric, n=resamples, seed=0)
         out[name] = (float(metric(test.labels, preds)), low, high)
     return out
 
@@ -80,8 +89,14 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--keep", type=float, default=0.1)
     parser.add_argument("--epochs", type=int, default=0)
+    add_smoke(parser)
     args = parser.parse_args()
-    params = load_params(args.set)
+    params = (smoke_params(["data.source=folder", "data.root=images",
+                            "train.phases=[{epochs: 1, unfreeze: head, lr_mult: 5.0}]",
+                            *args.set])
+              if args.smoke else load_params(args.set))
+    if args.smoke:
+        args.keep = 0.5
     if args.epochs:
         params["train"]["phases"] = [{"epochs": 1, "unfreeze": "head", "lr_mult": 5.0},
                                      {"epochs": args.epochs - 1, "unfreeze": "all",
@@ -89,6 +104,8 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         os.chdir(tmp)  # the stages' relative paths (data/...) land here
+        if args.smoke:
+            write_tree(Path("images"), classes=("0", "1", "5", "6"), per_class=12)
         counts = build_cache(params, args.keep)
         print(f"train images per class: {counts}")
         test = open_split(paths.CACHE_DIR, read_meta(paths.CACHE_DIR), "test")
@@ -100,7 +117,8 @@ def main() -> None:
             start = time.perf_counter()
             train.run(base, model_cfg, cfg, paths.CACHE_DIR, out / "model.pt",
                       out / "train.json", out / "curves", out / "checkpoints")
-            rows.append((weights, sampler, evaluate(out / "model.pt", test),
+            rows.append((weights, sampler, evaluate(out / "model.pt", test,
+                                                    resamples=100 if args.smoke else 1000),
                          time.perf_counter() - start))
     print(f"\ntest split: {len(test.labels)} images, train per class {counts}")
     print(f"{'class_weights':<14}{'sampler':<10}{'macro-F1 [95% CI]':<26}"

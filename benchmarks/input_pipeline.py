@@ -1,6 +1,6 @@
 """Benchmark of the input pipeline: run on purpose, prints numbers, asserts nothing.
 
-    python benchmarks/input_pipeline.py [--images DIR] [--size 128] [--batch 32]
+    python benchmarks/input_pipeline.py [--images DIR] [--size 128] [--batch 32] [--smoke]
 
 1. Throughput, unfrozen backbone (model.name from params.yaml, its default weights):
    - loop:     the real training loop (engine.train_one_epoch) reading the cache stage's
@@ -14,6 +14,9 @@
 2. Peak resident memory of one training epoch over a cache of N random 64x64 images,
    for N = 20,000 and 60,000 (a child process per N, timm's tiny test_efficientnet so
    the epoch takes seconds: the data path is what is measured).
+
+``--smoke``: 16 generated 160x120 photos at 32 px, timm's tiny test model with random
+weights, one epoch, one cache of 16 images: every step in seconds.
 """
 
 from __future__ import annotations
@@ -30,17 +33,17 @@ import numpy as np
 import timm
 import torch
 import yaml
+from common import add_smoke, smoke_params
 from numpy.lib.format import open_memmap
 from PIL import Image
 from torch import nn
 from torchvision import datasets, transforms
 
 from pipeline.backbones import create_model
-from pipeline.cachefiles import ArraySplit, NpyRows, load_split
+from pipeline.cachefiles import ArraySplit, NpyRows, open_split
 from pipeline.config import parse_sections
 from pipeline.engine import batches, random_flip_shift, train_one_epoch
 from pipeline.inputs import Preprocessing, to_input
-from pipeline.manifest import write_manifest
 from pipeline.models import layer_groups, set_trainable, train_mode
 from pipeline.stages import cache, prepare
 
@@ -48,13 +51,13 @@ REPO = Path(__file__).resolve().parents[1]
 HYMENOPTERA = REPO.parent / "shared" / "data" / "hymenoptera" / "train"
 
 
-def _synthetic_photos(root: Path, n: int = 400) -> Path:
+def _synthetic_photos(root: Path, n: int = 400, size: tuple[int, int] = (500, 375)) -> Path:
     rng = np.random.default_rng(0)
     for i in range(n):
         folder = root / f"class{i % 2}"
         folder.mkdir(parents=True, exist_ok=True)
         base = rng.integers(0, 255, (24, 32, 3), dtype=np.uint8)  # smooth, photo-like
-        img = Image.fromarray(base).resize((500, 375), Image.Resampling.BICUBIC)
+        img = Image.fromarray(base).resize(size, Image.Resampling.BICUBIC)
         img.save(folder / f"{i:04d}.jpg", quality=90)
     return root
 
@@ -119,22 +122,21 @@ def _tutorial(model: nn.Module, optimizer: torch.optim.Optimizer, root: Path, ba
     return seen / (time.perf_counter() - start)
 
 
-def throughput(images: Path, size: int, batch: int, epochs: int) -> None:
+def throughput(images: Path, size: int, batch: int, epochs: int, params: dict) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         root = _readable_tree(images, tmp_path / "images")
-        params = yaml.safe_load((REPO / "params.yaml").read_text())
-        params["data"].update(source="folder", root=str(root))
         params["cache"]["image_size"] = size
-        data_cfg, cache_cfg, model_cfg = parse_sections(params, "data", "cache", "model")
+        cache_cfg, model_cfg = parse_sections(params, "cache", "model")
         df = prepare.assign_ids(prepare.list_folder(root), root).assign(split="train")
-        write_manifest(df, tmp_path / "split.csv")
+        names = sorted(set(df["label"]))
         start = time.perf_counter()
-        meta = cache.run(data_cfg, cache_cfg, tmp_path / "split.csv", tmp_path / "cache",
-                         embed_dir=tmp_path / "no-embed")
+        (tmp_path / "cache").mkdir()
+        meta = cache.write_cache(df, root, tmp_path / "cache", cache_cfg, size, "benchmark",
+                                 "photo", {name: i for i, name in enumerate(names)})
         cache_seconds = time.perf_counter() - start
-        train = load_split(tmp_path / "cache", "train", meta["ids"]["train"])
-        classes = len(meta["classes"])
+        train = open_split(tmp_path / "cache", meta, "train")
+        classes = len(meta.classes)
         steps = -(-len(train.labels) // batch)
 
         torch.manual_seed(0)
@@ -228,16 +230,23 @@ def main() -> None:
     parser.add_argument("--memory-counts", type=int, nargs="*", default=[20000, 60000])
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--memory-child", type=Path, help=argparse.SUPPRESS)
+    add_smoke(parser)
     args = parser.parse_args()
     if args.memory_child:
         memory_child(args.memory_child)
         return
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    if args.smoke:
+        params = smoke_params()
+        args.size, args.batch, args.epochs, args.memory_counts = 32, 8, 1, [16]
     if not args.skip_throughput:
         images = args.images
         with tempfile.TemporaryDirectory() as tmp:
-            if images is None:
+            if args.smoke:
+                images = _synthetic_photos(Path(tmp), 16, (160, 120))
+            elif images is None:
                 images = HYMENOPTERA if HYMENOPTERA.is_dir() else _synthetic_photos(Path(tmp))
-            throughput(images, args.size, args.batch, args.epochs)
+            throughput(images, args.size, args.batch, args.epochs, params)
     if args.memory_counts:
         memory(args.memory_counts)
 

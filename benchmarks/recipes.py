@@ -1,6 +1,7 @@
 """Benchmark: fine-tuning recipes on the cache of the current project.
 
     python benchmarks/recipes.py [--set train.layer_decay=0.9 ...] [--only staged ...]
+        [--cache data/cache] [--smoke]
 
 Trains each recipe with the train stage's own code on the cache that ``dvc repro cache``
 built (data/cache: the demo, or any data set the project's params point at), then
@@ -17,6 +18,8 @@ prints a table: the best val accuracy, the test accuracy of the best checkpoint 
   than its steps (so ``all`` on EfficientNet-Lite0: 9 epochs, 8 steps + 1).
 
 Every other setting comes from params.yaml, plus any ``--set section.key=value``.
+``--smoke``: every recipe on a tiny cache made in a temporary folder, with timm's tiny
+test model and a 1 + 1 epoch default schedule.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import load_params
+from common import add_smoke, load_params, smoke_params, tiny_cache
 
 from pipeline import paths
 from pipeline.backbones import create_model, load_trained
@@ -70,16 +73,28 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--only", action="append", default=[])
+    parser.add_argument("--cache", type=Path, default=paths.CACHE_DIR)
+    add_smoke(parser)
     args = parser.parse_args()
-    params = load_params(args.set)
-    meta = read_meta(paths.CACHE_DIR)
-    test = open_split(paths.CACHE_DIR, meta, "test")
+    if not args.smoke:
+        compare(load_params(args.set), args.cache, args.only)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        compare(smoke_params(["train.phases=[{epochs: 1, unfreeze: head, lr_mult: 5.0}, "
+                              "{epochs: 1, unfreeze: 2, lr_mult: 0.25}]", *args.set]),
+                tiny_cache(Path(tmp)), args.only)
+
+
+def compare(params: dict, cache_dir: Path, only: list[str]) -> None:
+    """Train every recipe on the cache in ``cache_dir``; print the table."""
+    meta = read_meta(cache_dir)
+    test = open_split(cache_dir, meta, "test")
     base, model_cfg = parse_sections(params, "base", "model")
     model, _, _ = create_model(model_cfg, len(meta.classes), pretrained=False)
     rows = []
     for name, phases in recipes(default_phases(params, meta.profile),
                                 len(layer_groups(model)) - 1).items():
-        if args.only and name not in args.only:
+        if only and name not in only:
             continue
         p = copy.deepcopy(params)
         p["train"]["phases"] = phases
@@ -87,7 +102,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp)
             start = time.perf_counter()
-            metrics = train.run(base, model_cfg, cfg, paths.CACHE_DIR, out / "model.pt",
+            metrics = train.run(base, model_cfg, cfg, cache_dir, out / "model.pt",
                                 out / "train.json", out / "curves", out / "checkpoints")
             seconds = time.perf_counter() - start
             trained, prep, _ = load_trained(out / "model.pt")
