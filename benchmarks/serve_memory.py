@@ -2,13 +2,15 @@
 purpose, prints numbers.
 
     python benchmarks/serve_memory.py [--model models/model.pt] [--uploads 32] [--side 6200]
+        [--smoke]
 
-Starts ``python -m pipeline serve`` on 127.0.0.1 (with ``--model``, or a tiny untrained
-timm ``test_efficientnet`` written to a temporary folder: decoding, not the model, is
-what takes the memory), sends ``--uploads`` concurrent POST /predict requests of one
-``side`` x ``side`` PNG (6200 x 6200 = 38.4 Mpx, under the server's 40 Mpx limit, about
-0.1 MB on the wire) and prints the server process's resident memory before, its peak
-(``VmHWM`` of /proc/<pid>/status, Linux) and after.
+Starts ``python -m pipeline serve`` on 127.0.0.1 (with ``--model``, or timm's tiny
+``test_efficientnet`` trained one epoch on tiny images in a temporary folder: decoding,
+not the model, is what takes the memory), sends ``--uploads`` concurrent POST /predict
+requests of one ``side`` x ``side`` PNG (6200 x 6200 = 38.4 Mpx, under the server's
+40 Mpx limit, about 0.1 MB on the wire) and prints the server process's resident memory
+before, its peak (``VmHWM`` of /proc/<pid>/status, Linux) and after. ``--smoke``: 2
+uploads of a 64 x 64 PNG.
 """
 
 from __future__ import annotations
@@ -25,26 +27,10 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import torch
+from common import add_smoke, tiny_model
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from pipeline.backbones import create_model  # noqa: E402
-from pipeline.params.model import ModelConfig  # noqa: E402
-
-
-def tiny_model(folder: Path) -> Path:
-    """An untrained 3-class test_efficientnet saved as the train stage saves models."""
-    cfg = ModelConfig(name="test_efficientnet", weights="none", drop_rate=0.0)
-    model, prep, info = create_model(cfg, num_classes=3)
-    meta = {"classes": ["a", "b", "c"], "arch": info["arch"],
-            "model": {"name": cfg.name, "weights": cfg.weights, "drop_rate": 0.0},
-            "preprocessing": {"image_size": 32, "fit": "crop", "mean": list(prep.mean),
-                              "std": list(prep.std)}}
-    torch.save({"state_dict": model.state_dict(), "meta": meta}, folder / "model.pt")
-    return folder / "model.pt"
 
 
 def big_png(side: int) -> bytes:
@@ -68,10 +54,17 @@ def main() -> None:
     parser.add_argument("--model", type=Path)
     parser.add_argument("--uploads", type=int, default=32)
     parser.add_argument("--side", type=int, default=6200)
+    add_smoke(parser)
     args = parser.parse_args()
-    folder = Path(tempfile.mkdtemp())
-    model = args.model or tiny_model(folder)
-    data = big_png(args.side)
+    if args.smoke:
+        args.uploads, args.side = 2, 64
+    with tempfile.TemporaryDirectory() as tmp:
+        measure(args.model or tiny_model(Path(tmp)), args.uploads, args.side)
+
+
+def measure(model: Path, uploads: int, side: int) -> None:
+    """Serve ``model``, send the burst, print the server's memory."""
+    data = big_png(side)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -93,12 +86,12 @@ def main() -> None:
                               timeout=600).status_code
 
         start = time.perf_counter()
-        with ThreadPoolExecutor(max_workers=args.uploads) as pool:
-            codes = list(pool.map(send, range(args.uploads)))
+        with ThreadPoolExecutor(max_workers=uploads) as pool:
+            codes = list(pool.map(send, range(uploads)))
         seconds = time.perf_counter() - start
         time.sleep(1.0)
         after = memory_mib(server.pid)
-        print(f"{args.uploads} concurrent uploads of a {args.side}x{args.side} PNG "
+        print(f"{uploads} concurrent uploads of a {side}x{side} PNG "
               f"({len(data) / 1e6:.2f} MB) in {seconds:.1f} s, status codes "
               f"{sorted(set(codes))}: server RSS {before:.0f} MiB before, peak "
               f"{after['VmHWM']:.0f} MiB, {after['VmRSS']:.0f} MiB after")
