@@ -1,6 +1,7 @@
 """The whole pipeline on every offline real data set, defaults only (issue 12).
 
     python benchmarks/real_data.py [--work /tmp/real_data] [--only NAME ...] [--folds K [--reuse]]
+        [--smoke]
 
 Per data set it copies this working tree into WORK/NAME (a fresh git + DVC project),
 changes only ``data.*`` in params.yaml, runs ``dvc repro`` and prints one table row:
@@ -25,6 +26,11 @@ Data sets (none is copied into the repository; images are written under WORK):
 - ``fashion``: Debian's ``dataset-fashion-mnist`` (apt), 100 images per class of its
   train file and 50 per class of its t10k file, as ``train/`` + ``test/`` folders.
 
+``--smoke``: one data set, ``tiny`` (3 classes of 12 generated 24-px images), with timm's
+tiny test model (random weights), 32-px images and 1 + 1 epochs, ``dvc repro evaluate``
+(export and report left out) in a temporary WORK: the table's path in about a minute.
+``--folds`` is not part of it.
+
 Time it alone on a quiet machine: every number is wall time on this machine's cores.
 """
 
@@ -33,10 +39,12 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import os
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -44,6 +52,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import yaml
+from common import TINY_PARAMS, add_smoke, apply_overrides, write_tree
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,6 +61,9 @@ FASHION = Path("/usr/share/datasets/fashion-mnist")
 FASHION_CLASSES = ["tshirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt",
                    "sneaker", "bag", "boot"]
 STAGES = ("prepare", "embed", "clean", "split", "cache", "train", "evaluate")
+# dvc and the stages' `python` from this interpreter's environment, whatever PATH says
+ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+       "DVC_NO_ANALYTICS": "1"}
 
 
 def write_lfw(root: Path) -> Path:
@@ -99,8 +111,16 @@ def datasets(work: Path) -> dict[str, dict]:
     }
 
 
-def make_project(dest: Path, data: dict) -> None:
-    """This working tree's tracked and unignored files, as a fresh git + DVC project."""
+def smoke_datasets(work: Path) -> dict[str, dict]:
+    """``--smoke``'s one data set: 3 classes of 12 generated 24-px images."""
+    root = work / "images" / "tiny"
+    return {"tiny": {"source": "folder", "root": str(root),
+                     "make": lambda: write_tree(root, per_class=12, size=24)}}
+
+
+def make_project(dest: Path, data: dict, overrides: tuple[str, ...] = ()) -> None:
+    """This working tree's tracked and unignored files, as a fresh git + DVC project, its
+    params.yaml changed in ``data.*`` and by ``overrides`` (``section.key=value``)."""
     if dest.exists():
         shutil.rmtree(dest)
     files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
@@ -111,6 +131,7 @@ def make_project(dest: Path, data: dict) -> None:
             shutil.copy2(REPO / rel, dest / rel)
     params = yaml.safe_load((dest / "params.yaml").read_text())
     params["data"].update({k: v for k, v in data.items() if k != "make"})
+    apply_overrides(params, overrides)
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     git = ["git", "-c", "user.name=bench", "-c", "user.email=bench@localhost"]
     for cmd in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "benchmark project"]):
@@ -163,7 +184,7 @@ def cross_validate(name: str, work: Path, k: int) -> dict:
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     start = time.perf_counter()
     proc = subprocess.run(["dvc", "repro", "ensemble@folds"], cwd=project,
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, env=ENV)
     wall = time.perf_counter() - start
     (work / f"{name}_folds.log").write_text(proc.stdout + proc.stderr)
     if proc.returncode != 0:
@@ -198,14 +219,16 @@ def print_folds(rows: list[dict]) -> None:
               "per fold mean +- sd", "probe, pooled [95 % CI]", "s"], rows, cells)
 
 
-def run_one(name: str, data: dict, work: Path) -> dict:
+def run_one(name: str, data: dict, work: Path, *, smoke: bool = False) -> dict:
+    """``dvc repro`` on data set ``name`` in a fresh project (``smoke``: tiny settings,
+    up to evaluate); its table row."""
     if "make" in data:
         data["make"]()
     project = work / name
-    make_project(project, data)
+    make_project(project, data, TINY_PARAMS if smoke else ())
     start = time.perf_counter()
-    proc = subprocess.run(["dvc", "repro"], cwd=project, capture_output=True, text=True,
-                          env=None)
+    proc = subprocess.run(["dvc", "repro", *(["evaluate"] if smoke else [])], cwd=project,
+                          capture_output=True, text=True, env=ENV)
     wall = time.perf_counter() - start
     (work / f"{name}.log").write_text(proc.stdout + proc.stderr)
     if proc.returncode != 0:
@@ -251,16 +274,28 @@ def main() -> None:
                         help="then K-fold cross-validate pipeline and probe (0: skip)")
     parser.add_argument("--reuse", action="store_true",
                         help="--folds only: reuse WORK/NAME from an earlier run")
+    add_smoke(parser)
     args = parser.parse_args()
+    if not args.smoke:
+        compare(args)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        args.work, args.only, args.folds, args.reuse = Path(tmp), None, 0, False
+        compare(args)
+
+
+def compare(args: argparse.Namespace) -> None:
+    """Run every data set asked for; print the tables."""
     args.work.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
     folds: list[dict] = []
-    for name, data in datasets(args.work.resolve()).items():
+    sets = smoke_datasets if args.smoke else datasets
+    for name, data in sets(args.work.resolve()).items():
         if args.only and name not in args.only:
             continue
         print(f"running {name} ...", file=sys.stderr, flush=True)
         if not (args.reuse and (args.work / name / "dvc.lock").exists()):
-            rows.append(run_one(name, data, args.work.resolve()))
+            rows.append(run_one(name, data, args.work.resolve(), smoke=args.smoke))
             (args.work / "results.json").write_text(json.dumps(rows, indent=1))
         if args.folds:
             folds.append(cross_validate(name, args.work.resolve(), args.folds))
