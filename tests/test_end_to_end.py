@@ -43,7 +43,7 @@ def test_dvc_repro_runs_every_stage_then_nothing(tmp_path):
              for name in ("clean.json", "split.json", "train.json", "eval.json", "run.json")}
     assert {k for values in shown.values() for k in values} == {
         "kept", "leaks", "best_epoch", "best_val_accuracy", "accuracy", "macro_f1",
-        "log_loss", "ece",
+        "log_loss", "log_loss_scaled", "ece",
         "accuracy_ci_low", "accuracy_ci_high", "macro_f1_ci_low", "macro_f1_ci_high",
         "train_seconds"}
     assert shown["run.json"] == {"train_seconds": run_record["train_seconds"]}

@@ -51,6 +51,7 @@ from pipeline.metrics import (
     one_vs_rest_curves,
     per_class,
     reliability,
+    scaled_log_loss,
 )
 from pipeline.modality import BatchAdapter
 from pipeline.params.base import BaseConfig
@@ -73,7 +74,7 @@ class CountingInput:
 
 # what metrics/eval.json keeps for dvc exp show (test split); every number goes
 # to metrics/all/eval.json (pipeline.files.write_metrics)
-HEADLINE = ("accuracy", "macro_f1", "log_loss", "ece", "accuracy_ci_low",
+HEADLINE = ("accuracy", "macro_f1", "log_loss", "log_loss_scaled", "ece", "accuracy_ci_low",
             "accuracy_ci_high", "macro_f1_ci_low", "macro_f1_ci_high")
 
 
@@ -112,6 +113,8 @@ def compute(test: pd.DataFrame, val: pd.DataFrame, classes: list[str], *, bootst
         out["temperature_note"] = skipped
         print(f"warning: {skipped}", file=sys.stderr)
     out["ece_calibrated"] = expected_calibration_error(labels, calibrated)
+    # beside the raw log-loss, which label smoothing inflates (dvc exp show, exps)
+    out["log_loss_scaled"] = scaled_log_loss(labels, probs, temperature)
     if tta:
         tta_labels, tta_probs = prediction_arrays(test, classes, prefix="tta_")
         tta_headline = headline(tta_labels, tta_probs)
