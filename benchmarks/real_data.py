@@ -285,7 +285,7 @@ def main() -> None:
 
 
 def compare(args: argparse.Namespace) -> None:
-    """Run every data set asked for; print the tables."""
+    """Run every data set asked for; print the tables; exit 1 if one failed."""
     args.work.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
     folds: list[dict] = []
@@ -304,6 +304,11 @@ def compare(args: argparse.Namespace) -> None:
         print_table(rows)
     if folds:
         print_folds(folds)
+    failed = [r for r in rows + folds if "error" in r]
+    for r in failed:
+        print(f"{r['name']} failed; the end of its log:\n{r['error']}", file=sys.stderr)
+    if failed:  # after every table: the other data sets' rows still count
+        sys.exit(f"failed: {', '.join(r['name'] for r in failed)} (logs in {args.work})")
 
 
 if __name__ == "__main__":
