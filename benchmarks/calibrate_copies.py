@@ -148,7 +148,9 @@ def run_set(name: str, originals: list[np.ndarray], model, prep, backbone: int,
     rng = np.random.default_rng(args.seed + 1)
     n = len(originals)
     chosen = rng.choice(n, size=args.per_kind * len(COPY_KINDS), replace=False)
-    planted, truth_kind, truth_pairs = [], [], {}
+    planted: list[np.ndarray] = []
+    truth_kind: list[str] = []
+    truth_pairs: dict[tuple[int, int], str] = {}
     for j, i in enumerate(chosen):
         kind = COPY_KINDS[j % len(COPY_KINDS)]
         copy, _, _ = make_copies([originals[i]], kinds=[kind], seed=args.seed + 1000 + j)

@@ -91,7 +91,7 @@ class Planted:
 
 def hymenoptera_originals(root: Path) -> list[tuple[str, str, Image.Image]]:
     """(name, label, image) for every JPEG of the ants/bees tree (train and val pooled)."""
-    out = []
+    out: list[tuple[str, str, Image.Image]] = []
     for file in sorted(root.glob("*/*/*")):
         if file.suffix.lower() in (".jpg", ".jpeg"):
             split, label = file.parts[-3], file.parts[-2]
@@ -411,9 +411,9 @@ def _similarities(embeddings: np.ndarray, rows: pd.DataFrame, truth: list[Plante
         if sims:
             print(f"  {kind:16s} {min(sims):.4f} / {float(np.median(sims)):.4f}")
     plain = [index[t.path] for t in truth if t.kind in ("original", "flip")]
-    sims = embeddings[plain] @ embeddings[plain].T
-    np.fill_diagonal(sims, -1)
-    print(f"  distinct originals, highest pair: {sims.max():.4f}")
+    pairs = embeddings[plain] @ embeddings[plain].T
+    np.fill_diagonal(pairs, -1)
+    print(f"  distinct originals, highest pair: {pairs.max():.4f}")
 
 
 if __name__ == "__main__":

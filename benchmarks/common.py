@@ -30,7 +30,7 @@ def apply_overrides(params: dict[str, Any], overrides: Sequence[str]) -> dict[st
     :func:`load_params`); returns it."""
     for item in overrides:
         dotted, sep, value = item.partition("=")
-        node = params
+        node: Any = params
         *parents, leaf = dotted.split(".")
         for key in parents:
             node = node.get(key) if isinstance(node, dict) else None
