@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from threadpoolctl import threadpool_limits
+from threadpoolctl import threadpool_info, threadpool_limits
 
 from pipeline.errors import PipelineError
 
@@ -72,6 +72,13 @@ def pin_cpu(*, deterministic: bool) -> dict[str, Any]:
         # NumPy's and SciPy's BLAS (clean's probe, similarity searches) and OpenMP: their
         # sums also split by thread count (a 1-thread run changed label_quality digits).
         threadpool_limits(limits=DETERMINISTIC_THREADS)
+        blas = {info["architecture"] for info in threadpool_info()
+                if info.get("internal_api") == "openblas" and "architecture" in info}
+        if blas - {"Haswell", "Zen"}:  # Zen runs the Haswell kernels
+            print(f"warning: base.deterministic: NumPy's OpenBLAS runs its "
+                  f"{', '.join(sorted(blas))} kernels (NumPy was loaded before the "
+                  f"pipeline package set OPENBLAS_CORETYPE); results may differ from "
+                  f"another machine's", file=sys.stderr)
         wanted = os.environ["ATEN_CPU_CAPABILITY"].upper()
         if torch.backends.cpu.get_cpu_capability() not in (wanted, "DEFAULT"):
             # Only in a process that computed before (a test session): a stage is fresh.

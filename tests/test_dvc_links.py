@@ -58,7 +58,7 @@ def test_a_direct_stage_run_after_dvc_repro_leaves_the_cache_object_intact(tmp_p
 
     status = sh("dvc", "status", cwd=work)
     assert "changed deps" in status and "changed outs" in status  # DVC sees the change
-    sh("dvc", "checkout", "--force", "prepare", cwd=work)  # back to the recorded output, bit for bit
+    sh("dvc", "checkout", "--force", "prepare", cwd=work)  # recorded output, bit for bit
     assert manifest.read_bytes() == original and md5(manifest) == digest
     assert "changed outs" not in sh("dvc", "status", "prepare", cwd=work)
 
