@@ -46,7 +46,9 @@ def end(block: str) -> str:
 
 
 def module_file(name: str) -> Path:
-    return REPO / (name.replace(".", "/") + ".py")
+    """The file of a module, or of a package its ``__init__.py``."""
+    path = REPO / name.replace(".", "/")
+    return path / "__init__.py" if path.is_dir() else path.with_name(path.name + ".py")
 
 
 def imports(path: Path) -> set[str]:
@@ -59,10 +61,18 @@ def imports(path: Path) -> set[str]:
             found.add(node.module or "")
             found |= {f"{node.module}.{a.name}" for a in node.names
                       if module_file(f"{node.module}.{a.name}").exists()}
-    return {m for m in found if module_file(m).exists()}
+    return {m for m in found if module_file(m).exists() and _has_code(m)}
+
+
+def _has_code(module: str) -> bool:
+    """False for a package whose ``__init__.py`` is empty (nothing to declare)."""
+    path = module_file(module)
+    return path.name != "__init__.py" or bool(path.read_text().strip())
 
 
 def closure(module: str) -> set[str]:
+    """The modules importing ``module`` runs: those it imports, theirs, and so on, with
+    every package above them whose ``__init__.py`` has code (Python runs it first)."""
     seen: set[str] = set()
     todo = [module]
     while todo:
@@ -70,6 +80,9 @@ def closure(module: str) -> set[str]:
         if current not in seen:
             seen.add(current)
             todo.extend(imports(module_file(current)))
+            parts = current.split(".")
+            todo.extend(package for package in (".".join(parts[:i]) for i in range(1, len(parts)))
+                        if _has_code(package))
     return seen
 
 
