@@ -123,11 +123,12 @@ def tiny_cache(work: Path, *, classes: int = 3, per_class: int = 8, size: int = 
     """A cache stage's output in ``work/cache``: ``per_class`` images of each of
     ``classes`` classes in each of train, val and test, stored at ``size`` px by the
     cache stage's own writer. Returns the cache folder."""
-    from pipeline.stages import cache, prepare
+    from pipeline import sources
+    from pipeline.stages import cache
 
     root = write_tree(work / "images", classes=[f"c{k}" for k in range(classes)],
                       per_class=per_class, size=size, splits=("train", "val", "test"))
-    df = prepare.assign_ids(prepare.list_folder(root), root)
+    df = sources.assign_ids(sources.list_folder(root), root)
     params = smoke_params([f"cache.image_size={size}"])
     (cfg,) = parse_sections(params, "cache")
     names = sorted(set(df["label"]))

@@ -45,7 +45,8 @@ from pipeline.config import parse_sections
 from pipeline.engine import batches, random_flip_shift, train_one_epoch
 from pipeline.inputs import Preprocessing, to_input
 from pipeline.models import layer_groups, set_trainable, train_mode
-from pipeline.stages import cache, prepare
+from pipeline.sources import assign_ids, list_folder
+from pipeline.stages import cache
 
 REPO = Path(__file__).resolve().parents[1]
 HYMENOPTERA = REPO.parent / "shared" / "data" / "hymenoptera" / "train"
@@ -128,7 +129,7 @@ def throughput(images: Path, size: int, batch: int, epochs: int, params: dict) -
         root = _readable_tree(images, tmp_path / "images")
         params["cache"]["image_size"] = size
         cache_cfg, model_cfg = parse_sections(params, "cache", "model")
-        df = prepare.assign_ids(prepare.list_folder(root), root).assign(split="train")
+        df = assign_ids(list_folder(root), root).assign(split="train")
         names = sorted(set(df["label"]))
         start = time.perf_counter()
         (tmp_path / "cache").mkdir()

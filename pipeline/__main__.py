@@ -154,7 +154,7 @@ def guard_special_files() -> None:
     meets it first)."""
     import yaml
 
-    from pipeline.stages.prepare import DVCIGNORE, unhashable, write_dvcignore
+    from pipeline.sources import DVCIGNORE, unhashable, write_dvcignore
 
     try:
         root = Path((yaml.safe_load(PARAMS_FILE.read_text()) or {})["data"]["root"])
@@ -265,12 +265,13 @@ def sweep_doc() -> str:
     return (sweep.__doc__ or "").split("\n\n")[1].replace("``", "")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The command line: init, run, exps, predict, serve, export, sweep, plots-template."""
-    formatter = argparse.ArgumentDefaultsHelpFormatter
-    parser = argparse.ArgumentParser(prog="python -m pipeline", formatter_class=formatter,
-                                     description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+# build_parser's pieces: each adds its subcommands to ``sub``
+Subcommands = argparse._SubParsersAction
+Formatter = type[argparse.HelpFormatter]
+
+
+def _add_init(sub: Subcommands, formatter: Formatter) -> None:
+    """The init subcommand."""
     i = sub.add_parser("init", formatter_class=formatter,
                        help="inspect a folder or CSV of images; point params.yaml's data.* "
                             "at it",
@@ -286,6 +287,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="images decoded for the size statistics")
     i.add_argument("--dry-run", action="store_true", help="print, write nothing")
     i.set_defaults(func=init_command)
+
+
+def _add_run_and_exps(sub: Subcommands, formatter: Formatter) -> None:
+    """The run and exps subcommands (dvc repro, dvc exp show)."""
     r = sub.add_parser("run", formatter_class=formatter,
                        usage="python -m pipeline run [-h] [dvc repro arguments ...]",
                        help="run the pipeline (dvc repro, extra arguments passed on) and "
@@ -308,6 +313,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    f"fit into '…'; --pager shows every column in DVC's "
                                    f"pager instead.")
     x.set_defaults(func=exps_command)
+
+
+def _add_predict_and_serve(sub: Subcommands, formatter: Formatter) -> None:
+    """The predict and serve subcommands."""
     p = sub.add_parser("predict", formatter_class=formatter,
                        help="classify image files or folders (recursive) into a CSV")
     p.add_argument("inputs", nargs="+", type=Path, help="image files or folders")
@@ -330,6 +339,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="largest upload")
     _device(s)
     s.set_defaults(func=serve_command)
+
+
+def _add_export(sub: Subcommands, formatter: Formatter) -> None:
+    """The export subcommand."""
     e = sub.add_parser("export", formatter_class=formatter,
                        help="TorchScript and ONNX copies of a trained model, checked "
                             "against PyTorch (what the export stage does)",
@@ -346,6 +359,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out-dir", type=Path, default=Path("exported"),
                    help="folder for model.ts, model.onnx, model.json and export.json")
     e.set_defaults(func=export_command)
+
+
+def _add_sweep(sub: Subcommands, formatter: Formatter) -> None:
+    """The sweep subcommand."""
     w = sub.add_parser("sweep", formatter_class=formatter,
                        help="search hyperparameters with Optuna; every trial is a DVC "
                             "experiment (dvc exp show lists them)",
@@ -376,12 +393,27 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--random-trials", type=int, default=4,
                    help="trials drawn at random before TPE models the results")
     w.set_defaults(func=sweep_command)
+
+
+def _add_plots_template(sub: Subcommands, formatter: Formatter) -> None:
+    """The plots-template subcommand."""
     t = sub.add_parser("plots-template", formatter_class=formatter,
                        help="write the page template that makes dvc plots show/diff work "
                             "offline (run.sh does it after installing)")
     t.add_argument("--out", type=Path, default=TEMPLATE,
                    help="the file (.dvc/config's plots.html_template names this one)")
     t.set_defaults(func=plots_template_command)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: init, run, exps, predict, serve, export, sweep, plots-template."""
+    formatter = argparse.ArgumentDefaultsHelpFormatter
+    parser = argparse.ArgumentParser(prog="python -m pipeline", formatter_class=formatter,
+                                     description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_init, _add_run_and_exps, _add_predict_and_serve, _add_export, _add_sweep,
+                _add_plots_template):
+        add(sub, formatter)
     return parser
 
 

@@ -262,6 +262,45 @@ def _offline_unless_hub_resolves() -> None:
         constants.HF_HUB_OFFLINE = True
 
 
+def _timm_model(arch: str, spec: str, file: Path | None, info: dict[str, Any]
+                ) -> tuple[nn.Module, Preprocessing]:
+    """A timm model with the weights ``spec`` names (the package's own, a hub tag, or
+    none: a ``file`` is loaded later) and its preprocessing; notes package weights in
+    ``info``."""
+    tag_pretrained = file is None and spec not in ("none",) and not (
+        spec == "default" and arch == PACKAGE_ARCH)
+    name = arch if spec in ("default", "none") or file else f"{arch}.{spec}"
+    # dropout goes into the new head (create_model), so that the head module alone is
+    # the part that trains on stored features in head-only phases
+    if tag_pretrained:
+        _offline_unless_hub_resolves()
+    model = timm.create_model(name, pretrained=tag_pretrained)
+    if spec == "default" and arch == PACKAGE_ARCH:
+        mapped = _package_state_dict(model)
+        missing, unexpected = model.load_state_dict(mapped, strict=False)
+        assert not unexpected and all(k.endswith("num_batches_tracked") for k in missing)
+        info["weights"] = f"package:{PACKAGE_WEIGHTS[0]}"
+        info["sha256"] = PACKAGE_WEIGHTS[2]
+    data_cfg = timm.data.resolve_model_data_config(model)
+    return model, Preprocessing(tuple(data_cfg["mean"]), tuple(data_cfg["std"]))
+
+
+def _torchvision_model(arch: str, spec: str, file: Path | None, info: dict[str, Any]
+                       ) -> tuple[nn.Module, Preprocessing]:
+    """A torchvision model with the weights enum entry ``spec`` names (none: a ``file``
+    is loaded later) and its preprocessing."""
+    weights = None
+    if file is None and spec != "none":
+        enum = torchvision.models.get_model_weights(arch)
+        weights = enum["DEFAULT" if spec == "default" else spec]
+    model = torchvision.models.get_model(arch, weights=weights)
+    mean, std = IMAGENET_MEAN, IMAGENET_STD
+    if weights is not None:
+        transforms = weights.transforms()
+        mean, std = tuple(transforms.mean), tuple(transforms.std)
+    return model, Preprocessing(mean, std)
+
+
 def create_model(cfg: Backbone, num_classes: int, *, pretrained: bool = True
                  ) -> tuple[nn.Module, Preprocessing, dict[str, Any]]:
     """Build model.name with its pretrained weights and a new head for ``num_classes``.
@@ -275,35 +314,8 @@ def create_model(cfg: Backbone, num_classes: int, *, pretrained: bool = True
     file = _weights_file(spec)
     info: dict[str, Any] = {"library": library, "arch": arch, "weights": spec}
     try:
-        if library == "timm":
-            tag_pretrained = file is None and spec not in ("none",) and not (
-                spec == "default" and arch == PACKAGE_ARCH)
-            name = arch if spec in ("default", "none") or file else f"{arch}.{spec}"
-            # dropout goes into the new head below, so that the head module alone is the
-            # part that trains on stored features in head-only phases
-            if tag_pretrained:
-                _offline_unless_hub_resolves()
-            model = timm.create_model(name, pretrained=tag_pretrained)
-            if spec == "default" and arch == PACKAGE_ARCH:
-                mapped = _package_state_dict(model)
-                missing, unexpected = model.load_state_dict(mapped, strict=False)
-                assert not unexpected and all(k.endswith("num_batches_tracked")
-                                              for k in missing)
-                info["weights"] = f"package:{PACKAGE_WEIGHTS[0]}"
-                info["sha256"] = PACKAGE_WEIGHTS[2]
-            data_cfg = timm.data.resolve_model_data_config(model)
-            prep = Preprocessing(tuple(data_cfg["mean"]), tuple(data_cfg["std"]))
-        else:
-            weights = None
-            if file is None and spec != "none":
-                enum = torchvision.models.get_model_weights(arch)
-                weights = enum["DEFAULT" if spec == "default" else spec]
-            model = torchvision.models.get_model(arch, weights=weights)
-            mean, std = IMAGENET_MEAN, IMAGENET_STD
-            if weights is not None:
-                transforms = weights.transforms()
-                mean, std = tuple(transforms.mean), tuple(transforms.std)
-            prep = Preprocessing(mean, std)
+        build = _timm_model if library == "timm" else _torchvision_model
+        model, prep = build(arch, spec, file, info)
     except (OSError, RuntimeError, ValueError) as exc:  # downloads and hub look-ups
         raise WeightsError(f"could not get weights {spec!r} for {cfg.name}: {exc}. "
                            f"{OFFLINE_HINT}") from None

@@ -696,6 +696,28 @@ def _candidates(values: np.ndarray, *, limit: int) -> np.ndarray:
     return np.concatenate([[np.inf], np.nextafter(top.astype(np.float64), np.inf)])
 
 
+def _subsets(copy_sims: np.ndarray, n_signals: int) -> list[list[int]]:
+    """Every non-empty subset of the signal columns worth trying: a signal on which no
+    copy scores above 0 (the copy model without tiny images) cannot find one, so its
+    subsets are left out (unless no signal is usable)."""
+    usable = [j for j in range(n_signals) if len(copy_sims) and copy_sims[:, j].max() > 0]
+    return [list(c) for r in range(1, len(usable or range(n_signals)) + 1)
+            for c in itertools.combinations(usable or range(n_signals), r)]
+
+
+def _shared_grids(copy_sims: np.ndarray, pairs: np.ndarray, subsets: list[list[int]],
+                  owner: np.ndarray | None, *, limit: int, floor_recall: float,
+                  allowance: float) -> tuple[float, list[Grid]]:
+    """Each subset's :func:`_grid` and the one share of images with a real copy that
+    :func:`_share` estimates from all of them (it belongs to the data)."""
+    owners, n_owners = _owners(owner, len(pairs))
+    computed = [_grid(copy_sims[:, c], pairs[:, c], owners, n_owners, limit=limit)
+                for c in subsets]
+    share = _share([g[1:] for g in computed], n_owners, floor_recall=floor_recall,
+                   allowance=allowance)
+    return share, computed
+
+
 def calibrate(copy_sims: np.ndarray, distinct_sims: np.ndarray, *,
               signals: Sequence[str], owner: np.ndarray | None = None,
               kinds: np.ndarray | None = None, max_false_rate: float = 0.002,
@@ -726,19 +748,12 @@ def calibrate(copy_sims: np.ndarray, distinct_sims: np.ndarray, *,
     pairs = np.round(np.asarray(distinct_sims, dtype=np.float64), SIM_DECIMALS)
     best: Calibration | None = None
     best_key: tuple[float, int, float] | None = None
-    # a signal on which no copy scores above 0 (the copy model without tiny images)
-    # cannot find one: its subsets are not tried
-    usable = [j for j in range(len(signals)) if len(copy_sims) and copy_sims[:, j].max() > 0]
-    subsets = [list(c) for r in range(1, len(usable or signals) + 1)
-               for c in itertools.combinations(usable or range(len(signals)), r)]
+    subsets = _subsets(copy_sims, len(signals))
     share = None  # shared_share: the share of real copies is the data's, not a subset's
     grids: list[Grid | None] = [None] * len(subsets)  # each computed once when shared
     if shared_share:
-        owners, n_owners = _owners(owner, len(pairs))
-        computed = [_grid(copy_sims[:, c], pairs[:, c], owners, n_owners, limit=limit)
-                    for c in subsets]
-        share = _share([g[1:] for g in computed], n_owners, floor_recall=floor_recall,
-                       allowance=allowance)
+        share, computed = _shared_grids(copy_sims, pairs, subsets, owner, limit=limit,
+                                        floor_recall=floor_recall, allowance=allowance)
         grids = list(computed)
     for cols, grid in zip(subsets, grids):
         r = len(cols)
@@ -891,16 +906,11 @@ def calibrate_rule(copy_sims: np.ndarray, distinct_sims: np.ndarray, *,
 
     The user's images may already hold near copies, so the nearest-neighbour pairs are
     a mixture: a share ``pi`` of images with a real copy (which fires at the synthetic
-    copies' rate ``r(t)``, if the synthetic copies are like the real ones) and distinct
-    pairs. With ``n(t)`` the share of images with a firing pair,
-    ``n(t) = pi * r(t) + false(t)``; ``pi`` is estimated as the smallest ``n(t) / r(t)``
-    over the grid (settings with ``r(t) >= floor_recall``, 0.75: an upper bound of
-    ``pi``, tight where the settings that find most copies fire on copies only; each
-    count ``c`` of firing images taken ``allowance`` Poisson deviations high,
-    ``c + sqrt(c)``, so that the least of many noisy ratios does not land below the
-    truth; see :func:`_share`), and the false-match rate as
-    ``n(t) - pi * r(t)``. Without copies in the data ``pi`` comes out near 0 and the
-    estimate is the plain share of images linked to their nearest distinct neighbour.
+    copies' rate ``r(t)``) and distinct pairs, so the share of images with a firing pair
+    is ``n(t) = pi * r(t) + false(t)``. :func:`_share` estimates ``pi`` (the least
+    ``n(t) / r(t)`` over settings with ``r(t) >= floor_recall``, counts taken a little
+    high), and the false-match rate is ``n(t) - pi * r(t)``: without copies in the data,
+    the plain share of images linked to their nearest distinct neighbour.
 
     Args:
         copy_sims: (M, S) similarity of each synthetic copy to its original
@@ -933,7 +943,18 @@ def calibrate_rule(copy_sims: np.ndarray, distinct_sims: np.ndarray, *,
                                      floor_recall=floor_recall,
                                      max_false_rate=max_false_rate, allowance=allowance,
                                      share=share, grid=grid)
-    cal = np.asarray(thresholds)
+    est_recall, est_false, by_kind = _rates(copy_sims, pairs, np.asarray(thresholds), owner,
+                                            n_owners, share, kinds)
+    # the "cannot separate" note is :func:`calibrate`'s, which names every signal tried
+    return Calibration(tuple(signals), tuple(thresholds), est_recall, est_false,
+                       est_recall >= min_recall, by_kind, share)
+
+
+def _rates(copy_sims: np.ndarray, pairs: np.ndarray, cal: np.ndarray, owner: np.ndarray,
+           n_owners: int, share: float, kinds: np.ndarray | None
+           ) -> tuple[float, float, dict[str, float]]:
+    """The estimated recall, false-match rate and recall per copy kind of thresholds
+    ``cal`` (the rule fires when any signal reaches its own)."""
     hit = np.asarray((copy_sims >= cal).any(axis=1), dtype=bool)
     fire = np.asarray((pairs >= cal).any(axis=1), dtype=bool)
     n_fired = np.bincount(owner[fire], minlength=n_owners).astype(bool).sum() / n_owners
@@ -941,9 +962,7 @@ def calibrate_rule(copy_sims: np.ndarray, distinct_sims: np.ndarray, *,
     est_false = float(max(0.0, n_fired - share * est_recall))
     by_kind = ({str(k): float(hit[kinds == k].mean()) for k in dict.fromkeys(kinds)}
                if kinds is not None else {})
-    # the "cannot separate" note is :func:`calibrate`'s, which names every signal tried
-    return Calibration(tuple(signals), tuple(thresholds), est_recall, est_false,
-                       est_recall >= min_recall, by_kind, share)
+    return est_recall, est_false, by_kind
 
 
 # --------------------------------------------------------------------------- detection

@@ -20,7 +20,7 @@ import difflib
 import importlib
 import math
 import types
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
@@ -64,6 +64,57 @@ def _unknown_key(key: str, valid: Sequence[str]) -> ParamsError:
         f"unknown key {key!r}{hint} Valid keys here: {', '.join(prefix + v for v in valid)}")
 
 
+def _to_bool(value: Any, key: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise ParamsError(f"{key} = {value!r}: expected true or false")
+
+
+def _to_int(value: Any, key: str) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:
+            pass
+    raise ParamsError(f"{key} = {value!r}: expected an integer")
+
+
+def _to_float(value: Any, key: str) -> float:
+    # `dvc exp run -S train.lr=0.000001` writes 1e-06, which PyYAML reads as a string.
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond any float (about 1.8e308)
+            number = math.inf
+    elif isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            raise ParamsError(f"{key} = {value!r}: expected a number") from None
+    else:
+        raise ParamsError(f"{key} = {value!r}: expected a number")
+    if not math.isfinite(number):
+        raise ParamsError(f"{key} = {value!r}: expected a finite number")
+    return number
+
+
+def _to_str(value: Any, key: str) -> str:
+    if isinstance(value, str):
+        return value
+    raise ParamsError(f"{key} = {value!r}: expected a string")
+
+
+# _convert's scalar types: YAML value, key -> the value, or ParamsError naming the key
+_SCALARS: dict[Any, Callable[[Any, str], Any]] = {
+    bool: _to_bool, int: _to_int, float: _to_float, str: _to_str}
+
+
 def _convert(value: Any, tp: Any, key: str) -> Any:
     """Convert one YAML value to the annotated type, or raise naming the key."""
     if tp is Any:  # checked later against the section it changes (section members)
@@ -99,44 +150,8 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
                 for k, v in value.items()}
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return _build(tp, value, key)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false"):
-            return value.lower() == "true"
-        raise ParamsError(f"{key} = {value!r}: expected true or false")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-        raise ParamsError(f"{key} = {value!r}: expected an integer")
-    if tp is float:
-        # `dvc exp run -S train.lr=0.000001` writes 1e-06, which PyYAML reads as a string.
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            try:
-                number = float(value)
-            except OverflowError:  # an integer beyond any float (about 1.8e308)
-                number = math.inf
-        elif isinstance(value, str):
-            try:
-                number = float(value)
-            except ValueError:
-                raise ParamsError(f"{key} = {value!r}: expected a number") from None
-        else:
-            raise ParamsError(f"{key} = {value!r}: expected a number")
-        if not math.isfinite(number):
-            raise ParamsError(f"{key} = {value!r}: expected a finite number")
-        return number
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise ParamsError(f"{key} = {value!r}: expected a string")
+    if tp in _SCALARS:
+        return _SCALARS[tp](value, key)
     raise TypeError(f"unsupported annotation {tp!r} for {key}")  # a bug in this module
 
 

@@ -26,8 +26,8 @@ from pipeline.errors import PipelineError
 from pipeline.images import IMAGES, natural_key
 from pipeline.manifest import check_two_classes, resolve, twin_labels
 from pipeline.modality import UnreadableItem
+from pipeline.sources import list_folder, read_csv_source
 from pipeline.splitting import SplitError, predefined_layout
-from pipeline.stages.prepare import list_folder, read_csv_source
 
 SAMPLE = 200  # images decoded for the size statistics
 MAX_PIXELS = 89_478_485  # embed.max_pixels' default: Pillow's decompression-bomb limit

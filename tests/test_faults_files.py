@@ -23,6 +23,7 @@ import pytest
 import torch
 from PIL import Image
 
+from pipeline import sources
 from pipeline.__main__ import main as cli
 from pipeline.backbones import WeightsError, create_model, load_torch_file, load_trained
 from pipeline.config import parse_sections
@@ -203,7 +204,7 @@ def test_dvc_status_skips_what_prepare_listed_in_dvcignore(src, tmp_path):
     os.symlink("loop.png", src / "a" / "loop.png")
     assert "Too many levels of symbolic links" in run(dvc, "status").stderr
     freeze(src)
-    prepare.write_dvcignore(prepare.unhashable(src), tmp_path / ".dvcignore")
+    sources.write_dvcignore(sources.unhashable(src), tmp_path / ".dvcignore")
     status = run(dvc, "status")  # without the rules: hangs on the FIFO
     assert status.returncode == 0 and "up to date" in status.stdout, status.stderr
 

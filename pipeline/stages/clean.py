@@ -47,7 +47,7 @@ from pipeline.calibrate import (
     search,
 )
 from pipeline.config import load_sections
-from pipeline.embedfiles import SIGNALS, read_aligned, read_copies, read_signals
+from pipeline.embedfiles import SIGNALS, EmbedMeta, read_aligned, read_copies, read_signals
 from pipeline.errors import PipelineError, run_stage
 from pipeline.files import write_csv, write_metrics, write_text
 from pipeline.labelfiles import for_spreadsheet
@@ -329,6 +329,43 @@ def final_checks(out: pd.DataFrame, counts: dict[str, int], cfg: CleanConfig,
     check_two_classes(kept["label"], f"clean kept (see {review_html})")
 
 
+def clean_counts(findings: Findings, keep: np.ndarray, verdicts: dict[str, str],
+                 embed_meta: EmbedMeta, notes: list[str], fixed: np.ndarray,
+                 train_copies: np.ndarray) -> dict[str, Any]:
+    """clean.json's numbers: images, kept, each issue, clusters, decisions, data notes,
+    and what clean left of a fixed val/test set."""
+    counts: dict[str, Any] = {"images": len(keep), "kept": int(keep.sum())}
+    counts |= {name: int(found.sum()) for name, found in findings.found.items()}
+    counts["clusters"] = int(len({c for c in findings.clusters if c is not None}))
+    counts["decisions"] = len(verdicts)
+    counts["multi_frame"] = sum(bool(n) for n in embed_meta.notes)
+    counts["empty_class_folders"] = len(notes) - counts["multi_frame"]
+    if fixed.any():  # a fixed val/test set: what clean left of it, what it took from train
+        counts["fixed_eval_images"] = int(fixed.sum())
+        counts["fixed_eval_kept"] = int((fixed & keep).sum())
+        counts["train_copies_of_eval_dropped"] = int((train_copies & ~keep).sum())
+    counts["embed_image_size"] = embed_meta.image_size
+    return counts
+
+
+def print_summary(counts: dict[str, Any], fixed: np.ndarray, rel_paths: list[str],
+                  errors: list[str], notes: list[str]) -> None:
+    """The stage's log: what it kept and found, each unreadable file, each data note."""
+    print("clean: kept {kept} of {images} images; ".format(**counts) + ", ".join(
+        f"{counts[name]} {name}" for name in ISSUES))
+    if fixed.any():
+        print(f"clean: the source's val/test images are a fixed evaluation set: "
+              f"{counts['fixed_eval_kept']} of {counts['fixed_eval_images']} kept (only "
+              f"unreadable ones or a person's decisions drop them); "
+              f"{counts['train_copies_of_eval_dropped']} train images removed for copying "
+              f"a val/test image")
+    for rel, err in zip(rel_paths, errors):
+        if err:
+            print(f"  unreadable: {rel}: {err}")
+    for note in notes:
+        print(f"  note: {note}")
+
+
 def run(data: DataConfig, cfg: CleanConfig, prepared: Path, embed_dir: Path, output: Path,
         metrics: Path, *, decisions: Path = paths.DECISIONS, review_out: Path | None = None,
         review_html: Path | None = None, calibration: Path | None = None
@@ -373,32 +410,11 @@ def run(data: DataConfig, cfg: CleanConfig, prepared: Path, embed_dir: Path, out
     notes = data_notes(data, list(df["path"]), embed_meta.notes)
     write_text(review_html, review_page(review, Path(data.root), actions=ACTIONS, notes=notes))
 
-    counts: dict[str, Any] = {"images": len(ids), "kept": int(keep.sum())}
-    counts |= {name: int(found.sum()) for name, found in findings.found.items()}
-    counts["clusters"] = int(len({c for c in findings.clusters if c is not None}))
-    counts["decisions"] = len(verdicts)
-    counts["multi_frame"] = sum(bool(n) for n in embed_meta.notes)
-    counts["empty_class_folders"] = len(notes) - counts["multi_frame"]
-    if fixed.any():  # a fixed val/test set: what clean left of it, what it took from train
-        counts["fixed_eval_images"] = int(fixed.sum())
-        counts["fixed_eval_kept"] = int((fixed & keep).sum())
-        counts["train_copies_of_eval_dropped"] = int((train_copies & ~keep).sum())
-    counts |= {"embed_image_size": embed_meta.image_size, **near_metrics}
+    counts = clean_counts(findings, keep, verdicts, embed_meta, notes, fixed, train_copies)
+    counts |= near_metrics
     metrics.parent.mkdir(parents=True, exist_ok=True)
     write_metrics(metrics, counts, HEADLINE)
-    print("clean: kept {kept} of {images} images; ".format(**counts) + ", ".join(
-        f"{counts[name]} {name}" for name in ISSUES))
-    if fixed.any():
-        print(f"clean: the source's val/test images are a fixed evaluation set: "
-              f"{counts['fixed_eval_kept']} of {counts['fixed_eval_images']} kept (only "
-              f"unreadable ones or a person's decisions drop them); "
-              f"{counts['train_copies_of_eval_dropped']} train images removed for copying "
-              f"a val/test image")
-    for rel, err in zip(out["path"], embed_meta.error):
-        if err:
-            print(f"  unreadable: {rel}: {err}")
-    for note in notes:
-        print(f"  note: {note}")
+    print_summary(counts, fixed, list(out["path"]), embed_meta.error, notes)
     final_checks(out, counts, cfg, review_html)
     return out
 

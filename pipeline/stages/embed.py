@@ -17,6 +17,7 @@ median short side of a seeded sample of the images (pipeline.autosize, upscale 8
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -92,6 +93,54 @@ def embed_copies(model: torch.nn.Module, inputs: ImageInput, originals: list[np.
     return signals, np.stack([source, kinds])
 
 
+@dataclass
+class Decoded:
+    """What one decoding pass over the manifest found, row-aligned with it."""
+    hashes: list[str | None]  # pixel hash; None: unreadable
+    errors: list[str]  # why a row is unreadable
+    notes: list[str]  # what decoding left out (frames after the first)
+    rows: list[int] = field(default_factory=list)  # decoded rows, in feats' order
+    feats: list[np.ndarray] = field(default_factory=list)  # (B, D) per batch
+    pixel_signals: dict[str, np.ndarray] = field(default_factory=dict)  # zero rows: unreadable
+    originals: dict[int, np.ndarray] = field(default_factory=dict)  # calibration sample
+
+
+def decode_and_embed(model: torch.nn.Module, inputs: ImageInput, root: Path,
+                     paths_list: list[str], cfg: EmbedConfig, size: int, dev: torch.device,
+                     sample: set[int]) -> Decoded:
+    """Decode each image once, in batches: its hash, features and pixel signals, and the
+    pixels of the rows in ``sample``."""
+    codec, n = IMAGES, len(paths_list)
+    found = Decoded(hashes=[None] * n, errors=[""] * n, notes=[""] * n, pixel_signals={
+        "thumbnail": np.zeros((n, THUMBNAIL_SIZE ** 2), np.float32),
+        "phash": np.zeros((n, PHASH_BITS ** 2), np.float32),
+        "aligned": np.zeros((n, ALIGNED_VIEWS, ALIGNED_SIZE ** 2), np.float32),
+        "copy_model": np.zeros((n, 2 + TINY_SIDE ** 2), np.uint8)})
+    signal_of = {"thumbnail": thumbnails, "phash": phash, "aligned": aligned_views,
+                 "copy_model": tiny_pixels}
+    for start in tqdm(range(0, n, cfg.batch_size), desc="embed", mininterval=1.0):
+        batch, batch_rows, decoded = [], [], []
+        for i in range(start, min(start + cfg.batch_size, n)):
+            try:
+                pixels = codec.decode(resolve(root, paths_list[i]), max_pixels=cfg.max_pixels)
+            except UnreadableItem as exc:
+                found.errors[i] = str(exc)
+                continue
+            found.hashes[i] = codec.content_hash(pixels)
+            found.notes[i] = codec.note(resolve(root, paths_list[i]))
+            batch.append(codec.fit(pixels, size, fit="crop"))
+            batch_rows.append(i)
+            decoded.append(pixels)
+            if i in sample:
+                found.originals[i] = pixels
+        if batch:
+            found.feats.append(_embed(model, inputs, batch, dev))
+            found.rows.extend(batch_rows)
+            for name, values in found.pixel_signals.items():
+                values[batch_rows] = signal_of[name](decoded)
+    return found
+
+
 def run(data: DataConfig, cfg: EmbedConfig, prepared: Path, out_dir: Path, *,
         device: str = "auto") -> np.ndarray:
     """Decode every image of the prepared manifest once and embed it; return (N, D)."""
@@ -111,66 +160,32 @@ def run(data: DataConfig, cfg: EmbedConfig, prepared: Path, out_dir: Path, *,
     size, reason = resolve_image_size(cfg.image_size, backbone_size=backbone,
                                       short_sides=sides, upscale=UPSCALE)
     print(f"embed: image_size {reason} (backbone: {size_source}, {backbone} px)")
-    codec, inputs = IMAGES, ImageInput(prep)  # the modality seam (pipeline.modality)
+    inputs = ImageInput(prep)  # the modality seam (pipeline.modality)
     sample = set(np.random.default_rng(0).permutation(len(df))[:cfg.calibration_sample]
                  .tolist())
-    originals: dict[int, np.ndarray] = {}  # the calibration sample's pixels
-    hashes: list[str | None] = [None] * len(df)
-    errors = [""] * len(df)
-    notes = [""] * len(df)  # what decoding left out (frames after the first)
-    rows: list[int] = []
-    feats: list[np.ndarray] = []
-    # pixel signals, zero rows: unreadable
-    pixel_signals: dict[str, np.ndarray] = {
-        "thumbnail": np.zeros((len(df), THUMBNAIL_SIZE ** 2), np.float32),
-        "phash": np.zeros((len(df), PHASH_BITS ** 2), np.float32),
-        "aligned": np.zeros((len(df), ALIGNED_VIEWS, ALIGNED_SIZE ** 2), np.float32),
-        "copy_model": np.zeros((len(df), 2 + TINY_SIDE ** 2), np.uint8)}
-    signal_of = {"thumbnail": thumbnails, "phash": phash, "aligned": aligned_views,
-                 "copy_model": tiny_pixels}
     with torch.inference_mode():
-        for start in tqdm(range(0, len(df), cfg.batch_size), desc="embed", mininterval=1.0):
-            batch, batch_rows, decoded = [], [], []
-            for i in range(start, min(start + cfg.batch_size, len(df))):
-                try:
-                    pixels = codec.decode(resolve(root, paths_list[i]),
-                                          max_pixels=cfg.max_pixels)
-                except UnreadableItem as exc:
-                    errors[i] = str(exc)
-                    continue
-                hashes[i] = codec.content_hash(pixels)
-                notes[i] = codec.note(resolve(root, paths_list[i]))
-                batch.append(codec.fit(pixels, size, fit="crop"))
-                batch_rows.append(i)
-                decoded.append(pixels)
-                if i in sample:
-                    originals[i] = pixels
-            if batch:
-                feats.append(_embed(model, inputs, batch, dev))
-                rows.extend(batch_rows)
-                for name, values in pixel_signals.items():
-                    values[batch_rows] = signal_of[name](decoded)
-        if not rows:
-            first = next(f"{p}: {e}" for p, e in zip(paths_list, errors) if e)
+        found = decode_and_embed(model, inputs, root, paths_list, cfg, size, dev, sample)
+        if not found.rows:
+            first = next(f"{p}: {e}" for p, e in zip(paths_list, found.errors) if e)
             raise PipelineError(f"none of the {len(df)} images could be decoded (e.g. "
                                 f"{first}); zero images to work with")
-        order = sorted(originals)
-        copies, source_kind = (embed_copies(model, inputs, [originals[i] for i in order],
+        order = sorted(found.originals)
+        copies, source_kind = (embed_copies(model, inputs, [found.originals[i] for i in order],
                                             size, dev, batch_size=cfg.batch_size)
                                if order else ({}, np.zeros((2, 0), object)))
-    stacked = np.concatenate(feats) if feats else np.zeros((0, 0), np.float32)
+    stacked = np.concatenate(found.feats) if found.feats else np.zeros((0, 0), np.float32)
     embeddings = np.zeros((len(df), stacked.shape[1]), dtype=np.float32)
-    embeddings[rows] = stacked
-    valid = [h is not None for h in hashes]
+    embeddings[found.rows] = stacked
+    valid = [h is not None for h in found.hashes]
     embedfiles.write(out_dir, embeddings, EmbedMeta(
-        ids=list(df["image_id"]), valid=valid, pixel_hash=hashes, error=errors, model=info,
-        image_size=size, image_size_reason=reason, backbone_size=backbone,
+        ids=list(df["image_id"]), valid=valid, pixel_hash=found.hashes, error=found.errors,
+        model=info, image_size=size, image_size_reason=reason, backbone_size=backbone,
         backbone_test_size=test_size,
-        short_side_median=float(np.median(sides)) if sides else 0.0, notes=notes))
-    embedfiles.write_signals(out_dir, pixel_signals)
+        short_side_median=float(np.median(sides)) if sides else 0.0, notes=found.notes))
+    embedfiles.write_signals(out_dir, found.pixel_signals)
     if not order:  # nothing decoded: no copies, empty files of the right width
         copies = {"embedding": np.zeros((0, embeddings.shape[1])),
-                  **{name: values[:0] for name, values in pixel_signals.items()}}
+                  **{name: values[:0] for name, values in found.pixel_signals.items()}}
     source = np.asarray([order[int(j)] for j in source_kind[0]], dtype=np.int64)
     embedfiles.write_copies(out_dir, copies, source, source_kind[1])
     print(f"embed: {sum(valid)} of {len(df)} images, dimension {embeddings.shape[1]}, "

@@ -22,6 +22,7 @@ import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -31,7 +32,7 @@ from tqdm import tqdm
 
 from pipeline import paths
 from pipeline.backbones import load_trained
-from pipeline.cachefiles import open_split, read_meta
+from pipeline.cachefiles import ArraySplit, open_split, read_meta
 from pipeline.config import load_sections
 from pipeline.engine import batches
 from pipeline.errors import PipelineError, run_stage
@@ -44,16 +45,10 @@ from pipeline.seeding import pin_cpu
 TOLERANCE = 1e-4  # largest allowed probability difference to PyTorch
 
 
-def run(model_path: Path, cache_dir: Path, out_dir: Path, metrics_out: Path, *,
-        run_record: Path | None = paths.RUN_RECORD) -> dict:
-    """Export, reload both exports, compare them with PyTorch on the test split; the
-    check's numbers to ``metrics_out``, the ONNX difference to ``run_record`` (if any)."""
-    model, prep, meta = load_trained(model_path)
-    model.eval()
-    test = open_split(cache_dir, read_meta(cache_dir), "test")
-    first = next(batches(test, 8))[0]
-    inputs = ImageInput(prep)  # the modality seam (pipeline.modality)
-    example = inputs.to_input(first, torch.device("cpu")).contiguous()
+def write_exports(model: torch.nn.Module, example: torch.Tensor, meta: dict[str, Any],
+                  out_dir: Path) -> dict[str, Path]:
+    """model.ts, model.onnx (dynamic batch) and model.json into ``out_dir``, each whole or
+    not at all; returns the two models' paths by format."""
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {"torchscript": out_dir / "model.ts", "onnx": out_dir / "model.onnx"}
     with torch.inference_mode(), quiet_jit():
@@ -71,7 +66,13 @@ def run(model_path: Path, cache_dir: Path, out_dir: Path, metrics_out: Path, *,
                               "(x - mean) / std", "output": "logits (batch, classes)"}
     with atomic_path(out_dir / "model.json") as partial:
         partial.write_text(json.dumps(preprocessing, indent=2) + "\n")
+    return files
 
+
+def compare(model: torch.nn.Module, files: dict[str, Path], test: ArraySplit,
+            inputs: ImageInput) -> tuple[dict[str, float], dict[str, int], set[int]]:
+    """Reload both exports and run them beside PyTorch on ``test``: the largest
+    probability difference and the argmax disagreements of each, and the batch sizes."""
     with quiet_jit():
         loaded = torch.jit.load(str(files["torchscript"]))
     session = ort.InferenceSession(str(files["onnx"]), providers=["CPUExecutionProvider"])
@@ -91,6 +92,21 @@ def run(model_path: Path, cache_dir: Path, out_dir: Path, metrics_out: Path, *,
         for name, probs in outputs.items():
             diffs[name] = max(diffs[name], float(np.abs(probs - reference).max()))
             disagree[name] += int((probs.argmax(1) != reference.argmax(1)).sum())
+    return diffs, disagree, sizes
+
+
+def run(model_path: Path, cache_dir: Path, out_dir: Path, metrics_out: Path, *,
+        run_record: Path | None = paths.RUN_RECORD) -> dict:
+    """Export, reload both exports, compare them with PyTorch on the test split; the
+    check's numbers to ``metrics_out``, the ONNX difference to ``run_record`` (if any)."""
+    model, prep, meta = load_trained(model_path)
+    model.eval()
+    test = open_split(cache_dir, read_meta(cache_dir), "test")
+    first = next(batches(test, 8))[0]
+    inputs = ImageInput(prep)  # the modality seam (pipeline.modality)
+    example = inputs.to_input(first, torch.device("cpu")).contiguous()
+    files = write_exports(model, example, meta, out_dir)
+    diffs, disagree, sizes = compare(model, files, test, inputs)
     report: dict = {"torchscript_max_prob_diff": float(f"{diffs['torchscript']:.3g}"),
                     "onnx_within_tolerance": diffs["onnx"] < TOLERANCE, "tolerance": TOLERANCE}
     report |= {f"{n}_argmax_disagreements": v for n, v in disagree.items()}

@@ -140,24 +140,17 @@ def run_metrics(cfg: TrainConfig, loop: LoopState) -> dict[str, Any]:
             "epochs": loop.epoch}
 
 
-def run(base: BaseConfig, model_cfg: ModelConfig, cfg: TrainConfig, cache_dir: Path,
-        model_out: Path, metrics_out: Path, curves_dir: Path, checkpoint_dir: Path, *,
-        data: tuple[ArraySplit, ArraySplit] | None = None) -> dict[str, Any]:
-    """Train through every phase (resuming a killed run) and save the best model.
-
-    ``data``: (train, val) rows of the cache to use instead of its train views and val
-    split (a cross-validation fold, :func:`pipeline.cachefiles.fold_splits`)."""
-    check_model_config(model_cfg)
-    cache = read_meta(cache_dir)
-    cfg, notes = resolve_auto(cfg, cache.profile)
-    check_class_weights(cfg, cache.classes)  # before any work
+def train_data(cache_dir: Path, cache: CacheMeta, cfg: TrainConfig,
+               data: tuple[ArraySplit, ArraySplit] | None
+               ) -> tuple[list[ArraySplit], ArraySplit, list[list[str]], dict[str, int] | None]:
+    """The train views and the val split (``data`` instead, when given), the rows a
+    resumable checkpoint was made on (a fold's or a bootstrap sample's; [] otherwise),
+    and the bootstrap sample's size when ``train.bagging``."""
     views, val = train_views(cache_dir, cache), open_split(cache_dir, cache, "val")
-    rows: list[list[str]] = []  # a fold's rows: part of what a resumable checkpoint was made on
+    rows: list[list[str]] = []
     if data is not None:
         views, val = [data[0]], data[1]
         rows = [list(data[0].ids), list(data[1].ids)]
-    for note in notes:
-        print(note)
     bagging = None
     if cfg.bagging:  # the same bootstrap rows of every augmented view
         sample = bootstrap_rows(views[0].labels, cfg.seed)
@@ -169,6 +162,23 @@ def run(base: BaseConfig, model_cfg: ModelConfig, cfg: TrainConfig, cache_dir: P
     if len(val.labels) == 0:
         raise PipelineError("the val split is empty: give split.fractions.val > 0, it "
                             "chooses the checkpoint")
+    return views, val, rows, bagging
+
+
+def run(base: BaseConfig, model_cfg: ModelConfig, cfg: TrainConfig, cache_dir: Path,
+        model_out: Path, metrics_out: Path, curves_dir: Path, checkpoint_dir: Path, *,
+        data: tuple[ArraySplit, ArraySplit] | None = None) -> dict[str, Any]:
+    """Train through every phase (resuming a killed run) and save the best model.
+
+    ``data``: (train, val) rows of the cache to use instead of its train views and val
+    split (a cross-validation fold, :func:`pipeline.cachefiles.fold_splits`)."""
+    check_model_config(model_cfg)
+    cache = read_meta(cache_dir)
+    cfg, notes = resolve_auto(cfg, cache.profile)
+    check_class_weights(cfg, cache.classes)  # before any work
+    for note in notes:
+        print(note)
+    views, val, rows, bagging = train_data(cache_dir, cache, cfg, data)
     rank, world, device = _distributed(base.device)
     check_head_batches(model_cfg, len(views[0].labels), cfg.batch_size, world)
     cpu = pin_cpu(deterministic=base.deterministic)  # first: kernels are chosen at first use
