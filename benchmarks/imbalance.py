@@ -31,12 +31,12 @@ from common import add_smoke, load_params, smoke_params, write_tree
 from sklearn.metrics import balanced_accuracy_score, f1_score
 
 from pipeline import paths
-from pipeline.backbones import load_trained
 from pipeline.cachefiles import open_split, read_meta
 from pipeline.config import parse_sections
 from pipeline.engine import predict
 from pipeline.manifest import read_manifest, write_manifest
 from pipeline.metrics import bootstrap_ci
+from pipeline.modelfile import load_trained
 from pipeline.stages import cache, clean, demo, embed, prepare, split, train
 
 SETTINGS = [("none", "shuffle"), ("balanced", "shuffle"), ("none", "balanced"),

@@ -34,12 +34,13 @@ import torch
 from common import add_smoke, load_params, smoke_params, tiny_cache
 
 from pipeline import paths
-from pipeline.backbones import create_model, load_trained
+from pipeline.backbones import create_model
 from pipeline.cachefiles import open_split, read_meta
 from pipeline.config import parse_sections
 from pipeline.engine import predict
 from pipeline.finetune import AUTO_PHASES
 from pipeline.metrics import bootstrap_ci
+from pipeline.modelfile import load_trained
 from pipeline.models import layer_groups
 from pipeline.stages import train
 

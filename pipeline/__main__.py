@@ -86,15 +86,15 @@ def serve_command(args: argparse.Namespace) -> None:
 def export_command(args: argparse.Namespace) -> None:
     """The export stage's work on any trained model: TorchScript, ONNX and model.json in
     ``--out-dir``, both checked against PyTorch on the cache's test split."""
+    from pipeline.exporting import export_model
     from pipeline.seeding import pin_cpu
-    from pipeline.stages import export
 
     if not args.model.is_file():
         raise PipelineError(f"{args.model} not found: train first (dvc repro train) or "
                             "pass --model")
     pin_cpu(deterministic=True)  # the stage's default (base.deterministic): same bytes
     report = args.out_dir / "export.json"
-    export.run(args.model, args.cache, args.out_dir, report, run_record=None)
+    export_model(args.model, args.cache, args.out_dir, report, run_record=None)
     written = [args.out_dir / n for n in ("model.ts", "model.onnx", "model.json")]
     print(f"wrote {', '.join(map(str, written))}; the check's numbers: {report}")
 

@@ -419,32 +419,6 @@ class BackboneSpec:
     head: HeadLike = HeadSpec()
 
 
-def load_trained(path: Path) -> tuple[nn.Module, Preprocessing, dict[str, Any]]:
-    """Rebuild a model saved by the train stage (weights_only) and return it with its meta."""
-    if not Path(path).exists():
-        raise PipelineError(f"{path} not found: run the train stage first (dvc repro)")
-    checkpoint = load_torch_file(path)
-    if not (isinstance(checkpoint, dict) and {"state_dict", "meta"} <= checkpoint.keys()):
-        raise PipelineError(f"{path} is not a model saved by the train stage (a bare state "
-                            f"dict or another object, without the classes, architecture and "
-                            f"preprocessing it needs): use models/model.pt")
-    meta = checkpoint["meta"]
-    try:
-        saved: dict[str, Any] = meta["model"].get("head", {})  # none before model.head
-        head = HeadSpec(**{**saved, "hidden": tuple(saved.get("hidden", ()))})
-        cfg = BackboneSpec(**{**meta["model"], "head": head})
-        prep = meta["preprocessing"]
-        num_classes = len(meta["classes"])
-    except (KeyError, TypeError) as exc:
-        raise PipelineError(f"{path}: its meta lacks or garbles {exc}") from None
-    model, _, _ = create_model(cfg, num_classes, pretrained=False)
-    if problem := state_mismatch(model.state_dict(), checkpoint["state_dict"]):
-        raise PipelineError(f"{path}: its weights do not fit the model its meta names "
-                            f"({cfg.name}, {len(meta['classes'])} classes): {problem}")
-    model.load_state_dict(checkpoint["state_dict"])
-    return model, Preprocessing(tuple(prep["mean"]), tuple(prep["std"])), meta
-
-
 def state_mismatch(own: dict[str, torch.Tensor], saved: dict[str, torch.Tensor]) -> str:
     """The first difference between a model's state dict and a saved one, in words
     ("" when they fit): a tensor of another shape, a missing or an unexpected one."""

@@ -14,11 +14,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.backbones import load_trained
 from pipeline.engine import view_probabilities
 from pipeline.errors import PipelineError
 from pipeline.images import IMAGES, UnreadableImage, decode_image, fit_image, not_regular
 from pipeline.inputs import ImageInput, Preprocessing
+from pipeline.modelfile import load_trained
 from pipeline.seeding import resolve_device
 
 TTA = ("none", "flip", "crops")  # test-time augmentation, as evaluate.tta (engine.tta_views)

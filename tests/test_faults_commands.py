@@ -29,7 +29,6 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import numpy as np
 import pytest
-import torch
 import yaml
 from PIL import Image
 
@@ -39,6 +38,7 @@ from pipeline.calibrate import ALIGNED_SIZE, ALIGNED_VIEWS, aligned_views
 from pipeline.config import SECTIONS, load_sections, parse_sections, section_class
 from pipeline.embedfiles import read_meta
 from pipeline.errors import PipelineError
+from pipeline.modelfile import save_model
 from pipeline.params.model import ModelConfig
 from pipeline.stages import embed, prepare
 
@@ -110,7 +110,7 @@ def _model(path: Path) -> Path:
             "model": {"name": "test_efficientnet", "weights": "none", "drop_rate": 0.0},
             "preprocessing": {"image_size": 32, "fit": "crop", "mean": list(prep.mean),
                               "std": list(prep.std)}}
-    torch.save({"state_dict": model.state_dict(), "meta": meta}, path)
+    save_model(path, model.state_dict(), meta)
     return path
 
 

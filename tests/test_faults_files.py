@@ -25,12 +25,13 @@ from PIL import Image
 
 from pipeline import sources
 from pipeline.__main__ import main as cli
-from pipeline.backbones import WeightsError, create_model, load_torch_file, load_trained
+from pipeline.backbones import WeightsError, create_model, load_torch_file
 from pipeline.config import parse_sections
 from pipeline.embedfiles import read_meta
 from pipeline.errors import ParamsError, PipelineError
 from pipeline.files import atomic_path
 from pipeline.images import IMAGES, UnreadableImage, decode_image
+from pipeline.modelfile import load_trained, save_model
 from pipeline.params.data import DataConfig
 from pipeline.params.model import ModelConfig
 from pipeline.serve import PixelBudget
@@ -265,7 +266,7 @@ def _model_file(path: Path, name: str = "test_efficientnet", classes: int = 3,
             "model": {"name": name, "weights": "none", "drop_rate": 0.0},
             "preprocessing": {"image_size": 32, "fit": "crop", "mean": list(prep.mean),
                               "std": list(prep.std)}}
-    torch.save({"state_dict": model.state_dict(), "meta": meta}, path)
+    save_model(path, model.state_dict(), meta)
     return path
 
 

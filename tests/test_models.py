@@ -1,8 +1,9 @@
 import pytest
 import torch
 
-from pipeline.backbones import WeightsError, check_model_config, create_model, load_trained
+from pipeline.backbones import WeightsError, check_model_config, create_model
 from pipeline.errors import PipelineError
+from pipeline.modelfile import load_trained, save_model
 from pipeline.models import layer_groups, set_trainable, train_mode
 from pipeline.params.model import ModelConfig
 
@@ -92,7 +93,7 @@ def test_trained_checkpoint_round_trips(tmp_path):
     meta = {"classes": ["a", "b", "c"], "model": {"name": "tf_efficientnet_lite0",
             "weights": "none", "drop_rate": 0.0},
             "preprocessing": {"image_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3}}
-    torch.save({"state_dict": model.state_dict(), "meta": meta}, tmp_path / "m.pt")
+    save_model(tmp_path / "m.pt", model.state_dict(), meta)
     loaded, prep, got = load_trained(tmp_path / "m.pt")
     x = torch.randn(2, 3, 32, 32)
     assert torch.equal(loaded.eval()(x), model.eval()(x)) and got["classes"] == ["a", "b", "c"]

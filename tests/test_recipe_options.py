@@ -14,12 +14,13 @@ from PIL import Image
 from torch import nn
 
 from pipeline import __main__ as cli
-from pipeline.backbones import Head, create_model, load_trained
+from pipeline.backbones import Head, create_model
 from pipeline.cachefiles import ArraySplit
 from pipeline.config import as_dict
 from pipeline.engine import predict
 from pipeline.errors import ParamsError, PipelineError
 from pipeline.finetune import make_optimizer, make_schedule, param_groups, set_lrs
+from pipeline.modelfile import load_trained, save_model
 from pipeline.models import layer_groups, set_trainable, train_mode
 from pipeline.predict import Predictor
 from pipeline.training import check_head_batches, class_weights, make_loss
@@ -224,7 +225,7 @@ def saved_model(tmp_path):
     meta = {"classes": ["a", "b", "c"], "arch": info["arch"], "model": as_dict(model_cfg),
             "preprocessing": {"image_size": 32, "fit": "crop", "mean": list(prep.mean),
                               "std": list(prep.std)}}
-    torch.save({"state_dict": model.state_dict(), "meta": meta}, tmp_path / "model.pt")
+    save_model(tmp_path / "model.pt", model.state_dict(), meta)
     files = []
     for i in range(3):
         pixels = class_image(i, i, 40)

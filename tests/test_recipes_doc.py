@@ -19,11 +19,11 @@ import torch
 import yaml
 from torch import nn
 
-from pipeline.backbones import load_trained
 from pipeline.cachefiles import bootstrap_rows, open_split, read_meta
 from pipeline.config import check_params, parse_sections
 from pipeline.engine import predict
 from pipeline.finetune import resolve_auto
+from pipeline.modelfile import load_trained
 from pipeline.models import layer_groups
 from pipeline.predict import Predictor
 from pipeline.stages import train

@@ -11,10 +11,10 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from pipeline.backbones import create_model
+from pipeline.modelfile import save_model
 from pipeline.params.model import ModelConfig
 
 from .conftest import REPO, class_image
@@ -37,7 +37,7 @@ def server(tmp_path_factory):
             "model": {"name": cfg.name, "weights": cfg.weights, "drop_rate": 0.0},
             "preprocessing": {"image_size": 32, "fit": "crop", "mean": list(prep.mean),
                               "std": list(prep.std)}}
-    torch.save({"state_dict": model.state_dict(), "meta": meta}, tmp / "model.pt")
+    save_model(tmp / "model.pt", model.state_dict(), meta)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

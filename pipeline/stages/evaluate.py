@@ -28,7 +28,6 @@ from sklearn.metrics import accuracy_score, f1_score
 from tqdm import tqdm
 
 from pipeline import paths
-from pipeline.backbones import load_trained
 from pipeline.cachefiles import ArraySplit, open_split, read_meta
 from pipeline.config import load_sections
 from pipeline.engine import predict
@@ -54,6 +53,7 @@ from pipeline.metrics import (
     scaled_log_loss,
 )
 from pipeline.modality import BatchAdapter
+from pipeline.modelfile import load_trained
 from pipeline.params.base import BaseConfig
 from pipeline.params.evaluate import EvaluateConfig
 from pipeline.seeding import pin_cpu, resolve_device

@@ -37,8 +37,9 @@ from pipeline.cachefiles import (
 )
 from pipeline.config import as_dict, load_sections
 from pipeline.errors import PipelineError, run_stage
-from pipeline.files import atomic_path, write_metrics
+from pipeline.files import write_metrics
 from pipeline.finetune import resolve_auto
+from pipeline.modelfile import save_model
 from pipeline.params.base import BaseConfig
 from pipeline.params.model import ModelConfig
 from pipeline.params.train import TrainConfig
@@ -220,8 +221,7 @@ def run(base: BaseConfig, model_cfg: ModelConfig, cfg: TrainConfig, cache_dir: P
 def _save(model_out: Path, loop: LoopState, meta: dict[str, Any], metrics_out: Path,
           metrics: dict[str, Any]) -> None:
     """The best epoch's weights with their meta, and the metrics file."""
-    with atomic_path(model_out) as partial:  # a full disk never leaves a truncated model
-        torch.save({"state_dict": loop.best_state, "meta": meta}, partial)
+    save_model(model_out, loop.best_state, meta)
     metrics_out.parent.mkdir(parents=True, exist_ok=True)
     write_metrics(metrics_out, metrics, HEADLINE)
 
