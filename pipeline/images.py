@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import io
 import os
 import re
-import stat
 import warnings
 from contextlib import nullcontext
 from pathlib import Path
@@ -16,7 +14,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from pipeline.files import non_utf8_original
+from pipeline import files
 from pipeline.modality import UnreadableItem
 
 # Broken files must fail, never train on half an image.
@@ -27,67 +25,12 @@ class UnreadableImage(UnreadableItem):
     """The file cannot be decoded into an image; ``str(exc)`` is the reason."""
 
 
-FILE_KINDS = {stat.S_IFIFO: "a FIFO (named pipe)", stat.S_IFCHR: "a character device",
-              stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket",
-              stat.S_IFDIR: "a folder"}
-
-
-def _stat_problem(path: Path, exc: OSError) -> str:
-    """Why ``os.stat`` failed, in words: a loop, a dangling link, a missing file."""
-    if exc.errno == errno.ELOOP:
-        return "symbolic link loop (too many levels of symbolic links)"
-    if exc.errno == errno.ENOENT and os.path.islink(path):
-        return f"dangling symbolic link (to {os.readlink(path)!r}, which does not exist)"
-    if exc.errno == errno.ENOENT and non_utf8_original(path):
-        return ("file name is not valid UTF-8 (shown with \\xNN escapes): never opened; "
-                "rename the file to read it")
-    if exc.errno == errno.ENOENT:
-        return "file not found"
-    return f"cannot read: {exc.strerror}"
-
-
-def not_regular(path: Path | str) -> str:
-    """Why ``path`` is no regular file to read, in words ("" when it is one, symbolic
-    links followed): a FIFO, device, socket or folder (found with ``os.stat``, never
-    opened: a FIFO would block, ``/dev/zero`` never ends), a symbolic link loop, a
-    dangling link or a missing file."""
-    try:
-        mode = os.stat(path).st_mode
-    except OSError as exc:
-        return _stat_problem(Path(path), exc)
-    if not stat.S_ISREG(mode):
-        kind = FILE_KINDS.get(stat.S_IFMT(mode), "not a plain file")
-        return f"{kind}, not a regular file: never opened"
-    return ""
-
-
 def open_regular(path: Path | str) -> BinaryIO:
-    """Open a regular file (symbolic links followed) for reading, binary.
-
-    Raises :class:`UnreadableImage` with the reason for a FIFO, device, socket or folder
-    (checked with ``os.stat`` before opening: a FIFO would block, ``/dev/zero`` never
-    ends), a symbolic link loop, a dangling link or a missing file.
-    """
-    problem = not_regular(path)
-    if problem:
-        raise UnreadableImage(problem)
-    try:  # O_NONBLOCK: a file swapped for a FIFO after the check still cannot block
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    except OSError as exc:
-        raise UnreadableImage(_stat_problem(Path(path), exc)) from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise UnreadableImage("not a regular file: never read")
-    return os.fdopen(fd, "rb")
-
-
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a regular file's bytes (:func:`open_regular`'s checks)."""
-    digest = hashlib.sha256()
-    with open_regular(path) as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+    """:func:`pipeline.files.open_regular`, its refusals raised as :class:`UnreadableImage`."""
+    try:
+        return files.open_regular(path)
+    except UnreadableItem as exc:
+        raise UnreadableImage(str(exc)) from None
 
 
 def _to_rgb(img: Image.Image) -> np.ndarray:

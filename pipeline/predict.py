@@ -16,7 +16,8 @@ import torch
 
 from pipeline.engine import view_probabilities
 from pipeline.errors import PipelineError
-from pipeline.images import IMAGES, UnreadableImage, decode_image, fit_image, not_regular
+from pipeline.files import not_regular
+from pipeline.images import IMAGES, UnreadableImage, decode_image, fit_image
 from pipeline.inputs import ImageInput, Preprocessing
 from pipeline.modelfile import load_trained
 from pipeline.seeding import resolve_device

@@ -18,8 +18,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from pipeline.errors import PipelineError
-from pipeline.files import utf8_path
-from pipeline.images import file_sha256
+from pipeline.files import file_sha256, utf8_path
 from pipeline.manifest import (
     resolve,
     split_folder,

@@ -7,7 +7,7 @@ from PIL import Image
 
 from pipeline.config import parse_sections
 from pipeline.errors import PipelineError
-from pipeline.images import file_sha256
+from pipeline.files import file_sha256
 from pipeline.stages import prepare
 
 from .conftest import class_image, repo_params, write_tree
