@@ -5,7 +5,7 @@
         [--sample 100] [--max-false-rate 0.002] [--seed 0] [--smoke]
 
 For each data set it plants ``--per-kind`` near copies of each kind of
-:data:`pipeline.calibrate.COPY_KINDS` (JPEG 50-80, 10-25 % smaller, a few pixels cropped,
+:data:`pipeline.copysignals.COPY_KINDS` (JPEG 50-80, 10-25 % smaller, a few pixels cropped,
 brightness +-5-10 %, all combined; distinct originals, seed ``--seed + 1``), then does
 what the stages would do, blind to what was planted: embeds every image with the
 project's embed code path (``create_model`` + ``fit_image`` + ``to_input``, at the
@@ -40,15 +40,17 @@ from PIL import Image
 from pipeline.autosize import backbone_input_size, resolve_image_size
 from pipeline.backbones import create_model, resolve_arch
 from pipeline.calibrate import (
-    COPY_KINDS,
-    CopyModel,
-    aligned_views,
     calibrate,
     copy_pairs,
     copy_similarities,
     distinct_similarities,
-    make_copies,
     near_copy_clusters,
+)
+from pipeline.copysignals import (
+    COPY_KINDS,
+    CopyModel,
+    aligned_views,
+    make_copies,
     phash,
     thumbnails,
     tiny_pixels,

@@ -35,8 +35,9 @@ from typing import Any
 import numpy as np
 from common import add_smoke, load_params, smoke_params
 
-from pipeline.calibrate import ALIGNED_SIZE, ALIGNED_VIEWS, view_neighbours
+from pipeline.calibrate import view_neighbours
 from pipeline.config import parse_sections
+from pipeline.copysignals import ALIGNED_SIZE, ALIGNED_VIEWS
 from pipeline.quality import (
     conflicting_clusters,
     exact_duplicate_clusters,

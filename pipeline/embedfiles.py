@@ -11,9 +11,9 @@ readable image ("" for most; the frame count of an animated or multi-page file).
 
 Pixel signals for near-copy detection (:mod:`pipeline.calibrate`), row-aligned too:
 ``thumbnails.npy`` ((N, 256) float32), ``phash.npy`` ((N, 64) float32) and
-``aligned.npy`` ((N, 48, 64) float32 views, :func:`pipeline.calibrate.aligned_views`)
+``aligned.npy`` ((N, 48, 64) float32 views, :func:`pipeline.copysignals.aligned_views`)
 and ``tiny.npy`` ((N, 258) uint8: height, width and grey pixels of images no larger than
-16 px, :func:`pipeline.calibrate.tiny_pixels`, read back as the copy model with the
+16 px, :func:`pipeline.copysignals.tiny_pixels`, read back as the copy model with the
 aligned views), zero for unreadable images. Calibration copies (synthetic near copies of
 a seeded sample): ``copies_{embedding,thumbnail,phash,aligned,copy_model}.npy``
 ((M, ...) each) and ``copies.json`` (source row and kind of each copy).
@@ -146,7 +146,7 @@ def _signal_file(embed_dir: Path, name: str) -> Path:
 def read_signals(embed_dir: Path, ids: list[str] | None = None) -> list[np.ndarray]:
     """Every signal of :data:`SIGNALS` as stored ((N, D_s) or (N, V, D_s) float32, unit
     or zero rows; the copy model's (N, 258) uint8 pixels: wrap them with
-    :func:`pipeline.calibrate.as_signals`), for all rows (``ids`` None) or these image ids
+    :func:`pipeline.copysignals.as_signals`), for all rows (``ids`` None) or these image ids
     in this order; undecoded rows are zero (match nothing). Kept free of
     :mod:`pipeline.calibrate`, so that the stages that read only the meta do not depend
     on it."""

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.calibrate import Calibration, Signal, copy_pairs, pair_similarity
+from pipeline.calibrate import Calibration, copy_pairs, pair_similarity
+from pipeline.copysignals import Signal
 from pipeline.quality import similar_pairs
 
 KINDS = ("exact_duplicate", "near_duplicate", "duplicate_cluster", "group", "temporal",

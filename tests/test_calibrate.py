@@ -3,22 +3,24 @@ import pytest
 
 from pipeline.autosize import backbone_input_size, data_profile, resolve_image_size
 from pipeline.calibrate import (
-    COPY_KINDS,
-    CopyModel,
-    _jpeg_tiles,
-    aligned_views,
     calibrate,
     copy_pairs,
     copy_similarities,
     distinct_similarities,
-    make_copies,
     near_copy_clusters,
     pair_similarity,
-    phash,
     search,
+    view_neighbours,
+)
+from pipeline.copysignals import (
+    COPY_KINDS,
+    CopyModel,
+    _jpeg_tiles,
+    aligned_views,
+    make_copies,
+    phash,
     thumbnails,
     tiny_pixels,
-    view_neighbours,
 )
 
 

@@ -34,8 +34,8 @@ from PIL import Image
 
 from pipeline.__main__ import main as cli
 from pipeline.backbones import create_model
-from pipeline.calibrate import ALIGNED_SIZE, ALIGNED_VIEWS, aligned_views
 from pipeline.config import SECTIONS, load_sections, parse_sections, section_class
+from pipeline.copysignals import ALIGNED_SIZE, ALIGNED_VIEWS, aligned_views
 from pipeline.embedfiles import read_meta
 from pipeline.errors import PipelineError
 from pipeline.modelfile import save_model

@@ -38,8 +38,6 @@ from pipeline import calibfiles, paths
 from pipeline.calibrate import (
     Calibration,
     Search,
-    Signal,
-    as_signals,
     calibrate,
     copy_similarities,
     distinct_similarities,
@@ -47,6 +45,7 @@ from pipeline.calibrate import (
     search,
 )
 from pipeline.config import load_sections
+from pipeline.copysignals import Signal, as_signals
 from pipeline.embedfiles import SIGNALS, EmbedMeta, read_aligned, read_copies, read_signals
 from pipeline.errors import PipelineError, run_stage
 from pipeline.files import write_csv, write_metrics, write_text

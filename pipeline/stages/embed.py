@@ -27,7 +27,8 @@ from tqdm import tqdm
 from pipeline import embedfiles, paths
 from pipeline.autosize import backbone_input_size, resolve_image_size
 from pipeline.backbones import BackboneSpec, check_model_config, create_model
-from pipeline.calibrate import (
+from pipeline.config import load_sections
+from pipeline.copysignals import (
     ALIGNED_SIZE,
     ALIGNED_VIEWS,
     PHASH_BITS,
@@ -39,7 +40,6 @@ from pipeline.calibrate import (
     thumbnails,
     tiny_pixels,
 )
-from pipeline.config import load_sections
 from pipeline.embedfiles import EmbedMeta
 from pipeline.errors import PipelineError, run_stage
 from pipeline.files import atomic_dir
@@ -81,7 +81,7 @@ def _embed(model: torch.nn.Module, inputs: ImageInput, batch: list[np.ndarray],
 def embed_copies(model: torch.nn.Module, inputs: ImageInput, originals: list[np.ndarray],
                  size: int, dev: torch.device, *, batch_size: int, seed: int = 0
                  ) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Synthetic near copies of ``originals`` (pipeline.calibrate.make_copies) in every
+    """Synthetic near copies of ``originals`` (pipeline.copysignals.make_copies) in every
     signal; returns the signals and (M,) index into ``originals`` and (M,) kinds."""
     copies, source, kinds = make_copies(originals, seed=seed)
     feats = [_embed(model, inputs, [IMAGES.fit(c, size, fit="crop")

@@ -31,8 +31,9 @@ import numpy as np
 import pandas as pd
 
 from pipeline import calibfiles, paths
-from pipeline.calibrate import Calibration, Signal, as_signals
+from pipeline.calibrate import Calibration
 from pipeline.config import load_sections
+from pipeline.copysignals import Signal, as_signals
 from pipeline.embedfiles import SIGNALS, read_rows, read_signals
 from pipeline.errors import PipelineError, run_stage
 from pipeline.files import write_csv, write_metrics, write_text
