@@ -65,10 +65,10 @@ TINY_PARAMS = (
     f"embed.model={TINY_MODEL}", "embed.weights=none", "embed.image_size=32",
     "embed.calibration_sample=12",
     "cache.image_size=32",
-    # a random-weight tiny backbone's features make cleanlab's label issues noise (0 to 18
-    # of 48 images in the imbalance smoke run, by which BLAS kernels NumPy picked), so its
-    # gate must not stop a smoke run
-    "clean.max_rate.label_issue=1.0",
+    # a random-weight tiny backbone's features make label issues and outliers noise (0 to
+    # 18 of 48 images in the imbalance smoke run, by which BLAS kernels NumPy picked; 2 of
+    # 36 outliers in real_data's), so their gates must not stop a smoke run
+    "clean.max_rate.label_issue=1.0", "clean.max_rate.outlier=1.0",
     "train.batch_size=8", "train.hflip=false",
     "train.phases=[{epochs: 1, unfreeze: head, lr_mult: 5.0}, "
     "{epochs: 1, unfreeze: all, lr_mult: 0.25}]",
@@ -142,12 +142,12 @@ def tiny_cache(work: Path, *, classes: int = 3, per_class: int = 8, size: int = 
 def tiny_model(work: Path, cache_dir: Path | None = None) -> Path:
     """``work/model.pt``: the tiny model trained one head epoch by the train stage's own
     code on ``cache_dir`` (default: a :func:`tiny_cache` in ``work``)."""
-    from pipeline.stages import train
+    from pipeline.trainrun import train_model
 
     cache_dir = cache_dir or tiny_cache(work)
     base, model_cfg, cfg = parse_sections(
         smoke_params(["train.phases=[{epochs: 1, unfreeze: head, lr_mult: 5.0}]"]),
         "base", "model", "train")
-    train.run(base, model_cfg, cfg, cache_dir, work / "model.pt", work / "train.json",
-              work / "curves", work / "checkpoints")
+    train_model(base, model_cfg, cfg, cache_dir, work / "model.pt", work / "train.json",
+                work / "curves", work / "checkpoints")
     return work / "model.pt"

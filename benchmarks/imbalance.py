@@ -37,7 +37,8 @@ from pipeline.engine import predict
 from pipeline.manifest import read_manifest, write_manifest
 from pipeline.metrics import bootstrap_ci
 from pipeline.modelfile import load_trained
-from pipeline.stages import cache, clean, demo, embed, prepare, split, train
+from pipeline.stages import cache, clean, demo, embed, prepare, split
+from pipeline.trainrun import train_model
 
 SETTINGS = [("none", "shuffle"), ("balanced", "shuffle"), ("none", "balanced"),
             ("balanced", "balanced")]
@@ -115,8 +116,8 @@ def main() -> None:
             base, model_cfg, cfg = parse_sections(p, "base", "model", "train")
             out = Path(tmp) / f"{weights}_{sampler}"
             start = time.perf_counter()
-            train.run(base, model_cfg, cfg, paths.CACHE_DIR, out / "model.pt",
-                      out / "train.json", out / "curves", out / "checkpoints")
+            train_model(base, model_cfg, cfg, paths.CACHE_DIR, out / "model.pt",
+                        out / "train.json", out / "curves", out / "checkpoints")
             rows.append((weights, sampler, evaluate(out / "model.pt", test,
                                                     resamples=100 if args.smoke else 1000),
                          time.perf_counter() - start))

@@ -42,7 +42,7 @@ from pipeline.finetune import AUTO_PHASES
 from pipeline.metrics import bootstrap_ci
 from pipeline.modelfile import load_trained
 from pipeline.models import layer_groups
-from pipeline.stages import train
+from pipeline.trainrun import train_model
 
 
 def default_phases(params: dict, profile: str) -> list[dict]:
@@ -103,8 +103,8 @@ def compare(params: dict, cache_dir: Path, only: list[str]) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp)
             start = time.perf_counter()
-            metrics = train.run(base, model_cfg, cfg, cache_dir, out / "model.pt",
-                                out / "train.json", out / "curves", out / "checkpoints")
+            metrics = train_model(base, model_cfg, cfg, cache_dir, out / "model.pt",
+                                  out / "train.json", out / "curves", out / "checkpoints")
             seconds = time.perf_counter() - start
             trained, prep, _ = load_trained(out / "model.pt")
             trained.to(memory_format=torch.channels_last)

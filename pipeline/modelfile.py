@@ -1,7 +1,7 @@
 """``models/model.pt``, the trained model's file: the one module that writes and reads it.
 
 A dict saved with ``torch.save``: ``state_dict`` (the best epoch's weights) and ``meta``
-(``pipeline.stages.train.model_meta``): ``classes`` in index order, ``model`` (the model
+(``pipeline.trainrun.model_meta``): ``classes`` in index order, ``model`` (the model
 section as run: name, weights, drop_rate, head), ``library`` and ``arch``, ``pretrained``
 (where the starting weights came from, their sha256), ``layer_groups``, ``preprocessing``
 (image_size, fit, mean, std), ``params`` (base and train as run, auto resolved), ``best``

@@ -7,6 +7,7 @@ import pytest
 import yaml
 
 from scripts.stage_imports import closure as _closure
+from scripts.stage_imports import imports as _imports
 from scripts.stage_imports import module_file as _module_file
 
 from .conftest import REPO
@@ -63,6 +64,14 @@ def test_stage_declares_exactly_the_params_sections_it_loads(stage):
     assert sorted(DVC[stage].get("params", [])) == sorted(loaded)
 
 
+def test_no_module_imports_a_stage():
+    # what two stages (or a stage and the command line) share lives in a library module
+    for path in (REPO / "pipeline").rglob("*.py"):
+        module = ".".join(path.relative_to(REPO).with_suffix("").parts)
+        stages = {m for m in _imports(path) if m.startswith("pipeline.stages.")}
+        assert not stages - {module}, f"{path} imports {sorted(stages)}"
+
+
 def test_only_stage_shells_read_params():
     for path in (REPO / "pipeline").rglob("*.py"):
         text = path.read_text()
@@ -91,5 +100,6 @@ def test_stage_imports_the_schema_of_every_section_it_loads(stage):
 def test_stages_before_train_import_no_training_code(stage):
     # an edit to the training loop, the schedule or the layer groups must not rerun them
     training_only = {"pipeline.engine", "pipeline.finetune", "pipeline.models",
-                     "pipeline.training", "pipeline.params.train", "pipeline.params.model"}
+                     "pipeline.training", "pipeline.trainrun", "pipeline.params.train",
+                     "pipeline.params.model"}
     assert not training_only & _closure(f"pipeline.stages.{stage}")

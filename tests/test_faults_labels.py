@@ -33,6 +33,7 @@ from PIL import Image
 from pipeline import report
 from pipeline.config import parse_sections
 from pipeline.errors import PipelineError
+from pipeline.evaluation import write_scores
 from pipeline.images import natural_key
 from pipeline.init_data import counts_table, inspect_source, report_lines
 from pipeline.labelfiles import (
@@ -43,7 +44,7 @@ from pipeline.labelfiles import (
 )
 from pipeline.manifest import read_manifest
 from pipeline.metrics import scaled_log_loss
-from pipeline.stages import clean, ensemble, evaluate, prepare
+from pipeline.stages import clean, ensemble, prepare
 from pipeline.stages import report as report_stage
 from pipeline.summary import read_summary, summary_lines
 
@@ -112,7 +113,7 @@ def _scores(out: Path, label: str, other: str = "cat") -> tuple[list[str], dict]
     classes = sorted([label, other], key=natural_key)
     test = _table(TEST_TRUTH, TEST_FIRST, classes)
     val = _table(VAL_TRUTH, VAL_FIRST, classes, start=100)
-    results = evaluate.write_scores(test, val, classes, out, bootstrap=20, seed=0, tta=False)
+    results = write_scores(test, val, classes, out, bootstrap=20, seed=0, tta=False)
     return classes, results
 
 

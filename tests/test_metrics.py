@@ -8,6 +8,7 @@ import torch
 from pipeline.config import parse_sections
 from pipeline.engine import tta_views
 from pipeline.errors import PipelineError
+from pipeline.evaluation import compute, gate
 from pipeline.metrics import (
     apply_temperature,
     bootstrap_ci,
@@ -18,7 +19,6 @@ from pipeline.metrics import (
     one_vs_rest_curves,
     per_class,
 )
-from pipeline.stages.evaluate import compute, gate
 
 from .conftest import repo_params
 

@@ -26,9 +26,9 @@ from pipeline.finetune import resolve_auto
 from pipeline.modelfile import load_trained
 from pipeline.models import layer_groups
 from pipeline.predict import Predictor
-from pipeline.stages import train
 from pipeline.stages.member import member_settings
 from pipeline.training import Setup, build_setup, sample_weights
+from pipeline.trainrun import train_model
 
 from .conftest import REPO, repo_params
 from .test_recipes import imbalanced_cache
@@ -225,8 +225,8 @@ def check_hyper_ensemble(r: Applied) -> None:
     assert [(p.epochs, p.unfreeze) for p in own[2][1].phase_list] == [(6, "head"), (6, "all")]
     # member 1 trains with its own settings, and its model records them
     model_cfg, train_cfg = own[1]
-    train.run(sections["base"], model_cfg, train_cfg, r.cache, r.out / "member1.pt",
-              r.out / "member1.json", r.out / "member1_curves", r.out / "member1_checkpoints")
+    train_model(sections["base"], model_cfg, train_cfg, r.cache, r.out / "member1.pt",
+                r.out / "member1.json", r.out / "member1_curves", r.out / "member1_checkpoints")
     meta = torch.load(r.out / "member1.pt", weights_only=True)["meta"]["params"]["train"]
     assert (meta["seed"], meta["label_smoothing"]) == (1, 0.0)
 
@@ -253,9 +253,9 @@ def test_recipe_from_the_docs_does_what_it_says(name: str, cache: Path, tmp_path
     params = merged(repo_params(**BASE), recipes()[name])
     sections = dict(zip(["base", "model", "train", "evaluate"], parse_sections(
         params, "base", "model", "train", "evaluate")))
-    metrics = train.run(sections["base"], sections["model"], sections["train"], cache,
-                        tmp_path / "model.pt", tmp_path / "train.json", tmp_path / "curves",
-                        tmp_path / "checkpoints")
+    metrics = train_model(sections["base"], sections["model"], sections["train"], cache,
+                          tmp_path / "model.pt", tmp_path / "train.json", tmp_path / "curves",
+                          tmp_path / "checkpoints")
     meta = read_meta(cache)
     cfg, _ = resolve_auto(sections["train"], meta.profile)
     torch.manual_seed(0)

@@ -14,8 +14,10 @@ from sklearn import metrics as skm
 from pipeline import __main__ as cli
 from pipeline import training
 from pipeline.config import parse_sections
+from pipeline.evaluation import HEADLINE, evaluate_model
 from pipeline.metrics import calibrate_temperature
-from pipeline.stages import cache, clean, embed, evaluate, prepare, split, train
+from pipeline.stages import cache, clean, embed, prepare, split
+from pipeline.trainrun import train_model
 
 from .conftest import REPO, repo_params, write_tree
 
@@ -95,8 +97,8 @@ def test_chain_with_views_trains_from_the_cache_alone(tmp_path, monkeypatch):
         return real_batches(data, *args, **kwargs)
 
     monkeypatch.setattr(training, "batches", spy)  # the epoch runner's
-    metrics = train.run(base, model_cfg, train_cfg, d / "cache", tmp_path / "model.pt",
-                        tmp_path / "train.json", tmp_path / "curves", tmp_path / "ckpt")
+    metrics = train_model(base, model_cfg, train_cfg, d / "cache", tmp_path / "model.pt",
+                          tmp_path / "train.json", tmp_path / "curves", tmp_path / "ckpt")
     assert seen == ["train_view0_images.npy", "train_view1_images.npy",
                     "train_view0_images.npy"]  # epoch e reads view e mod K
     assert metrics["epochs"] == 3
@@ -111,12 +113,12 @@ def test_chain_with_views_trains_from_the_cache_alone(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "train.json").read_text()) == {
         "best_epoch": metrics["best_epoch"], "best_val_accuracy": metrics["best_val_accuracy"]}
     out = tmp_path / "metrics"
-    result = evaluate.run(base, eval_cfg, tmp_path / "model.pt", d / "cache", d / "split.csv",
-                          out)
+    result = evaluate_model(base, eval_cfg, tmp_path / "model.pt", d / "cache", d / "split.csv",
+                            out)
     assert json.loads((out / "all" / "eval.json").read_text()) == result
     headline = json.loads((out / "eval.json").read_text())
-    assert list(headline) == list(evaluate.HEADLINE)  # this order, left to right
-    assert headline == {k: result[k] for k in evaluate.HEADLINE}
+    assert list(headline) == list(HEADLINE)  # this order, left to right
+    assert headline == {k: result[k] for k in HEADLINE}
     assert {"tta_accuracy", "tta_macro_f1"} <= set(result)
     _recompute_with_sklearn(out, result)
     meta = torch.load(tmp_path / "model.pt", weights_only=True)["meta"]

@@ -33,7 +33,7 @@ from pipeline.finetune import (
 from pipeline.inputs import to_input
 from pipeline.models import layer_groups, set_trainable, train_mode
 from pipeline.params.model import ModelConfig
-from pipeline.stages import train
+from pipeline.trainrun import train_model
 
 from .conftest import REPO, class_image, repo_params
 
@@ -63,8 +63,8 @@ def sections(**overrides):
 
 def train_in(tmp: Path, cache: Path, **overrides) -> dict:
     base, model_cfg, cfg = sections(**overrides)
-    return train.run(base, model_cfg, cfg, cache, tmp / "model.pt", tmp / "train.json",
-                     tmp / "curves", tmp / "checkpoints")
+    return train_model(base, model_cfg, cfg, cache, tmp / "model.pt", tmp / "train.json",
+                       tmp / "curves", tmp / "checkpoints")
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:

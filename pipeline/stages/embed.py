@@ -150,6 +150,7 @@ def run(data: DataConfig, cfg: EmbedConfig, prepared: Path, out_dir: Path, *,
     if df.empty:
         raise PipelineError(f"{prepared} lists no images: nothing to embed")
     dev = resolve_device(device)
+    torch.manual_seed(0)  # embed.weights none: the same random weights in every run
     model, prep, info = create_model(model_cfg, num_classes=0)
     model.to(dev).to(memory_format=torch.channels_last).eval()
     root = Path(data.root)

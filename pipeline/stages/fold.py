@@ -16,7 +16,7 @@ from pipeline.cachefiles import fold_splits, read_meta
 from pipeline.config import load_sections
 from pipeline.errors import PipelineError, run_stage
 from pipeline.manifest import read_folds
-from pipeline.stages.member import train_and_evaluate
+from pipeline.members import train_and_evaluate
 
 
 def main(fold: int) -> None:

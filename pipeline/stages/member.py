@@ -12,33 +12,13 @@ section ``members`` gives that member train or model settings of its own.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
-from pipeline import paths
-from pipeline.cachefiles import ArraySplit
 from pipeline.config import load_sections, with_changes
 from pipeline.errors import run_stage
-from pipeline.params.base import BaseConfig
-from pipeline.params.evaluate import EvaluateConfig
+from pipeline.members import train_and_evaluate
 from pipeline.params.members import MembersConfig
 from pipeline.params.model import ModelConfig
 from pipeline.params.train import TrainConfig
-from pipeline.stages import evaluate as evaluate_stage
-from pipeline.stages import train as train_stage
-
-
-def train_and_evaluate(base: BaseConfig, model: ModelConfig, train: TrainConfig,
-                       evaluate: EvaluateConfig, kind: str, item: int, *,
-                       data: tuple[ArraySplit, ArraySplit] | None = None) -> dict[str, Any]:
-    """Train one member and score it on test (and val), into its own files
-    (:func:`pipeline.paths.member_model`, :func:`pipeline.paths.member_metrics`);
-    ``data``: a cross-validation fold's (train, held-out) rows instead of train and val."""
-    out_dir = paths.member_metrics(kind, item)
-    model_out = paths.member_model(kind, item)
-    train_stage.run(base, model, train, paths.CACHE_DIR, model_out, out_dir / "train.json",
-                    out_dir / "curves", paths.member_checkpoints(kind, item), data=data)
-    return evaluate_stage.run(base, evaluate, model_out, paths.CACHE_DIR, paths.SPLIT,
-                              out_dir, val=None if data is None else data[1])
 
 
 def member_settings(model: ModelConfig, train: TrainConfig, members: MembersConfig,
