@@ -18,8 +18,10 @@ from tqdm import tqdm
 from pipeline import init_data, paths
 from pipeline.config import PARAMS_FILE
 from pipeline.errors import PipelineError
+from pipeline.files import not_regular
 from pipeline.images import IMAGES
 from pipeline.init_data import data_values, inspect_source, report_lines, set_keys
+from pipeline.labelfiles import spreadsheet_cell
 from pipeline.offline_plots import TEMPLATE
 from pipeline.predict import TTA, Predictor, list_inputs, predict_files, top_k
 from pipeline.summary import PAGES, SUMMARY_LATER, read_summary
@@ -60,13 +62,17 @@ def predict_command(args: argparse.Namespace) -> None:
                                 max_pixels=MAX_PIXELS, tta=args.tta)
         for path, probs, error in tqdm(results, total=len(files), desc="predict",
                                        mininterval=1.0):
+            # a list people open in a spreadsheet: no path, label or error runs there as
+            # a formula (pipeline.labelfiles.spreadsheet_cell; plain numbers stay numbers)
             if probs is None:
                 failed += 1
-                writer.writerow([str(path), "", ""] + [""] * (2 * k) + [error])
+                writer.writerow([spreadsheet_cell(str(path)), "", ""] + [""] * (2 * k)
+                                + [spreadsheet_cell(error)])
                 continue
             best = top_k(probs[None], predictor.classes, k)[0]
-            cells = [v for label, p in best for v in (label, f"{p:.6f}")]
-            writer.writerow([str(path), best[0][0], f"{best[0][1]:.6f}", *cells, ""])
+            cells = [v for label, p in best for v in (spreadsheet_cell(label), f"{p:.6f}")]
+            writer.writerow([spreadsheet_cell(str(path)), spreadsheet_cell(best[0][0]),
+                             f"{best[0][1]:.6f}", *cells, ""])
     print(f"predicted {len(files) - failed} of {len(files)} files into {args.out}"
           + (f"; {failed} could not be read (see the error column)" if failed else "")
           + (f"; {len(skipped)} skipped (no image suffix)" if skipped else ""))
@@ -89,9 +95,12 @@ def export_command(args: argparse.Namespace) -> None:
     from pipeline.exporting import export_model
     from pipeline.seeding import pin_cpu
 
-    if not args.model.is_file():
+    problem = not_regular(args.model)  # a FIFO or a device is named, never opened
+    if problem == "file not found":
         raise PipelineError(f"{args.model} not found: train first (dvc repro train) or "
                             "pass --model")
+    if problem:
+        raise PipelineError(f"{args.model}: {problem}")
     pin_cpu(deterministic=True)  # the stage's default (base.deterministic): same bytes
     report = args.out_dir / "export.json"
     export_model(args.model, args.cache, args.out_dir, report, run_record=None)

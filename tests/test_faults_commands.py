@@ -102,11 +102,11 @@ def _cli(*args: str) -> str:
     return out.strip().splitlines()[-1]
 
 
-def _model(path: Path) -> Path:
+def _model(path: Path, classes: tuple[str, ...] = ("k0", "k1", "k2")) -> Path:
     """A models/model.pt as the train stage writes it (a tiny timm test model, 32 px)."""
     model, prep, info = create_model(ModelConfig("test_efficientnet", "none", 0.0),
-                                     num_classes=3)
-    meta = {"classes": ["k0", "k1", "k2"], "arch": info["arch"],
+                                     num_classes=len(classes))
+    meta = {"classes": list(classes), "arch": info["arch"],
             "model": {"name": "test_efficientnet", "weights": "none", "drop_rate": 0.0},
             "preprocessing": {"image_size": 32, "fit": "crop", "mean": list(prep.mean),
                               "std": list(prep.std)}}
@@ -324,6 +324,11 @@ CASES: dict[str, tuple[Callable[[Path], object], Callable[[Path, Path], str], st
     "predict_model_fifo": (
         lambda src: (_images(src), os.remove(src / "model.pt"), os.mkfifo(src / "model.pt")),
         lambda src, out: _predict(src, out),
+        "error: {src}/model.pt: a FIFO (named pipe), not a regular file: never opened"),
+    "export_model_fifo": (
+        lambda src: os.mkfifo(src / "model.pt"),
+        lambda src, out: _cli("export", "--model", str(src / "model.pt"), "--out-dir",
+                              str(out / "exported")),
         "error: {src}/model.pt: a FIFO (named pipe), not a regular file: never opened"),
     "predict_model_dev_zero": (
         lambda src: (_images(src), os.symlink("/dev/zero", src / "zero.pt")),
@@ -570,3 +575,26 @@ def test_exps_fits_the_terminal_without_no_pager(experiments, columns):
 def _snapshot_files(work: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
             for p in (work / "params.yaml", work / "dvc.yaml", work / "metrics.json")}
+
+
+def test_predict_csv_guards_formula_like_paths_and_labels(tmp_path, monkeypatch):
+    """predict's CSV is a list people open in a spreadsheet (issue 26 item 8): a class
+    name or a file name that would run as a formula gets a leading ', a plain number
+    stays as it is, and no source file changes."""
+    classes = ('=HYPERLINK("http://evil.example","click")', "-1", "@SUM(A1:A2)")
+    _model(tmp_path / "model.pt", classes)
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("=cmd.png", "plain.png"):
+        Image.fromarray(class_image(0, 0)).save(images / name)
+    before = _snapshot(images)
+    monkeypatch.chdir(images)  # the files given as typed: their path cells start with =
+    _cli("predict", "=cmd.png", "plain.png", "--model", str(tmp_path / "model.pt"), "--out",
+         str(tmp_path / "p.csv"), "--device", "cpu", "--top-k", "3")
+    with open(tmp_path / "p.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["path"] for r in rows] == ["'=cmd.png", "plain.png"]
+    guarded = {"'" + classes[0], "-1", "'" + classes[2]}
+    assert all({r[f"top{i}_label"] for i in (1, 2, 3)} == guarded for r in rows)
+    assert all(r["pred"] == r["top1_label"] and r["error"] == "" for r in rows)
+    assert _snapshot(images) == before
