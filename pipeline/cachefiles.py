@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import PipelineError
-from pipeline.files import write_text
+from pipeline.files import save_npy, write_text
 
 META = "meta.json"
 
@@ -41,19 +41,33 @@ class CacheMeta:
     ids: dict[str, list[str]]  # image ids per split, row-aligned with its arrays
     image_size_reason: str = ""  # what cache.image_size resolved to, and why
     profile: str = "photo"  # photo | small (pipeline.autosize.data_profile)
+    modality: str = "image"  # image | text
+    # text: the tokenizer's settings (encoder, max_length, truncation, pad_id); rows of
+    # {split}_images.npy are then (L,) int32 token ids
+    text: dict[str, Any] | None = None
 
     def to_json(self) -> str:
-        """The file's text (key order fixed: the cache's hash depends on it)."""
+        """The file's text (key order fixed: the cache's hash depends on it; an image
+        cache's has no modality key, as before texts existed)."""
+        more = {} if self.modality == "image" else {"modality": self.modality,
+                                                   "text": self.text}
         return json.dumps({"classes": self.classes, "image_size": self.image_size,
                            "image_size_reason": self.image_size_reason,
                            "profile": self.profile,
-                           "fit": self.fit, "views": self.views, "ids": self.ids},
+                           "fit": self.fit, "views": self.views, **more, "ids": self.ids},
                           indent=1) + "\n"
 
 
 def write_meta(out_dir: Path, meta: CacheMeta) -> None:
     """Write ``meta.json`` into the cache folder."""
     write_text(Path(out_dir) / META, meta.to_json())
+
+
+def write_rows(out_dir: Path, split: str, rows: np.ndarray, labels: np.ndarray) -> None:
+    """One split's (N, ...) rows and (N,) int64 labels, each file whole or not at all
+    (a text cache's token ids; the cache stage streams an image cache's arrays)."""
+    save_npy(Path(out_dir) / images_name(split), rows)
+    save_npy(Path(out_dir) / labels_name(split), np.asarray(labels, dtype=np.int64))
 
 
 def read_meta_text(cache_dir: Path) -> str:
@@ -70,7 +84,8 @@ def read_meta(cache_dir: Path) -> CacheMeta:
     return CacheMeta(classes=raw["classes"], image_size=raw["image_size"], fit=raw["fit"],
                      views=raw["views"], ids=raw["ids"],
                      image_size_reason=raw.get("image_size_reason", ""),
-                     profile=raw.get("profile", "photo"))
+                     profile=raw.get("profile", "photo"),
+                     modality=raw.get("modality", "image"), text=raw.get("text"))
 
 
 class NpyRows:

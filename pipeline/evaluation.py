@@ -32,7 +32,6 @@ from pipeline.cachefiles import ArraySplit, open_split, read_meta
 from pipeline.engine import predict
 from pipeline.errors import PipelineError
 from pipeline.files import write_metrics
-from pipeline.inputs import ImageInput
 from pipeline.labelfiles import (
     prediction_arrays,
     read_predictions,
@@ -52,7 +51,7 @@ from pipeline.metrics import (
     scaled_log_loss,
 )
 from pipeline.modality import BatchAdapter
-from pipeline.modelfile import load_trained
+from pipeline.modelfile import load_trained, model_input
 from pipeline.params.base import BaseConfig
 from pipeline.params.evaluate import EvaluateConfig
 from pipeline.seeding import resolve_device
@@ -176,7 +175,7 @@ def evaluate_model(base: BaseConfig, cfg: EvaluateConfig, model_path: Path, cach
         with tqdm(total=len(data.labels), desc=f"predict {name}", unit="img",
                   mininterval=1.0, leave=False) as bar:
             return predict(model, data, prep=prep, device=device, batch_size=cfg.batch_size,
-                           tta=tta, inputs=CountingInput(ImageInput(prep), bar))
+                           tta=tta, inputs=CountingInput(model_input(model, prep), bar))
 
     test_table = prediction_table(test, probs(test, "test"), classes, manifest)
     if cfg.tta != "none":

@@ -152,8 +152,17 @@ AUTO_PHASES: dict[str, tuple[Phase, ...]] = {
               Phase(epochs=2, unfreeze=2, lr_mult=0.1)),
     "small": (Phase(epochs=2, unfreeze="head", lr_mult=5.0),
               Phase(epochs=6, unfreeze="all", lr_mult=0.25)),
+    # texts: the head on stored encoder features, then the top two transformer layers at
+    # BERT fine-tuning rates (train.lr 0.002 x 0.025 = 5e-5 at the head)
+    "text": (Phase(epochs=4, unfreeze="head", lr_mult=5.0),
+             Phase(epochs=3, unfreeze=2, lr_mult=0.025)),
 }
-AUTO_HFLIP = {"photo": True, "small": False}  # a mirrored 2, 3 or 7 is not a digit
+AUTO_HFLIP = {"photo": True, "small": False, "text": False}  # a mirrored 2 is not a digit
+PIXEL_ONLY = ("hflip", "shift", "mixup", "cutmix")  # train settings that texts cannot take
+
+
+def _what(profile: str) -> str:
+    return "texts" if profile == "text" else f"{profile} images"
 
 
 def resolve_auto(cfg: TrainConfig, profile: str) -> tuple[TrainConfig, list[str]]:
@@ -164,10 +173,13 @@ def resolve_auto(cfg: TrainConfig, profile: str) -> tuple[TrainConfig, list[str]
         cfg = replace(cfg, phases=AUTO_PHASES[profile])
         steps = ", ".join(f"{p.epochs} x {p.unfreeze} at lr x {p.lr_mult:g}"
                           for p in cfg.phase_list)
-        notes.append(f"train.phases auto ({profile} images): {steps}")
+        notes.append(f"train.phases auto ({_what(profile)}): {steps}")
     if cfg.hflip == "auto":
         cfg = replace(cfg, hflip=AUTO_HFLIP[profile])
-        notes.append(f"train.hflip auto ({profile} images): {str(cfg.flips).lower()}")
+        notes.append(f"train.hflip auto ({_what(profile)}): {str(cfg.flips).lower()}")
+    if profile == "text" and (on := [n for n in PIXEL_ONLY if getattr(cfg, n)]):
+        raise PipelineError(f"train.{', train.'.join(on)}: pixel augmentation, which texts "
+                            f"cannot take; set {' and '.join(on)} to 0 (hflip: auto)")
     return cfg, notes
 
 

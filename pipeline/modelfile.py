@@ -28,7 +28,8 @@ from pipeline.backbones import (
 )
 from pipeline.errors import PipelineError
 from pipeline.files import atomic_path
-from pipeline.inputs import Preprocessing
+from pipeline.inputs import ImageInput, Preprocessing
+from pipeline.modality import BatchAdapter
 
 
 def save_model(path: Path, state_dict: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
@@ -61,9 +62,30 @@ def load_trained(path: Path) -> tuple[nn.Module, Preprocessing, dict[str, Any]]:
         num_classes = len(meta["classes"])
     except (KeyError, TypeError) as exc:
         raise PipelineError(f"{path}: its meta lacks or garbles {exc}") from None
-    model, _, _ = create_model(cfg, num_classes, pretrained=False)
+    if prep.get("modality") == "text":
+        from pipeline.textmodel import TEXT_PREP, create_text_model
+
+        model: nn.Module = create_text_model(cfg, num_classes, pretrained=False)[0]
+        return _load_weights(path, model, state_dict, meta, cfg.name), TEXT_PREP, meta
+    model = create_model(cfg, num_classes, pretrained=False)[0]
+    model = _load_weights(path, model, state_dict, meta, cfg.name)
+    return model, Preprocessing(tuple(prep["mean"]), tuple(prep["std"])), meta
+
+
+def _load_weights(path: Path, model: nn.Module, state_dict: dict[str, torch.Tensor],
+                  meta: dict[str, Any], name: str) -> nn.Module:
     if problem := state_mismatch(model.state_dict(), state_dict):
         raise PipelineError(f"{path}: its weights do not fit the model its meta names "
-                            f"({cfg.name}, {len(meta['classes'])} classes): {problem}")
+                            f"({name}, {len(meta['classes'])} classes): {problem}")
     model.load_state_dict(state_dict)
-    return model, Preprocessing(tuple(prep["mean"]), tuple(prep["std"])), meta
+    return model
+
+
+def model_input(model: nn.Module, prep: Preprocessing) -> BatchAdapter:
+    """How cached rows become this model's input: token ids for a text model, normalised
+    pixels for an image model."""
+    from pipeline.textmodel import TextClassifier, TokenInput
+
+    if isinstance(model, TextClassifier):
+        return TokenInput(model.pad_id)
+    return ImageInput(prep)

