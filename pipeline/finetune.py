@@ -152,10 +152,12 @@ AUTO_PHASES: dict[str, tuple[Phase, ...]] = {
               Phase(epochs=2, unfreeze=2, lr_mult=0.1)),
     "small": (Phase(epochs=2, unfreeze="head", lr_mult=5.0),
               Phase(epochs=6, unfreeze="all", lr_mult=0.25)),
-    # texts: the head on stored encoder features, then the top two transformer layers at
-    # BERT fine-tuning rates (train.lr 0.002 x 0.025 = 5e-5 at the head)
-    "text": (Phase(epochs=4, unfreeze="head", lr_mult=5.0),
-             Phase(epochs=3, unfreeze=2, lr_mult=0.025)),
+    # texts: the head on stored encoder features, then the top four transformer layers
+    # on the stored output of the frozen ones, at 1e-4 (train.lr 0.002 x 0.05) decaying
+    # x 0.9 per layer down. Rotten Tomatoes, 3,000 train snippets: as accurate as a full
+    # fine-tune (0.8105) in 70 % of its time (docs/measured.md)
+    "text": (Phase(epochs=3, unfreeze="head", lr_mult=5.0),
+             Phase(epochs=3, unfreeze=4, lr_mult=0.05, layer_decay=0.9)),
 }
 AUTO_HFLIP = {"photo": True, "small": False, "text": False}  # a mirrored 2 is not a digit
 PIXEL_ONLY = ("hflip", "shift", "mixup", "cutmix")  # train settings that texts cannot take

@@ -75,8 +75,8 @@ class TextClassifier(nn.Module):
     def __init__(self, encoder: nn.Module, head: nn.Module, *, pad_id: int, pooling: str
                  ) -> None:
         super().__init__()
-        self.encoder = encoder
-        self.head = head
+        self.encoder: nn.Module = encoder
+        self.head: nn.Module = head
         self.pad_id = pad_id
         self.pooling = pooling
 
@@ -100,6 +100,82 @@ class TextClassifier(nn.Module):
         no rule matches (a final norm) becomes its own group below the head."""
         return {"stem": r"^encoder\.embeddings",
                 "blocks": [(r"^encoder\.(?:encoder|transformer)\.layers?\.(\d+)\.", None)]}
+
+    def layer_stack(self) -> nn.ModuleList:
+        """The encoder's transformer layers, bottom to top."""
+        for path in ("encoder.layer", "transformer.layer", "encoder.layers", "layers"):
+            try:
+                found = self.encoder.get_submodule(path)
+            except AttributeError:
+                continue
+            if isinstance(found, nn.ModuleList):
+                return found
+        raise PipelineError(f"{type(self.encoder).__name__}: no list of transformer layers")
+
+    @torch.no_grad()
+    def states(self, ids: torch.Tensor, start: int) -> torch.Tensor:
+        """(B, L, D) hidden states that enter layer ``start`` (what the frozen layers
+        below it give; the caller sets eval mode)."""
+        captured: list[torch.Tensor] = []
+
+        def grab(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            captured.append(args[0] if args else kwargs["hidden_states"])
+            raise _Enough
+
+        hook = self.layer_stack()[start].register_forward_pre_hook(grab, with_kwargs=True)
+        try:
+            self.encoder(input_ids=ids, attention_mask=(ids != self.pad_id).long())
+        except _Enough:
+            pass
+        finally:
+            hook.remove()
+        return captured[0]
+
+    def forward_states(self, states: torch.Tensor, ids: torch.Tensor, start: int
+                       ) -> torch.Tensor:
+        """Logits from the hidden states that enter layer ``start`` (:meth:`states`): the
+        layers from ``start`` up, the pooling and the head."""
+        mask = ids != self.pad_id
+        hidden = states.to(next(self.head.parameters()).dtype)
+        additive = (~mask)[:, None, None, :].to(hidden.dtype) * torch.finfo(hidden.dtype).min
+        for layer in self.layer_stack()[start:]:
+            out = layer(hidden, additive)
+            hidden = out[0] if isinstance(out, tuple) else out
+        if self.pooling == "cls":
+            return self.head(hidden[:, 0])
+        weights = mask.unsqueeze(-1).to(hidden.dtype)
+        return self.head((hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0))
+
+    def first_trained_layer(self) -> int | None:
+        """The lowest layer with trainable weights when everything below it (embeddings,
+        lower layers) is frozen and nothing outside the layers but the head trains: the
+        layers below it can then be computed once; None otherwise."""
+        layers = self.layer_stack()
+        trained = [i for i, layer in enumerate(layers)
+                   if any(p.requires_grad for p in layer.parameters())]
+        in_layers = {id(p) for p in layers.parameters()}
+        outside = [p for p in self.encoder.parameters() if id(p) not in in_layers]
+        if not trained or trained[0] == 0 or any(p.requires_grad for p in outside):
+            return None
+        return trained[0]
+
+
+class _Enough(Exception):
+    """Stops an encoder pass once the wanted hidden states are captured."""
+
+
+class StatesForward(nn.Module):
+    """The trained top of a :class:`TextClassifier`: takes (states, ids) batches of the
+    hidden states stored below layer ``start`` (the training loop's input for phases
+    whose lower layers are frozen)."""
+
+    def __init__(self, model: TextClassifier, start: int) -> None:
+        super().__init__()
+        self.model = model
+        self.start = start
+
+    def forward(self, x: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        return self.model.forward_states(x[0], x[1], self.start)
 
 
 def load_encoder(name: str, *, pretrained: bool = True) -> tuple[nn.Module, Any, str, Path | str]:

@@ -59,7 +59,8 @@ from pipeline.seeding import rng_state, set_rng_state
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Mix = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
-Batches = Iterator[tuple[torch.Tensor, torch.Tensor]]
+# (model input, labels): a tensor, or (states, ids) for stored hidden states of texts
+Batches = Iterator[tuple[Any, torch.Tensor]]
 
 # ----------------------------------------------------------------------------- set-up
 
@@ -403,6 +404,11 @@ class PhaseRun:
     # per view: (1, N, D), or (2, N, D) with the mirrored rows' features when hflip is on
     features: dict[int, torch.Tensor] = field(default_factory=dict)
     val_features: torch.Tensor | None = None  # (N, D) of the val split, computed once
+    # texts whose lower layers are frozen: the layer whose input is stored per view
+    # ((N, L, D) hidden states, with the (N, L) token ids), or None
+    states_from: int | None = None
+    states: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    val_states: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 def _val_scores(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
@@ -417,6 +423,8 @@ def validate(run: Run, phase: PhaseRun) -> dict[str, float]:
     s, cfg = run.setup, run.cfg
     kwargs: dict[str, Any] = dict(prep=s.prep, device=run.device, batch_size=cfg.batch_size,
                                   amp=cfg.amp, inputs=s.inputs)
+    if phase.states_from is not None and s.ema is None:
+        return validate_states(run, phase)
     if not phase.use_features or s.ema is not None:
         scored = s.ema.module if s.ema is not None else s.model
         return _val_scores(run.val.labels, predict(scored, run.val, **kwargs))
@@ -494,10 +502,40 @@ def start_phase(run: Run, loop: LoopState, resume: dict[str, Any] | None) -> Pha
         if head_only and cfg.feature_cache and reasons:
             print(f"  feature cache off: {', '.join(reasons)} change the inputs every epoch")
     net: nn.Module = s.head if use_features else s.forward
+    states_from = None if head_only or reasons else stored_states_from(run)
+    if states_from is not None:
+        from pipeline.textmodel import StatesForward
+
+        net = StatesForward(s.model, states_from)  # type: ignore[arg-type]
     if run.world > 1:
         net = nn.parallel.DistributedDataParallel(
             net, device_ids=[run.device.index] if run.device.type == "cuda" else None)
-    return PhaseRun(p, phase.epochs, trainable, schedule, use_features, net)
+    return PhaseRun(p, phase.epochs, trainable, schedule, use_features, net,
+                    states_from=states_from)
+
+
+STATES_BUDGET = 4 * 2**30  # bytes of stored hidden states per view, at most
+
+
+def stored_states_from(run: Run) -> int | None:
+    """For a text model whose embeddings and lower layers are frozen: the first trained
+    layer, whose input the phase stores once per view (``train.feature_cache``); None
+    for images, EMA or torch.compile runs, or when everything trains."""
+    from pipeline.textmodel import TextClassifier, hidden_size
+
+    model, cfg, view = run.setup.model, run.cfg, run.train_views[0]
+    if not (isinstance(model, TextClassifier) and cfg.feature_cache) or cfg.compile:
+        return None
+    start = model.first_trained_layer()
+    size = len(view.labels) * int(np.prod(view.images.shape[1:])) * hidden_size(model.encoder) * 4
+    if start is not None and size > STATES_BUDGET:
+        print(f"  hidden states not stored: {size / 2**30:.1f} GiB would exceed "
+              f"{STATES_BUDGET / 2**30:.0f} GiB; the frozen layers run every step")
+        return None
+    if start is not None and run.rank == 0:
+        print(f"  on stored hidden states: the {start} frozen layers below layer {start} "
+              f"run once per view, not every step")
+    return start
 
 
 def run_phase(run: Run, loop: LoopState, resume: dict[str, Any] | None) -> None:
@@ -519,6 +557,8 @@ def train_phases(run: Run, loop: LoopState, resume: dict[str, Any] | None) -> No
 def epoch_batches(run: Run, phase: PhaseRun, data: ArraySplit, view: int
                   ) -> tuple[Batches, float]:
     """This epoch's batches, and the seconds spent storing the view's features first."""
+    if phase.states_from is not None:
+        return state_batches(run, phase, data, view)
     if not phase.use_features:
         return input_batches(run, data), 0.0
     extra = 0.0
@@ -531,6 +571,76 @@ def epoch_batches(run: Run, phase: PhaseRun, data: ArraySplit, view: int
                         mirror=mirror) for mirror in (False, True)[:1 + run.cfg.flips]])
         extra = time.perf_counter() - start
     return feature_batches(run, phase.features[view], data.labels), extra
+
+
+def store_states(run: Run, phase: PhaseRun, data: ArraySplit
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """((N, L, D) hidden states entering layer ``phase.states_from``, (N, L) ids) of
+    every row, the frozen layers in eval mode (as :func:`pipeline.models.train_mode`
+    keeps them; the caller restores the modes)."""
+    s, start = run.setup, phase.states_from
+    assert start is not None
+    s.model.eval()
+    parts = [(s.model.states(x, start), x)  # type: ignore[operator]
+             for x in (s.inputs.to_input(rows, run.device)
+                       for rows, _ in batches(data, run.cfg.batch_size))]
+    width = max((ids.shape[1] for _, ids in parts), default=1)
+    pad = s.inputs.pad_id  # type: ignore[attr-defined]
+    return (torch.cat([nn.functional.pad(h, (0, 0, 0, width - h.shape[1])) for h, _ in parts]),
+            torch.cat([nn.functional.pad(i, (0, width - i.shape[1]), value=pad)
+                       for _, i in parts]))
+
+
+def _trimmed(ids: torch.Tensor, pad: int) -> int:
+    """Columns up to the last one that holds a token in any row."""
+    used = (ids != pad).any(0).nonzero()
+    return int(used.max()) + 1 if len(used) else 1
+
+
+def state_batches(run: Run, phase: PhaseRun, data: ArraySplit, view: int
+                  ) -> tuple[Batches, float]:
+    """Batches of ((B, L, D) stored hidden states, (B, L) ids), each cut to its longest
+    text, and the seconds spent storing the view's states first."""
+    cfg, pad, extra = run.cfg, run.setup.inputs.pad_id, 0.0  # type: ignore[attr-defined]
+    if view not in phase.states:
+        start = time.perf_counter()
+        phase.states[view] = store_states(run, phase, data)
+        extra = time.perf_counter() - start
+        if run.rank == 0:
+            mb = phase.states[view][0].element_size() * phase.states[view][0].numel() / 2**20
+            print(f"  stored hidden states of view {view}: {mb:,.0f} MB in {extra:.1f} s")
+    states, ids = phase.states[view]
+
+    def stream() -> Batches:
+        for index in batch_indices(len(data.labels), cfg.batch_size, generator=run.order,
+                                   rank=run.rank, world=run.world,
+                                   weights=sample_weights(cfg, data.labels)):
+            rows = torch.from_numpy(index).to(ids.device)
+            batch = ids[rows]
+            width = _trimmed(batch, pad)
+            yield (states[rows, :width], batch[:, :width]), torch.from_numpy(data.labels[index])
+    return stream(), extra
+
+
+def validate_states(run: Run, phase: PhaseRun) -> dict[str, float]:
+    """Val scores from the val split's stored hidden states (computed once per phase)."""
+    from pipeline.textmodel import StatesForward
+
+    s, pad = run.setup, run.setup.inputs.pad_id  # type: ignore[attr-defined]
+    assert phase.states_from is not None
+    if phase.val_states is None:
+        phase.val_states = store_states(run, phase, run.val)
+    states, ids = phase.val_states
+    top = StatesForward(s.model, phase.states_from)  # type: ignore[arg-type]
+    s.model.eval()
+    logits = []
+    with torch.no_grad():
+        for start in range(0, len(ids), run.cfg.batch_size):
+            batch = ids[start:start + run.cfg.batch_size]
+            width = _trimmed(batch, pad)
+            logits.append(top((states[start:start + len(batch), :width], batch[:, :width])))
+    probs = torch.softmax(torch.cat(logits).float(), dim=1).cpu().double().numpy()
+    return _val_scores(run.val.labels, probs)
 
 
 def run_epoch(run: Run, loop: LoopState, phase: PhaseRun) -> dict[str, Any]:

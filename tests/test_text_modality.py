@@ -228,3 +228,28 @@ def test_a_head_only_phase_on_texts_trains_on_stored_encoder_features(tmp_path, 
     log = capsys.readouterr().out
     assert "max length 8 tokens (set); truncation head_tail" in log
     assert "on stored backbone features" in log
+
+
+def test_stored_hidden_states_train_the_top_layer_as_the_full_forward_does(tmp_path,
+                                                                           tiny_encoder, capsys):
+    """Frozen layers run in eval mode either way, so storing their output once changes
+    what is computed, not what is learnt: the two runs end with the same weights."""
+    texts, labels = _corpus(6)
+    ids = [f"t{i}" for i in range(len(texts))]
+    splits = {s: (texts, labels, ids) for s in ("train", "val", "test")}
+    write_text_cache(tmp_path / "cache", splits, list(TOPICS), model_name=str(tiny_encoder))
+    weights = {}
+    for stored in (True, False):
+        base, model_cfg, cfg = parse_sections(_params([
+            f"model.name={tiny_encoder}", "train.batch_size=4", "model.drop_rate=0.0",
+            f"train.feature_cache={str(stored).lower()}",
+            "train.phases=[{epochs: 2, unfreeze: 1, lr_mult: 1.0}]"]), "base", "model", "train")
+        out = tmp_path / str(stored)
+        train_model(base, model_cfg, cfg, tmp_path / "cache", out / "model.pt",
+                    out / "train.json", out / "curves", out / "checkpoints")
+        log = capsys.readouterr().out
+        assert ("on stored hidden states" in log) is stored
+        weights[stored] = load_trained(out / "model.pt")[0].state_dict()
+    for name, value in weights[True].items():
+        torch.testing.assert_close(value, weights[False][name], rtol=1e-4, atol=1e-5,
+                                   msg=name)

@@ -101,7 +101,7 @@ class TrainConfig:
         metadata=in_range(le=10**6))
     sampler: Literal["shuffle", "balanced"]  # balanced: draw rows with p ~ 1 / class count
     bn: Literal["frozen", "train"]  # BatchNorm statistics of trainable layers (see models)
-    feature_cache: bool  # head-only phases train on stored backbone features
+    feature_cache: bool  # compute frozen parts once: head-only phases; texts: partial ones
     # train on a stratified bootstrap sample of the train split drawn from train.seed
     # (bagging: members of a seed ensemble then differ in their data, not only their seed)
     bagging: bool
