@@ -64,6 +64,17 @@ def _params_text(src: Path, text: str) -> None:
     (src / "params.yaml").write_text(text)
 
 
+def _repo_line(start: str) -> int:
+    """Line number of the repo params.yaml's one line that starts with ``start``; "" gives
+    the number of lines (so the cases follow edits of params.yaml)."""
+    lines = (REPO / "params.yaml").read_text().splitlines()
+    if not start:
+        return len(lines)
+    found = [i for i, line in enumerate(lines, 1) if line.startswith(start)]
+    assert len(found) == 1, (start, found)
+    return found[0]
+
+
 def _repo_text(**replace: str) -> str:
     """The repo's params.yaml text with whole lines replaced (``old line``: new text)."""
     text = (REPO / "params.yaml").read_text()
@@ -293,14 +304,14 @@ CASES: dict[str, tuple[Callable[[Path], object], Callable[[Path, Path], str], st
     "params_duplicate_section": (
         lambda src: _params_text(src, (REPO / "params.yaml").read_text() + "base:\n  seed: 1\n"),
         lambda src, out: _load(src),
-        "{src}/params.yaml: base is given twice (lines 53 and 159); DVC refuses duplicate "
-        "keys: keep one"),
+        f"{{src}}/params.yaml: base is given twice (lines {_repo_line('base:')} and "
+        f"{_repo_line('') + 1}); DVC refuses duplicate keys: keep one"),
     "params_duplicate_in_flow_mapping": (
         lambda src: _params_text(src, _repo_text(**{
             "  train: {}               #": "  train: {1: {}, 1: {}}  #"})),
         lambda src, out: _load(src),
-        "{src}/params.yaml: members.train.1 is given twice (lines 157 and 157); DVC refuses "
-        "duplicate keys: keep one"),
+        f"{{src}}/params.yaml: members.train.1 is given twice (lines {_repo_line('  train: {}')}"
+        f" and {_repo_line('  train: {}')}); DVC refuses duplicate keys: keep one"),
     # 11. predict: options checked by argparse, special files never opened, skips said
     "predict_top_k_0": (
         _images, lambda src, out: _predict(src, out, "--top-k", "0"),
