@@ -19,11 +19,10 @@ from pipeline import init_data, paths
 from pipeline.config import PARAMS_FILE
 from pipeline.errors import PipelineError
 from pipeline.files import not_regular
-from pipeline.images import IMAGES
 from pipeline.init_data import data_values, inspect_source, report_lines, set_keys
 from pipeline.labelfiles import spreadsheet_cell
 from pipeline.offline_plots import TEMPLATE
-from pipeline.predict import TTA, Predictor, list_inputs, predict_files, top_k
+from pipeline.predict import TTA, Predictor, input_suffixes, list_inputs, predict_files, top_k
 from pipeline.summary import PAGES, SUMMARY_LATER, read_summary
 from pipeline.sweep import DEFAULT_METRIC, DEFAULT_SPACE
 
@@ -40,15 +39,16 @@ EXPS_ARGS = ("--only-changed", "--drop", ".*/", "--keep",
 def predict_command(args: argparse.Namespace) -> None:
     """Write one CSV row per file: path, pred, confidence, top-k labels and probabilities."""
     predictor = Predictor.load(args.model, device=args.device)
-    files, skipped = list_inputs(args.inputs)
+    kind = predictor.modality  # image or text
+    files, skipped = list_inputs(args.inputs, modality=kind)
     if skipped:
         shown = ", ".join(map(str, skipped[:SKIPPED_SHOWN]))
         more = f" and {len(skipped) - SKIPPED_SHOWN} more" if len(skipped) > SKIPPED_SHOWN else ""
         print(f"warning: skipped {len(skipped)} file(s) under the given folders whose suffix "
-              f"is no image suffix ({' '.join(IMAGES.suffixes)}): {shown}{more}",
+              f"is no {kind} suffix ({' '.join(input_suffixes(kind))}): {shown}{more}",
               file=sys.stderr)
     if not files:
-        raise PipelineError("no image files found in the given paths"
+        raise PipelineError(f"no {kind} files found in the given paths"
                             + (f" ({len(skipped)} other file(s) skipped)" if skipped else ""))
     k = min(args.top_k, len(predictor.classes))
     header = ["path", "pred", "confidence"] + [f"top{i}_{what}" for i in range(1, k + 1)
@@ -75,7 +75,7 @@ def predict_command(args: argparse.Namespace) -> None:
                              f"{best[0][1]:.6f}", *cells, ""])
     print(f"predicted {len(files) - failed} of {len(files)} files into {args.out}"
           + (f"; {failed} could not be read (see the error column)" if failed else "")
-          + (f"; {len(skipped)} skipped (no image suffix)" if skipped else ""))
+          + (f"; {len(skipped)} skipped (no {kind} suffix)" if skipped else ""))
 
 
 def serve_command(args: argparse.Namespace) -> None:

@@ -264,17 +264,21 @@ def check_params(params: Mapping[str, Any]) -> dict[str, Any]:
 
     Beyond each section's own rules (fractions summing to 1, ascending cutoffs, ...):
     ``model.name`` and ``embed.model`` must be timm or torchvision models, and their
-    weights a known tag or name, or a file that loads as a state dict (read once here).
+    weights a known tag or name, or a file that loads as a state dict (read once here),
+    unless they name a text encoder (MiniLM, a folder, a hub id), which loads later.
     Whether an integer ``unfreeze`` fits the model's layer groups needs the model built
     and is checked when train starts.
     """
     sections = dict(zip(SECTIONS, parse_sections(params, *SECTIONS)))
     # imported by name: torch and timm, only for these checks (see the module docstring)
     backbones = importlib.import_module("pipeline.backbones")
-    backbones.check_model_config(sections["model"], weights_file=True)
+    textmodel = importlib.import_module("pipeline.textmodel")
+    if not textmodel.names_encoder(sections["model"].name):  # encoders are checked on load
+        backbones.check_model_config(sections["model"], weights_file=True)
     embed = sections["embed"]
-    backbones.check_model_config(backbones.BackboneSpec(embed.model, embed.weights),
-                                 section="embed", weights_file=True)
+    if not textmodel.names_encoder(embed.model):
+        backbones.check_model_config(backbones.BackboneSpec(embed.model, embed.weights),
+                                     section="embed", weights_file=True)
     check_members(sections)
     for seed, change in sections["members"].model.items():  # a member's own backbone
         key = f"members.model.{seed}"

@@ -17,6 +17,11 @@ and ``tiny.npy`` ((N, 258) uint8: height, width and grey pixels of images no lar
 aligned views), zero for unreadable images. Calibration copies (synthetic near copies of
 a seeded sample): ``copies_{embedding,thumbnail,phash,aligned,copy_model}.npy``
 ((M, ...) each) and ``copies.json`` (source row and kind of each copy).
+
+Texts (``modality: text`` in meta.json, which then also names its ``signals`` and each
+text's length in characters): the encoder's embeddings, ``shingles.npy`` ((N, 2048)
+float32 word-shingle rows, :func:`pipeline.textsignals.shingle_vectors`) and the
+calibration copies of both; ``pixel_hash`` is the normalised text's sha256.
 """
 
 from __future__ import annotations
@@ -35,7 +40,8 @@ EMBEDDINGS = "embeddings.npy"
 META = "meta.json"
 SIGNALS = ("embedding", "thumbnail", "phash", "aligned", "copy_model")  # Calibration order
 _SIGNAL_FILES = {"thumbnail": "thumbnails.npy", "phash": "phash.npy",
-                 "aligned": "aligned.npy", "copy_model": "tiny.npy"}
+                 "aligned": "aligned.npy", "copy_model": "tiny.npy",
+                 "shingles": "shingles.npy"}  # the last: texts' word shingles
 COPIES = "copies.json"
 
 
@@ -54,6 +60,14 @@ class EmbedMeta:
     backbone_test_size: int = 0  # pixels: its test size (pipeline.autosize)
     short_side_median: float = 0.0  # pixels: of a seeded sample of the decoded images
     notes: list[str] = field(default_factory=list)  # "" where decoding left nothing out
+    modality: str = "image"  # or "text" (data.modality, resolved)
+    signals: tuple[str, ...] = SIGNALS  # the near-copy signals stored, in rule order
+    lengths: list[int] = field(default_factory=list)  # texts: characters of each
+
+
+def signal_names(embed_dir: Path) -> tuple[str, ...]:
+    """The near-copy signals the embed stage stored (the calibrated rule's order)."""
+    return read_meta(embed_dir).signals
 
 
 def write(out_dir: Path, embeddings: np.ndarray, meta: EmbedMeta) -> None:
@@ -66,7 +80,10 @@ def write(out_dir: Path, embeddings: np.ndarray, meta: EmbedMeta) -> None:
          "error": meta.error, "model": meta.model, "image_size": meta.image_size,
          "image_size_reason": meta.image_size_reason, "backbone_size": meta.backbone_size,
          "backbone_test_size": meta.backbone_test_size,
-         "short_side_median": meta.short_side_median, "notes": meta.notes}) + "\n")
+         "short_side_median": meta.short_side_median, "notes": meta.notes}
+        | ({} if meta.modality == "image" else {  # an image meta.json stays as it was
+            "modality": meta.modality, "signals": list(meta.signals),
+            "lengths": meta.lengths})) + "\n")
 
 
 def read_meta(embed_dir: Path) -> EmbedMeta:
@@ -82,7 +99,10 @@ def read_meta(embed_dir: Path) -> EmbedMeta:
                      backbone_size=raw.get("backbone_size", 0),
                      backbone_test_size=raw.get("backbone_test_size", 0),
                      short_side_median=raw.get("short_side_median", 0.0),
-                     notes=raw.get("notes", [""] * len(raw["ids"])))
+                     notes=raw.get("notes", [""] * len(raw["ids"])),
+                     modality=raw.get("modality", "image"),
+                     signals=tuple(raw.get("signals", SIGNALS)),
+                     lengths=raw.get("lengths", []))
 
 
 def read_aligned(embed_dir: Path, ids: list[str], *, source: Path
@@ -120,17 +140,18 @@ def _stored(name: str, values: np.ndarray) -> np.ndarray:
 
 
 def write_signals(out_dir: Path, signals: dict[str, np.ndarray]) -> None:
-    """The pixel signals (every name of :data:`SIGNALS` but the embedding), row-aligned
-    with the embeddings."""
-    for name, file in _SIGNAL_FILES.items():
-        save_npy(Path(out_dir) / file, _stored(name, signals[name]))
+    """The near-copy signals besides the embedding (images: every name of
+    :data:`SIGNALS` but the embedding; texts: the shingles), row-aligned with the
+    embeddings."""
+    for name, values in signals.items():
+        save_npy(Path(out_dir) / _SIGNAL_FILES[name], _stored(name, values))
 
 
 def write_copies(out_dir: Path, signals: dict[str, np.ndarray], source: np.ndarray,
                  kinds: np.ndarray) -> None:
-    """The calibration copies: (M, D) per signal in :data:`SIGNALS`, each copy's source
-    row (in the embeddings) and kind."""
-    for name in SIGNALS:
+    """The calibration copies: (M, D) per signal (the embedding and those of
+    :func:`write_signals`), each copy's source row (in the embeddings) and kind."""
+    for name in signals:
         save_npy(Path(out_dir) / f"copies_{name}.npy", _stored(name, signals[name]))
     write_text(Path(out_dir) / COPIES, json.dumps(
         {"source": [int(i) for i in source], "kind": [str(k) for k in kinds]}) + "\n")
@@ -144,12 +165,12 @@ def _signal_file(embed_dir: Path, name: str) -> Path:
 
 
 def read_signals(embed_dir: Path, ids: list[str] | None = None) -> list[np.ndarray]:
-    """Every signal of :data:`SIGNALS` as stored ((N, D_s) or (N, V, D_s) float32, unit
-    or zero rows; the copy model's (N, 258) uint8 pixels: wrap them with
-    :func:`pipeline.copysignals.as_signals`), for all rows (``ids`` None) or these image ids
-    in this order; undecoded rows are zero (match nothing). Kept free of
-    :mod:`pipeline.calibrate`, so that the stages that read only the meta do not depend
-    on it."""
+    """Every signal the stage stored (:func:`signal_names`; images :data:`SIGNALS`) as
+    stored ((N, D_s) or (N, V, D_s) float32, unit or zero rows; the copy model's (N, 258)
+    uint8 pixels: wrap them with :func:`pipeline.copysignals.as_signals`), for all rows
+    (``ids`` None) or these image ids in this order; undecoded rows are zero (match
+    nothing). Kept free of :mod:`pipeline.calibrate`, so that the stages that read only
+    the meta do not depend on it."""
     meta = read_meta(embed_dir)
     if ids is None:
         rows = np.arange(len(meta.ids))
@@ -160,7 +181,7 @@ def read_signals(embed_dir: Path, ids: list[str] | None = None) -> list[np.ndarr
         rows = np.array([position[i] for i in ids], dtype=np.int64)
     valid = np.array(meta.valid, dtype=bool)[rows]
     out = []
-    for name in SIGNALS:
+    for name in meta.signals:
         values = np.array(np.load(_signal_file(embed_dir, name), mmap_mode="r")[rows])
         values[~valid] = 0
         out.append(values)
@@ -168,12 +189,13 @@ def read_signals(embed_dir: Path, ids: list[str] | None = None) -> list[np.ndarr
 
 
 def read_copies(embed_dir: Path) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
-    """The calibration copies: (M, D_s) per signal of :data:`SIGNALS`, (M,) source rows,
+    """The calibration copies: (M, D_s) per signal of :func:`signal_names`, (M,) source rows,
     (M,) kinds."""
     path = Path(embed_dir) / COPIES
     if not path.exists():
         raise PipelineError(f"{path} not found: rerun the embed stage (dvc repro)")
     raw = json.loads(path.read_text())
-    signals = [np.load(Path(embed_dir) / f"copies_{name}.npy") for name in SIGNALS]
+    signals = [np.load(Path(embed_dir) / f"copies_{name}.npy")
+               for name in read_meta(embed_dir).signals]
     return (signals, np.asarray(raw["source"], dtype=np.int64),
             np.asarray(raw["kind"], dtype=object))

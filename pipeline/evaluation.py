@@ -163,6 +163,9 @@ def evaluate_model(base: BaseConfig, cfg: EvaluateConfig, model_path: Path, cach
     classes = meta["classes"]
     if cache_meta.classes != classes:
         raise PipelineError("the model's classes differ from the cache's: rerun dvc repro")
+    if cfg.tta != "none" and cache_meta.modality != "image":
+        raise PipelineError(f"evaluate.tta = {cfg.tta} flips and crops images; this project "
+                            f"classifies {cache_meta.modality}s: set evaluate.tta: none")
     test = open_split(cache_dir, cache_meta, "test")
     val = open_split(cache_dir, cache_meta, "val") if val is None else val
     if len(test.labels) == 0 or len(val.labels) == 0:

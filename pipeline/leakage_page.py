@@ -4,21 +4,31 @@
 from __future__ import annotations
 
 import html
+from collections.abc import Mapping
 from pathlib import Path
 
 import pandas as pd
 
 from pipeline.leakage import KINDS
 from pipeline.manifest import resolve
-from pipeline.pages import thumbnail_tag
+from pipeline.pages import SNIPPET_STYLE, preview_tag
 
 
 def leakage_page(pairs: pd.DataFrame, root: Path, *, summary: list[str],
-                 limit: int = 200) -> str:
-    """An offline HTML page of the leaking pairs, side by side, grouped by kind."""
+                 limit: int = 200, modality: str = "image",
+                 texts: Mapping[str, str] | None = None) -> str:
+    """An offline HTML page of the leaking pairs, side by side, grouped by kind (texts:
+    their start; ``texts``: image id -> text, for texts given inline)."""
+    texts = texts or {}
+
+    def preview(rel: str, image_id: str) -> str:
+        return preview_tag(resolve(root, rel), image_id, modality=modality,
+                           text=texts.get(image_id))
+
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>split leakage</title>"
              "<style>body{font-family:sans-serif}table{border-collapse:collapse}"
-             "td{border:1px solid #ddd;padding:4px;vertical-align:top;font-size:12px}"
+             "td{border:1px solid #ddd;padding:4px;vertical-align:top;font-size:12px}" +
+             (SNIPPET_STYLE if modality == "text" else "") +
              "</style></head><body>", "<h1>Leakage audit of the split</h1>",
              "<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in summary) + "</ul>"]
     if pairs.empty:
@@ -31,9 +41,8 @@ def leakage_page(pairs: pd.DataFrame, root: Path, *, summary: list[str],
         parts.append(f"<h2>{html.escape(kind)} ({len(rows)}{shown})</h2><table>"
                      "<tr><th>val/test image</th><th>train image</th><th>details</th></tr>")
         for row in rows.head(limit).itertuples():
-            left = thumbnail_tag(resolve(root, row.path), row.image_id)
-            right = (thumbnail_tag(resolve(root, row.train_path), row.train_image_id)
-                     if row.train_path else "")
+            left = preview(row.path, row.image_id)
+            right = preview(row.train_path, row.train_image_id) if row.train_path else ""
             similarity = ("" if pd.isna(row.similarity)
                           else f"similarity {row.similarity:.4f}<br>")
             train = (f"train: {html.escape(row.train_path)} ({html.escape(row.train_image_id)}),"

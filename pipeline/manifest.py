@@ -138,11 +138,12 @@ def twin_labels(labels: Iterable[str], *, limit: int = 5) -> str:
             f"rename them alike if each group is one class")
 
 
-def check_two_classes(labels: pd.Series, where: str) -> None:
+def check_two_classes(labels: pd.Series, where: str, *, items: str = "images") -> None:
     """Raise unless ``labels`` hold at least two classes: one class trains no classifier.
-    ``where``: what the labels are (a params key and value, a manifest's kept rows)."""
+    ``where``: what the labels are (a params key and value, a manifest's kept rows);
+    ``items``: what they label (images, texts)."""
     classes = sorted(set(labels))
     if len(classes) < 2:
         named = f"only class {classes[0]!r}" if classes else "no class"
-        raise PipelineError(f"{where}: {named} ({len(labels)} images); a classifier needs "
-                            f"images of at least two classes")
+        raise PipelineError(f"{where}: {named} ({len(labels)} {items}); a classifier needs "
+                            f"{items} of at least two classes")

@@ -4,9 +4,10 @@ A dict saved with ``torch.save``: ``state_dict`` (the best epoch's weights) and 
 (``pipeline.trainrun.model_meta``): ``classes`` in index order, ``model`` (the model
 section as run: name, weights, drop_rate, head), ``library`` and ``arch``, ``pretrained``
 (where the starting weights came from, their sha256), ``layer_groups``, ``preprocessing``
-(image_size, fit, mean, std), ``params`` (base and train as run, auto resolved), ``best``
-(the chosen epoch's scores), ``auto``, ``bagging``, and the environment (library
-versions, the lock's hash, the CPU kernels). It is read back with ``weights_only`` (no
+(image_size, fit, mean, std; a text model's modality, encoder, max_length, truncation
+and pad_id), ``params`` (base and train as run, auto resolved), ``best`` (the chosen
+epoch's scores), ``auto``, ``bagging``, and the environment (library versions, the
+lock's hash, the CPU kernels). It is read back with ``weights_only`` (no
 pickled code runs), and :func:`load_trained` rebuilds the architecture its meta names
 and checks that the weights fit it.
 """
@@ -79,6 +80,31 @@ def _load_weights(path: Path, model: nn.Module, state_dict: dict[str, torch.Tens
                             f"({name}, {len(meta['classes'])} classes): {problem}")
     model.load_state_dict(state_dict)
     return model
+
+
+def is_text(meta: dict[str, Any]) -> bool:
+    """Whether a model's meta is a text model's (token ids in, not pixels)."""
+    return meta.get("preprocessing", {}).get("modality") == "text"
+
+
+def text_tokenizer(meta: dict[str, Any]) -> Any:
+    """The tokenizer that made a text model's token ids (the encoder its meta names),
+    checked against the pad id the model was trained with."""
+    from transformers import AutoTokenizer
+
+    from pipeline.textmodel import encoder_path
+
+    prep = meta["preprocessing"]
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(encoder_path(prep["encoder"]))
+    except (OSError, ValueError) as exc:
+        raise PipelineError(f"encoder {prep['encoder']}: could not load its tokenizer "
+                            f"({exc})") from None
+    if tokenizer.pad_token_id != prep["pad_id"]:
+        raise PipelineError(f"encoder {prep['encoder']}: its tokenizer pads with id "
+                            f"{tokenizer.pad_token_id}, the model was trained with "
+                            f"{prep['pad_id']}: not the tokenizer the model was trained with")
+    return tokenizer
 
 
 def model_input(model: nn.Module, prep: Preprocessing) -> BatchAdapter:

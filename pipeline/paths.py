@@ -4,6 +4,7 @@ from pathlib import Path
 
 DEMO_ROOT = Path("data/demo/images")
 DEMO_MANIFEST = Path("data/demo/manifest.csv")
+DEMO_TEXTS = Path("data/demo/texts")  # BBC News (data.source: demo_text)
 PREPARED = Path("data/prepared/manifest.csv")
 EMBED_DIR = Path("data/embed")
 CLEAN = Path("data/clean/manifest.csv")

@@ -26,6 +26,7 @@ from sklearn.metrics import confusion_matrix  # noqa: E402
 
 from pipeline import paths  # noqa: E402
 from pipeline.images import IMAGES  # noqa: E402
+from pipeline.itemkinds import item_texts  # noqa: E402
 from pipeline.manifest import ISSUES, resolve, split_issues  # noqa: E402
 from pipeline.modality import UnreadableItem  # noqa: E402
 from pipeline.pages import img_tag  # noqa: E402
@@ -186,6 +187,27 @@ def image_grid(images: Sequence[np.ndarray], captions: Sequence[str], *, columns
     return png(fig)
 
 
+def text_list_figure(lines: Sequence[str], *, title: str = "", width: int = 110) -> bytes:
+    """A PNG of text lines, each cut to ``width`` characters (a text project's mistakes)."""
+    shown = [plain(" ".join(line.split()))[:width] for line in lines] or ["none"]
+    fig = plt.figure(figsize=(11, 0.3 * len(shown) + 0.8))
+    for i, line in enumerate(shown):
+        fig.text(0.01, 1 - (i + 1.5) / (len(shown) + 2), line, fontsize=8, family="monospace")
+    if title:
+        fig.suptitle(plain(title))
+    return png(fig)
+
+
+def snippets_table(rows: Sequence[tuple[str, str]], texts: Sequence[str]) -> str:
+    """An HTML table of (caption, detail) and each text's start."""
+    from pipeline.pages import snippet_tag
+
+    cells = "".join(f"<tr><td>{html.escape(a)}<br><span class='muted'>{html.escape(b)}"
+                    f"</span></td><td>{snippet_tag(t)}</td></tr>"
+                    for (a, b), t in zip(rows, texts))
+    return f"<table>{cells}</table>" if cells else "<p>None.</p>"
+
+
 # ----------------------------------------------------------------------------- HTML
 
 
@@ -201,9 +223,11 @@ def page(body: list[str]) -> str:
             f"\n{CHECK_IMAGES}</body></html>\n")
 
 
-def issues_html(clean: pd.DataFrame, root: Path, *, limit: int = 16) -> list[str]:
+def issues_html(clean: pd.DataFrame, root: Path, *, limit: int = 16, modality: str = "image"
+                ) -> list[str]:
     """One part per issue clean found: a listing (the first ``limit`` rows, by image_id;
-    label issues with cleanlab's suggested label) and thumbnails from the source files."""
+    label issues with cleanlab's suggested label) and thumbnails from the source files
+    (texts: the start of each)."""
     parts = []
     flagged = clean[clean["issues"] != ""]
     for issue in ISSUES:
@@ -218,6 +242,14 @@ def issues_html(clean: pd.DataFrame, root: Path, *, limit: int = 16) -> list[str
         shown = (f"<p class='muted'>showing {len(head)} of {len(rows)} (all in "
                  f"{paths.REVIEW} and {paths.REVIEW_PAGE})</p>"
                  if len(rows) > len(head) else "")
+        if modality == "text":
+            found = item_texts(head, root, range(len(head)))
+            parts.append(f"<h3>{issue}: {len(rows)} texts, {int((~rows['keep']).sum())} "
+                         f"dropped</h3>{shown}{listing}" + snippets_table(
+                             list(zip(head["path"], head["label"])),
+                             [f[0] if isinstance(f, tuple) else f"unreadable: {f}"
+                              for f in found]))
+            continue
         thumbs, captions = [], []
         for rel, label in zip(head["path"], head["label"]):
             try:
@@ -302,6 +334,14 @@ def timings_page(record: dict[str, Any]) -> str:
 def model_table(model_meta: dict[str, Any]) -> pd.DataFrame:
     """Library, architecture, weights and preprocessing of the trained model."""
     pretrained, prep = model_meta["pretrained"], model_meta["preprocessing"]
+    if prep.get("modality") == "text":
+        return pd.DataFrame([{"library": model_meta["library"],
+                              "architecture": model_meta["arch"],
+                              "weights": pretrained["weights"],
+                              "sha256": pretrained.get("sha256", ""),
+                              "encoder": prep.get("encoder", ""),
+                              "max length": prep.get("max_length", ""),
+                              "truncation": prep.get("truncation", "")}])
     return pd.DataFrame([{"library": model_meta["library"], "architecture": model_meta["arch"],
                           "weights": pretrained["weights"],
                           "sha256": pretrained.get("sha256", ""),
@@ -310,13 +350,17 @@ def model_table(model_meta: dict[str, Any]) -> pd.DataFrame:
 
 
 def resolved_html(clean_counts: dict[str, Any], cache_image_size: int, cache_reason: str,
-                  split_metrics: dict[str, Any], train_auto: Sequence[str] = ()) -> list[str]:
-    """What ``auto`` resolved to: image sizes, the train settings that follow the data's
-    profile, and the near-copy calibration, with its estimated error rates, and a loud
-    warning when nothing separates copies."""
+                  split_metrics: dict[str, Any], train_auto: Sequence[str] = (),
+                  text: dict[str, Any] | None = None) -> list[str]:
+    """What ``auto`` resolved to: image sizes (texts: the max length), the train settings
+    that follow the data's profile, and the near-copy calibration, with its estimated
+    error rates, and a loud warning when nothing separates copies."""
     parts = [f"<p>Image sizes: embed <b>{clean_counts.get('embed_image_size', '?')} px</b>, "
              f"cache <b>{cache_image_size} px</b> ({html.escape(cache_reason or 'as set')})."
-             f"</p>"]
+             f"</p>" if text is None else
+             f"<p>Token ids of {html.escape(str(text.get('encoder', '')))}: max length "
+             f"{html.escape(str(text.get('max_length_reason', '')))}; truncation "
+             f"{html.escape(str(text.get('truncation', '')))}.</p>"]
     if train_auto:
         parts.append("<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in train_auto)
                      + "</ul>")
@@ -333,7 +377,9 @@ def resolved_html(clean_counts: dict[str, Any], cache_image_size: int, cache_rea
     where = ("clean and the split's leakage audit"
              if split_metrics.get("audit_rule_calibrated") else "clean")
     parts.append(f"<p>Near copies ({where}): calibrated on synthetic copies of the "
-                 f"images (JPEG, resize, crop, brightness, combined).</p>")
+                 + ("images (JPEG, resize, crop, brightness, combined)." if text is None else
+                    "texts (dropped and swapped words, truncation, signatures, case and "
+                    "punctuation, reordered sentences, combined).") + "</p>")
     parts.append(facts(cal))
     return parts
 

@@ -4,14 +4,14 @@ most suspicious first (self-contained HTML, opens offline)."""
 from __future__ import annotations
 
 import html
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pandas as pd
 from tqdm import tqdm
 
 from pipeline.manifest import resolve
-from pipeline.pages import thumbnail_tag
+from pipeline.pages import SNIPPET_STYLE, preview_tag
 
 # Tiles of a fixed width: a long file name is cut with an ellipsis (the full name is its
 # title); thumbnails of tiny images (8x8 digits) are enlarged to at least MIN_DISPLAY
@@ -30,13 +30,17 @@ def _line(text: str) -> str:
 
 
 def review_page(review: pd.DataFrame, root: Path, *, actions: str,
-                notes: Sequence[str] = (), limit: int = 200) -> str:
-    """An offline HTML page of thumbnails grouped by issue (the first ``limit`` of each),
-    from the review list, after ``notes`` (what the data leaves out without an issue:
-    empty class folders, frames)."""
+                notes: Sequence[str] = (), limit: int = 200, modality: str = "image",
+                texts: Mapping[str, str] | None = None) -> str:
+    """An offline HTML page of thumbnails (texts: their start) grouped by issue (the
+    first ``limit`` of each), from the review list, after ``notes`` (what the data
+    leaves out without an issue: empty class folders, frames); ``texts``: image id ->
+    text, for texts given inline."""
+    texts = texts or {}
+    style, items = (STYLE + SNIPPET_STYLE, "Texts") if modality == "text" else (STYLE, "Images")
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>clean review</title>"
-             f"<style>{STYLE}</style></head><body>",
-             "<h1>Images to review</h1><p>Record verdicts in data/review/decisions.csv "
+             f"<style>{style}</style></head><body>",
+             f"<h1>{items} to review</h1><p>Record verdicts in data/review/decisions.csv "
              f"(image_id,action: {html.escape(actions)}); the next dvc repro applies them.</p>"]
     if notes:
         parts.append(f"<h2>Notes ({len(notes)})</h2><ul>" + "".join(
@@ -47,7 +51,8 @@ def review_page(review: pd.DataFrame, root: Path, *, actions: str,
         more = f", the first {limit} (all in review.csv)" if len(rows) > limit else ""
         parts.append(f"<h2>{html.escape(str(issue))} ({len(rows)}{more})</h2>")
         for row in rows.head(limit).itertuples():
-            picture = thumbnail_tag(resolve(root, row.path), row.image_id)
+            picture = preview_tag(resolve(root, row.path), row.image_id, modality=modality,
+                                  text=texts.get(row.image_id))
             bar.update()
             suggestion = f" → {row.suggested_label}" if row.suggested_label else ""
             parts.append(f"<figure>{picture}<figcaption>{_line(row.image_id)}"

@@ -1,13 +1,15 @@
 """The user's source as the prepare stage and ``init`` read it: a class-per-folder tree
-(optionally under train/ val/ test/) or a CSV manifest (path,label[,timestamp][,group]
-[,split]), the image ids, the recorded split values, the paths that stay inside
-``data.root``, and the ``.dvcignore`` rules for files DVC must not hash (FIFOs, devices,
-sockets, link loops, dangling links, names that are not UTF-8). Files are only read.
+(optionally under train/ val/ test/) or a CSV or JSON Lines manifest (path,label or, for
+texts given inline, text,label[,id]; [,timestamp][,group][,split]), the item ids, the
+recorded split values, the paths that stay inside ``data.root``, and the ``.dvcignore``
+rules for files DVC must not hash (FIFOs, devices, sockets, link loops, dangling links,
+names that are not UTF-8). Files are only read.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import stat
@@ -28,6 +30,7 @@ from pipeline.modality import UnreadableItem
 
 SPLIT_DIRS = ("train", "val", "test")
 OPTIONAL_COLUMNS = ("timestamp", "group", "split")
+LINE = "_line"  # a JSON Lines row's line number, while read_csv_source names the texts
 DVCIGNORE = Path(".dvcignore")  # in the repository root; no DVC output: DVC reads it
 
 
@@ -101,28 +104,69 @@ def split_folders(root: Path, subdirs: list[str]) -> dict[str, str]:
     return layout
 
 
-def read_csv_source(manifest: Path) -> pd.DataFrame:
-    """Rows from a user CSV with columns path,label and optionally timestamp,group,split."""
+def read_table(manifest: Path) -> pd.DataFrame:
+    """Every cell of a CSV or JSON Lines (``.jsonl``) manifest as text ("" when absent)."""
     if not manifest.is_file():
         raise PipelineError(f"data.manifest = {str(manifest)!r}: no such file")
+    if manifest.suffix.lower() in (".jsonl", ".ndjson"):
+        return read_jsonl(manifest)
     try:
-        df = pd.read_csv(manifest, dtype=str, keep_default_na=False)
+        return pd.read_csv(manifest, dtype=str, keep_default_na=False)
     except pd.errors.EmptyDataError:
         raise PipelineError(f"data.manifest = {str(manifest)!r} is empty: it needs a header "
-                            f"line path,label and one line per image") from None
+                            f"line path,label (or text,label) and one line per item"
+                            ) from None
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise PipelineError(f"data.manifest = {str(manifest)!r} is not a readable CSV: "
                             f"{' '.join(str(exc).split())}") from None
-    missing = [c for c in ("path", "label") if c not in df]
+
+
+def read_jsonl(manifest: Path) -> pd.DataFrame:
+    """One JSON object per line (blank lines skipped), values as text."""
+    rows = []
+    try:
+        lines = manifest.read_text(encoding="utf-8-sig").splitlines()
+    except UnicodeDecodeError as exc:
+        raise PipelineError(f"{manifest} is not UTF-8 (byte {exc.start}): JSON Lines must "
+                            f"be") from None
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise PipelineError(f"{manifest}: line {number} is not JSON ({exc.msg})") from None
+        if not isinstance(row, dict):
+            raise PipelineError(f"{manifest}: line {number} is not an object {{...}}")
+        rows.append({k: "" if v is None else str(v) for k, v in row.items()}
+                    | {LINE: str(number)})
+    if not rows:
+        raise PipelineError(f"data.manifest = {str(manifest)!r} has no lines: zero items")
+    return pd.DataFrame(rows).fillna("")
+
+
+def read_csv_source(manifest: Path) -> pd.DataFrame:
+    """Rows from a user manifest (CSV, or JSON Lines): path,label or, for texts given
+    inline, text,label (and an optional unique ``id``); optionally timestamp,group,split."""
+    df = read_table(manifest)
+    item = "text" if "text" in df else "path"
+    missing = [c for c in (item, "label") if c not in df]
     if missing:
         raise PipelineError(f"{manifest} lacks column(s) {', '.join(missing)}; it needs "
-                            f"path,label and may have {','.join(OPTIONAL_COLUMNS)}")
-    extra = [c for c in df if c not in ("path", "label", *OPTIONAL_COLUMNS)]
+                            f"path,label (or text,label) and may have "
+                            f"{','.join(OPTIONAL_COLUMNS)}")
+    if item == "text" and "path" in df:
+        raise PipelineError(f"{manifest} has both a text and a path column: give the texts "
+                            f"inline (text) or as files (path), not both")
+    known = ("path", "label", "text", "id", LINE, *OPTIONAL_COLUMNS)
+    extra = [c for c in df if c not in known]
     if extra:
         print(f"warning: {manifest}: columns {', '.join(extra)} are not used", file=sys.stderr)
     if df.empty:
         raise PipelineError(f"data.manifest = {str(manifest)!r} has a header but no rows: "
-                            f"zero images; add one line path,label per image")
+                            f"zero items; add one line {item},label per item")
+    if item == "text":
+        df = name_texts(df, manifest)
     repeated = df["path"][df["path"].duplicated()].unique()
     if len(repeated):  # both rows stay: clean marks them as exact duplicates
         print(f"warning: {manifest}: {len(repeated)} path(s) listed more than once, e.g. "
@@ -130,9 +174,28 @@ def read_csv_source(manifest: Path) -> pd.DataFrame:
     empty = df.index[(df["path"] == "") | (df["label"] == "")]
     if len(empty):
         raise PipelineError(f"{manifest}: row(s) {', '.join(str(i + 2) for i in empty[:5])} "
-                            f"have an empty path or label")
+                            f"have an empty {item} or label")
     check_split_values(df, manifest)
-    return df[[c for c in df if c in ("path", "label", *OPTIONAL_COLUMNS)]]
+    return df[[c for c in df if c in ("path", "label", "text", *OPTIONAL_COLUMNS)]]
+
+
+def name_texts(df: pd.DataFrame, manifest: Path) -> pd.DataFrame:
+    """Texts given inline get a ``path`` that names them in every page and table: their
+    ``id``, unique, or ``<manifest>#<row>`` (a CSV's data row, a JSON Lines file's line,
+    from 1, as ``python -m pipeline predict`` names them). An empty text stays (an
+    unreadable row)."""
+    df = df.copy()
+    lines = df[LINE] if LINE in df else [str(n + 1) for n in range(len(df))]
+    if "id" in df:
+        twice = df["id"][df["id"].duplicated(keep=False) & (df["id"] != "")]
+        if len(twice):
+            where = ", ".join(lines[i] for i in twice.index[:5])
+            raise PipelineError(f"{manifest}: id {twice.iloc[0]!r} is given to more than one "
+                                f"row (rows {where}); ids must be unique, or leave the "
+                                f"column out")
+    ids = df["id"] if "id" in df else [""] * len(df)
+    df.insert(0, "path", [i or f"{manifest.name}#{n}" for i, n in zip(ids, lines)])
+    return df.drop(columns=[c for c in ("id", LINE) if c in df])
 
 
 SPLIT_SYNONYMS = {"training": "train", "validation": "val", "valid": "val", "dev": "val",
@@ -166,13 +229,17 @@ def check_split_values(df: pd.DataFrame, manifest: Path) -> None:
 def assign_ids(df: pd.DataFrame, root: Path) -> pd.DataFrame:
     """Add a content-derived ``image_id`` and sort by it.
 
-    The id is the first 16 hex digits of the file's sha256; byte-identical files get
+    The id is the first 16 hex digits of the file's sha256 (of the text, for texts given
+    inline); byte-identical files get
     ``-1``, ``-2``... suffixes in path order; unreadable files hash their path instead.
     The result does not depend on the order in which the rows came.
     """
     df = df.sort_values("path", kind="stable").reset_index(drop=True)
     ids = []
-    for rel in tqdm(df["path"], desc="hashing", mininterval=1.0, leave=False):
+    if "text" in df:  # texts given inline: the hash of their bytes
+        ids = [hashlib.sha256(t.encode()).hexdigest()[:16] for t in df["text"]]
+    for rel in tqdm(df["path"] if not ids else [], desc="hashing", mininterval=1.0,
+                    leave=False):
         try:
             ids.append(file_sha256(resolve(root, rel))[:16])
         except (OSError, UnreadableItem):  # never opened when no regular file

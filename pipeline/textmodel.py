@@ -298,11 +298,18 @@ def no_augment(x: torch.Tensor, *, hflip: bool, shift: int,
     return x
 
 
+def names_encoder(name: str) -> bool:
+    """True when ``model.name`` names a text encoder (MiniLM, a folder, a hub id)."""
+    return not text_model_name(name)[1]
+
+
 def text_model_name(name: str) -> tuple[str, str]:
     """(encoder name, note): ``model.name`` when it names an encoder (MiniLM, a folder, a
-    hub id with a slash), else MiniLM, with a note saying the image backbone was passed
-    over (so a text project runs with only ``data.*`` set)."""
-    if name in MINILM_NAMES or "/" in name or Path(name).expanduser().is_dir():
+    hub id with a slash; ``timm:``/``hf-hub:`` names are image backbones), else MiniLM,
+    with a note saying the image backbone was passed over (so a text project runs with
+    only ``data.*`` set)."""
+    hub_id = "/" in name and ":" not in name
+    if name in MINILM_NAMES or hub_id or Path(name).expanduser().is_dir():
         return name, ""
     return MINILM, (f"model.name {name} is an image backbone; texts use {MINILM} "
                     f"(all-MiniLM-L6-v2); set model.name to an encoder folder to change it")

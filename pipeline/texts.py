@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pipeline.modality import UnreadableItem
 
-TEXT_SUFFIXES = (".txt",)
+TEXT_SUFFIXES = (".txt", ".text")
 FALLBACK_ENCODINGS = ("cp1252", "latin-1")  # latin-1 decodes any bytes: the last resort
 _UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
 CONTROL_LIMIT = 0.1  # share of control characters above which content is not text

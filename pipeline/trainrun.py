@@ -168,6 +168,16 @@ def train_data(cache_dir: Path, cache: CacheMeta, cfg: TrainConfig,
     return views, val, rows, bagging
 
 
+def check_encoder(name: str, cached: str) -> None:
+    """The encoder model.name gives is the one whose tokenizer made the cache's ids."""
+    from pipeline.textmodel import text_model_name
+
+    used = text_model_name(name)[0]
+    if cached and used != cached:
+        raise PipelineError(f"model.name gives the encoder {used}, but the cache holds token "
+                            f"ids of {cached} (embed.model): set both to the same encoder")
+
+
 def train_model(base: BaseConfig, model_cfg: ModelConfig, cfg: TrainConfig, cache_dir: Path,
         model_out: Path, metrics_out: Path, curves_dir: Path, checkpoint_dir: Path, *,
         data: tuple[ArraySplit, ArraySplit] | None = None) -> dict[str, Any]:
@@ -178,6 +188,8 @@ def train_model(base: BaseConfig, model_cfg: ModelConfig, cfg: TrainConfig, cach
     cache = read_meta(cache_dir)
     if cache.modality == "image":  # a text encoder is checked when it loads
         check_model_config(model_cfg)
+    else:
+        check_encoder(model_cfg.name, (cache.text or {}).get("encoder", ""))
     cfg, notes = resolve_auto(cfg, cache.profile)
     check_class_weights(cfg, cache.classes)  # before any work
     for note in notes:

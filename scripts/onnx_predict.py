@@ -100,6 +100,10 @@ def main(argv: list[str] | None = None) -> int:
     if not files:
         parser.error("no image files found in the given paths")
     spec = json.loads(Path(args.spec).read_text())
+    if spec.get("modality") == "text":
+        parser.error(f"{args.spec} is a text model's: this script classifies images (the "
+                     f"model takes {' and '.join(spec.get('input_names', []))} from the "
+                     f"tokenizer in its {spec.get('tokenizer')}/ folder; see its input)")
     session = ort.InferenceSession(args.model, providers=["CPUExecutionProvider"])
     writer = csv.writer(sys.stdout, lineterminator="\n")
     writer.writerow(["path", "pred", "confidence", "error"])

@@ -191,19 +191,19 @@ CASES: dict[str, tuple[Callable[[Path, Path], str], str]] = {
     "csv_empty_file": (
         lambda src, out: _prepare_csv(src, out, b""),
         "data.manifest = '{src}/manifest.csv' is empty: it needs a header line path,label "
-        "and one line per image"),
+        "(or text,label) and one line per item"),
     "csv_header_only": (
         lambda src, out: _prepare_csv(src, out, "path,label\n"),
-        "data.manifest = '{src}/manifest.csv' has a header but no rows: zero images; add "
-        "one line path,label per image"),
+        "data.manifest = '{src}/manifest.csv' has a header but no rows: zero items; add "
+        "one line path,label per item"),
     "csv_binary_garbage": (
         lambda src, out: _prepare_csv(src, out, bytes(range(256)) * 4),
         "data.manifest = '{src}/manifest.csv' is not a readable CSV: Error tokenizing "
         "data. C error: Expected 1 fields in line 3, saw 2"),
     "csv_missing_label_column": (
         lambda src, out: _prepare_csv(src, out, "path\nc0/img_00.png\n"),
-        "{src}/manifest.csv lacks column(s) label; it needs path,label and may have "
-        "timestamp,group,split"),
+        "{src}/manifest.csv lacks column(s) label; it needs path,label (or text,label) and "
+        "may have timestamp,group,split"),
     "csv_empty_label": (
         lambda src, out: _prepare_csv(src, out, "path,label\nc0/img_00.png,c0\n"
                                                 "c1/img_00.png,\n"),
@@ -365,7 +365,8 @@ def test_nothing_decodes(tmp_path, monkeypatch):
     ("split.fractions.train=0.9", "[prepare] error: split.fractions: train + val + test must "
                                   "be 1, got 0.9 + 0.15 + 0.15 = 1.2"),
     ("data.manifest=empty.csv", "[prepare] error: data.manifest = 'empty.csv' is empty: it "
-                                "needs a header line path,label and one line per image"),
+                                "needs a header line path,label (or text,label) and one "
+                                "line per item"),
 ])
 def test_stage_prints_one_line_and_no_traceback(tmp_path, setting, message):
     """The stage as DVC runs it: exit code 2, the message alone on stderr."""

@@ -46,7 +46,9 @@ class CleanConfig:
     # principal components the lda probe sees
     probe_dims: int = field(metadata=in_range(ge=2, le=100_000))
     outliers: Literal["flag", "drop"]
-    outlier_threshold: float = field(metadata=in_range(gt=0, le=2))  # mean cosine distance
+    # mean cosine distance; auto: 0.65 for images, for texts the data's own spread
+    # (pipeline.quality.text_outliers)
+    outlier_threshold: float | Literal["auto"] = field(metadata=in_range(gt=0, le=2))
     neighbours: int = field(metadata=in_range(ge=1, le=100))  # k of the neighbour search
     # images; above: k-means cell search
     exact_search_max: int = field(metadata=in_range(ge=1, le=10**9))

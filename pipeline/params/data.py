@@ -1,4 +1,4 @@
-"""params.yaml section data: where the images come from.
+"""params.yaml section data: where the images or texts come from.
 
 One module per section, so that DVC reruns only the stages that read the section whose
 schema changed (each stage declares the modules it imports). Loaded by
@@ -15,14 +15,16 @@ from pipeline.errors import ParamsError
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Where the images come from."""
+    """Where the images or texts come from."""
 
-    source: Literal["demo", "folder", "csv"]
-    root: str  # images folder; manifest paths are relative to it
-    manifest: str  # CSV manifest, read when source is csv
+    source: Literal["demo", "demo_text", "folder", "csv"]
+    root: str  # images or texts folder; manifest paths are relative to it
+    manifest: str  # CSV or JSON Lines manifest, read when source is csv
     # read files that resolve outside root ('..', absolute paths, symbolic links); files
     # reached by '..' or absolute paths are no DVC dependency: changes to them rerun nothing
     allow_outside_root: bool
+    # image | text | auto: decided from the files (pipeline.itemkinds), said in the log
+    modality: Literal["auto", "image", "text"] = "auto"
 
     def __post_init__(self) -> None:
         if not self.root:

@@ -1,4 +1,5 @@
-"""cache stage: decode every kept image once, resize it, store each split as arrays.
+"""cache stage: decode every kept image once, resize it, store each split as arrays (a
+text project: each split's token ids, pipeline.textcache, at ``cache.max_length``).
 
 Writes ``data/cache/{split}_images.npy`` ((N, S, S, 3) uint8, read a batch at a time
 by training), ``{split}_labels.npy`` ((N,) int64 class indices), with ``cache.views``
@@ -35,11 +36,13 @@ from pipeline.embedfiles import read_meta as read_embed_meta
 from pipeline.errors import PipelineError, run_stage
 from pipeline.files import atomic_dir, check_space, save_npy
 from pipeline.images import IMAGES, natural_key
+from pipeline.itemkinds import item_texts
 from pipeline.manifest import read_manifest, resolve
 from pipeline.modality import UnreadableItem
 from pipeline.params.cache import CacheConfig
 from pipeline.params.data import DataConfig
 from pipeline.splitting import SPLITS
+from pipeline.textcache import write_text_cache
 
 # The clean stage has already rejected images above its own limit; this guard only
 # stops a bomb that appeared after cleaning.
@@ -130,10 +133,40 @@ def write_cache(df: pd.DataFrame, root: Path, out_dir: Path, cfg: CacheConfig, s
     return meta
 
 
+def run_texts(data: DataConfig, cfg: CacheConfig, split_manifest: Path, out_dir: Path, *,
+              embed_dir: Path = paths.EMBED_DIR) -> dict:
+    """A text project's cache: each split's token ids (pipeline.textcache) with the
+    tokenizer of the encoder the embed stage used; return its meta."""
+    encoder = read_embed_meta(embed_dir).model.get("encoder", "")
+    df = read_manifest(split_manifest)
+    classes = sorted(set(df["label"]), key=natural_key)
+    class_index = {c: i for i, c in enumerate(classes)}
+    splits = {}
+    for split in SPLITS:
+        rows = df[df["split"] == split].sort_values("image_id", kind="stable")
+        found = item_texts(rows, Path(data.root), range(len(rows)))
+        for rel, item in zip(rows["path"], found):
+            if isinstance(item, Exception):
+                raise PipelineError(f"{rel} became unreadable after cleaning ({item}); "
+                                    f"rerun dvc repro")
+        splits[split] = ([t[0] for t in found],  # type: ignore[index]
+                         np.array([class_index[c] for c in rows["label"]], dtype=np.int64),
+                         list(rows["image_id"]))
+    with atomic_dir(out_dir) as partial:
+        meta = write_text_cache(partial, splits, classes, model_name=encoder,
+                                max_length=cfg.max_length, truncation=cfg.truncation)
+    print("cache: " + ", ".join(f"{s} {len(meta.ids[s])}" for s in SPLITS) +
+          f" texts as token ids of {encoder}")
+    return json.loads(meta.to_json())
+
+
 def main() -> None:
     """Entry point of the DVC stage."""
     data, cache = load_sections("data", "cache")
-    run(data, cache, paths.SPLIT, paths.CACHE_DIR)
+    if read_embed_meta(paths.EMBED_DIR).modality == "text":
+        run_texts(data, cache, paths.SPLIT, paths.CACHE_DIR)
+    else:
+        run(data, cache, paths.SPLIT, paths.CACHE_DIR)
 
 
 if __name__ == "__main__":

@@ -46,9 +46,17 @@ from pipeline.calibrate import (
 )
 from pipeline.config import load_sections
 from pipeline.copysignals import Signal, as_signals
-from pipeline.embedfiles import SIGNALS, EmbedMeta, read_aligned, read_copies, read_signals
+from pipeline.embedfiles import (
+    SIGNALS,
+    EmbedMeta,
+    read_aligned,
+    read_copies,
+    read_signals,
+    signal_names,
+)
 from pipeline.errors import PipelineError, run_stage
 from pipeline.files import write_csv, write_metrics, write_text
+from pipeline.itemkinds import inline_texts
 from pipeline.labelfiles import for_spreadsheet
 from pipeline.manifest import (
     ISSUES,
@@ -68,6 +76,7 @@ from pipeline.quality import (
     near_duplicate_clusters,
     neighbours,
     outlier_scores,
+    outliers,
 )
 from pipeline.review_page import review_page
 from pipeline.seeding import pin_cpu
@@ -117,23 +126,24 @@ def calibrate_near_copies(cfg: CleanConfig, embed_dir: Path, hashes: list[str | 
                           valid: np.ndarray) -> NearRule:
     """clean.near_duplicate_threshold = auto: the OR rule calibrated on the embed stage's
     synthetic copies of the user's images (pipeline.calibrate)."""
-    signals = as_signals(read_signals(embed_dir), SIGNALS)
+    names = signal_names(embed_dir)
+    signals = as_signals(read_signals(embed_dir), names)
     stored_copies, source, kinds = read_copies(embed_dir)
-    copies = as_signals(stored_copies, SIGNALS)
+    copies = as_signals(stored_copies, names)
     if not len(source):
-        raise PipelineError("the embed stage made no calibration copies (no image decoded)")
+        raise PipelineError("the embed stage made no calibration copies (no item decoded)")
     searches = search(signals, k=cfg.neighbours, exact_max=cfg.exact_search_max,
                       probes=cfg.search_probes)
     distinct, owner = distinct_similarities(signals, rows=np.flatnonzero(valid),
                                             hashes=hashes, searches=searches)
-    cal = calibrate(copy_similarities(signals, copies, source), distinct, signals=SIGNALS,
+    cal = calibrate(copy_similarities(signals, copies, source), distinct, signals=names,
                     owner=owner, kinds=kinds, max_false_rate=cfg.max_false_rate)
     return NearRule(cal, signals, searches)
 
 
-def explicit_rule(threshold: float) -> Calibration:
+def explicit_rule(threshold: float, names: tuple[str, ...] = SIGNALS) -> Calibration:
     """An explicit clean.near_duplicate_threshold as a rule: the embeddings only."""
-    return Calibration(SIGNALS, (threshold,) + (math.inf,) * (len(SIGNALS) - 1), 0.0, 0.0,
+    return Calibration(names, (threshold,) + (math.inf,) * (len(names) - 1), 0.0, 0.0,
                        True, note=f"set: embedding cosine >= {threshold:g}, not calibrated")
 
 
@@ -150,14 +160,15 @@ class Findings:
 
 
 def detect(df: pd.DataFrame, cfg: CleanConfig, embeddings: np.ndarray,
-           hashes: list[str | None], valid: np.ndarray, rule: NearRule | None = None
-           ) -> Findings:
+           hashes: list[str | None], valid: np.ndarray, rule: NearRule | None = None,
+           lengths: list[int] | None = None) -> Findings:
     """Run every detector on the embed stage's features and pixel hashes (near copies:
-    by the calibrated ``rule`` when given, else clean.near_duplicate_threshold)."""
+    by the calibrated ``rule`` when given, else clean.near_duplicate_threshold;
+    ``lengths``: a text project's lengths, for its outliers)."""
     ids = list(df["image_id"])
     exact = exact_duplicate_clusters(hashes, order=ids)
     if rule is not None:  # its embedding search is the one the other detectors need
-        index, sims = rule.searches[SIGNALS.index("embedding")]
+        index, sims = rule.searches[rule.calibration.signals.index("embedding")]
         near = near_copy_clusters(rule.signals, rule.calibration, k=cfg.neighbours,
                                   exact_max=cfg.exact_search_max, probes=cfg.search_probes,
                                   order=ids, valid=valid, searches=rule.searches)
@@ -182,8 +193,9 @@ def detect(df: pd.DataFrame, cfg: CleanConfig, embeddings: np.ndarray,
         print(f"warning: {note}", file=sys.stderr)
     mistaken[rows], quality[rows], suggested[rows] = mask, scores, guesses
     outlier = outlier_scores(sims)
-    found = dict(zip(ISSUES, (~valid, exact_dup, near_dup, conflicting, mistaken,
-                              valid & (outlier > cfg.outlier_threshold))))
+    odd, rule_text = outliers(outlier, valid, cfg.outlier_threshold, lengths=lengths)
+    print(f"clean: outliers: {rule_text}")
+    found = dict(zip(ISSUES, (~valid, exact_dup, near_dup, conflicting, mistaken, odd)))
     ones = np.ones(len(ids))
     ranking = dict(zip(ISSUES, (ones, ones, sims[:, 0] if sims.shape[1] else ones, ones,
                                 1 - np.nan_to_num(quality, nan=0.0), outlier)))
@@ -292,7 +304,8 @@ def near_rule(cfg: CleanConfig, embed_dir: Path, hashes: list[str | None], valid
     for the split stage, and its numbers for metrics/all/clean.json; logged, loudly when
     nothing separates copies from distinct images."""
     if cfg.near_duplicate_threshold != "auto":
-        calibfiles.write(calibration, explicit_rule(float(cfg.near_duplicate_threshold)),
+        calibfiles.write(calibration, explicit_rule(float(cfg.near_duplicate_threshold),
+                                                    signal_names(embed_dir)),
                          calibrated=False)
         return None, {}
     start = time.perf_counter()
@@ -382,7 +395,8 @@ def run(data: DataConfig, cfg: CleanConfig, prepared: Path, embed_dir: Path, out
     # the embed stage decoded every image once: its pixel hashes and reasons
     valid = np.array(embed_meta.valid, dtype=bool)
     rule, near_metrics = near_rule(cfg, embed_dir, embed_meta.pixel_hash, valid, calibration)
-    findings = detect(df, cfg, embeddings, embed_meta.pixel_hash, valid, rule)
+    findings = detect(df, cfg, embeddings, embed_meta.pixel_hash, valid, rule,
+                      lengths=embed_meta.lengths or None)
     fixed = fixed_rows(df)
     train_copies = aim_at_train_side(findings, fixed)
     keep, issues = apply_policies(findings, cfg, fixed)
@@ -407,7 +421,8 @@ def run(data: DataConfig, cfg: CleanConfig, prepared: Path, embed_dir: Path, out
     write_csv(for_spreadsheet(review, ["path", "label", "suggested_label"]), review_out,
               float_format="%.6g")
     notes = data_notes(data, list(df["path"]), embed_meta.notes)
-    write_text(review_html, review_page(review, Path(data.root), actions=ACTIONS, notes=notes))
+    write_text(review_html, review_page(review, Path(data.root), actions=ACTIONS, notes=notes,
+                                        modality=embed_meta.modality, texts=inline_texts(df)))
 
     counts = clean_counts(findings, keep, verdicts, embed_meta, notes, fixed, train_copies)
     counts |= near_metrics

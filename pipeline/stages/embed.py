@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from tqdm import tqdm
 
@@ -45,12 +46,14 @@ from pipeline.errors import PipelineError, run_stage
 from pipeline.files import atomic_dir
 from pipeline.images import IMAGES
 from pipeline.inputs import ImageInput
+from pipeline.itemkinds import resolve_modality
 from pipeline.manifest import read_manifest, resolve
 from pipeline.modality import UnreadableItem
 from pipeline.params.base import BaseConfig
 from pipeline.params.data import DataConfig
 from pipeline.params.embed import EmbedConfig
 from pipeline.seeding import pin_cpu, resolve_device
+from pipeline.textembed import TEXT_SIGNALS, embed_texts
 
 UPSCALE = 8  # auto: small images are enlarged 8 x their median short side (digits: 64)
 SIZE_SAMPLE = 256  # images whose header gives the median short side
@@ -194,13 +197,38 @@ def run(data: DataConfig, cfg: EmbedConfig, prepared: Path, out_dir: Path, *,
     return embeddings
 
 
+def run_texts(data: DataConfig, cfg: EmbedConfig, df: pd.DataFrame, out_dir: Path, *,
+              device: str = "auto") -> np.ndarray:
+    """The text project's pass (pipeline.textembed), in the same files; return (N, D)."""
+    torch.manual_seed(0)
+    found = embed_texts(df, Path(data.root), cfg, resolve_device(device))
+    valid = [h is not None for h in found.hashes]
+    embedfiles.write(out_dir, found.embeddings, EmbedMeta(
+        ids=list(df["image_id"]), valid=valid, pixel_hash=found.hashes, error=found.errors,
+        model=found.info, image_size=0, image_size_reason="", notes=found.notes,
+        modality="text", signals=TEXT_SIGNALS, lengths=found.lengths))
+    embedfiles.write_signals(out_dir, found.signals)
+    embedfiles.write_copies(out_dir, found.copies, found.copy_source, found.copy_kinds)
+    longest = max(found.lengths)
+    print(f"embed: {sum(valid)} of {len(df)} texts, dimension {found.embeddings.shape[1]}, "
+          f"{len(found.copy_source)} calibration copies of "
+          f"{len(set(found.copy_source.tolist()))} texts; longest {longest:,} characters")
+    return found.embeddings
+
+
 def main() -> None:
     """Entry point of the DVC stage."""
     base, data, embed = load_sections("base", "data", "embed")
     assert isinstance(base, BaseConfig)
     pin_cpu(deterministic=base.deterministic)  # first: kernels are chosen at first use
+    df = read_manifest(paths.PREPARED)
+    modality, why = resolve_modality(data.modality, df) if not df.empty else ("image", "")
     with atomic_dir(paths.EMBED_DIR) as partial:  # the old folder stays whole until then
-        run(data, embed, paths.PREPARED, partial)
+        if modality == "text":
+            print(f"embed: texts (data.modality: {why})")
+            run_texts(data, embed, df, partial, device=base.device)
+        else:
+            run(data, embed, paths.PREPARED, partial)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,11 @@
-"""prepare stage: list the user's images into data/prepared/manifest.csv.
+"""prepare stage: list the user's images or texts into data/prepared/manifest.csv.
 
-Sources (``data.source``): ``demo`` (the digits tree the demo stage wrote), ``folder``
-(class-per-folder, optionally under train/ val/ test/), ``csv`` (path,label[,timestamp]
-[,group][,split]). Image files are only read, never modified, moved or deleted.
+Sources (``data.source``): ``demo`` (the digits tree the demo stage wrote), ``demo_text``
+(BBC News, which it wrote too), ``folder`` (class-per-folder, optionally under train/
+val/ test/), ``csv`` (a CSV or JSON Lines manifest: path,label[,timestamp][,group]
+[,split], or text,label[,id],... with the texts inline, which the manifest then carries).
+``data.modality`` (auto: from the files, pipeline.itemkinds) is said in the log. Source
+files are only read, never modified, moved or deleted.
 
 Paths stay inside ``data.root``: a row that resolves outside it (``..``, an absolute path,
 a symbolic link) stops the stage unless ``data.allow_outside_root`` is true. FIFOs,
@@ -20,6 +23,7 @@ import pandas as pd
 from pipeline import paths
 from pipeline.config import load_sections
 from pipeline.errors import PipelineError, run_stage
+from pipeline.itemkinds import inline, resolve_modality
 from pipeline.manifest import check_two_classes, empty_class_folders, twin_labels, write_manifest
 from pipeline.params.data import DataConfig
 from pipeline.sources import (
@@ -35,12 +39,13 @@ from pipeline.sources import (
 
 
 def run(cfg: DataConfig, output: Path, *, ignore: Path = DVCIGNORE) -> pd.DataFrame:
-    """List the source's images with ids and write the prepared manifest."""
+    """List the source's items with ids and write the prepared manifest."""
     root = Path(cfg.root)
-    if cfg.source == "demo" and root != paths.DEMO_ROOT:
-        raise PipelineError(f"data.source = demo reads the demo images at {paths.DEMO_ROOT}, "
-                            f"but data.root = {cfg.root!r}; set data.source: folder to read "
-                            f"your own folder")
+    demo = {"demo": paths.DEMO_ROOT, "demo_text": paths.DEMO_TEXTS}.get(cfg.source)
+    if demo and root != demo:
+        raise PipelineError(f"data.source = {cfg.source} reads the demo stage's files at "
+                            f"{demo}, but data.root = {cfg.root!r}; set data.root: {demo}, "
+                            f"or data.source: folder to read your own folder")
     if not root.is_dir():
         raise PipelineError(f"data.root = {cfg.root!r}: no such folder")
     if cfg.source == "csv":
@@ -51,14 +56,18 @@ def run(cfg: DataConfig, output: Path, *, ignore: Path = DVCIGNORE) -> pd.DataFr
             print(f"warning: class folder {root / folder} is empty: it is no class",
                   file=sys.stderr)
     write_dvcignore(unhashable(root), ignore)
-    check_inside(df, root, allow_outside=cfg.allow_outside_root)
+    if not inline(df):
+        check_inside(df, root, allow_outside=cfg.allow_outside_root)
     if twins := twin_labels(df["label"]):
         print(f"warning: {twins}", file=sys.stderr)
+    modality, why = resolve_modality(cfg.modality, df)
+    items = "texts" if modality == "text" else "images"
     check_two_classes(df["label"], f"data.root = {cfg.root!r}" if cfg.source != "csv"
-                      else f"data.manifest = {cfg.manifest!r}")
+                      else f"data.manifest = {cfg.manifest!r}", items=items)
     df = assign_ids(df, root)
     write_manifest(df, output)
-    print(f"prepared {len(df)} images in {df['label'].nunique()} classes from {root}")
+    print(f"prepared {len(df)} {items} in {df['label'].nunique()} classes from "
+          f"{cfg.manifest if cfg.source == 'csv' else root} (data.modality: {why})")
     if "split" in df and (df["split"] != "").any():  # split.method auto or predefined uses it
         counts = df["split"].value_counts()
         print("recorded split: " + ", ".join(f"{s}/ {counts[s]}" for s in SPLIT_DIRS

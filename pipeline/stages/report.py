@@ -35,6 +35,7 @@ from pipeline import paths
 from pipeline.cachefiles import CacheMeta, NpyRows, images_name, read_meta
 from pipeline.config import PARAMS_FILE, load_sections
 from pipeline.errors import run_stage
+from pipeline.itemkinds import item_texts
 from pipeline.labelfiles import prediction_arrays, read_labelled, read_predictions
 from pipeline.manifest import read_manifest
 from pipeline.metrics import scaled_log_loss
@@ -53,9 +54,11 @@ from pipeline.report import (
     provenance_table,
     resolved_html,
     section,
+    snippets_table,
     split_counts,
     split_html,
     table,
+    text_list_figure,
     timings_html,
     timings_page,
     training_figure,
@@ -110,6 +113,7 @@ class Inputs:
     plots: dict[str, pd.DataFrame]  # roc, pr, reliability
     curves: dict[str, pd.DataFrame]  # dvclive's per-epoch metrics
     lrs: dict[str, pd.DataFrame]  # dvclive's learning rates per layer group
+    root: str = ""  # data.root: where a text project's texts are read from
 
 
 def read_inputs(clean: Path, split: Path, cache_dir: Path, model: Path, metrics_dir: Path,
@@ -139,6 +143,16 @@ def scaled_loss(inp: Inputs) -> float:
     return scaled_log_loss(labels, probs, float(inp.results.get("temperature", 1.0)))
 
 
+def worst_mistakes(inp: Inputs, limit: int = 24) -> pd.DataFrame:
+    """The test predictions that are wrong, highest loss first (with ``loss``)."""
+    classes, predictions = inp.model_meta["classes"], inp.predictions
+    true_prob = predictions[[f"prob_{c}" for c in classes]].to_numpy()[
+        np.arange(len(predictions)), predictions["label"].map(classes.index).to_numpy()]
+    wrong = predictions.assign(loss=-np.log(np.clip(true_prob, 1e-12, 1)))
+    return wrong[wrong["label"] != wrong["pred"]].sort_values(
+        ["loss", "image_id"], ascending=[False, True]).head(limit)
+
+
 def figures(inp: Inputs, cache_dir: Path) -> dict[str, bytes]:
     """The PNGs written next to the page: confusion, reliability, worst test mistakes."""
     classes, predictions = inp.model_meta["classes"], inp.predictions
@@ -147,11 +161,14 @@ def figures(inp: Inputs, cache_dir: Path) -> dict[str, bytes]:
         "reliability": curves_figure(inp.plots["reliability"], "confidence", "accuracy",
                                      "Reliability diagram (test)", diagonal=True),
     }
-    true_prob = predictions[[f"prob_{c}" for c in classes]].to_numpy()[
-        np.arange(len(predictions)), predictions["label"].map(classes.index).to_numpy()]
-    wrong = predictions.assign(loss=-np.log(np.clip(true_prob, 1e-12, 1)))
-    wrong = wrong[wrong["label"] != wrong["pred"]].sort_values(["loss", "image_id"],
-                                                               ascending=[False, True]).head(24)
+    wrong = worst_mistakes(inp)
+    if inp.cache.modality == "text":
+        texts = texts_of(inp, list(wrong["image_id"]))
+        out["mistakes"] = text_list_figure(
+            [f"{t} → {p} (loss {v:.2f}): {x}" for t, p, v, x in zip(
+                wrong["label"], wrong["pred"], wrong["loss"], texts)],
+            title="Test mistakes with the highest loss")
+        return out
     mistakes = _thumbs_from_cache(cache_dir, "test", inp.cache.ids["test"],
                                   list(wrong["image_id"]))
     out["mistakes"] = image_grid(
@@ -162,41 +179,61 @@ def figures(inp: Inputs, cache_dir: Path) -> dict[str, bytes]:
     return out
 
 
-def sample_grid(inp: Inputs, cache_dir: Path) -> bytes:
-    """Two training images per class, as cached."""
+def texts_of(inp: Inputs, ids: list[str]) -> list[str]:
+    """The texts of these split rows (inline, or read from their files)."""
+    rows = inp.split.set_index("image_id").loc[ids].reset_index()
+    return [f[0] if isinstance(f, tuple) else f"unreadable: {f}"
+            for f in item_texts(rows, Path(inp.root), range(len(rows)))]
+
+
+def mistakes_html(inp: Inputs) -> str:
+    """A text project's worst test mistakes as a table of their texts."""
+    wrong = worst_mistakes(inp)
+    return snippets_table([(f"{t} → {p}", f"loss {v:.2f}, {i}") for t, p, v, i in zip(
+        wrong["label"], wrong["pred"], wrong["loss"], wrong["path"])],
+        texts_of(inp, list(wrong["image_id"])))
+
+
+def sample_grid(inp: Inputs, cache_dir: Path) -> bytes | str:
+    """Two training images per class, as cached (texts: an HTML table of their start)."""
     classes = inp.model_meta["classes"]
     train_split = inp.split[inp.split["split"] == "train"].sort_values("image_id")
     samples = train_split.groupby("label", sort=False).head(2)
     samples = samples.assign(order=samples["label"].map(classes.index)).sort_values(
         ["order", "image_id"])
+    if inp.cache.modality == "text":
+        return snippets_table(list(zip(samples["label"], samples["path"])),
+                              texts_of(inp, list(samples["image_id"])))
     return image_grid(
         _thumbs_from_cache(cache_dir, "train", inp.cache.ids["train"],
                            list(samples["image_id"])),
         list(samples["label"]), columns=10, title="Two training images per class (as cached)")
 
 
-def body(inp: Inputs, sections: dict[str, Any], pictures: dict[str, bytes], samples: bytes
-         ) -> list[str]:
+def body(inp: Inputs, sections: dict[str, Any], pictures: dict[str, bytes],
+         samples: bytes | str) -> list[str]:
     """The page's sections, in order."""
     data_cfg, meta, results = sections["data"], inp.model_meta, inp.results
     classes, split, plots, tm = meta["classes"], inp.split, inp.plots, inp.train_metrics
     changed = params_vs_committed(yaml.safe_load(PARAMS_FILE.read_text()))
     versions = pd.DataFrame(sorted(meta["versions"].items()), columns=["library", "version"])
+    items = "texts" if inp.cache.modality == "text" else "images"
     return [
         "<h1>Fine-tuning report</h1>",
-        f"<p class='muted'>{html.escape(meta['arch'])} on {len(split)} images in "
+        f"<p class='muted'>{html.escape(meta['arch'])} on {len(split)} {items} in "
         f"{len(classes)} classes; test accuracy <b>{results['accuracy']:.4f}</b>.</p>",
         section("Dataset",
                 f"<p>Source <code>{html.escape(data_cfg.source)}</code> at "
-                f"<code>{html.escape(data_cfg.root)}</code>: {len(inp.clean)} images listed, "
+                f"<code>{html.escape(data_cfg.root)}</code>: {len(inp.clean)} {items} listed, "
                 f"{len(split)} kept and split.</p>", table(split_counts(split, classes)),
-                img_tag(samples, "samples")),
+                samples if isinstance(samples, str) else img_tag(samples, "samples")),
         section("What auto resolved to", *resolved_html(
             inp.clean_counts, inp.cache.image_size, inp.cache.image_size_reason,
-            inp.split_metrics, meta.get("auto", []))),
+            inp.split_metrics, meta.get("auto", []), text=inp.cache.text)),
         section("What clean found", facts({
             k: v for k, v in inp.clean_counts.items() if not k.startswith("near_duplicate_")}),
-                *(issues_html(inp.clean, Path(data_cfg.root)) or ["<p>No issues found.</p>"])),
+                *(issues_html(inp.clean, Path(data_cfg.root), modality=inp.cache.modality)
+                  or ["<p>No issues found.</p>"])),
         section("Split", *split_html(sections["split"], sections["base"].seed,
                                      inp.split_metrics)),
         section("Model and weights", facts(model_table(meta).iloc[0].to_dict(), per_row=2)),
@@ -214,7 +251,9 @@ def body(inp: Inputs, sections: dict[str, Any], pictures: dict[str, bytes], samp
                                       diagonal=True), "ROC curves", 480),
                 img_tag(curves_figure(plots["pr"], "recall", "precision",
                                       "Precision-recall, one vs rest"), "PR curves", 480),
-                img_tag(pictures["mistakes"], "worst mistakes")),
+                img_tag(pictures["mistakes"], "worst mistakes")
+                if inp.cache.modality == "image" else
+                "<h3>Test mistakes with the highest loss</h3>" + mistakes_html(inp)),
         section("Params that differ from the committed params.yaml",
                 table(changed) if len(changed) else "<p>None: the committed defaults.</p>"),
         section("Library versions", table(versions)),
@@ -227,6 +266,7 @@ def run(sections: dict[str, Any], clean: Path, split: Path, cache_dir: Path, mod
         metrics_dir: Path, curves_dir: Path, out_dir: Path) -> Path:
     """Write the report and its PNGs; return the HTML path."""
     inp = read_inputs(clean, split, cache_dir, model, metrics_dir, curves_dir)
+    inp.root = sections["data"].root
     out_dir.mkdir(parents=True, exist_ok=True)
     pictures = figures(inp, cache_dir)
     for name, data in pictures.items():

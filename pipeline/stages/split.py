@@ -34,9 +34,10 @@ from pipeline import calibfiles, paths
 from pipeline.calibrate import Calibration
 from pipeline.config import load_sections
 from pipeline.copysignals import Signal, as_signals
-from pipeline.embedfiles import SIGNALS, read_rows, read_signals
+from pipeline.embedfiles import read_meta, read_rows, read_signals
 from pipeline.errors import PipelineError, run_stage
 from pipeline.files import write_csv, write_metrics, write_text
+from pipeline.itemkinds import inline_texts
 from pipeline.leakage import KINDS, Leak, audit, train_rows_to_drop
 from pipeline.leakage_page import leakage_page
 from pipeline.manifest import check_two_classes, read_manifest, write_manifest
@@ -347,7 +348,7 @@ def copy_rule(cfg: SplitConfig, calibration: Path, embed_dir: Path, ids: list[st
         return None
     cal = calibfiles.read(calibration)
     print(f"split: leakage audit near copies by clean's rule: {cal.summary()}")
-    return CopyRule(cal, as_signals(read_signals(embed_dir, ids), SIGNALS))
+    return CopyRule(cal, as_signals(read_signals(embed_dir, ids), cal.signals))
 
 
 def run(base: BaseConfig, data: DataConfig, cfg: SplitConfig, clean: Path, embed_dir: Path,
@@ -371,7 +372,9 @@ def run(base: BaseConfig, data: DataConfig, cfg: SplitConfig, clean: Path, embed
     drop = rows_to_drop(out, leaks, cfg)
     dropped = int(drop.sum())
     summary = page_summary(out, cfg, found, bool(leaks), dropped)
-    write_text(leakage_html, leakage_page(pairs, Path(data.root), summary=summary))
+    write_text(leakage_html, leakage_page(pairs, Path(data.root), summary=summary,
+                                          modality=read_meta(embed_dir).modality,
+                                          texts=inline_texts(out)))
     if leaks:
         out = ON_LEAKAGE[cfg.leakage_policy](LeakPolicy(
             cfg, out, leaks, drop, embeddings, hashes,

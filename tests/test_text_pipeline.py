@@ -1,0 +1,99 @@
+"""A text project through every stage of `dvc repro` (a tiny encoder, a few dozen texts):
+prepare resolves the modality, embed hashes the normalised texts and calibrates near
+copies on edited copies, clean finds copies and conflicts, split keeps them together,
+cache stores token ids, train, evaluate, export and report run on them."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from pipeline.errors import PipelineError
+from pipeline.itemkinds import resolve_modality
+
+from . import test_text_modality as texts
+from .conftest import HALF_SPLIT, PROJECT_FILES, scratch_project, sh
+
+tokenizer = texts.tokenizer  # the module-scoped fixtures of the text tests, reused
+tiny_encoder = texts.tiny_encoder
+
+WORDS = {"sport": "goal match team league cup striker keeper season final coach",
+         "money": "bank shares market profit price trade bonds rates fund deal",
+         "tech": "chip phone software data server code cloud robot screen app"}
+
+
+def _write_texts(root, per_class: int) -> None:
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for label, words in WORDS.items():
+        vocab = words.split()
+        (root / label).mkdir(parents=True)
+        for i in range(per_class):
+            text = " ".join(rng.choice(vocab, size=12)) + ". " + " ".join(
+                rng.choice(vocab, size=10)) + "."
+            (root / label / f"{i:02d}.txt").write_text(text)
+
+
+def test_auto_modality_follows_the_files_and_a_text_column():
+    files = pd.DataFrame({"path": ["a/1.txt", "a/2.txt", "b/3.txt"]})
+    assert resolve_modality("auto", files) == ("text", "auto: 3 of 3 files are texts")
+    images = pd.DataFrame({"path": ["a/1.png", "b/2.JPG"] * 10 + ["b/notes.txt"]})
+    assert resolve_modality("auto", images) == ("image", "auto: 20 of 21 files are images")
+    with pytest.raises(PipelineError, match="mixes 7 text files"):
+        resolve_modality("auto", pd.DataFrame({"path": ["a/1.png", "b/2.txt"] * 7}))
+    inline = pd.DataFrame({"path": ["m.csv#1"], "text": ["hello"]})
+    assert resolve_modality("auto", inline)[0] == "text"
+    assert resolve_modality("text", pd.DataFrame({"path": ["a/1.png"]}))[0] == "text"
+
+
+@pytest.mark.slow
+def test_dvc_repro_runs_a_text_project_through_every_stage(tmp_path, tiny_encoder):
+    work = scratch_project(tmp_path / "project",
+                           files=tuple(f for f in PROJECT_FILES if f != ".gitignore"))
+    _write_texts(work / "texts", per_class=12)
+    copy = (work / "texts/tech/00.txt").read_text()
+    (work / "texts/money/dup.txt").write_text(copy.upper() + "  ")  # a conflicting copy
+    (work / "texts/sport/empty.txt").write_bytes(b"")
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    params["data"].update(source="folder", root="texts")
+    params["embed"].update(model=str(tiny_encoder), calibration_sample=8, batch_size=16)
+    params["model"]["name"] = str(tiny_encoder)
+    params["split"]["fractions"] = HALF_SPLIT
+    params["train"].update(batch_size=8, phases=[
+        {"epochs": 2, "unfreeze": "head", "lr_mult": 5.0},
+        {"epochs": 1, "unfreeze": 1, "lr_mult": 0.5}])
+    params["clean"]["max_rate"] = {k: 1.0 for k in params["clean"]["max_rate"]}
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    sh("git", "init", "-q", cwd=work)
+    sh("git", "add", "-A", cwd=work)
+    sh("git", "commit", "-qm", "init", cwd=work)
+
+    log = sh("dvc", "repro", cwd=work)
+    assert "prepared 38 texts in 3 classes" in log and "data.modality: auto: 38 of 38" in log
+    clean = pd.read_csv(work / "data/clean/manifest.csv", keep_default_na=False)
+    flagged = dict(zip(clean["path"], clean["issues"]))
+    assert flagged["sport/empty.txt"] == "unreadable"
+    assert "conflicting_labels" in flagged["money/dup.txt"]  # same text, case and spaces aside
+    assert "conflicting_labels" in flagged["tech/00.txt"]
+    counts = json.loads((work / "metrics/all/clean.json").read_text())
+    assert counts["near_duplicate_threshold_shingles"] != "off" or \
+        counts["near_duplicate_threshold_embedding"] != "off"
+    cache = json.loads((work / "data/cache/meta.json").read_text())
+    assert cache["modality"] == "text" and cache["text"]["encoder"] == str(tiny_encoder)
+    model = torch.load(work / "models/model.pt", weights_only=True)
+    assert model["meta"]["preprocessing"]["modality"] == "text"
+    metrics = json.loads((work / "metrics/eval.json").read_text())
+    assert 0.0 <= metrics["accuracy"] <= 1.0
+    exported = json.loads((work / "models/model.json").read_text())
+    assert exported["input_names"] == ["input_ids", "attention_mask"]
+    report = (work / "reports/report.html").read_text()
+    assert "texts in 3 classes" in report and "class='snip'" not in report
+    assert 'class="snip"' in report  # texts shown where images show thumbnails
+    review = (work / "data/clean/review.html").read_text()
+    assert "Texts to review" in review and 'class="snip"' in review
+    assert "Running stage" not in sh("dvc", "repro", cwd=work)
