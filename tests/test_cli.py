@@ -178,9 +178,10 @@ def test_init_folder_writes_data_keeping_comments(tmp_path, capsys):
                                              "source": "folder", "root": "images"}
     # only the two lines changed, each keeping its comment in its column
     changed = _changed_lines(before, after)
-    assert changed == ["  source: folder          # demo | folder | csv",
-                       "  root: images            # the images; manifest paths are relative "
-                       "to it"]
+    assert changed == ["  source: folder          # demo | demo_text (BBC News, root "
+                       "data/demo/texts) | folder | csv",
+                       "  root: images            # the images or texts; manifest paths are "
+                       "relative to it"]
     out = capsys.readouterr().out
     assert "13 files in 3 classes" in out and "class-per-folder" in out
     assert "median 20 px" in out and "unreadable files: 1" in out

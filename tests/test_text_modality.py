@@ -99,7 +99,8 @@ def test_a_literal_pad_token_in_a_text_is_not_padding(tokenizer):
 def test_auto_max_length_covers_most_texts_within_the_limit():
     lengths = np.array([10] * 96 + [300] * 4)
     assert auto_max_length(lengths, 512) == 16  # the 95th percentile, in steps of 16
-    assert auto_max_length(np.array([700] * 10), 512) == 512
+    assert auto_max_length(np.array([700] * 10), 512) == 256  # LENGTH_CAP
+    assert auto_max_length(np.array([700] * 10), 128) == 128  # the encoder's limit
     assert auto_max_length(np.array([], dtype=np.int64), 512) == 128
 
 

@@ -97,3 +97,20 @@ def test_dvc_repro_runs_a_text_project_through_every_stage(tmp_path, tiny_encode
     review = (work / "data/clean/review.html").read_text()
     assert "Texts to review" in review and 'class="snip"' in review
     assert "Running stage" not in sh("dvc", "repro", cwd=work)
+
+
+def test_init_recognises_a_text_folder_and_a_jsonl_manifest(tmp_path):
+    from pipeline.init_data import data_values, inspect_source, report_lines
+
+    _write_texts(tmp_path / "texts", per_class=3)
+    (tmp_path / "texts/tech/blank.txt").write_text("  \n")
+    found = inspect_source(tmp_path / "texts")
+    lines = "\n".join(report_lines(found))
+    assert found.modality == "text" and "texts: words per text median 22" in lines
+    assert "tech/blank.txt: whitespace only" in lines
+    assert data_values(found, tmp_path)["modality"] == "text"
+    jsonl = tmp_path / "m.jsonl"
+    jsonl.write_text('{"text": "a goal", "label": "sport"}\n{"text": "bank rates", '
+                     '"label": "money"}\n')
+    found = inspect_source(jsonl)
+    assert found.source == "csv" and found.modality == "text" and found.words == [2, 2]
