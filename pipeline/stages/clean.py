@@ -350,13 +350,15 @@ def clean_counts(findings: Findings, keep: np.ndarray, verdicts: dict[str, str],
     counts |= {name: int(found.sum()) for name, found in findings.found.items()}
     counts["clusters"] = int(len({c for c in findings.clusters if c is not None}))
     counts["decisions"] = len(verdicts)
-    counts["multi_frame"] = sum(bool(n) for n in embed_meta.notes)
-    counts["empty_class_folders"] = len(notes) - counts["multi_frame"]
+    noted = sum(bool(n) for n in embed_meta.notes)  # frames left out; texts: not UTF-8
+    counts["multi_frame" if embed_meta.modality == "image" else "not_utf8"] = noted
+    counts["empty_class_folders"] = len(notes) - noted
     if fixed.any():  # a fixed val/test set: what clean left of it, what it took from train
         counts["fixed_eval_images"] = int(fixed.sum())
         counts["fixed_eval_kept"] = int((fixed & keep).sum())
         counts["train_copies_of_eval_dropped"] = int((train_copies & ~keep).sum())
-    counts["embed_image_size"] = embed_meta.image_size
+    if embed_meta.modality == "image":
+        counts["embed_image_size"] = embed_meta.image_size
     return counts
 
 
