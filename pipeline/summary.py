@@ -40,10 +40,10 @@ def _ci(results: Mapping[str, Any], name: str) -> str:
     return value
 
 
-def _test_lines(results: Mapping[str, Any]) -> list[str]:
+def _test_lines(results: Mapping[str, Any], items: str = "images") -> list[str]:
     """The headline test metrics: two lines, one more with the values after temperature
     scaling, one more with test-time augmentation."""
-    lines = [f"test ({results.get('test_images', '?')} images, 95 % intervals): accuracy "
+    lines = [f"test ({results.get('test_images', '?')} {items}, 95 % intervals): accuracy "
              f"{_ci(results, 'accuracy')}, macro-F1 {_ci(results, 'macro_f1')}"]
     more = [f"{label} {results[key]:.3f}" for key, label in
             (("balanced_accuracy", "balanced accuracy"), ("log_loss", "log-loss"),
@@ -72,10 +72,11 @@ def summary_lines(results: Mapping[str, Any], clean: Mapping[str, Any],
     """The summary from metrics/all/eval.json, clean.json and split.json (as dicts)."""
     sizes = " / ".join(f"{s} {split[f'{s}_images']}" for s in ("train", "val", "test")
                        if f"{s}_images" in split)
+    items = "texts" if "not_utf8" in clean else "images"  # clean counts per modality
     lines = ["== summary " + "=" * 69,
-             f"data: {clean.get('images', '?')} images in {classes} classes, "
+             f"data: {clean.get('images', '?')} {items} in {classes} classes, "
              f"{clean.get('kept', '?')} kept by clean; split {sizes or '?'}"]
-    lines += _test_lines(results)
+    lines += _test_lines(results, items)
     issues = [k for k in ISSUES if clean.get(k)]
     other = [k for k, v in clean.items() if k not in ISSUES and k not in NOT_FINDINGS
              and isinstance(v, int) and not isinstance(v, bool) and v]

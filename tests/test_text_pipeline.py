@@ -6,6 +6,7 @@ cache stores token ids, train, evaluate, export and report run on them."""
 from __future__ import annotations
 
 import json
+import sys
 
 import pandas as pd
 import pytest
@@ -114,3 +115,83 @@ def test_init_recognises_a_text_folder_and_a_jsonl_manifest(tmp_path):
                      '"label": "money"}\n')
     found = inspect_source(jsonl)
     assert found.source == "csv" and found.modality == "text" and found.words == [2, 2]
+
+
+def _text_cache(folder, encoder, train_n: int):
+    from pipeline.textcache import write_text_cache
+
+    splits = {}
+    for split, n in (("train", train_n), ("val", 4), ("test", 4)):
+        corpus, labels = texts._corpus(n)
+        splits[split] = (corpus, labels, [f"{split}{i}" for i in range(len(corpus))])
+    write_text_cache(folder, splits, list(texts.TOPICS), model_name=str(encoder),
+                     max_length=32)
+    return folder
+
+
+TEXT_PHASES = [{"epochs": 1, "unfreeze": "head", "lr_mult": 5.0},
+               {"epochs": 3, "unfreeze": 1, "lr_mult": 1.0},  # on stored hidden states
+               {"epochs": 1, "unfreeze": "all", "lr_mult": 0.5}]
+
+
+@pytest.mark.slow
+def test_a_killed_text_run_resumes_bit_identical(tmp_path, tiny_encoder):
+    import signal
+    import time
+
+    from .test_train import _project, _train_process, weights
+
+    cache = _text_cache(tmp_path / "cache", tiny_encoder, train_n=40)
+    settings = {"model.name": str(tiny_encoder), "model.weights": "default",
+                "train.phases": TEXT_PHASES, "train.batch_size": 8}
+    whole = _project(tmp_path / "whole", cache, **settings)
+    done = _train_process(whole)
+    out, _ = done.communicate(timeout=300)
+    assert done.returncode == 0 and "stored hidden states" in out, out
+    project = _project(tmp_path / "killed", cache, **settings)
+    checkpoint = project / "checkpoints/train/last.pt"
+    proc = _train_process(project)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if checkpoint.exists():
+            loop = torch.load(checkpoint, weights_only=True)["loop"]
+            if loop["phase"] == 1 and loop["phase_epoch"] >= 1:  # mid-phase
+                break
+        time.sleep(0.02)
+    assert proc.poll() is None, "training ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    resumed = _train_process(project)
+    out, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0 and "resuming" in out, out
+    a, b = weights(whole / "models/model.pt"), weights(project / "models/model.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_train_a_text_model_as_one(tmp_path, tiny_encoder):
+    from .test_train import _project, _train_process
+
+    import shutil
+
+    encoder = shutil.copytree(tiny_encoder, tmp_path / "encoder")  # without dropout: the
+    config = json.loads((encoder / "config.json").read_text())  # same random draws
+    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    (encoder / "config.json").write_text(json.dumps(config))
+    cache = _text_cache(tmp_path / "cache", encoder, train_n=32)
+    losses = {}
+    for name, prefix in (("single", ()), ("ddp", (sys.executable, "-m", "torch.distributed.run",
+                                                  "--nproc_per_node", "2", "--master_port",
+                                                  "29541"))):
+        project = _project(tmp_path / name, cache, **{
+            "model.name": str(encoder), "model.weights": "default", "train.batch_size": 8,
+            "train.phases": [{"epochs": 1, "unfreeze": "head", "lr_mult": 5.0},
+                             {"epochs": 2, "unfreeze": "all", "lr_mult": 0.5}],
+            "base.device": "cpu", "model.drop_rate": 0.0})
+        proc = _train_process(project, *prefix)
+        out, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 0, out
+        rows = (project / "metrics/curves/plots/metrics/train_loss.tsv").read_text()
+        losses[name] = [float(r.split("\t")[-1]) for r in rows.splitlines()[1:]]
+    assert len(losses["ddp"]) == 3
+    assert losses["ddp"] == pytest.approx(losses["single"], rel=1e-4)
