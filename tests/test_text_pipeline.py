@@ -170,9 +170,9 @@ def test_a_killed_text_run_resumes_bit_identical(tmp_path, tiny_encoder):
 
 @pytest.mark.slow
 def test_two_gloo_processes_train_a_text_model_as_one(tmp_path, tiny_encoder):
-    from .test_train import _project, _train_process
-
     import shutil
+
+    from .test_train import _project, _train_process
 
     encoder = shutil.copytree(tiny_encoder, tmp_path / "encoder")  # without dropout: the
     config = json.loads((encoder / "config.json").read_text())  # same random draws
