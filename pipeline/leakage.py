@@ -71,7 +71,7 @@ def copies_in_train(splits: np.ndarray, *, hashes: Sequence[str | None] | None,
                 by_hash.setdefault(str(hashes[j]), []).append(j)
         for i in map(int, later):
             for j in by_hash.get(str(hashes[i]), []) if hashes[i] else []:
-                pairs[(i, j)] = Leak("exact_duplicate", i, j, "identical pixels",
+                pairs[(i, j)] = Leak("exact_duplicate", i, j, "identical content",
                                      _similarity(embeddings, i, j))
     if calibration is not None and signals is not None:
         rows, cols, which = copy_pairs([x[later] for x in signals], [x[train] for x in signals],

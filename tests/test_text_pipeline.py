@@ -13,11 +13,12 @@ import pytest
 import torch
 import yaml
 
+from pipeline.config import parse_sections
 from pipeline.errors import PipelineError
 from pipeline.itemkinds import resolve_modality
 
 from . import test_text_modality as texts
-from .conftest import HALF_SPLIT, PROJECT_FILES, scratch_project, sh
+from .conftest import HALF_SPLIT, PROJECT_FILES, repo_params, scratch_project, sh
 
 tokenizer = texts.tokenizer  # the module-scoped fixtures of the text tests, reused
 tiny_encoder = texts.tiny_encoder
@@ -27,10 +28,10 @@ WORDS = {"sport": "goal match team league cup striker keeper season final coach"
          "tech": "chip phone software data server code cloud robot screen app"}
 
 
-def _write_texts(root, per_class: int) -> None:
+def _write_texts(root, per_class: int, seed: int = 0) -> None:
     import numpy as np
 
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     for label, words in WORDS.items():
         vocab = words.split()
         (root / label).mkdir(parents=True)
@@ -195,3 +196,51 @@ def test_two_gloo_processes_train_a_text_model_as_one(tmp_path, tiny_encoder):
         losses[name] = [float(r.split("\t")[-1]) for r in rows.splitlines()[1:]]
     assert len(losses["ddp"]) == 3
     assert losses["ddp"] == pytest.approx(losses["single"], rel=1e-4)
+
+
+def test_a_fixed_text_test_set_with_copies_of_train_texts_fails_the_split(tmp_path,
+                                                                          tiny_encoder):
+    from pipeline.manifest import read_manifest
+    from pipeline.stages import clean, embed, prepare, split
+
+    import numpy as np
+
+    root = tmp_path / "texts"
+    rng = np.random.default_rng(0)
+    for part, n in (("train", 8), ("val", 3), ("test", 3)):  # 40 words of 300 per class
+        for label in WORDS:
+            (root / part / label).mkdir(parents=True)
+            for i in range(n):
+                words = [f"{label}{k}" for k in rng.integers(0, 300, size=40)]
+                (root / part / label / f"{i:02d}.txt").write_text(" ".join(words) + ".")
+    source = (root / "train/money/04.txt").read_text()
+    words = source.split()
+    (root / "test/money/copy.txt").write_text(" ".join(words[:-2]) + "\n-- Sent from my phone")
+    (root / "test/tech/same.txt").write_text((root / "train/tech/05.txt").read_text().upper())
+    gates = {f"clean.max_rate.{k}": 1.0 for k in ("unreadable", "exact_duplicate",
+             "near_duplicate", "conflicting_labels", "label_issue", "outlier")}
+    params = repo_params(**{
+        "data.source": "folder", "data.root": str(root), "embed.model": str(tiny_encoder),
+        "embed.calibration_sample": 16, "clean.exact_duplicates": "flag",
+        "clean.near_duplicates": "flag", "split.method": "predefined",
+        "split.on_leakage": "fail", **gates})
+    base, data, embed_cfg, clean_cfg, split_cfg = parse_sections(
+        params, "base", "data", "embed", "clean", "split")
+    prepare.run(data, tmp_path / "prepared.csv", ignore=tmp_path / ".dvcignore")
+    embed.run_texts(data, embed_cfg, read_manifest(tmp_path / "prepared.csv"),
+                    tmp_path / "embed", device="cpu")
+    clean.run(data, clean_cfg, tmp_path / "prepared.csv", tmp_path / "embed",
+              tmp_path / "clean.csv", tmp_path / "clean.json", decisions=tmp_path / "none.csv",
+              review_out=tmp_path / "review.csv", review_html=tmp_path / "review.html",
+              calibration=tmp_path / "calibration.json")
+    with pytest.raises(PipelineError, match=r"the split leaks \(2 rows"):
+        split.run(base, data, split_cfg, tmp_path / "clean.csv", tmp_path / "embed",
+                  tmp_path / "split.csv", tmp_path / "split.json",
+                  leakage_csv=tmp_path / "leak.csv", leakage_html=tmp_path / "leak.html",
+                  calibration=tmp_path / "calibration.json")
+    pairs = pd.read_csv(tmp_path / "leak.csv", keep_default_na=False)
+    assert dict(zip(pairs["path"], pairs["kind"])) == {
+        "test/money/copy.txt": "near_duplicate", "test/tech/same.txt": "exact_duplicate"}
+    assert set(pairs["train_path"]) == {"train/money/04.txt", "train/tech/05.txt"}
+    page = (tmp_path / "leak.html").read_text()
+    assert page.count('class="snip"') == 4  # both texts of both pairs, as snippets
