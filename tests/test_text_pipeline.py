@@ -200,10 +200,10 @@ def test_two_gloo_processes_train_a_text_model_as_one(tmp_path, tiny_encoder):
 
 def test_a_fixed_text_test_set_with_copies_of_train_texts_fails_the_split(tmp_path,
                                                                           tiny_encoder):
+    import numpy as np
+
     from pipeline.manifest import read_manifest
     from pipeline.stages import clean, embed, prepare, split
-
-    import numpy as np
 
     root = tmp_path / "texts"
     rng = np.random.default_rng(0)
