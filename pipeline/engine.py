@@ -21,16 +21,24 @@ from pipeline.modality import BatchAdapter
 
 
 def batch_indices(n: int, batch_size: int, *, generator: torch.Generator | None = None,
-                  rank: int = 0, world: int = 1, weights: np.ndarray | None = None
-                  ) -> Iterator[np.ndarray]:
+                  rank: int = 0, world: int = 1, weights: np.ndarray | None = None,
+                  lengths: np.ndarray | None = None) -> Iterator[np.ndarray]:
     """Row indices of each batch (sorted: ascending reads are sequential); shuffled when
     given a generator, or with ``weights`` ((N,), and a generator) n rows drawn with
-    replacement with probability proportional to their weight. Under
-    DistributedDataParallel every rank draws the same order and takes its own share
-    (``rank::world``) of each global batch."""
+    replacement with probability proportional to their weight, or with ``lengths`` ((N,),
+    and a generator) shuffled and then grouped so that each batch holds rows of similar
+    length (transformers' ``get_length_grouped_indices``, as its Trainer's
+    ``group_by_length``: the shuffled rows sorted by length within chunks of up to 50
+    batches, the longest batch first). Under DistributedDataParallel every rank draws the
+    same order and takes its own share (``rank::world``) of each global batch."""
     if weights is not None:
         order = torch.multinomial(torch.from_numpy(weights), n, replacement=True,
                                   generator=generator).numpy()
+    elif generator is not None and lengths is not None:
+        from transformers.trainer_pt_utils import get_length_grouped_indices
+
+        order = np.asarray(get_length_grouped_indices(lengths.tolist(), batch_size,
+                                                      generator=generator), dtype=np.int64)
     elif generator is not None:
         order = torch.randperm(n, generator=generator).numpy()
     else:
@@ -47,14 +55,34 @@ def batch_count(n: int, batch_size: int, world: int = 1) -> int:
 
 def batches(data: ArraySplit, batch_size: int, *, generator: torch.Generator | None = None,
             rank: int = 0, world: int = 1, pin: bool = False,
-            weights: np.ndarray | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            weights: np.ndarray | None = None, lengths: np.ndarray | None = None
+            ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield (B, H, W, 3) uint8 and (B,) int64 batches; shuffled when given a generator
-    (drawn by ``weights`` when given: :func:`batch_indices`); ``pin`` puts them in
-    page-locked memory for asynchronous copies to a GPU."""
+    (drawn by ``weights``, or grouped by ``lengths``, when given: :func:`batch_indices`);
+    ``pin`` puts them in page-locked memory for asynchronous copies to a GPU."""
     for index in batch_indices(len(data.labels), batch_size, generator=generator,
-                               rank=rank, world=world, weights=weights):
-        images, labels = torch.from_numpy(data.images[index]), torch.from_numpy(data.labels[index])
-        yield (images.pin_memory(), labels.pin_memory()) if pin else (images, labels)
+                               rank=rank, world=world, weights=weights, lengths=lengths):
+        yield rows_batch(data, index, pin)
+
+
+def rows_batch(data: ArraySplit, index: np.ndarray, pin: bool = False
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The cached rows and labels at ``index``."""
+    images, labels = torch.from_numpy(data.images[index]), torch.from_numpy(data.labels[index])
+    return (images.pin_memory(), labels.pin_memory()) if pin else (images, labels)
+
+
+def inference_batches(data: ArraySplit, batch_size: int, adapter: BatchAdapter
+                      ) -> tuple[Iterator[tuple[torch.Tensor, torch.Tensor]], np.ndarray]:
+    """Batches for a pass over every row, and the row order they follow: longest first
+    when the adapter gives lengths (texts: each batch is then cut to similar lengths),
+    else row order. Put results back with ``out[order] = results``."""
+    n = len(data.labels)
+    lengths = adapter.lengths(data.images) if n else None
+    order = np.arange(n) if lengths is None else np.argsort(-lengths, kind="stable")
+    return (rows_batch(data, np.sort(order[s:s + batch_size]) if lengths is None
+                       else order[s:s + batch_size])
+            for s in range(0, n, batch_size)), order
 
 
 def random_flip_shift(x: torch.Tensor, *, hflip: bool, shift: int,
@@ -147,14 +175,18 @@ def head_inputs(model: nn.Module, head: nn.Module, data: ArraySplit, *, prep: Pr
     captured: list[torch.Tensor] = []
     hook = head.register_forward_pre_hook(lambda _, args: captured.append(args[0].float()))
     model.eval()  # the caller restores its modes (models.train_mode)
+    stream, order = inference_batches(data, batch_size, adapter)
     try:
-        for images, _ in batches(data, batch_size):
+        for images, _ in stream:
             x = adapter.to_input(images, device)
             with _autocast(device, amp):
                 model(x.flip(-1) if mirror else x)
     finally:
         hook.remove()
-    return torch.cat(captured) if captured else torch.zeros((0, 0), device=device)
+    if not captured:
+        return torch.zeros((0, 0), device=device)
+    feats = torch.cat(captured)
+    return feats[torch.from_numpy(np.argsort(order)).to(feats.device)]
 
 
 def tta_views(x: torch.Tensor, tta: str) -> list[torch.Tensor]:
@@ -180,10 +212,15 @@ def predict(model: nn.Module, data: ArraySplit, *, prep: Preprocessing,
     adapter = inputs or ImageInput(prep)  # how cached rows become model input
     model.eval()
     out = []
-    for images, _ in batches(data, batch_size):
+    stream, order = inference_batches(data, batch_size, adapter)
+    for images, _ in stream:
         out.append(view_probabilities(model, adapter.to_input(images, device), tta,
                                       device=device, amp=amp))
-    return np.concatenate(out) if out else np.zeros((0, 0))
+    if not out:
+        return np.zeros((0, 0))
+    probs = np.concatenate(out)
+    probs[order] = probs.copy()
+    return probs
 
 
 @torch.inference_mode()

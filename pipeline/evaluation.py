@@ -50,7 +50,7 @@ from pipeline.metrics import (
     reliability,
     scaled_log_loss,
 )
-from pipeline.modality import BatchAdapter
+from pipeline.modality import BatchAdapter, Rows
 from pipeline.modelfile import load_trained, model_input
 from pipeline.params.base import BaseConfig
 from pipeline.params.evaluate import EvaluateConfig
@@ -68,6 +68,10 @@ class CountingInput:
         """The wrapped adapter's model input; the bar advances by the batch's size."""
         self.bar.update(len(batch))
         return self.inputs.to_input(batch, device)
+
+    def lengths(self, rows: Rows) -> np.ndarray | None:
+        """The wrapped adapter's row lengths."""
+        return self.inputs.lengths(rows)
 
 
 # what metrics/eval.json keeps for dvc exp show (test split); every number goes

@@ -67,13 +67,7 @@ class TokensAndMask(nn.Module):
         self.model = model
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        model = self.model
-        hidden = model.encoder(input_ids=input_ids,
-                               attention_mask=attention_mask).last_hidden_state
-        if model.pooling == "cls":
-            return model.head(hidden[:, 0])
-        weights = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        return model.head((hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0))
+        return self.model.head(self.model.features(input_ids, attention_mask))
 
 
 def export_inputs(model: nn.Module, prep: Preprocessing) -> tuple[nn.Module, ToInputs]:

@@ -152,14 +152,18 @@ AUTO_PHASES: dict[str, tuple[Phase, ...]] = {
               Phase(epochs=2, unfreeze=2, lr_mult=0.1)),
     "small": (Phase(epochs=2, unfreeze="head", lr_mult=5.0),
               Phase(epochs=6, unfreeze="all", lr_mult=0.25)),
-    # texts: the head on stored encoder features, then the top four transformer layers
-    # on the stored output of the frozen ones, at 1e-4 (train.lr 0.002 x 0.05) decaying
-    # x 0.9 per layer down. Rotten Tomatoes, 3,000 train snippets: as accurate as a full
-    # fine-tune (0.8105) in 70 % of its time (docs/measured.md)
+    # texts: the head on stored encoder features, then the top six transformer layers (all
+    # of MiniLM's; the embeddings stay frozen) at 1e-4 (train.lr 0.002 x 0.05) decaying
+    # x 0.9 per layer down, in batches of similar length. Rotten Tomatoes, 3,000 train
+    # snippets: as accurate as the padded full fine-tune (0.8141) in 29 % of its time;
+    # the top 4 or 5 layers gave 0.8095 and 0.8128 (docs/measured.md)
     "text": (Phase(epochs=3, unfreeze="head", lr_mult=5.0),
-             Phase(epochs=3, unfreeze=4, lr_mult=0.05, layer_decay=0.9)),
+             Phase(epochs=3, unfreeze=6, lr_mult=0.05, layer_decay=0.9)),
 }
 AUTO_HFLIP = {"photo": True, "small": False, "text": False}  # a mirrored 2 is not a digit
+# texts: batches of similar length pad less (every image of a cache has one size)
+AUTO_SAMPLER: dict[str, Literal["shuffle", "by_length"]] = {
+    "photo": "shuffle", "small": "shuffle", "text": "by_length"}
 PIXEL_ONLY = ("hflip", "shift", "mixup", "cutmix")  # train settings that texts cannot take
 
 
@@ -168,8 +172,8 @@ def _what(profile: str) -> str:
 
 
 def resolve_auto(cfg: TrainConfig, profile: str) -> tuple[TrainConfig, list[str]]:
-    """``train.phases`` and ``train.hflip`` with ``auto`` replaced for the data's profile,
-    and one line per replaced key (for the log and the model's meta)."""
+    """``train.phases``, ``train.hflip`` and ``train.sampler`` with ``auto`` replaced for
+    the data's profile, and one line per replaced key (for the log and the model's meta)."""
     notes = []
     if cfg.phases == "auto":
         cfg = replace(cfg, phases=AUTO_PHASES[profile])
@@ -179,10 +183,32 @@ def resolve_auto(cfg: TrainConfig, profile: str) -> tuple[TrainConfig, list[str]
     if cfg.hflip == "auto":
         cfg = replace(cfg, hflip=AUTO_HFLIP[profile])
         notes.append(f"train.hflip auto ({_what(profile)}): {str(cfg.flips).lower()}")
+    if cfg.sampler == "auto":
+        cfg = replace(cfg, sampler=AUTO_SAMPLER[profile])
+        notes.append(f"train.sampler auto ({_what(profile)}): {cfg.sampler}")
+    if cfg.sampler == "by_length" and profile != "text":
+        raise PipelineError("train.sampler by_length groups texts of similar length; every "
+                            "image of a cache has one size: use shuffle, balanced or auto")
     if profile == "text" and (on := [n for n in PIXEL_ONLY if getattr(cfg, n)]):
         raise PipelineError(f"train.{', train.'.join(on)}: pixel augmentation, which texts "
                             f"cannot take; set {' and '.join(on)} to 0 (hflip: auto)")
     return cfg, notes
+
+
+def fit_auto_depth(cfg: TrainConfig, groups: list[LayerGroup]
+                   ) -> tuple[TrainConfig, list[str]]:
+    """The ``auto`` text schedule on an encoder with fewer transformer layers than it
+    unfreezes: every layer but the embeddings (the group below them), with a note; any
+    other schedule as it is (a count past the model fails in :func:`check_phases`)."""
+    below = len(groups) - 2  # the groups between the embeddings and the head
+    if cfg.phases != AUTO_PHASES["text"] or below < 1:
+        return cfg, []
+    phases = tuple(replace(p, unfreeze=below) if isinstance(p.unfreeze, int)
+                   and p.unfreeze > below else p for p in cfg.phase_list)
+    if phases == cfg.phase_list:
+        return cfg, []
+    return replace(cfg, phases=phases), [f"train.phases auto (texts): the encoder has {below} "
+                                         f"layers; its phases unfreeze at most {below}"]
 
 
 def expand_gradual(cfg: TrainConfig, groups: list[LayerGroup]

@@ -4,8 +4,12 @@ cached uint8 images to normalised tensors. Used by embedding, training and predi
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from pipeline.modality import Rows
 
 
 @dataclass(frozen=True)
@@ -38,3 +42,7 @@ class ImageInput:
     def to_input(self, batch: torch.Tensor, device: torch.device) -> torch.Tensor:
         """(B, H, W, 3) uint8 -> normalised (B, 3, H, W) float32 (:func:`to_input`)."""
         return to_input(batch, self.prep, device)
+
+    def lengths(self, rows: Rows) -> None:
+        """Every cached image has the cache's size: no lengths to group by."""
+        return None

@@ -67,11 +67,24 @@ class ItemCodec(Protocol):
         ...
 
 
+class Rows(Protocol):
+    """Cached rows read by index (an array, or the cache's positioned reads)."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: np.ndarray) -> np.ndarray: ...
+
+
 class BatchAdapter(Protocol):
     """A batch of cached arrays to what the model takes."""
 
     def to_input(self, batch: torch.Tensor, device: torch.device) -> torch.Tensor:
         """Model input on ``device`` (normalised as the weights expect)."""
+        ...
+
+    def lengths(self, rows: Rows) -> np.ndarray | None:
+        """(N,) lengths of cached rows whose model input varies in size (a text's tokens),
+        so batches can group rows of similar length; None when every row has one size."""
         ...
 
 

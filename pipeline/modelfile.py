@@ -90,16 +90,10 @@ def is_text(meta: dict[str, Any]) -> bool:
 def text_tokenizer(meta: dict[str, Any]) -> Any:
     """The tokenizer that made a text model's token ids (the encoder its meta names),
     checked against the pad id the model was trained with."""
-    from transformers import AutoTokenizer
-
-    from pipeline.textmodel import encoder_path
+    from pipeline.textmodel import load_tokenizer
 
     prep = meta["preprocessing"]
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(encoder_path(prep["encoder"]))
-    except (OSError, ValueError) as exc:
-        raise PipelineError(f"encoder {prep['encoder']}: could not load its tokenizer "
-                            f"({exc})") from None
+    tokenizer = load_tokenizer(prep["encoder"])
     if tokenizer.pad_token_id != prep["pad_id"]:
         raise PipelineError(f"encoder {prep['encoder']}: its tokenizer pads with id "
                             f"{tokenizer.pad_token_id}, the model was trained with "

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from pipeline.images import IMAGES, UnreadableImage, decode_image, fit_image
 from pipeline.inputs import ImageInput, Preprocessing
 from pipeline.modelfile import is_text, load_trained, text_tokenizer
 from pipeline.seeding import resolve_device
+from pipeline.sources import jsonl_objects
 from pipeline.textmodel import TokenInput, encode
 from pipeline.texts import TEXT_SUFFIXES, UnreadableText, decode_text, read_text
 
@@ -170,9 +170,8 @@ def table_rows(path: Path) -> Iterator[TextRow]:
         content = read_text(path)[0]
     except UnreadableText as exc:
         raise PipelineError(f"{path}: {exc}") from None
-    records = csv_records(path, content) if path.suffix.lower() == ".csv" else (
-        (n, jsonl_record(line)) for n, line in enumerate(content.splitlines(), 1)
-        if line.strip())
+    records = (csv_records(path, content) if path.suffix.lower() == ".csv"
+               else jsonl_objects(content.splitlines()))
     for number, record in records:
         if isinstance(record, str):
             yield TextRow(f"{path}#{number}", "", record)
@@ -197,15 +196,6 @@ def csv_records(path: Path, content: str) -> Iterator[tuple[int, dict[str, Any]]
         yield from enumerate(reader, 1)
     except csv.Error as exc:
         raise PipelineError(f"{path}: line {reader.line_num}: {exc}") from None
-
-
-def jsonl_record(line: str) -> dict[str, Any] | str:
-    """One .jsonl line's object, or why it is none."""
-    try:
-        record = json.loads(line)
-    except ValueError as exc:
-        return f"not JSON: {exc}"
-    return record if isinstance(record, dict) else "not a JSON object"
 
 
 def text_problem(text: str) -> str:

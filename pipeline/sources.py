@@ -14,7 +14,9 @@ import os
 import re
 import stat
 import sys
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from tqdm import tqdm
@@ -129,20 +131,28 @@ def read_jsonl(manifest: Path) -> pd.DataFrame:
     except UnicodeDecodeError as exc:
         raise PipelineError(f"{manifest} is not UTF-8 (byte {exc.start}): JSON Lines must "
                             f"be") from None
+    for number, row in jsonl_objects(lines):
+        if isinstance(row, str):
+            raise PipelineError(f"{manifest}: line {number} is {row}")
+        rows.append({k: "" if v is None else str(v) for k, v in row.items()}
+                    | {LINE: str(number)})
+    if not rows:
+        raise PipelineError(f"data.manifest = {str(manifest)!r} has no lines: zero items")
+    return pd.DataFrame(rows).fillna("")
+
+
+def jsonl_objects(lines: Iterable[str]) -> Iterator[tuple[int, dict[str, Any] | str]]:
+    """(line number from 1, its object or why it is none) of JSON Lines; blank lines
+    left out. The manifest reader stops at a bad line, ``predict`` reports it and goes on."""
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise PipelineError(f"{manifest}: line {number} is not JSON ({exc.msg})") from None
-        if not isinstance(row, dict):
-            raise PipelineError(f"{manifest}: line {number} is not an object {{...}}")
-        rows.append({k: "" if v is None else str(v) for k, v in row.items()}
-                    | {LINE: str(number)})
-    if not rows:
-        raise PipelineError(f"data.manifest = {str(manifest)!r} has no lines: zero items")
-    return pd.DataFrame(rows).fillna("")
+            yield number, f"not JSON ({exc.msg})"
+            continue
+        yield number, row if isinstance(row, dict) else "not an object {...}"
 
 
 def read_csv_source(manifest: Path) -> pd.DataFrame:

@@ -19,6 +19,7 @@ from pipeline.textmodel import (
     auto_max_length,
     encode,
     encoder_path,
+    load_tokenizer,
     model_limit,
     text_model_name,
     token_lengths,
@@ -26,13 +27,6 @@ from pipeline.textmodel import (
 )
 
 TRUNCATIONS = ("head", "head_tail")
-
-
-def load_tokenizer(name: str) -> Any:
-    """The tokenizer of the encoder ``model.name`` names (see :func:`text_model_name`)."""
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(encoder_path(text_model_name(name)[0]))
 
 
 def resolve_max_length(tokenizer: Any, train_rows: Sequence[Sequence[int]],
@@ -64,7 +58,7 @@ def write_text_cache(out_dir: Path, splits: Mapping[str, tuple[Sequence[str], np
         raise PipelineError(f"truncation {truncation!r}: use one of {', '.join(TRUNCATIONS)}")
     from transformers import AutoConfig
 
-    tokenizer = load_tokenizer(model_name)
+    tokenizer = load_tokenizer(text_model_name(model_name)[0])
     config = AutoConfig.from_pretrained(encoder_path(text_model_name(model_name)[0]))
     limit = model_limit(config, tokenizer)
     rows = {split: tokenize(tokenizer, texts) for split, (texts, _, _) in splits.items()}

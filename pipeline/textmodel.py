@@ -20,7 +20,7 @@ import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -28,6 +28,9 @@ from torch import nn
 
 from pipeline.errors import PipelineError
 from pipeline.inputs import Preprocessing
+
+if TYPE_CHECKING:
+    from pipeline.modality import Rows
 
 MINILM = "minilm"  # model.name of the bundled all-MiniLM-L6-v2
 MINILM_NAMES = (MINILM, "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
@@ -83,10 +86,17 @@ class TextClassifier(nn.Module):
         self.pad_id = pad_id
         self.pooling = pooling
 
-    def features(self, ids: torch.Tensor) -> torch.Tensor:
-        """(B, D) pooled sentence features."""
-        mask = ids != self.pad_id
+    def features(self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+                 ) -> torch.Tensor:
+        """(B, D) pooled sentence features; padding is where ``attention_mask`` is 0
+        (given, as the export's callers give it), else where ``ids`` hold the pad id."""
+        mask = ids != self.pad_id if attention_mask is None else attention_mask.bool()
         hidden = self.encoder(input_ids=ids, attention_mask=mask.long()).last_hidden_state
+        return self.pool(hidden, mask)
+
+    def pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, D) sentence features of (B, L, D) last hidden states, as the encoder was
+        trained: the [CLS] position, or the mean over the (B, L) mask's positions."""
         if self.pooling == "cls":
             return hidden[:, 0]
         weights = mask.unsqueeze(-1).to(hidden.dtype)
@@ -144,10 +154,7 @@ class TextClassifier(nn.Module):
         for layer in self.layer_stack()[start:]:
             out = layer(hidden, additive)
             hidden = out[0] if isinstance(out, tuple) else out
-        if self.pooling == "cls":
-            return self.head(hidden[:, 0])
-        weights = mask.unsqueeze(-1).to(hidden.dtype)
-        return self.head((hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0))
+        return self.head(self.pool(hidden, mask))
 
     def first_trained_layer(self) -> int | None:
         """The lowest layer with trainable weights when everything below it (embeddings,
@@ -181,15 +188,30 @@ class StatesForward(nn.Module):
         return self.model.forward_states(x[0], x[1], self.start)
 
 
+def load_tokenizer(name: str) -> Any:
+    """The tokenizer of the encoder ``name`` names (:func:`encoder_path`), with a padding
+    token; one clear line when it cannot be loaded."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(encoder_path(name))
+    except (OSError, ValueError) as exc:
+        raise PipelineError(f"encoder {name}: could not load its tokenizer ({exc}). "
+                            f"{MINILM_HINT}") from None
+    if tokenizer.pad_token_id is None:
+        raise PipelineError(f"encoder {name}: its tokenizer has no padding token")
+    return tokenizer
+
+
 def load_encoder(name: str, *, pretrained: bool = True) -> tuple[nn.Module, Any, str, Path | str]:
     """(encoder without its pooler, tokenizer, pooling, source) for ``model.name``;
     ``pretrained=False`` builds the architecture with random weights (a trained model's
     weights are loaded over it)."""
-    from transformers import AutoConfig, AutoModel, AutoTokenizer
+    from transformers import AutoConfig, AutoModel
 
     source = encoder_path(name)
+    tokenizer = load_tokenizer(name)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
         if pretrained:
             encoder = AutoModel.from_pretrained(source)
         else:
@@ -199,8 +221,6 @@ def load_encoder(name: str, *, pretrained: bool = True) -> tuple[nn.Module, Any,
                             f"{MINILM_HINT}") from None
     if getattr(encoder, "pooler", None) is not None:
         encoder.pooler = None  # the head pools; an unused pooler would sit in a group
-    if tokenizer.pad_token_id is None:
-        raise PipelineError(f"model.name {name}: its tokenizer has no padding token")
     return encoder, tokenizer, pooling_of(source), source
 
 
@@ -295,6 +315,12 @@ class TokenInput:
     def to_input(self, batch: torch.Tensor, device: torch.device) -> torch.Tensor:
         ids = batch.long()
         return ids[:, :used_width(ids, self.pad_id)].to(device, non_blocking=True)
+
+    def lengths(self, rows: Rows) -> np.ndarray:
+        """(N,) tokens of each cached (N, L) row, special tokens included (padding is
+        trailing)."""
+        ids = rows if isinstance(rows, np.ndarray) else rows[np.arange(len(rows))]
+        return np.asarray(ids != self.pad_id).sum(1)
 
 
 def no_augment(x: torch.Tensor, *, hflip: bool, shift: int,

@@ -33,6 +33,7 @@ from pipeline.engine import (
     batch_indices,
     batches,
     head_inputs,
+    inference_batches,
     predict,
     random_flip_shift,
     train_one_epoch,
@@ -43,6 +44,7 @@ from pipeline.finetune import (
     Schedule,
     check_phases,
     expand_gradual,
+    fit_auto_depth,
     group_lrs,
     make_optimizer,
     make_schedule,
@@ -51,7 +53,7 @@ from pipeline.finetune import (
 )
 from pipeline.inputs import ImageInput, Preprocessing
 from pipeline.metrics import headline
-from pipeline.modality import BatchAdapter, BatchAugment
+from pipeline.modality import BatchAdapter, BatchAugment, Rows
 from pipeline.models import LayerGroup, layer_groups, set_trainable, train_mode
 from pipeline.params.model import ModelConfig
 from pipeline.params.train import TrainConfig
@@ -177,7 +179,9 @@ def build_setup(model_cfg: ModelConfig, cfg: TrainConfig, num_classes: int,
     model, prep, weights_info, inputs, augment = modality_model(model_cfg, num_classes,
                                                                 modality, verbose)
     groups = layer_groups(model)
+    cfg, fitted = fit_auto_depth(cfg, groups)
     cfg, notes = expand_gradual(cfg, groups)
+    notes = fitted + notes
     trainable = check_phases(cfg, groups)
     if verbose:
         print(f"{len(groups)} layer groups, stem to head:")
@@ -438,10 +442,18 @@ def validate(run: Run, phase: PhaseRun) -> dict[str, float]:
 
 def sample_weights(cfg: TrainConfig, labels: np.ndarray) -> np.ndarray | None:
     """(N,) float64 draw weights for train.sampler balanced (1 / the row's class count,
-    so every class is drawn equally often); None for shuffle (a permutation)."""
-    if cfg.sampler == "shuffle":
+    so every class is drawn equally often); None otherwise (a permutation)."""
+    if cfg.sampler != "balanced":
         return None
     return 1.0 / np.bincount(labels)[labels]
+
+
+def group_lengths(cfg: TrainConfig, inputs: BatchAdapter, rows: Rows | torch.Tensor
+                  ) -> np.ndarray | None:
+    """(N,) lengths to batch by for train.sampler by_length, else None."""
+    if cfg.sampler != "by_length":
+        return None
+    return inputs.lengths(rows.cpu().numpy() if isinstance(rows, torch.Tensor) else rows)
 
 
 def input_batches(run: Run, data: ArraySplit) -> Batches:
@@ -449,7 +461,8 @@ def input_batches(run: Run, data: ArraySplit) -> Batches:
     cfg, device, s = run.cfg, run.device, run.setup
     for rows, labels in batches(data, cfg.batch_size, generator=run.order, rank=run.rank,
                                 world=run.world, pin=device.type == "cuda",
-                                weights=sample_weights(cfg, data.labels)):
+                                weights=sample_weights(cfg, data.labels),
+                                lengths=group_lengths(cfg, s.inputs, data.images)):
         yield s.augment(s.inputs.to_input(rows, device), hflip=cfg.flips, shift=cfg.shift,
                         generator=run.augment_rng), labels
 
@@ -578,18 +591,26 @@ def store_states(run: Run, phase: PhaseRun, data: ArraySplit
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """((N, L, D) hidden states entering layer ``phase.states_from``, (N, L) ids) of
     every row, the frozen layers in eval mode (as :func:`pipeline.models.train_mode`
-    keeps them; the caller restores the modes)."""
+    keeps them; the caller restores the modes). Computed longest texts first, so each
+    batch is cut to similar lengths; stored in row order."""
     s, start = run.setup, phase.states_from
     assert start is not None
     s.model.eval()
-    parts = [(s.model.states(x, start), x)  # type: ignore[operator]
-             for x in (s.inputs.to_input(rows, run.device)
-                       for rows, _ in batches(data, run.cfg.batch_size))]
-    width = max((ids.shape[1] for _, ids in parts), default=1)
+    stream, order = inference_batches(data, run.cfg.batch_size, s.inputs)
     pad = s.inputs.pad_id  # type: ignore[attr-defined]
-    return (torch.cat([nn.functional.pad(h, (0, 0, 0, width - h.shape[1])) for h, _ in parts]),
-            torch.cat([nn.functional.pad(i, (0, width - i.shape[1]), value=pad)
-                       for _, i in parts]))
+    states = ids = torch.zeros(0)
+    done = 0
+    for rows, _ in stream:
+        x = s.inputs.to_input(rows, run.device)
+        h = s.model.states(x, start)  # type: ignore[operator]
+        if not done:  # the longest batch comes first: its width is every row's
+            states = h.new_zeros((len(order), *h.shape[1:]))
+            ids = x.new_full((len(order), x.shape[1]), pad)
+        index = torch.from_numpy(order[done:done + len(x)]).to(h.device)
+        states[index, :h.shape[1]] = h
+        ids[index, :x.shape[1]] = x
+        done += len(x)
+    return states, ids
 
 
 def state_batches(run: Run, phase: PhaseRun, data: ArraySplit, view: int
@@ -611,7 +632,8 @@ def state_batches(run: Run, phase: PhaseRun, data: ArraySplit, view: int
     def stream() -> Batches:
         for index in batch_indices(len(data.labels), cfg.batch_size, generator=run.order,
                                    rank=run.rank, world=run.world,
-                                   weights=sample_weights(cfg, data.labels)):
+                                   weights=sample_weights(cfg, data.labels),
+                                   lengths=group_lengths(cfg, run.setup.inputs, ids)):
             rows = torch.from_numpy(index).to(ids.device)
             batch = ids[rows]
             width = used_width(batch, pad)
@@ -630,13 +652,18 @@ def validate_states(run: Run, phase: PhaseRun) -> dict[str, float]:
     states, ids = phase.val_states
     top = StatesForward(s.model, phase.states_from)  # type: ignore[arg-type]
     s.model.eval()
+    lengths = s.inputs.lengths(ids.cpu().numpy())
+    assert lengths is not None
+    order = torch.from_numpy(np.argsort(-lengths, kind="stable")).to(ids.device)
     logits = []
     with torch.no_grad():
         for start in range(0, len(ids), run.cfg.batch_size):
-            batch = ids[start:start + run.cfg.batch_size]
+            rows = order[start:start + run.cfg.batch_size]
+            batch = ids[rows]
             width = used_width(batch, pad)
-            logits.append(top((states[start:start + len(batch), :width], batch[:, :width])))
-    probs = torch.softmax(torch.cat(logits).float(), dim=1).cpu().double().numpy()
+            logits.append(top((states[rows, :width], batch[:, :width])))
+    out = torch.cat(logits)[torch.argsort(order)]
+    probs = torch.softmax(out.float(), dim=1).cpu().double().numpy()
     return _val_scores(run.val.labels, probs)
 
 

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import hashlib
 import os
+import re
 import shutil
+import signal
+import socket
 import subprocess
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 import yaml
@@ -112,3 +119,74 @@ def tiny_project(work: Path, *, per_class: int, head_epochs: int = 1,
     sh("git", "add", "-A", cwd=work)
     sh("git", "commit", "-qm", "init", cwd=work)
     return work
+
+
+@contextlib.contextmanager
+def serving(model: Path, *args: str) -> Iterator[str]:
+    """``python -m pipeline serve`` of ``model`` on a free port (CPU, extra ``args``); the
+    server's URL once /health answers; the test fails with its stderr when it does not
+    start within 90 s. Stopped on exit."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "serve", "--model", str(model), "--port",
+         str(port), "--device", "cpu", *args], cwd=REPO, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    else:
+        process.kill()
+        pytest.fail(f"server did not start: {process.stderr.read().decode()[-2000:]}")
+    try:
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def kill_mid_phase(proc: subprocess.Popen, checkpoint: Path, *, poll: float = 0.05) -> None:
+    """SIGKILL a training process once its checkpoint stands inside phase 1 (after at least
+    one of its epochs); the test fails if training ends first."""
+    import torch
+
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if checkpoint.exists():
+            loop = torch.load(checkpoint, weights_only=True)["loop"]
+            if loop["phase"] == 1 and loop["phase_epoch"] >= 1:  # mid-phase
+                break
+        time.sleep(poll)
+    assert proc.poll() is None, "training ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+
+
+def tree_hash(folder: Path) -> dict[str, str]:
+    """sha256 of every file under ``folder``, by relative path (a source left untouched
+    hashes the same before and after)."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def matches(text: str, pattern: str) -> bool:
+    """``*`` in ``pattern`` matches anything and ``[0-9a-f]`` one hex digit; every other
+    character only itself (messages hold brackets and question marks)."""
+    regex = re.escape(pattern).replace(r"\*", ".*").replace(r"\[0\-9a\-f\]", "[0-9a-f]")
+    return re.fullmatch(regex, text, flags=re.DOTALL) is not None
+
+
+def fault_outcome(run: Callable[..., Any], *args: Any) -> str:
+    """What a user reads: ``run(*args)``'s result, or its PipelineError's message."""
+    from pipeline.errors import PipelineError
+
+    try:
+        return run(*args)
+    except PipelineError as exc:
+        return str(exc)

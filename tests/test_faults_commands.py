@@ -42,7 +42,7 @@ from pipeline.modelfile import save_model
 from pipeline.params.model import ModelConfig
 from pipeline.stages import embed, prepare
 
-from .conftest import REPO, class_image, repo_params, write_tree
+from .conftest import REPO, class_image, matches, repo_params, write_tree
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -453,22 +453,6 @@ def _snapshot(folder: Path) -> dict[str, tuple]:
     return found
 
 
-def _matches(text: str, pattern: str) -> bool:
-    """``*`` in ``pattern`` matches anything; every other character itself."""
-    parts = pattern.split("*")
-    if len(parts) == 1:
-        return text == pattern
-    if not (text.startswith(parts[0]) and text.endswith(parts[-1])):
-        return False
-    at = len(parts[0])
-    for part in parts[1:-1]:
-        at = text.find(part, at)
-        if at < 0:
-            return False
-        at += len(part)
-    return at <= len(text) - len(parts[-1])
-
-
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_fault(case, tmp_path, monkeypatch):
     src, out = tmp_path / "src", tmp_path / "out"
@@ -483,7 +467,7 @@ def test_fault(case, tmp_path, monkeypatch):
     except PipelineError as exc:
         outcome = str(exc)
     expected = expected.replace("{src}", str(src)).replace("{out}", str(out))
-    assert _matches(outcome, expected), f"\n got: {outcome}\nwant: {expected}"
+    assert matches(outcome, expected), f"\n got: {outcome}\nwant: {expected}"
     assert "\n" not in outcome  # one line
     assert _snapshot(src) == before, "a source file changed"
 

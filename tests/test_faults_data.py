@@ -9,8 +9,6 @@ those folders; ``*`` matches anything (content hashes).
 
 from __future__ import annotations
 
-import fnmatch
-import hashlib
 import json
 import os
 import subprocess
@@ -32,7 +30,7 @@ from pipeline.errors import PipelineError
 from pipeline.manifest import read_manifest, write_manifest
 from pipeline.stages import clean, embed, prepare, split
 
-from .conftest import REPO, class_image, repo_params, write_tree
+from .conftest import REPO, class_image, fault_outcome, matches, repo_params, tree_hash, write_tree
 
 LOOSE = {f"clean.max_rate.{k}": 1.0 for k in ("unreadable", "exact_duplicate", "near_duplicate",
                                               "conflicting_labels", "label_issue", "outlier")}
@@ -281,17 +279,6 @@ CASES: dict[str, tuple[Callable[[Path, Path], str], str]] = {
 }
 
 
-def _tree_hash(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def _matches(text: str, pattern: str) -> bool:
-    """fnmatch with only ``*`` and ``[0-9a-f]`` special (messages hold brackets and ?)."""
-    escaped = pattern.replace("[", "[[]").replace("[[]0-9a-f]", "[0-9a-f]").replace("?", "[?]")
-    return fnmatch.fnmatchcase(text, escaped)
-
-
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_fault(case, tmp_path, monkeypatch):
     src, out = tmp_path / "src", tmp_path / "out"
@@ -299,20 +286,15 @@ def test_fault(case, tmp_path, monkeypatch):
     out.mkdir()
     monkeypatch.chdir(tmp_path)  # nothing may land in the repo's data/
     run, expected = CASES[case]
-    try:
-        outcome = run(src, out)
-    except PipelineError as exc:
-        outcome = str(exc)
+    outcome = fault_outcome(run, src, out)
     expected = expected.format(src=src, out=out)
-    assert _matches(outcome, expected), f"\n got: {outcome}\nwant: {expected}"
+    assert matches(outcome, expected), f"\n got: {outcome}\nwant: {expected}"
     assert "\n" not in outcome  # one line
-    before = _tree_hash(src)
-    try:  # the same inputs again: the same outcome, and still no source file changed
-        again = run(src, out)
-    except PipelineError as exc:
-        again = str(exc)
+    before = tree_hash(src)
+    # the same inputs again: the same outcome, and still no source file changed
+    again = fault_outcome(run, src, out)
     assert again == outcome or case.startswith("model_weights")  # those rewrite their file
-    assert _tree_hash(src) == before
+    assert tree_hash(src) == before
 
 
 def test_empty_class_folders_and_frames_are_noted(tmp_path, monkeypatch, capsys):
@@ -324,7 +306,7 @@ def test_empty_class_folders_and_frames_are_noted(tmp_path, monkeypatch, capsys)
     frames = [Image.fromarray(class_image(0, 40 + k)) for k in range(4)]
     frames[0].save(root / "c0" / "moving.gif", save_all=True, append_images=frames[1:])
     frames[0].save(root / "c1" / "pages.tif", save_all=True, append_images=frames[1:3])
-    before = _tree_hash(tmp_path / "src")
+    before = tree_hash(tmp_path / "src")
     data, cfg = _folder_data(root)
     (embed_cfg,) = parse_sections(repo_params(**{"embed.image_size": 32}), "embed")
     out = tmp_path / "out"
@@ -343,7 +325,7 @@ def test_empty_class_folders_and_frames_are_noted(tmp_path, monkeypatch, capsys)
         assert f"<li>{note}</li>" in (out / "review.html").read_text()
     counts = json.loads((out / "all" / "clean.json").read_text())
     assert (counts["multi_frame"], counts["empty_class_folders"]) == (2, 1)
-    assert _tree_hash(tmp_path / "src") == before
+    assert tree_hash(tmp_path / "src") == before
 
 
 def test_nothing_decodes(tmp_path, monkeypatch):
@@ -376,10 +358,10 @@ def test_stage_prints_one_line_and_no_traceback(tmp_path, setting, message):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(repo_params(**{
         "data.source": "csv", "data.root": "images", "data.manifest": "empty.csv",
         key: float(value) if value[0].isdigit() else value})))
-    before = _tree_hash(tmp_path)
+    before = tree_hash(tmp_path)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     done = subprocess.run([sys.executable, "-m", "pipeline.stages.prepare"], cwd=tmp_path,
                           capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines() == [message]
-    assert _tree_hash(tmp_path) == before
+    assert tree_hash(tmp_path) == before

@@ -9,7 +9,6 @@ are read, the source folder must be unchanged afterwards.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import itertools
 import json
@@ -48,18 +47,13 @@ from pipeline.stages import clean, ensemble, prepare
 from pipeline.stages import report as report_stage
 from pipeline.summary import read_summary, summary_lines
 
-from .conftest import REPO, class_image, repo_params, write_tree
+from .conftest import REPO, class_image, repo_params, tree_hash, write_tree
 from .test_faults_data import _fake_embed, _folder_data
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def _tree_hash(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def _images(folder: Path, label: int, count: int = 3) -> None:
@@ -135,7 +129,7 @@ def test_na_like_class_name_survives_end_to_end(label, tmp_path, monkeypatch, ca
     monkeypatch.chdir(tmp_path)
     src = tmp_path / "src"
     root, manifest = _csv_source(src, [label, "cat"])
-    before = _tree_hash(src)
+    before = tree_hash(src)
     prepared = prepare.run(_csv_data(root, manifest), tmp_path / "prepared.csv")
     read_back = read_manifest(tmp_path / "prepared.csv")
     for item in (0, 1):  # two ensemble members with the same tables
@@ -164,7 +158,7 @@ def test_na_like_class_name_survives_end_to_end(label, tmp_path, monkeypatch, ca
         f"accuracy 0.75; scaled log-loss {scaled:.4f}; summary data: ? images in 2 "
         f"classes, ? kept by clean; split ?")
     assert "NaN" not in capsys.readouterr().err
-    assert _tree_hash(src) == before
+    assert tree_hash(src) == before
 
 
 # --------------------------------------------------------------- 5. $ in the figures
@@ -329,13 +323,13 @@ def test_twin_labels_and_split_folders_are_named(case, tmp_path, monkeypatch, ca
     src = tmp_path / "src"
     build, expected = TWINS[case]
     root, manifest = build(src)
-    before = _tree_hash(src)
+    before = tree_hash(src)
     try:
         outcome = _prepare_and_init(root, manifest, tmp_path, capsys)
     except PipelineError as exc:
         outcome = str(exc)
     assert outcome == expected.format(src=src)
-    assert _tree_hash(src) == before
+    assert tree_hash(src) == before
 
 
 # ------------------------------------------------------ 8. formula-like labels
@@ -402,7 +396,7 @@ def test_review_csv_guards_formula_labels(tmp_path, monkeypatch):
         for folder, label in zip(["=cmd", "plain", "q"], labels):
             writer.writerows([f"{folder}/{p.name}", label]
                              for p in sorted((root / folder).iterdir()))
-    before = _tree_hash(src)
+    before = tree_hash(src)
     _, cfg = _folder_data(root)
     data = _csv_data(root, manifest)
     out = tmp_path / "out"
@@ -417,7 +411,7 @@ def test_review_csv_guards_formula_labels(tmp_path, monkeypatch):
         ("'=1+1", "'=cmd"), ("-1", "plain"), ("''x", "q")}
     assert set(read_manifest(out / "clean.csv")["label"]) == set(labels)
     assert "=1+1" in (out / "review.html").read_text()
-    assert _tree_hash(src) == before
+    assert tree_hash(src) == before
 
 
 # ------------------------------------------------- 9. script in dvc plots show

@@ -7,7 +7,6 @@ returns what a user would read. ``{src}`` in the expected text is that folder.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -16,12 +15,11 @@ import pytest
 
 from pipeline.config import parse_sections
 from pipeline.embedfiles import read_meta
-from pipeline.errors import PipelineError
 from pipeline.manifest import read_manifest
 from pipeline.stages import embed, prepare
 
 from . import test_text_modality as texts
-from .conftest import repo_params
+from .conftest import fault_outcome, repo_params, tree_hash
 
 tokenizer = texts.tokenizer  # the module-scoped fixtures of the text tests, reused
 tiny_encoder = texts.tiny_encoder
@@ -125,13 +123,6 @@ CASES: dict[str, tuple[Callable[[Path, Path, Path], str], str]] = {
 }
 
 
-def _tree_hash(root: Path) -> str:
-    digest = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        digest.update(str(path.relative_to(root)).encode() + path.read_bytes())
-    return digest.hexdigest()
-
-
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_text_fault(case, tmp_path, monkeypatch, tiny_encoder):
     src, out = tmp_path / "src", tmp_path / "out"
@@ -139,18 +130,12 @@ def test_text_fault(case, tmp_path, monkeypatch, tiny_encoder):
     out.mkdir()
     monkeypatch.chdir(tmp_path)  # nothing may land in the repo's data/
     run, expected = CASES[case]
-    try:
-        outcome = run(src, out, tiny_encoder)
-    except PipelineError as exc:
-        outcome = str(exc)
+    outcome = fault_outcome(run, src, out, tiny_encoder)
     assert outcome == expected.format(src=src), f"\n got: {outcome}\nwant: {expected}"
     assert "\n" not in outcome  # one line
-    before = _tree_hash(src)
-    try:  # the same inputs again: the same outcome, and still no source file changed
-        again = run(src, out, tiny_encoder)
-    except PipelineError as exc:
-        again = str(exc)
-    assert again == outcome and _tree_hash(src) == before
+    before = tree_hash(src)
+    # the same inputs again: the same outcome, and still no source file changed
+    assert fault_outcome(run, src, out, tiny_encoder) == outcome and tree_hash(src) == before
 
 
 def test_quoted_newlines_survive_into_the_manifest_the_stages_read(tmp_path, monkeypatch,

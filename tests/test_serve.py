@@ -1,11 +1,6 @@
 """The prediction server over real HTTP on 127.0.0.1: good and bad requests, concurrency."""
 
 import io
-import os
-import socket
-import subprocess
-import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -17,7 +12,7 @@ from pipeline.backbones import create_model
 from pipeline.modelfile import save_model
 from pipeline.params.model import ModelConfig
 
-from .conftest import REPO, class_image
+from .conftest import class_image, serving
 
 MAX_BYTES = 200_000
 
@@ -38,28 +33,8 @@ def server(tmp_path_factory):
             "preprocessing": {"image_size": 32, "fit": "crop", "mean": list(prep.mean),
                               "std": list(prep.std)}}
     save_model(tmp / "model.pt", model.state_dict(), meta)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "pipeline", "serve", "--model", str(tmp / "model.pt"),
-         "--port", str(port), "--max-bytes", str(MAX_BYTES), "--top-k", "2",
-         "--device", "cpu"], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        env=dict(os.environ, PYTHONUNBUFFERED="1"))
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.3)
-    else:
-        process.kill()
-        pytest.fail(f"server did not start: {process.stderr.read().decode()[-2000:]}")
-    yield url
-    process.terminate()
-    process.wait(timeout=30)
+    with serving(tmp / "model.pt", "--max-bytes", str(MAX_BYTES), "--top-k", "2") as url:
+        yield url
 
 
 def _post(url, data: bytes, name="x.png", **params):

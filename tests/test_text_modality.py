@@ -5,6 +5,7 @@ all-MiniLM-L6-v2's tokenizer, so the tests stay fast)."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ import torch
 
 from pipeline.cachefiles import CacheMeta, open_split, read_meta
 from pipeline.config import parse_sections
-from pipeline.engine import predict
+from pipeline.engine import batch_indices, predict
 from pipeline.errors import PipelineError
 from pipeline.finetune import resolve_auto
 from pipeline.modelfile import load_trained, model_input
@@ -21,11 +22,13 @@ from pipeline.textcache import write_text_cache
 from pipeline.textmodel import (
     TokenInput,
     auto_max_length,
+    create_text_model,
     encode,
     encoder_path,
     text_model_name,
 )
 from pipeline.texts import UnreadableText, content_hash, decode_text, normalise
+from pipeline.training import sample_weights
 from pipeline.trainrun import train_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -128,6 +131,78 @@ def test_pixel_augmentation_settings_are_refused_for_texts():
     (cfg,) = parse_sections(_params([]), "train")
     resolved, notes = resolve_auto(cfg, "text")
     assert resolved.flips is False and any("texts" in n for n in notes)
+
+
+def test_sampler_auto_groups_texts_by_length_and_by_length_is_refused_for_images():
+    (cfg,) = parse_sections(_params([]), "train")
+    assert cfg.sampler == "auto"
+    assert resolve_auto(cfg, "text")[0].sampler == "by_length"
+    assert resolve_auto(cfg, "photo")[0].sampler == "shuffle"
+    (cfg,) = parse_sections(_params(["train.sampler=by_length"]), "train")
+    assert sample_weights(cfg, np.array([0, 0, 1])) is None  # a permutation, not a draw
+    with pytest.raises(PipelineError, match="by_length"):
+        resolve_auto(cfg, "small")
+
+
+def test_the_auto_text_schedule_unfreezes_at_most_the_layers_an_encoder_has():
+    from pipeline.finetune import fit_auto_depth
+    from pipeline.models import LayerGroup
+
+    (cfg,) = parse_sections(_params([]), "train")
+    cfg, _ = resolve_auto(cfg, "text")
+    assert [p.unfreeze for p in cfg.phase_list] == ["head", 6]
+
+    def groups(layers: int) -> list[LayerGroup]:
+        names = ["embeddings", *(f"layer.{i}" for i in range(layers)), "head"]
+        return [LayerGroup(n, (n,), 1) for n in names]
+
+    assert fit_auto_depth(cfg, groups(12)) == (cfg, [])  # a 12-layer BERT: the top 6
+    fitted, notes = fit_auto_depth(cfg, groups(2))
+    assert [p.unfreeze for p in fitted.phase_list] == ["head", 2] and "2 layers" in notes[0]
+    explicit = replace(cfg, phases=(replace(cfg.phase_list[1], lr_mult=0.1),))
+    assert fit_auto_depth(explicit, groups(2)) == (explicit, [])  # a schedule of one's own
+
+
+def test_length_grouped_batches_hold_similar_lengths_cover_every_row_and_repeat_by_seed():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(3, 200, size=1000)
+
+    def draw(seed: int) -> list[np.ndarray]:
+        return list(batch_indices(1000, 10, generator=torch.Generator().manual_seed(seed),
+                                  lengths=lengths))
+
+    grouped, shuffled = draw(0), list(batch_indices(
+        1000, 10, generator=torch.Generator().manual_seed(0)))
+    assert sorted(np.concatenate(grouped).tolist()) == list(range(1000))
+    assert max(lengths[b].max() for b in grouped) == lengths.max()  # the longest batch first
+    assert lengths[grouped[0]].max() == lengths.max()
+
+    def padding(batches: list[np.ndarray]) -> float:  # what cutting to the longest wastes
+        return float(np.mean([(lengths[b].max() - lengths[b]).mean() for b in batches]))
+
+    assert padding(grouped) < padding(shuffled) / 5
+    assert all(np.array_equal(a, b) for a, b in zip(grouped, draw(0), strict=True))
+    assert not all(np.array_equal(a, b) for a, b in zip(grouped, draw(1), strict=True))
+
+
+def test_prediction_in_length_order_comes_back_in_row_order(tmp_path, tiny_encoder):
+    texts, labels = _corpus(5)
+    ids = [f"t{i}" for i in range(len(texts))]
+    splits = {s: (texts, labels, ids) for s in ("train", "val", "test")}
+    cache = tmp_path / "cache"
+    write_text_cache(cache, splits, list(TOPICS), model_name=str(tiny_encoder))
+    (model_cfg,) = parse_sections(_params([f"model.name={tiny_encoder}"]), "model")
+    model, _, _ = create_text_model(model_cfg, 3)
+    model.eval()
+    test = open_split(cache, read_meta(cache), "test")
+    inputs = TokenInput(read_meta(cache).text["pad_id"])
+    probs = predict(model, test, prep=None, device=torch.device("cpu"), batch_size=4,
+                    inputs=inputs)
+    with torch.no_grad():  # one text at a time, in row order: nothing to reorder
+        alone = np.concatenate([torch.softmax(model(inputs.to_input(
+            torch.from_numpy(test.images[np.array([i])]), torch.device("cpu"))), 1).numpy()
+            for i in range(len(texts))])
+    np.testing.assert_allclose(probs, alone, atol=1e-5)
 
 
 def test_an_image_cache_meta_has_no_modality_key_and_a_text_one_round_trips(tmp_path):

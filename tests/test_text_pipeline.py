@@ -18,7 +18,14 @@ from pipeline.errors import PipelineError
 from pipeline.itemkinds import resolve_modality
 
 from . import test_text_modality as texts
-from .conftest import HALF_SPLIT, PROJECT_FILES, repo_params, scratch_project, sh
+from .conftest import (
+    HALF_SPLIT,
+    PROJECT_FILES,
+    kill_mid_phase,
+    repo_params,
+    scratch_project,
+    sh,
+)
 
 tokenizer = texts.tokenizer  # the module-scoped fixtures of the text tests, reused
 tiny_encoder = texts.tiny_encoder
@@ -137,9 +144,6 @@ TEXT_PHASES = [{"epochs": 1, "unfreeze": "head", "lr_mult": 5.0},
 
 @pytest.mark.slow
 def test_a_killed_text_run_resumes_bit_identical(tmp_path, tiny_encoder):
-    import signal
-    import time
-
     from .test_train import _project, _train_process, weights
 
     cache = _text_cache(tmp_path / "cache", tiny_encoder, train_n=40)
@@ -151,17 +155,7 @@ def test_a_killed_text_run_resumes_bit_identical(tmp_path, tiny_encoder):
     assert done.returncode == 0 and "stored hidden states" in out, out
     project = _project(tmp_path / "killed", cache, **settings)
     checkpoint = project / "checkpoints/train/last.pt"
-    proc = _train_process(project)
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if checkpoint.exists():
-            loop = torch.load(checkpoint, weights_only=True)["loop"]
-            if loop["phase"] == 1 and loop["phase_epoch"] >= 1:  # mid-phase
-                break
-        time.sleep(0.02)
-    assert proc.poll() is None, "training ended before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate()
+    kill_mid_phase(_train_process(project), checkpoint, poll=0.02)
     resumed = _train_process(project)
     out, _ = resumed.communicate(timeout=300)
     assert resumed.returncode == 0 and "resuming" in out, out

@@ -6,11 +6,6 @@ tests/test_text_modality.py)."""
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
 
 import httpx
 import numpy as np
@@ -31,7 +26,7 @@ from pipeline.textmodel import encode
 from pipeline.trainrun import train_model
 
 from . import test_text_modality as texts
-from .conftest import REPO
+from .conftest import serving
 
 tokenizer = texts.tokenizer  # the module-scoped fixtures of the text tests, reused
 tiny_encoder = texts.tiny_encoder
@@ -234,28 +229,8 @@ MAX_BYTES = 20_000
 @pytest.fixture(scope="module")
 def server(trained):
     """The text model served by ``python -m pipeline serve`` on a free port."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "pipeline", "serve", "--model", str(trained[0]),
-         "--port", str(port), "--max-bytes", str(MAX_BYTES), "--top-k", "2",
-         "--device", "cpu"], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        env=dict(os.environ, PYTHONUNBUFFERED="1"))
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.3)
-    else:
-        process.kill()
-        pytest.fail(f"server did not start: {process.stderr.read().decode()[-2000:]}")
-    yield url
-    process.terminate()
-    process.wait(timeout=30)
+    with serving(trained[0], "--max-bytes", str(MAX_BYTES), "--top-k", "2") as url:
+        yield url
 
 
 def test_served_texts_get_the_image_answer_each_in_order(server, trained):

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +33,7 @@ from pipeline.models import layer_groups, set_trainable, train_mode
 from pipeline.params.model import ModelConfig
 from pipeline.trainrun import train_model
 
-from .conftest import REPO, class_image, repo_params
+from .conftest import REPO, class_image, kill_mid_phase, repo_params
 
 TINY = {"model.name": "timm:test_efficientnet", "model.weights": "none",
         "train.batch_size": 8, "cache.image_size": 32, "train.hflip": False}
@@ -110,11 +108,12 @@ def test_discriminative_learning_rates_fall_off_with_depth():
 def test_auto_phases_and_hflip_follow_the_data_profile():
     _, _, cfg = sections(**{"train.phases": "auto", "train.hflip": "auto"})
     photo, notes = resolve_auto(cfg, "photo")
-    assert photo.hflip is True and photo.phases == AUTO_PHASES["photo"] and len(notes) == 2
+    assert photo.hflip is True and photo.phases == AUTO_PHASES["photo"] and len(notes) == 3
+    assert photo.sampler == "shuffle"  # every image of a cache has one size
     small, _ = resolve_auto(cfg, "small")
     assert small.hflip is False and small.phases[-1].unfreeze == "all"
-    _, _, explicit = sections(**{"train.hflip": True, "train.phases": [
-        {"epochs": 1, "unfreeze": "head"}]})
+    _, _, explicit = sections(**{"train.hflip": True, "train.sampler": "shuffle",
+                                 "train.phases": [{"epochs": 1, "unfreeze": "head"}]})
     assert resolve_auto(explicit, "small") == (explicit, [])  # explicit values win
     with pytest.raises(ParamsError, match="choose one of: auto"):
         sections(**{"train.hflip": "sometimes"})
@@ -238,17 +237,7 @@ def test_killed_run_resumes_bit_identical_and_reruns_are_deterministic(tmp_path,
 
     project = _project(tmp_path / "killed", cache, **settings)
     checkpoint = project / "checkpoints/train/last.pt"
-    proc = _train_process(project)
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if checkpoint.exists():
-            loop = torch.load(checkpoint, weights_only=True)["loop"]
-            if loop["phase"] == 1 and loop["phase_epoch"] >= 1:  # mid-phase
-                break
-        time.sleep(0.05)
-    assert proc.poll() is None, "training ended before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate()
+    kill_mid_phase(_train_process(project), checkpoint)
     assert not (project / "models/model.pt").exists()
     resumed = _train_process(project)
     out, _ = resumed.communicate(timeout=300)

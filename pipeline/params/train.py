@@ -99,7 +99,10 @@ class TrainConfig:
     # the classes it leaves out)
     class_weights: Literal["none", "balanced"] | dict[str, float] = field(
         metadata=in_range(le=10**6))
-    sampler: Literal["shuffle", "balanced"]  # balanced: draw rows with p ~ 1 / class count
+    # balanced: draw rows with p ~ 1 / class count; by_length: shuffled, then batches of
+    # similar length (transformers' length-grouped order; texts); auto: by_length for
+    # texts, shuffle for images (pipeline.finetune.resolve_auto)
+    sampler: Literal["auto", "shuffle", "balanced", "by_length"]
     bn: Literal["frozen", "train"]  # BatchNorm statistics of trainable layers (see models)
     feature_cache: bool  # compute frozen parts once: head-only phases; texts: partial ones
     # train on a stratified bootstrap sample of the train split drawn from train.seed
