@@ -63,6 +63,7 @@ class EmbedMeta:
     modality: str = "image"  # or "text" (data.modality, resolved)
     signals: tuple[str, ...] = SIGNALS  # the near-copy signals stored, in rule order
     lengths: list[int] = field(default_factory=list)  # texts: characters of each
+    scripts: list[str] = field(default_factory=list)  # texts: the script of each
 
 
 def signal_names(embed_dir: Path) -> tuple[str, ...]:
@@ -83,7 +84,7 @@ def write(out_dir: Path, embeddings: np.ndarray, meta: EmbedMeta) -> None:
          "short_side_median": meta.short_side_median, "notes": meta.notes}
         | ({} if meta.modality == "image" else {  # an image meta.json stays as it was
             "modality": meta.modality, "signals": list(meta.signals),
-            "lengths": meta.lengths})) + "\n")
+            "lengths": meta.lengths, "scripts": meta.scripts})) + "\n")
 
 
 def read_meta(embed_dir: Path) -> EmbedMeta:
@@ -102,7 +103,7 @@ def read_meta(embed_dir: Path) -> EmbedMeta:
                      notes=raw.get("notes", [""] * len(raw["ids"])),
                      modality=raw.get("modality", "image"),
                      signals=tuple(raw.get("signals", SIGNALS)),
-                     lengths=raw.get("lengths", []))
+                     lengths=raw.get("lengths", []), scripts=raw.get("scripts", []))
 
 
 def read_aligned(embed_dir: Path, ids: list[str], *, source: Path

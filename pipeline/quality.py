@@ -290,25 +290,48 @@ TEXT_LENGTH_FACTOR = 20.0  # texts: this many times longer or shorter than the m
 
 
 def outliers(scores: np.ndarray, valid: np.ndarray, threshold: float | str, *,
-             lengths: Sequence[int] | None = None) -> tuple[np.ndarray, str]:
+             lengths: Sequence[int] | None = None, scripts: Sequence[str] | None = None
+             ) -> tuple[np.ndarray, str]:
     """(N,) bool outliers among the valid rows and the rule, for clean.outlier_threshold:
     a number, or ``auto``: :data:`IMAGE_OUTLIER` for images; for texts (``lengths``
     given) a score :data:`TEXT_OUTLIER_MADS` median absolute deviations above the
     median (text embeddings are less uniform than image ones: a fixed distance flags a
-    third of BBC News), or a length :data:`TEXT_LENGTH_FACTOR` times off the median."""
+    third of BBC News), or a length :data:`TEXT_LENGTH_FACTOR` times off the median.
+    Texts written in another script than most (``scripts``, when one script holds at
+    least :data:`MAIN_SCRIPT_SHARE` of them) are outliers at any threshold."""
+    other, script_text = other_script(valid, scripts)
     if threshold != "auto" or lengths is None:
         cut = IMAGE_OUTLIER if threshold == "auto" else float(threshold)
-        return valid & (scores > cut), f"mean cosine distance > {cut:g}"
+        return valid & ((scores > cut) | other), f"mean cosine distance > {cut:g}{script_text}"
     median = float(np.median(scores[valid])) if valid.any() else 0.0
     mad = float(np.median(np.abs(scores[valid] - median))) if valid.any() else 0.0
     cut = median + TEXT_OUTLIER_MADS * 1.4826 * mad
     size = np.asarray(lengths, dtype=np.float64)
     middle = float(np.median(size[valid])) if valid.any() else 0.0
     odd = (size > middle * TEXT_LENGTH_FACTOR) | (size < middle / TEXT_LENGTH_FACTOR)
-    return valid & ((scores > cut) | odd), (
+    return valid & ((scores > cut) | odd | other), (
         f"mean cosine distance > {cut:.4f} (median {median:.4f} + {TEXT_OUTLIER_MADS:g} MADs) "
         f"or length outside {middle / TEXT_LENGTH_FACTOR:.0f}-{middle * TEXT_LENGTH_FACTOR:.0f}"
-        f" characters")
+        f" characters{script_text}")
+
+
+MAIN_SCRIPT_SHARE = 0.8  # texts: a script this common is the data's; the others are odd
+
+
+def other_script(valid: np.ndarray, scripts: Sequence[str] | None) -> tuple[np.ndarray, str]:
+    """(N,) bool: valid texts whose script (:func:`pipeline.texts.dominant_script`) is
+    not the one at least :data:`MAIN_SCRIPT_SHARE` of the valid texts share (none when
+    no script is that common: a mixed corpus is the user's choice), and the rule's words."""
+    odd = np.zeros(len(valid), dtype=bool)
+    if not scripts or not valid.any():
+        return odd, ""
+    names = np.asarray(scripts, dtype=object)
+    values, counts = np.unique(names[valid].astype(str), return_counts=True)
+    main = values[counts.argmax()]
+    if counts.max() < MAIN_SCRIPT_SHARE * valid.sum():
+        return odd, ""
+    odd = valid & (names != main)
+    return odd, f" or a script other than {main or 'none'} ({int(odd.sum())} texts)"
 
 
 def outlier_scores(sims: np.ndarray) -> np.ndarray:

@@ -28,7 +28,7 @@ from pipeline.textmodel import (
     tokenize,
     used_width,
 )
-from pipeline.texts import content_hash
+from pipeline.texts import content_hash, dominant_script
 from pipeline.textsignals import make_text_copies, shingle_vectors
 
 TEXT_SIGNALS = ("embedding", "shingles")  # the near-copy signals of texts, in rule order
@@ -45,6 +45,7 @@ class TextPass:
     errors: list[str]
     notes: list[str]  # decoding notes (an encoding that was not UTF-8)
     lengths: list[int]  # characters (0 where unreadable)
+    scripts: list[str]  # each text's dominant script (texts.dominant_script; "" unreadable)
     copies: dict[str, np.ndarray]  # the calibration copies, per signal of TEXT_SIGNALS
     copy_source: np.ndarray  # (M,) row of each copy's original
     copy_kinds: np.ndarray  # (M,) kind of each copy
@@ -115,6 +116,7 @@ def embed_texts(df: pd.DataFrame, root: Path, cfg: EmbedConfig, device: torch.de
         errors=["" if k else str(f) for f, k in zip(found, ok)],
         notes=[f[1] if k else "" for f, k in zip(found, ok)],  # type: ignore[index]
         lengths=[len(f[0]) if k else 0 for f, k in zip(found, ok)],  # type: ignore[index]
+        scripts=[dominant_script(f[0]) if k else "" for f, k in zip(found, ok)],  # type: ignore[index]
         copies=copies, copy_source=source, copy_kinds=kinds, info=embedder.info)
 
 

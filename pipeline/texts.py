@@ -13,6 +13,7 @@ from __future__ import annotations
 import codecs
 import hashlib
 import unicodedata
+from collections import Counter
 from pathlib import Path
 
 from pipeline.modality import UnreadableItem
@@ -79,3 +80,21 @@ def content_hash(text: str) -> str:
     """sha256 of the normalised text: equal for texts that differ only in case,
     whitespace, Unicode form or encoding."""
     return hashlib.sha256(normalise(text).encode("utf-8")).hexdigest()
+
+
+SCRIPT_LETTERS = 2000  # letters of a text looked at for its script
+HAN = {"CJK", "HIRAGANA", "KATAKANA"}  # written together in Japanese: one script here
+
+
+def dominant_script(text: str) -> str:
+    """The script most of a text's first :data:`SCRIPT_LETTERS` letters are written in,
+    by their Unicode names' first word (LATIN, CYRILLIC, GREEK, ARABIC, HANGUL; CJK for
+    Han, hiragana and katakana); "" when it has no letters."""
+    counts: Counter[str] = Counter()
+    for ch in text:
+        if ch.isalpha():
+            word = unicodedata.name(ch, "UNKNOWN").split(" ", 1)[0]
+            counts["CJK" if word in HAN else word] += 1
+            if sum(counts.values()) >= SCRIPT_LETTERS:
+                break
+    return counts.most_common(1)[0][0] if counts else ""

@@ -190,7 +190,8 @@ def train_model(base: BaseConfig, model_cfg: ModelConfig, cfg: TrainConfig, cach
         check_model_config(model_cfg)
     else:
         check_encoder(model_cfg.name, (cache.text or {}).get("encoder", ""))
-    cfg, notes = resolve_auto(cfg, cache.profile)
+    cfg, notes = resolve_auto(cfg, cache.profile,
+                              text_length=int((cache.text or {}).get("max_length", 0)))
     check_class_weights(cfg, cache.classes)  # before any work
     for note in notes:
         print(note)

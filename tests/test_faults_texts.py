@@ -148,3 +148,16 @@ def test_quoted_newlines_survive_into_the_manifest_the_stages_read(tmp_path, mon
     assert sorted(df["path"]) == ["m.csv#1", "m.csv#2"]  # data rows, as predict names them
     meta = json.loads((tmp_path / "embed" / "meta.json").read_text())
     assert meta["modality"] == "text" and meta["signals"] == ["embedding", "shingles"]
+
+
+def test_embed_records_each_texts_script_for_the_outlier_rule(tmp_path, monkeypatch,
+                                                              tiny_encoder):
+    monkeypatch.chdir(tmp_path)
+    src, out = tmp_path / "src", tmp_path / "out"
+    src.mkdir()
+    out.mkdir()
+    _folder({"news/ru.txt": "Акции банков выросли сегодня.".encode()})(src, out, tiny_encoder)
+    df = read_manifest(out / "prepared.csv")
+    scripts = dict(zip(df["path"], read_meta(out / "embed").scripts))
+    assert scripts.pop("news/ru.txt") == "CYRILLIC"
+    assert set(scripts.values()) == {"LATIN"}

@@ -8,6 +8,7 @@ from pipeline.quality import (
     near_duplicate_clusters,
     neighbours,
     outlier_scores,
+    outliers,
     similar_pairs,
 )
 
@@ -134,3 +135,28 @@ def test_lda_probe_finds_flipped_labels_on_principal_components():
     assert suggested[10] == "a" and quality[10] < np.median(quality)
     assert probe_accuracy(_normalise(emb), labels, folds=5, seed=0, probe="lda",
                           dims=8) > 0.95
+
+
+def test_text_outliers_by_distance_length_and_a_script_other_than_most():
+    from pipeline.texts import dominant_script
+
+    assert dominant_script("Shares rose; 3 banks cut rates.") == "LATIN"
+    assert dominant_script("Акции выросли, banks") == "CYRILLIC"
+    assert dominant_script("株価が上がった") == "CJK"  # Han and kana: one script
+    assert dominant_script("2024 — 3.5 %") == ""
+    n = 40
+    scores = np.full(n, 0.3) + np.linspace(0, 0.01, n)
+    lengths = [500] * n
+    scripts = ["LATIN"] * n
+    scores[0], lengths[1], scripts[2], scripts[3] = 0.9, 20_000, "CYRILLIC", ""
+    valid = np.ones(n, dtype=bool)
+    valid[4] = False
+    scripts[4] = "GREEK"  # unreadable rows are never outliers
+    odd, rule = outliers(scores, valid, "auto", lengths=lengths, scripts=scripts)
+    assert np.flatnonzero(odd).tolist() == [0, 1, 2, 3]
+    assert "script other than LATIN (2 texts)" in rule
+    mixed = ["LATIN", "CYRILLIC"] * (n // 2)  # a bilingual corpus: no script is odd
+    odd, rule = outliers(scores, valid, "auto", lengths=lengths, scripts=mixed)
+    assert np.flatnonzero(odd).tolist() == [0, 1] and "script" not in rule
+    odd, _ = outliers(scores, valid, 0.95, scripts=scripts)  # a set threshold: scripts too
+    assert np.flatnonzero(odd).tolist() == [2, 3]

@@ -148,13 +148,16 @@ def test_the_auto_text_schedule_unfreezes_at_most_the_layers_an_encoder_has():
     from pipeline.finetune import fit_auto_depth
     from pipeline.models import LayerGroup
 
-    (cfg,) = parse_sections(_params([]), "train")
-    cfg, _ = resolve_auto(cfg, "text")
-    assert [p.unfreeze for p in cfg.phase_list] == ["head", 6]
-
     def groups(layers: int) -> list[LayerGroup]:
         names = ["embeddings", *(f"layer.{i}" for i in range(layers)), "head"]
         return [LayerGroup(n, (n,), 1) for n in names]
+
+    (auto,) = parse_sections(_params([]), "train")
+    cfg, _ = resolve_auto(auto, "text", text_length=96)
+    assert [p.unfreeze for p in cfg.phase_list] == ["head", 6]
+    long, notes = resolve_auto(auto, "text", text_length=256)  # documents: the top 4
+    assert [p.unfreeze for p in long.phase_list] == ["head", 4] and "256 tokens" in notes[0]
+    assert fit_auto_depth(long, groups(2))[0].phase_list[1].unfreeze == 2
 
     assert fit_auto_depth(cfg, groups(12)) == (cfg, [])  # a 12-layer BERT: the top 6
     fitted, notes = fit_auto_depth(cfg, groups(2))

@@ -161,10 +161,10 @@ class Findings:
 
 def detect(df: pd.DataFrame, cfg: CleanConfig, embeddings: np.ndarray,
            hashes: list[str | None], valid: np.ndarray, rule: NearRule | None = None,
-           lengths: list[int] | None = None) -> Findings:
+           lengths: list[int] | None = None, scripts: list[str] | None = None) -> Findings:
     """Run every detector on the embed stage's features and pixel hashes (near copies:
     by the calibrated ``rule`` when given, else clean.near_duplicate_threshold;
-    ``lengths``: a text project's lengths, for its outliers)."""
+    ``lengths``, ``scripts``: a text project's lengths and scripts, for its outliers)."""
     ids = list(df["image_id"])
     exact = exact_duplicate_clusters(hashes, order=ids)
     if rule is not None:  # its embedding search is the one the other detectors need
@@ -193,7 +193,8 @@ def detect(df: pd.DataFrame, cfg: CleanConfig, embeddings: np.ndarray,
         print(f"warning: {note}", file=sys.stderr)
     mistaken[rows], quality[rows], suggested[rows] = mask, scores, guesses
     outlier = outlier_scores(sims)
-    odd, rule_text = outliers(outlier, valid, cfg.outlier_threshold, lengths=lengths)
+    odd, rule_text = outliers(outlier, valid, cfg.outlier_threshold, lengths=lengths,
+                              scripts=scripts)
     print(f"clean: outliers: {rule_text}")
     found = dict(zip(ISSUES, (~valid, exact_dup, near_dup, conflicting, mistaken, odd)))
     ones = np.ones(len(ids))
@@ -398,7 +399,7 @@ def run(data: DataConfig, cfg: CleanConfig, prepared: Path, embed_dir: Path, out
     valid = np.array(embed_meta.valid, dtype=bool)
     rule, near_metrics = near_rule(cfg, embed_dir, embed_meta.pixel_hash, valid, calibration)
     findings = detect(df, cfg, embeddings, embed_meta.pixel_hash, valid, rule,
-                      lengths=embed_meta.lengths or None)
+                      lengths=embed_meta.lengths or None, scripts=embed_meta.scripts or None)
     fixed = fixed_rows(df)
     train_copies = aim_at_train_side(findings, fixed)
     keep, issues = apply_policies(findings, cfg, fixed)

@@ -206,7 +206,8 @@ def run_texts(data: DataConfig, cfg: EmbedConfig, df: pd.DataFrame, out_dir: Pat
     embedfiles.write(out_dir, found.embeddings, EmbedMeta(
         ids=list(df["image_id"]), valid=valid, pixel_hash=found.hashes, error=found.errors,
         model=found.info, image_size=0, image_size_reason="", notes=found.notes,
-        modality="text", signals=TEXT_SIGNALS, lengths=found.lengths))
+        modality="text", signals=TEXT_SIGNALS, lengths=found.lengths,
+        scripts=found.scripts))
     embedfiles.write_signals(out_dir, found.signals)
     embedfiles.write_copies(out_dir, found.copies, found.copy_source, found.copy_kinds)
     longest = max(found.lengths)
