@@ -75,7 +75,7 @@ sys.path.insert(0, str(REPO))
 
 from pipeline.metrics import bootstrap_ci  # noqa: E402
 from pipeline.splitting import SPLITS, merge_keys, split_units  # noqa: E402
-from pipeline.texts import decode_text, normalise  # noqa: E402
+from pipeline.text.decoding import decode_text, normalise  # noqa: E402
 
 FRACTIONS = (0.7, 0.15, 0.15)
 SVM_C = (0.01, 0.1, 1.0, 10.0, 100.0)
@@ -107,7 +107,7 @@ ENCODER_METHODS["tutorial_padded"] = ("tutorial recipe, every text padded to 128
 @contextlib.contextmanager
 def padded_batches(on: bool) -> Iterator[None]:
     """With ``on``, the text batches keep the cache's full width (no dynamic padding)."""
-    from pipeline.textmodel import TokenInput
+    from pipeline.text.model import TokenInput
 
     cut = TokenInput.to_input
     if on:
@@ -141,7 +141,7 @@ def content_hash(text: str) -> str:
 
 
 def decode(raw: bytes, name: str, notes: list[str]) -> str:
-    """A file's text as the pipeline decodes it (:func:`pipeline.texts.decode_text`:
+    """A file's text as the pipeline decodes it (:func:`pipeline.text.decoding.decode_text`:
     UTF-8, a BOM dropped, else a noted fallback encoding), the note kept with the file."""
     text, note = decode_text(raw)
     if note:
@@ -356,7 +356,7 @@ def encoder_row(data: str, method: str, df: pd.DataFrame, splits: np.ndarray,
     from pipeline.config import parse_sections
     from pipeline.engine import predict
     from pipeline.modelfile import load_trained, model_input
-    from pipeline.textcache import write_text_cache
+    from pipeline.text.cache import write_text_cache
     from pipeline.trainrun import train_model
 
     title, extra, length = ENCODER_METHODS[method]

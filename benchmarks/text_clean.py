@@ -43,7 +43,7 @@ from common import REPO, add_smoke, load_params, smoke_params
 from pipeline.config import parse_sections
 from pipeline.manifest import read_manifest
 from pipeline.stages import clean, embed, prepare
-from pipeline.texts import read_text
+from pipeline.text.decoding import read_text
 
 EDITS = ("typos", "drop_sentence", "dateline", "new_ending", "replace_words",
          "swap_paragraphs")

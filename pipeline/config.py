@@ -272,7 +272,7 @@ def check_params(params: Mapping[str, Any]) -> dict[str, Any]:
     sections = dict(zip(SECTIONS, parse_sections(params, *SECTIONS)))
     # imported by name: torch and timm, only for these checks (see the module docstring)
     backbones = importlib.import_module("pipeline.backbones")
-    textmodel = importlib.import_module("pipeline.textmodel")
+    textmodel = importlib.import_module("pipeline.text.model")
     if not textmodel.names_encoder(sections["model"].name):  # encoders are checked on load
         backbones.check_model_config(sections["model"], weights_file=True)
     embed = sections["embed"]

@@ -20,7 +20,7 @@ a seeded sample): ``copies_{embedding,thumbnail,phash,aligned,copy_model}.npy``
 
 Texts (``modality: text`` in meta.json, which then also names its ``signals`` and each
 text's length in characters): the encoder's embeddings, ``shingles.npy`` ((N, 2048)
-float32 word-shingle rows, :func:`pipeline.textsignals.shingle_vectors`) and the
+float32 word-shingle rows, :func:`pipeline.text.signals.shingle_vectors`) and the
 calibration copies of both; ``pixel_hash`` is the normalised text's sha256.
 """
 

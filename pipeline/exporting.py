@@ -48,7 +48,7 @@ from pipeline.files import atomic_path, write_text
 from pipeline.inputs import Preprocessing
 from pipeline.modelfile import is_text, load_trained, model_input, text_tokenizer
 from pipeline.provenance import record_run
-from pipeline.textmodel import TextClassifier
+from pipeline.text.model import TextClassifier
 
 TOLERANCE = 1e-4  # largest allowed probability difference to PyTorch
 TEXT_INPUTS = ["input_ids", "attention_mask"]  # a text model's export inputs

@@ -17,7 +17,7 @@ import pandas as pd
 from pipeline.errors import PipelineError
 from pipeline.images import IMAGE_SUFFIXES
 from pipeline.manifest import resolve
-from pipeline.texts import TEXT_SUFFIXES, UnreadableText, decode_text, read_text
+from pipeline.text.decoding import TEXT_SUFFIXES, UnreadableText, decode_text, read_text
 
 MIXED = 0.1  # auto: a source with more than this share of each kind is mixed
 
@@ -58,7 +58,7 @@ def resolve_modality(setting: str, df: pd.DataFrame) -> tuple[str, str]:
 def item_texts(df: pd.DataFrame, root: Path, rows: Sequence[int]
                ) -> list[tuple[str, str] | Exception]:
     """(text, decoding note) of each of ``rows``, from the manifest's text column or the
-    file; the exception (:class:`pipeline.texts.UnreadableText`, OSError) where a row has
+    file; the exception (:class:`pipeline.text.decoding.UnreadableText`, OSError) where a row has
     none."""
     out: list[tuple[str, str] | Exception] = []
     for i in rows:

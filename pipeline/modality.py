@@ -14,9 +14,9 @@ Small interfaces, apart because different stages use them and DVC reruns follow 
 
 Splitting, the leakage audit, the training loop and the metrics see only arrays, ids,
 labels and these two interfaces; a text modality adds its own codec and adapter beside
-the image ones and touches none of them. Texts (pipeline.itemkinds, textembed,
-textmodel) implement the adapter and augmentation; their decoding gives strings, not
-arrays, so they read files through :func:`pipeline.itemkinds.item_texts` instead of a
+the image ones and touches none of them. Texts (pipeline.itemkinds and the
+pipeline.text package) implement the adapter and augmentation; their decoding gives
+strings, not arrays, so they read files through :func:`pipeline.itemkinds.item_texts` instead of a
 codec.
 """
 

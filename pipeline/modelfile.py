@@ -64,7 +64,7 @@ def load_trained(path: Path) -> tuple[nn.Module, Preprocessing, dict[str, Any]]:
     except (KeyError, TypeError) as exc:
         raise PipelineError(f"{path}: its meta lacks or garbles {exc}") from None
     if prep.get("modality") == "text":
-        from pipeline.textmodel import TEXT_PREP, create_text_model
+        from pipeline.text.model import TEXT_PREP, create_text_model
 
         model: nn.Module = create_text_model(cfg, num_classes, pretrained=False)[0]
         return _load_weights(path, model, state_dict, meta, cfg.name), TEXT_PREP, meta
@@ -90,7 +90,7 @@ def is_text(meta: dict[str, Any]) -> bool:
 def text_tokenizer(meta: dict[str, Any]) -> Any:
     """The tokenizer that made a text model's token ids (the encoder its meta names),
     checked against the pad id the model was trained with."""
-    from pipeline.textmodel import load_tokenizer
+    from pipeline.text.model import load_tokenizer
 
     prep = meta["preprocessing"]
     tokenizer = load_tokenizer(prep["encoder"])
@@ -104,7 +104,7 @@ def text_tokenizer(meta: dict[str, Any]) -> Any:
 def model_input(model: nn.Module, prep: Preprocessing) -> BatchAdapter:
     """How cached rows become this model's input: token ids for a text model, normalised
     pixels for an image model."""
-    from pipeline.textmodel import TextClassifier, TokenInput
+    from pipeline.text.model import TextClassifier, TokenInput
 
     if isinstance(model, TextClassifier):
         return TokenInput(model.pad_id)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pipeline.images import IMAGES
 from pipeline.modality import ItemCodec, UnreadableItem
-from pipeline.texts import read_text
+from pipeline.text.decoding import read_text
 
 # Thumbnails never decode larger images (decompression bombs): pixels.
 THUMB_MAX_PIXELS = 1 << 26

@@ -31,8 +31,8 @@ from pipeline.inputs import ImageInput, Preprocessing
 from pipeline.modelfile import is_text, load_trained, text_tokenizer
 from pipeline.seeding import resolve_device
 from pipeline.sources import jsonl_objects
-from pipeline.textmodel import TokenInput, encode
-from pipeline.texts import TEXT_SUFFIXES, UnreadableText, decode_text, read_text
+from pipeline.text.decoding import TEXT_SUFFIXES, UnreadableText, decode_text, read_text
+from pipeline.text.model import TokenInput, encode
 
 TTA = ("none", "flip", "crops")  # test-time augmentation, as evaluate.tta (engine.tta_views)
 TABLES = (".csv", ".jsonl")  # a text model's files of many texts
@@ -200,7 +200,7 @@ def csv_records(path: Path, content: str) -> Iterator[tuple[int, dict[str, Any]]
 
 def text_problem(text: str) -> str:
     """Why a given text cannot be classified ("" when it can): the rules of text files
-    (:func:`pipeline.texts.decode_text`: empty, whitespace only, NUL bytes, binary)."""
+    (:func:`pipeline.text.decoding.decode_text`: empty, whitespace only, NUL bytes, binary)."""
     try:
         decode_text(text.encode("utf-8"))
     except UnicodeEncodeError:
@@ -243,7 +243,7 @@ def predict_files(predictor: Predictor, files: Sequence[Any], *, batch_size: int
 def predict_texts(predictor: Predictor, items: Sequence[Item], *, batch_size: int,
                   tta: str = "none") -> Iterator[tuple[Item, np.ndarray | None, str]]:
     """(item, probabilities or None, error) per .txt file or table row, in order; a file
-    that holds no text (:func:`pipeline.texts.read_text`) or a row without a usable
+    that holds no text (:func:`pipeline.text.decoding.read_text`) or a row without a usable
     text gets its reason and the rest still run."""
     if tta != "none":
         raise PipelineError(f"tta = {tta!r}: test-time augmentation is for images; a text "

@@ -319,7 +319,7 @@ MAIN_SCRIPT_SHARE = 0.8  # texts: a script this common is the data's; the others
 
 
 def other_script(valid: np.ndarray, scripts: Sequence[str] | None) -> tuple[np.ndarray, str]:
-    """(N,) bool: valid texts whose script (:func:`pipeline.texts.dominant_script`) is
+    """(N,) bool: valid texts whose script (:func:`pipeline.text.decoding.dominant_script`) is
     not the one at least :data:`MAIN_SCRIPT_SHARE` of the valid texts share (none when
     no script is that common: a mixed corpus is the user's choice), and the rule's words."""
     odd = np.zeros(len(valid), dtype=bool)

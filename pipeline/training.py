@@ -216,7 +216,7 @@ def modality_model(model_cfg: ModelConfig, num_classes: int, modality: str, verb
     """The model with its new head, the input preprocessing, the weights' description,
     and the modality's batch adapter and augmentation (the cache's meta names it)."""
     if modality == "text":
-        from pipeline.textmodel import (
+        from pipeline.text.model import (
             TEXT_PREP,
             TokenInput,
             create_text_model,
@@ -516,7 +516,7 @@ def start_phase(run: Run, loop: LoopState, resume: dict[str, Any] | None) -> Pha
     net: nn.Module = s.head if use_features else s.forward
     states_from = None if head_only or reasons else stored_states_from(run)
     if states_from is not None:
-        from pipeline.textmodel import StatesForward
+        from pipeline.text.model import StatesForward
 
         net = StatesForward(s.model, states_from)  # type: ignore[arg-type]
     if run.world > 1:
@@ -534,7 +534,7 @@ def stored_states_from(run: Run) -> int | None:
     layer, whose input the phase stores once per view (``train.feature_cache``); None
     for images, torch.compile runs, states over :data:`STATES_BUDGET`, or when the
     embeddings train."""
-    from pipeline.textmodel import TextClassifier, hidden_size
+    from pipeline.text.model import TextClassifier, hidden_size
 
     model, cfg, view = run.setup.model, run.cfg, run.train_views[0]
     if not (isinstance(model, TextClassifier) and cfg.feature_cache) or cfg.compile:
@@ -617,7 +617,7 @@ def state_batches(run: Run, phase: PhaseRun, data: ArraySplit, view: int
                   ) -> tuple[Batches, float]:
     """Batches of ((B, L, D) stored hidden states, (B, L) ids), each cut to its longest
     text, and the seconds spent storing the view's states first."""
-    from pipeline.textmodel import used_width
+    from pipeline.text.model import used_width
 
     cfg, pad, extra = run.cfg, run.setup.inputs.pad_id, 0.0  # type: ignore[attr-defined]
     if view not in phase.states:
@@ -643,7 +643,7 @@ def state_batches(run: Run, phase: PhaseRun, data: ArraySplit, view: int
 
 def validate_states(run: Run, phase: PhaseRun) -> dict[str, float]:
     """Val scores from the val split's stored hidden states (computed once per phase)."""
-    from pipeline.textmodel import StatesForward, used_width
+    from pipeline.text.model import StatesForward, used_width
 
     s, pad = run.setup, run.setup.inputs.pad_id  # type: ignore[attr-defined]
     assert phase.states_from is not None

@@ -170,7 +170,7 @@ def train_data(cache_dir: Path, cache: CacheMeta, cfg: TrainConfig,
 
 def check_encoder(name: str, cached: str) -> None:
     """The encoder model.name gives is the one whose tokenizer made the cache's ids."""
-    from pipeline.textmodel import text_model_name
+    from pipeline.text.model import text_model_name
 
     used = text_model_name(name)[0]
     if cached and used != cached:

@@ -81,10 +81,13 @@ def test_only_stage_shells_read_params():
 
 @pytest.mark.parametrize("stage", sorted(DVC))
 def test_stage_declares_every_package_init_with_code(stage):
-    # importing pipeline.x runs pipeline/__init__.py first (it pins OpenBLAS's kernels)
+    # importing pipeline.x runs pipeline/__init__.py first (it pins OpenBLAS's kernels);
+    # a package whose __init__ holds only its docstring runs nothing
     declared = set(DVC[stage]["deps"])
     for init in (REPO / "pipeline").rglob("__init__.py"):
-        if init.read_text().strip():
+        body = ast.parse(init.read_text()).body
+        if body and not (len(body) == 1 and isinstance(body[0], ast.Expr)
+                         and isinstance(body[0].value, ast.Constant)):
             assert str(init.relative_to(REPO)) in declared, init
 
 

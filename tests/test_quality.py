@@ -138,7 +138,7 @@ def test_lda_probe_finds_flipped_labels_on_principal_components():
 
 
 def test_text_outliers_by_distance_length_and_a_script_other_than_most():
-    from pipeline.texts import dominant_script
+    from pipeline.text.decoding import dominant_script
 
     assert dominant_script("Shares rose; 3 banks cut rates.") == "LATIN"
     assert dominant_script("Акции выросли, banks") == "CYRILLIC"

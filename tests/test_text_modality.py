@@ -18,8 +18,9 @@ from pipeline.engine import batch_indices, predict
 from pipeline.errors import PipelineError
 from pipeline.finetune import resolve_auto
 from pipeline.modelfile import load_trained, model_input
-from pipeline.textcache import write_text_cache
-from pipeline.textmodel import (
+from pipeline.text.cache import write_text_cache
+from pipeline.text.decoding import UnreadableText, content_hash, decode_text, normalise
+from pipeline.text.model import (
     TokenInput,
     auto_max_length,
     create_text_model,
@@ -27,7 +28,6 @@ from pipeline.textmodel import (
     encoder_path,
     text_model_name,
 )
-from pipeline.texts import UnreadableText, content_hash, decode_text, normalise
 from pipeline.training import sample_weights
 from pipeline.trainrun import train_model
 

@@ -126,7 +126,7 @@ def test_init_recognises_a_text_folder_and_a_jsonl_manifest(tmp_path):
 
 
 def _text_cache(folder, encoder, train_n: int):
-    from pipeline.textcache import write_text_cache
+    from pipeline.text.cache import write_text_cache
 
     splits = {}
     for split, n in (("train", train_n), ("val", 4), ("test", 4)):

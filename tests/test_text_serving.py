@@ -21,8 +21,8 @@ from pipeline.exporting import export_model, quiet_jit
 from pipeline.modelfile import load_trained, model_input
 from pipeline.predict import Predictor, list_inputs, predict_files, top_k
 from pipeline.serve import MAX_TEXTS
-from pipeline.textcache import write_text_cache
-from pipeline.textmodel import encode
+from pipeline.text.cache import write_text_cache
+from pipeline.text.model import encode
 from pipeline.trainrun import train_model
 
 from . import test_text_modality as texts

@@ -37,6 +37,6 @@ class CacheConfig:
     # seeds the views: same seed, same bytes
     seed: int = field(metadata=in_range(ge=0, le=SEED_MAX))
     augment: AugmentConfig
-    # texts: tokens per text; auto from the train texts' lengths (pipeline.textcache)
+    # texts: tokens per text; auto from the train texts' lengths (pipeline.text.cache)
     max_length: int | Literal["auto"] = field(metadata=in_range(ge=8, le=100000))
     truncation: Literal["head", "head_tail"]  # texts: what a long text keeps

@@ -1,5 +1,5 @@
 """cache stage: decode every kept image once, resize it, store each split as arrays (a
-text project: each split's token ids, pipeline.textcache, at ``cache.max_length``).
+text project: each split's token ids, pipeline.text.cache, at ``cache.max_length``).
 
 Writes ``data/cache/{split}_images.npy`` ((N, S, S, 3) uint8, read a batch at a time
 by training), ``{split}_labels.npy`` ((N,) int64 class indices), with ``cache.views``
@@ -42,7 +42,7 @@ from pipeline.modality import UnreadableItem
 from pipeline.params.cache import CacheConfig
 from pipeline.params.data import DataConfig
 from pipeline.splitting import SPLITS
-from pipeline.textcache import write_text_cache
+from pipeline.text.cache import write_text_cache
 
 # The clean stage has already rejected images above its own limit; this guard only
 # stops a bomb that appeared after cleaning.
@@ -135,7 +135,7 @@ def write_cache(df: pd.DataFrame, root: Path, out_dir: Path, cfg: CacheConfig, s
 
 def run_texts(data: DataConfig, cfg: CacheConfig, split_manifest: Path, out_dir: Path, *,
               embed_dir: Path = paths.EMBED_DIR) -> dict:
-    """A text project's cache: each split's token ids (pipeline.textcache) with the
+    """A text project's cache: each split's token ids (pipeline.text.cache) with the
     tokenizer of the encoder the embed stage used; return its meta."""
     encoder = read_embed_meta(embed_dir).model.get("encoder", "")
     df = read_manifest(split_manifest)

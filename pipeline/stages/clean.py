@@ -366,7 +366,8 @@ def clean_counts(findings: Findings, keep: np.ndarray, verdicts: dict[str, str],
 def print_summary(counts: dict[str, Any], fixed: np.ndarray, rel_paths: list[str],
                   errors: list[str], notes: list[str]) -> None:
     """The stage's log: what it kept and found, each unreadable file, each data note."""
-    print("clean: kept {kept} of {images} images; ".format(**counts) + ", ".join(
+    items = "texts" if "not_utf8" in counts else "images"  # clean counts per modality
+    print(f"clean: kept {counts['kept']} of {counts['images']} {items}; " + ", ".join(
         f"{counts[name]} {name}" for name in ISSUES))
     if fixed.any():
         print(f"clean: the source's val/test images are a fixed evaluation set: "

@@ -53,7 +53,7 @@ from pipeline.params.base import BaseConfig
 from pipeline.params.data import DataConfig
 from pipeline.params.embed import EmbedConfig
 from pipeline.seeding import pin_cpu, resolve_device
-from pipeline.textembed import TEXT_SIGNALS, embed_texts
+from pipeline.text.embed import TEXT_SIGNALS, embed_texts
 
 UPSCALE = 8  # auto: small images are enlarged 8 x their median short side (digits: 64)
 SIZE_SAMPLE = 256  # images whose header gives the median short side
@@ -199,7 +199,7 @@ def run(data: DataConfig, cfg: EmbedConfig, prepared: Path, out_dir: Path, *,
 
 def run_texts(data: DataConfig, cfg: EmbedConfig, df: pd.DataFrame, out_dir: Path, *,
               device: str = "auto") -> np.ndarray:
-    """The text project's pass (pipeline.textembed), in the same files; return (N, D)."""
+    """The text project's pass (pipeline.text.embed), in the same files; return (N, D)."""
     torch.manual_seed(0)
     found = embed_texts(df, Path(data.root), cfg, resolve_device(device))
     valid = [h is not None for h in found.hashes]

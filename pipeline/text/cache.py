@@ -13,7 +13,7 @@ import numpy as np
 
 from pipeline.cachefiles import CacheMeta, write_meta, write_rows
 from pipeline.errors import PipelineError
-from pipeline.textmodel import (
+from pipeline.text.model import (
     LENGTH_CAP,
     LENGTH_QUANTILE,
     auto_max_length,

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from pipeline.texts import normalise
+from pipeline.text.decoding import normalise
 
 TEXT_COPY_KINDS = ("drop_words", "swap_words", "truncate", "signature", "case_punct",
                    "reorder_sentences", "combined")
@@ -56,7 +56,7 @@ _MIX = np.uint64(_GOLDEN)
 
 def words_of(text: str) -> list[bytes]:
     """The words a shingle is made of, UTF-8 encoded: the normalised text
-    (:func:`pipeline.texts.normalise`) with apostrophes deleted and every other character
+    (:func:`pipeline.text.decoding.normalise`) with apostrophes deleted and every other character
     that is not a letter or digit a break (an ASCII text takes a byte-table fast path that
     gives the same words)."""
     norm = normalise(text)

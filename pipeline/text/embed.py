@@ -1,7 +1,7 @@
 """The embed stage for texts: one pass that decodes every text, hashes its normalised
 form for exact copies, embeds it with the encoder (pooled as it was trained, unit rows)
 and computes its word-shingle signal; and the calibration copies (edited copies of a
-seeded sample, :func:`pipeline.textsignals.make_text_copies`) in both signals, which the
+seeded sample, :func:`pipeline.text.signals.make_text_copies`) in both signals, which the
 clean stage calibrates its near-copy rule on, as for images.
 """
 
@@ -19,7 +19,8 @@ from tqdm import tqdm
 from pipeline.errors import PipelineError
 from pipeline.itemkinds import item_texts
 from pipeline.params.embed import EmbedConfig
-from pipeline.textmodel import (
+from pipeline.text.decoding import content_hash, dominant_script
+from pipeline.text.model import (
     encode,
     load_encoder,
     model_limit,
@@ -28,8 +29,7 @@ from pipeline.textmodel import (
     tokenize,
     used_width,
 )
-from pipeline.texts import content_hash, dominant_script
-from pipeline.textsignals import make_text_copies, shingle_vectors
+from pipeline.text.signals import make_text_copies, shingle_vectors
 
 TEXT_SIGNALS = ("embedding", "shingles")  # the near-copy signals of texts, in rule order
 EMBED_TOKENS = 256  # tokens of each text the embedding sees (its start; at most the limit)
