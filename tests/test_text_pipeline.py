@@ -6,7 +6,6 @@ cache stores token ids, train, evaluate, export and report run on them."""
 from __future__ import annotations
 
 import json
-import sys
 
 import pandas as pd
 import pytest
@@ -167,27 +166,18 @@ def test_a_killed_text_run_resumes_bit_identical(tmp_path, tiny_encoder):
 def test_two_gloo_processes_train_a_text_model_as_one(tmp_path, tiny_encoder):
     import shutil
 
-    from .test_train import _project, _train_process
+    from .test_train import single_and_ddp_losses
 
     encoder = shutil.copytree(tiny_encoder, tmp_path / "encoder")  # without dropout: the
     config = json.loads((encoder / "config.json").read_text())  # same random draws
     config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     (encoder / "config.json").write_text(json.dumps(config))
     cache = _text_cache(tmp_path / "cache", encoder, train_n=32)
-    losses = {}
-    for name, prefix in (("single", ()), ("ddp", (sys.executable, "-m", "torch.distributed.run",
-                                                  "--nproc_per_node", "2", "--master_port",
-                                                  "29541"))):
-        project = _project(tmp_path / name, cache, **{
-            "model.name": str(encoder), "model.weights": "default", "train.batch_size": 8,
-            "train.phases": [{"epochs": 1, "unfreeze": "head", "lr_mult": 5.0},
-                             {"epochs": 2, "unfreeze": "all", "lr_mult": 0.5}],
-            "base.device": "cpu", "model.drop_rate": 0.0})
-        proc = _train_process(project, *prefix)
-        out, _ = proc.communicate(timeout=300)
-        assert proc.returncode == 0, out
-        rows = (project / "metrics/curves/plots/metrics/train_loss.tsv").read_text()
-        losses[name] = [float(r.split("\t")[-1]) for r in rows.splitlines()[1:]]
+    losses = single_and_ddp_losses(tmp_path, cache, 29541, **{
+        "model.name": str(encoder), "model.weights": "default", "train.batch_size": 8,
+        "train.phases": [{"epochs": 1, "unfreeze": "head", "lr_mult": 5.0},
+                         {"epochs": 2, "unfreeze": "all", "lr_mult": 0.5}],
+        "model.drop_rate": 0.0})
     assert len(losses["ddp"]) == 3
     assert losses["ddp"] == pytest.approx(losses["single"], rel=1e-4)
 

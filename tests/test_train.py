@@ -215,6 +215,22 @@ def _train_process(project: Path, *launcher: str) -> subprocess.Popen:
                             stderr=subprocess.STDOUT, text=True)
 
 
+def single_and_ddp_losses(tmp: Path, cache: Path, port: int, **settings) -> dict:
+    """Per-epoch train losses of one process ("single") and of 2 gloo processes under
+    torchrun ("ddp") training on ``cache`` on the CPU with ``settings``."""
+    losses = {}
+    for name, prefix in (("single", ()), ("ddp", (sys.executable, "-m", "torch.distributed.run",
+                                                  "--nproc_per_node", "2", "--master_port",
+                                                  str(port)))):
+        project = _project(tmp / name, cache, **{"base.device": "cpu", **settings})
+        proc = _train_process(project, *prefix)
+        out, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 0, out
+        rows = (project / "metrics/curves/plots/metrics/train_loss.tsv").read_text()
+        losses[name] = [float(r.split("\t")[-1]) for r in rows.splitlines()[1:]]
+    return losses
+
+
 PHASES = [{"epochs": 1, "unfreeze": "head", "lr_mult": 5.0},
           {"epochs": 3, "unfreeze": 2, "lr_mult": 1.0},
           {"epochs": 1, "unfreeze": "all", "lr_mult": 0.5}]
@@ -253,17 +269,8 @@ def test_two_gloo_processes_match_a_single_process(tmp_path):
     cache = write_cache(tmp_path / "cache", train_n=96)
     phases = [{"epochs": 1, "unfreeze": "head", "lr_mult": 5.0},
               {"epochs": 2, "unfreeze": "all", "lr_mult": 0.5}]
-    losses = {}
-    for name, prefix in (("single", ()), ("ddp", (sys.executable, "-m", "torch.distributed.run",
-                                                  "--nproc_per_node", "2", "--master_port",
-                                                  "29533"))):
-        project = _project(tmp_path / name, cache, **{  # no dropout: same random draws
-            "train.phases": phases, "base.device": "cpu", "model.drop_rate": 0.0})
-        proc = _train_process(project, *prefix)
-        out, _ = proc.communicate(timeout=300)
-        assert proc.returncode == 0, out
-        rows = (project / "metrics/curves/plots/metrics/train_loss.tsv").read_text()
-        losses[name] = [float(r.split("\t")[-1]) for r in rows.splitlines()[1:]]
+    losses = single_and_ddp_losses(tmp_path, cache, 29533, **{  # no dropout: same draws
+        "train.phases": phases, "model.drop_rate": 0.0})
     assert len(losses["ddp"]) == 3
     assert losses["ddp"] == pytest.approx(losses["single"], rel=1e-4)
 
