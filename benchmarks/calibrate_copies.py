@@ -5,7 +5,8 @@
         [--sample 100] [--max-false-rate 0.002] [--seed 0] [--smoke]
 
 For each data set it plants ``--per-kind`` near copies of each kind of
-:data:`pipeline.copysignals.COPY_KINDS` (JPEG 50-80, 10-25 % smaller, a few pixels cropped,
+:data:`pipeline.modality.image.signals.COPY_KINDS` (JPEG 50-80, 10-25 % smaller, a few pixels
+cropped,
 brightness +-5-10 %, all combined; distinct originals, seed ``--seed + 1``), then does
 what the stages would do, blind to what was planted: embeds every image with the
 project's embed code path (``create_model`` + ``fit_image`` + ``to_input``, at the
@@ -37,16 +38,19 @@ import torch
 from common import TINY_MODEL, add_smoke
 from PIL import Image
 
-from pipeline.autosize import backbone_input_size, resolve_image_size
-from pipeline.backbones import create_model, resolve_arch
-from pipeline.calibrate import (
+from pipeline.contracts.embedfiles import SIGNALS
+from pipeline.dataquality.calibrate import (
     calibrate,
     copy_pairs,
     copy_similarities,
     distinct_similarities,
     near_copy_clusters,
 )
-from pipeline.copysignals import (
+from pipeline.finetuning.autosize import backbone_input_size, resolve_image_size
+from pipeline.finetuning.backbones import create_model, resolve_arch
+from pipeline.modality.image.decoding import fit_image, pixel_hash
+from pipeline.modality.image.inputs import to_input
+from pipeline.modality.image.signals import (
     COPY_KINDS,
     CopyModel,
     aligned_views,
@@ -55,13 +59,11 @@ from pipeline.copysignals import (
     thumbnails,
     tiny_pixels,
 )
-from pipeline.embedfiles import SIGNALS
-from pipeline.images import fit_image, pixel_hash
-from pipeline.inputs import to_input
 from pipeline.params.model import ModelConfig
 
 REPO = Path(__file__).resolve().parents[1]
-# the share estimate of pipeline.calibrate.calibrate before 2026-12 (for --estimator old):
+# the share estimate of pipeline.dataquality.calibrate.calibrate before 2026-12 (for --estimator
+# old):
 # from settings that find a quarter of the copies, half a Poisson deviation, per subset
 OLD = {"floor_recall": 0.25, "allowance": 0.5, "shared_share": False}
 HYMENOPTERA = REPO.parent / "shared" / "data" / "hymenoptera"

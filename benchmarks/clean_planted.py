@@ -66,8 +66,8 @@ import pandas as pd
 from common import add_smoke, load_params, probe_accuracy, smoke_params, tiny_images
 from PIL import Image, ImageEnhance
 
-from pipeline.config import parse_sections
-from pipeline.images import UnreadableImage, decode_image, pixel_hash
+from pipeline.core.config import parse_sections
+from pipeline.modality.image.decoding import UnreadableImage, decode_image, pixel_hash
 from pipeline.stages import clean, embed, prepare
 
 REPO = Path(__file__).resolve().parents[1]

@@ -9,7 +9,7 @@ direction (post-ReLU features all point one way), one centre per class drawn fro
 subspace plus isotropic noise, L2-normalised, float32. Then plants 1 % near copies
 (cosine similarity about 0.99 to their source), 0.1 % exact copies and 2 % label flips,
 and runs, in the order and with the arguments the clean stage uses, every detector of
-pipeline/quality.py: exact clusters, the neighbour search, near-duplicate clusters,
+pipeline/dataquality/quality.py: exact clusters, the neighbour search, near-duplicate clusters,
 conflicting labels, label issues (out-of-fold probe + cleanlab) and outlier scores.
 Prints the wall and CPU seconds of each, the total, the peak resident memory
 (ru_maxrss) and how many planted defects were found. Params come from params.yaml with
@@ -17,7 +17,7 @@ Prints the wall and CPU seconds of each, the total, the peak resident memory
 (``logistic`` takes minutes).
 
 ``--views`` also times the near-copy search of the aligned-views signal
-(:func:`pipeline.calibrate.view_neighbours`, (N, 48, 64) float32: 12 KB per image) on
+(:func:`pipeline.dataquality.calibrate.view_neighbours`, (N, 48, 64) float32: 12 KB per image) on
 synthetic views: each image a class pattern plus noise, its 48 views small perturbations
 of its whole view, with the same rows planted as near copies.
 
@@ -35,10 +35,9 @@ from typing import Any
 import numpy as np
 from common import add_smoke, load_params, smoke_params
 
-from pipeline.calibrate import view_neighbours
-from pipeline.config import parse_sections
-from pipeline.copysignals import ALIGNED_SIZE, ALIGNED_VIEWS
-from pipeline.quality import (
+from pipeline.core.config import parse_sections
+from pipeline.dataquality.calibrate import view_neighbours
+from pipeline.dataquality.quality import (
     conflicting_clusters,
     exact_duplicate_clusters,
     label_issues,
@@ -47,6 +46,7 @@ from pipeline.quality import (
     outlier_scores,
     outliers,
 )
+from pipeline.modality.image.signals import ALIGNED_SIZE, ALIGNED_VIEWS
 
 
 def synthesise(n: int, dim: int, classes: int, seed: int, *, separation: float

@@ -13,9 +13,9 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from pipeline.config import PARAMS_FILE, parse_sections
-from pipeline.errors import ParamsError
-from pipeline.quality import out_of_fold_probabilities
+from pipeline.core.config import PARAMS_FILE, parse_sections
+from pipeline.core.errors import ParamsError
+from pipeline.dataquality.quality import out_of_fold_probabilities
 
 
 def load_params(overrides: Sequence[str] = (), *, path: Path = PARAMS_FILE) -> dict[str, Any]:
@@ -122,7 +122,7 @@ def tiny_cache(work: Path, *, classes: int = 3, per_class: int = 8, size: int = 
     """A cache stage's output in ``work/cache``: ``per_class`` images of each of
     ``classes`` classes in each of train, val and test, stored at ``size`` px by the
     cache stage's own writer. Returns the cache folder."""
-    from pipeline import sources
+    from pipeline.contracts import sources
     from pipeline.stages import cache
 
     root = write_tree(work / "images", classes=[f"c{k}" for k in range(classes)],
@@ -141,7 +141,7 @@ def tiny_cache(work: Path, *, classes: int = 3, per_class: int = 8, size: int = 
 def tiny_model(work: Path, cache_dir: Path | None = None) -> Path:
     """``work/model.pt``: the tiny model trained one head epoch by the train stage's own
     code on ``cache_dir`` (default: a :func:`tiny_cache` in ``work``)."""
-    from pipeline.trainrun import train_model
+    from pipeline.finetuning.trainrun import train_model
 
     cache_dir = cache_dir or tiny_cache(work)
     base, model_cfg, cfg = parse_sections(

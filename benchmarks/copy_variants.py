@@ -3,7 +3,7 @@ each copy is compared with crop / downscale *variants* of its original?
 
     python benchmarks/copy_variants.py [--smoke]
 
-Makes the calibration's synthetic copies (pipeline.copysignals.make_copies: JPEG, resize,
+Makes the calibration's synthetic copies (pipeline.modality.image.signals.make_copies: JPEG, resize,
 crop, brightness, combined) of 100 seeded digits, and prints, per thumbnail size and
 blur, the share of copies whose similarity to their original beats the 99.8 % quantile
 of every image's best similarity to a distinct image: first plain 16-px thumbnails
@@ -24,11 +24,12 @@ from common import add_smoke
 from PIL import Image, ImageFilter
 from sklearn.datasets import load_digits
 
-from pipeline.copysignals import COPY_KINDS, make_copies
+from pipeline.modality.image.signals import COPY_KINDS, make_copies
 
 
 def signal(images: list[np.ndarray], size: int, blur: float) -> np.ndarray:
-    """Centred, unit-norm grey thumbnails (as pipeline.copysignals.thumbnails, + blur)."""
+    """Centred, unit-norm grey thumbnails (as pipeline.modality.image.signals.thumbnails, +
+    blur)."""
     rows = []
     for pixels in images:
         img = Image.fromarray(pixels).convert("L").resize((size, size),

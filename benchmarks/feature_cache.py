@@ -4,7 +4,8 @@
 
 Uses the demo cache (``dvc repro cache`` first) and params.yaml's model and train
 settings (``--smoke``: a tiny cache made in a temporary folder and timm's tiny test
-model, 2 epochs). Times, with the train stage's own parts (pipeline.training: build_setup,
+model, 2 epochs). Times, with the train stage's own parts (pipeline.finetuning.training:
+build_setup,
 start_phase, run_epoch): computing the features once, head-only epochs on them, and
 head-only epochs that run the frozen backbone forward every batch (train.feature_cache:
 false). Prints the median epoch times,
@@ -23,11 +24,10 @@ import torch
 import yaml
 from common import add_smoke, smoke_params, tiny_cache
 
-from pipeline import paths
-from pipeline.cachefiles import open_split, read_meta
-from pipeline.config import parse_sections
-from pipeline.params.train import Phase
-from pipeline.training import (
+from pipeline.contracts.cachefiles import open_split, read_meta
+from pipeline.core import paths
+from pipeline.core.config import parse_sections
+from pipeline.finetuning.training import (
     Checkpointer,
     LoopState,
     Run,
@@ -36,6 +36,7 @@ from pipeline.training import (
     run_epoch,
     start_phase,
 )
+from pipeline.params.train import Phase
 
 
 def main() -> None:

@@ -30,15 +30,15 @@ import torch
 from common import add_smoke, load_params, smoke_params, write_tree
 from sklearn.metrics import balanced_accuracy_score, f1_score
 
-from pipeline import paths
-from pipeline.cachefiles import open_split, read_meta
-from pipeline.config import parse_sections
-from pipeline.engine import predict
-from pipeline.manifest import read_manifest, write_manifest
-from pipeline.metrics import bootstrap_ci
-from pipeline.modelfile import load_trained
+from pipeline.contracts.cachefiles import open_split, read_meta
+from pipeline.contracts.manifest import read_manifest, write_manifest
+from pipeline.contracts.modelfile import load_trained
+from pipeline.core import paths
+from pipeline.core.config import parse_sections
+from pipeline.finetuning.engine import predict
+from pipeline.finetuning.trainrun import train_model
+from pipeline.scoring.metrics import bootstrap_ci
 from pipeline.stages import cache, clean, demo, embed, prepare, split
-from pipeline.trainrun import train_model
 
 SETTINGS = [("none", "shuffle"), ("balanced", "shuffle"), ("none", "balanced"),
             ("balanced", "balanced")]

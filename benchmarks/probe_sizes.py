@@ -4,7 +4,7 @@
         [--smoke]
 
 The evidence for ``cache.image_size: auto`` giving photos the backbone's test size
-(pipeline/autosize.py). Decodes the ants/bees photos once (its ``train/`` to fit,
+(pipeline/finetuning/autosize.py). Decodes the ants/bees photos once (its ``train/`` to fit,
 ``val/`` to score), centre-crops them to each size with the pipeline's own ``fit_image``,
 takes model.name's pooled features (params.yaml's backbone and weights, eval mode) and
 prints the test accuracy of a standardised logistic regression at three strengths.
@@ -27,9 +27,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from pipeline.backbones import BackboneSpec, create_model
-from pipeline.images import decode_image, fit_image
-from pipeline.inputs import to_input
+from pipeline.finetuning.backbones import BackboneSpec, create_model
+from pipeline.modality.image.decoding import decode_image, fit_image
+from pipeline.modality.image.inputs import to_input
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -175,7 +175,7 @@ def probe_folds(project: Path) -> np.ndarray:
 
 def cross_validate(name: str, work: Path, k: int) -> dict:
     """K-fold cross-validation of the pipeline's defaults and of the probe (see --folds)."""
-    from pipeline.metrics import bootstrap_ci
+    from pipeline.scoring.metrics import bootstrap_ci
 
     project = work / name
     params = yaml.safe_load((project / "params.yaml").read_text())

@@ -33,16 +33,16 @@ from pathlib import Path
 import torch
 from common import add_smoke, load_params, smoke_params, tiny_cache
 
-from pipeline import paths
-from pipeline.backbones import create_model
-from pipeline.cachefiles import open_split, read_meta
-from pipeline.config import parse_sections
-from pipeline.engine import predict
-from pipeline.finetune import AUTO_PHASES
-from pipeline.metrics import bootstrap_ci
-from pipeline.modelfile import load_trained
-from pipeline.models import layer_groups
-from pipeline.trainrun import train_model
+from pipeline.contracts.cachefiles import open_split, read_meta
+from pipeline.contracts.modelfile import load_trained
+from pipeline.core import paths
+from pipeline.core.config import parse_sections
+from pipeline.finetuning.backbones import create_model
+from pipeline.finetuning.engine import predict
+from pipeline.finetuning.finetune import AUTO_PHASES
+from pipeline.finetuning.models import layer_groups
+from pipeline.finetuning.trainrun import train_model
+from pipeline.scoring.metrics import bootstrap_ci
 
 
 def default_phases(params: dict, profile: str) -> list[dict]:

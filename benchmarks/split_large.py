@@ -24,7 +24,7 @@ import pandas as pd
 import yaml
 from common import add_smoke
 
-from pipeline.config import parse_sections
+from pipeline.core.config import parse_sections
 from pipeline.stages.split import assign, audit_split
 
 REPO = Path(__file__).resolve().parents[1]

@@ -7,9 +7,9 @@
 
 Per data set it reads the texts, finds exact duplicates (texts equal after Unicode NFKC,
 casefold and collapsed whitespace), splits 70/15/15 with the pipeline's own splitter
-(``pipeline.splitting.split_units``, seed ``--seed``) and prints one table row per
+(``pipeline.splitting.assign.split_units``, seed ``--seed``) and prints one table row per
 method with test accuracy and macro-F1, their 95 % bootstrap intervals
-(``pipeline.metrics.bootstrap_ci``, as the evaluate stage computes them) and wall time:
+(``pipeline.scoring.metrics.bootstrap_ci``, as the evaluate stage computes them) and wall time:
 
 - TF-IDF (word 1-2 grams, sublinear tf, fitted on train) + LinearSVC, C picked on val;
 - TF-IDF + logistic regression, C picked on val;
@@ -73,9 +73,9 @@ from sklearn.svm import LinearSVC
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.metrics import bootstrap_ci  # noqa: E402
-from pipeline.splitting import SPLITS, merge_keys, split_units  # noqa: E402
-from pipeline.text.decoding import decode_text, normalise  # noqa: E402
+from pipeline.modality.text.decoding import decode_text, normalise  # noqa: E402
+from pipeline.scoring.metrics import bootstrap_ci  # noqa: E402
+from pipeline.splitting.assign import SPLITS, merge_keys, split_units  # noqa: E402
 
 FRACTIONS = (0.7, 0.15, 0.15)
 SVM_C = (0.01, 0.1, 1.0, 10.0, 100.0)
@@ -107,7 +107,7 @@ ENCODER_METHODS["tutorial_padded"] = ("tutorial recipe, every text padded to 128
 @contextlib.contextmanager
 def padded_batches(on: bool) -> Iterator[None]:
     """With ``on``, the text batches keep the cache's full width (no dynamic padding)."""
-    from pipeline.text.model import TokenInput
+    from pipeline.modality.text.model import TokenInput
 
     cut = TokenInput.to_input
     if on:
@@ -141,7 +141,8 @@ def content_hash(text: str) -> str:
 
 
 def decode(raw: bytes, name: str, notes: list[str]) -> str:
-    """A file's text as the pipeline decodes it (:func:`pipeline.text.decoding.decode_text`:
+    """A file's text as the pipeline decodes it
+    (:func:`pipeline.modality.text.decoding.decode_text`:
     UTF-8, a BOM dropped, else a noted fallback encoding), the note kept with the file."""
     text, note = decode_text(raw)
     if note:
@@ -352,12 +353,12 @@ def encoder_row(data: str, method: str, df: pd.DataFrame, splits: np.ndarray,
     """Train the encoder with the pipeline's own code (the text cache, the train stage's
     run, the trained model read back) on the same split; scored once on test."""
     from benchmarks.common import load_params
-    from pipeline.cachefiles import open_split, read_meta
-    from pipeline.config import parse_sections
-    from pipeline.engine import predict
-    from pipeline.modelfile import load_trained, model_input
-    from pipeline.text.cache import write_text_cache
-    from pipeline.trainrun import train_model
+    from pipeline.contracts.cachefiles import open_split, read_meta
+    from pipeline.contracts.modelfile import load_trained, model_input
+    from pipeline.core.config import parse_sections
+    from pipeline.finetuning.engine import predict
+    from pipeline.finetuning.trainrun import train_model
+    from pipeline.modality.text.cache import write_text_cache
 
     title, extra, length = ENCODER_METHODS[method]
     if max_length and not method.startswith("tutorial"):

@@ -40,10 +40,10 @@ import numpy as np
 import pandas as pd
 from common import REPO, add_smoke, load_params, smoke_params
 
-from pipeline.config import parse_sections
-from pipeline.manifest import read_manifest
+from pipeline.contracts.manifest import read_manifest
+from pipeline.core.config import parse_sections
+from pipeline.modality.text.decoding import read_text
 from pipeline.stages import clean, embed, prepare
-from pipeline.text.decoding import read_text
 
 EDITS = ("typos", "drop_sentence", "dateline", "new_ending", "replace_words",
          "swap_paragraphs")

@@ -15,16 +15,24 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from pipeline import init_data, paths
-from pipeline.config import PARAMS_FILE
-from pipeline.errors import PipelineError
-from pipeline.files import not_regular
-from pipeline.init_data import data_values, inspect_source, report_lines, set_keys
-from pipeline.labelfiles import spreadsheet_cell
-from pipeline.offline_plots import TEMPLATE
-from pipeline.predict import TTA, Predictor, input_suffixes, list_inputs, predict_files, top_k
-from pipeline.summary import PAGES, SUMMARY_LATER, read_summary
-from pipeline.sweep import DEFAULT_METRIC, DEFAULT_SPACE
+from pipeline.cli import init_data
+from pipeline.cli.init_data import data_values, inspect_source, report_lines, set_keys
+from pipeline.cli.sweep import DEFAULT_METRIC, DEFAULT_SPACE
+from pipeline.contracts.labelfiles import spreadsheet_cell
+from pipeline.core import paths
+from pipeline.core.config import PARAMS_FILE
+from pipeline.core.errors import PipelineError
+from pipeline.core.files import not_regular
+from pipeline.reporting.offline_plots import TEMPLATE
+from pipeline.reporting.summary import PAGES, SUMMARY_LATER, read_summary
+from pipeline.serving.predict import (
+    TTA,
+    Predictor,
+    input_suffixes,
+    list_inputs,
+    predict_files,
+    top_k,
+)
 
 MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb limit
 SKIPPED_SHOWN = 20  # skipped files predict names (it counts them all)
@@ -63,7 +71,7 @@ def predict_command(args: argparse.Namespace) -> None:
         for path, probs, error in tqdm(results, total=len(files), desc="predict",
                                        mininterval=1.0):
             # a list people open in a spreadsheet: no path, label or error runs there as
-            # a formula (pipeline.labelfiles.spreadsheet_cell; plain numbers stay numbers)
+            # a formula (pipeline.contracts.labelfiles.spreadsheet_cell; plain numbers stay numbers)
             if probs is None:
                 failed += 1
                 writer.writerow([spreadsheet_cell(str(path)), "", ""] + [""] * (2 * k)
@@ -82,7 +90,7 @@ def serve_command(args: argparse.Namespace) -> None:
     """Run the HTTP prediction server."""
     import uvicorn
 
-    from pipeline.serve import create_app
+    from pipeline.serving.serve import create_app
 
     app = create_app(args.model, device=args.device, max_bytes=args.max_bytes,
                      k_default=args.top_k, tta=args.tta)
@@ -92,8 +100,8 @@ def serve_command(args: argparse.Namespace) -> None:
 def export_command(args: argparse.Namespace) -> None:
     """The export stage's work on any trained model: TorchScript, ONNX and model.json in
     ``--out-dir``, both checked against PyTorch on the cache's test split."""
-    from pipeline.exporting import export_model
-    from pipeline.seeding import pin_cpu
+    from pipeline.core.seeding import pin_cpu
+    from pipeline.serving.exporting import export_model
 
     problem = not_regular(args.model)  # a FIFO or a device is named, never opened
     if problem == "file not found":
@@ -163,7 +171,7 @@ def guard_special_files() -> None:
     meets it first)."""
     import yaml
 
-    from pipeline.sources import DVCIGNORE, unhashable, write_dvcignore
+    from pipeline.contracts.sources import DVCIGNORE, unhashable, write_dvcignore
 
     try:
         root = Path((yaml.safe_load(PARAMS_FILE.read_text()) or {})["data"]["root"])
@@ -205,7 +213,7 @@ def exps_command(args: argparse.Namespace, dvc_args: list[str]) -> None:
 
 def plots_template_command(args: argparse.Namespace) -> None:
     """Write the offline page template that `dvc plots show/diff` use."""
-    from pipeline.offline_plots import write_template
+    from pipeline.reporting.offline_plots import write_template
 
     path = write_template(args.out)
     print(f"wrote {path}: dvc plots show / diff now draw their charts offline")
@@ -215,7 +223,7 @@ def sweep_command(args: argparse.Namespace) -> None:
     """Search hyperparameters; every trial is a DVC experiment."""
     import yaml
 
-    from pipeline.sweep import Knob, check_keys, parse_fixed, parse_knob, sweep
+    from pipeline.cli.sweep import Knob, check_keys, parse_fixed, parse_knob, sweep
 
     knobs = [parse_knob(text) for text in (args.param or DEFAULT_SPACE)]
     fixed = parse_fixed(args.set)
@@ -269,7 +277,7 @@ def _device(p: argparse.ArgumentParser) -> None:
 
 def sweep_doc() -> str:
     """The sweep command's description: the sweep module's docstring, first paragraph."""
-    from pipeline import sweep
+    from pipeline.cli import sweep
 
     return (sweep.__doc__ or "").split("\n\n")[1].replace("``", "")
 

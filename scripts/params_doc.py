@@ -228,7 +228,7 @@ def _post_init_rules(cls: type) -> list[str]:
 
 
 def _config_module() -> Path | None:
-    """The config loader's source (pipeline/config.py, or wherever it moved)."""
+    """The config loader's source (pipeline/core/config.py, or wherever it moved)."""
     found = sorted(p for p in (REPO / "pipeline").rglob("config.py") if "params" not in p.parts)
     return found[0] if found else None
 

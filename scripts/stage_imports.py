@@ -4,7 +4,7 @@ and what an edit reruns.
     python scripts/stage_imports.py            # stage -> modules
     python scripts/stage_imports.py --only-in train --not-in embed
         # modules the train stage imports that embed does not (training-only code)
-    python scripts/stage_imports.py --rerun pipeline/engine.py
+    python scripts/stage_imports.py --rerun pipeline/finetuning/engine.py
         # stages that declare the file, then every stage downstream of them in dvc.yaml
     python scripts/stage_imports.py --rerun-table
         # the table "edit this file -> these stages rerun", for every pipeline module,

@@ -184,7 +184,7 @@ def matches(text: str, pattern: str) -> bool:
 
 def fault_outcome(run: Callable[..., Any], *args: Any) -> str:
     """What a user reads: ``run(*args)``'s result, or its PipelineError's message."""
-    from pipeline.errors import PipelineError
+    from pipeline.core.errors import PipelineError
 
     try:
         return run(*args)

@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.augment import make_views, view_transform
-from pipeline.cachefiles import NpyRows
-from pipeline.config import parse_sections
-from pipeline.engine import random_flip_shift
+from pipeline.contracts.cachefiles import NpyRows
+from pipeline.core.config import parse_sections
+from pipeline.finetuning.engine import random_flip_shift
+from pipeline.modality.image.augment import make_views, view_transform
 
 from .conftest import class_image, repo_params
 

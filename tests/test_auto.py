@@ -8,10 +8,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pipeline import calibfiles
-from pipeline.config import parse_sections
-from pipeline.embedfiles import read_meta
-from pipeline.errors import PipelineError
+from pipeline.contracts import calibfiles
+from pipeline.contracts.embedfiles import read_meta
+from pipeline.core.config import parse_sections
+from pipeline.core.errors import PipelineError
 from pipeline.stages import cache, clean, embed, prepare, split
 
 from .conftest import repo_params, write_tree

@@ -1,8 +1,7 @@
 import numpy as np
 import pytest
 
-from pipeline.autosize import backbone_input_size, data_profile, resolve_image_size
-from pipeline.calibrate import (
+from pipeline.dataquality.calibrate import (
     calibrate,
     copy_pairs,
     copy_similarities,
@@ -12,7 +11,8 @@ from pipeline.calibrate import (
     search,
     view_neighbours,
 )
-from pipeline.copysignals import (
+from pipeline.finetuning.autosize import backbone_input_size, data_profile, resolve_image_size
+from pipeline.modality.image.signals import (
     COPY_KINDS,
     CopyModel,
     _jpeg_tiles,

@@ -18,11 +18,11 @@ import yaml
 from PIL import Image
 
 from pipeline import __main__ as cli
-from pipeline.errors import run_stage
-from pipeline.init_data import set_keys
-from pipeline.report import issues_html
-from pipeline.review_page import review_page
-from pipeline.summary import SUMMARY_LATER, summary_lines
+from pipeline.cli.init_data import set_keys
+from pipeline.core.errors import run_stage
+from pipeline.reporting.report import issues_html
+from pipeline.reporting.review_page import review_page
+from pipeline.reporting.summary import SUMMARY_LATER, summary_lines
 
 from .conftest import REPO, write_tree
 

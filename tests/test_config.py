@@ -2,8 +2,8 @@ import dataclasses
 
 import pytest
 
-from pipeline.config import parse_sections
-from pipeline.errors import ParamsError
+from pipeline.core.config import parse_sections
+from pipeline.core.errors import ParamsError
 
 from .conftest import REPO, repo_params
 
@@ -88,10 +88,10 @@ def test_load_params_applies_overrides_as_dvc_does(tmp_path):
 
 
 def test_max_rate_has_one_key_per_issue_name():
-    # the issue names live in pipeline.manifest.ISSUES; clean.max_rate mirrors them
+    # the issue names live in pipeline.contracts.manifest.ISSUES; clean.max_rate mirrors them
     import dataclasses
 
-    from pipeline.manifest import ISSUES
+    from pipeline.contracts.manifest import ISSUES
     from pipeline.params.clean import MaxRates
 
     assert tuple(f.name for f in dataclasses.fields(MaxRates)) == ISSUES

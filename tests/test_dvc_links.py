@@ -14,8 +14,8 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from pipeline.errors import run_stage
-from pipeline.files import atomic_dir, declared_outputs, detach_links
+from pipeline.core.errors import run_stage
+from pipeline.core.files import atomic_dir, declared_outputs, detach_links
 
 from .conftest import PROJECT_FILES, REPO, scratch_project, sh, write_tree
 
@@ -111,7 +111,7 @@ def test_no_space_ends_a_stage_with_one_line_naming_the_folder(tmp_path, monkeyp
 
 
 def test_the_cache_stage_checks_free_space_before_writing(tmp_path, monkeypatch):
-    from pipeline.files import check_space
+    from pipeline.core.files import check_space
 
     monkeypatch.setattr("shutil.disk_usage", lambda _: SimpleNamespace(free=10 * 2**20))
     with pytest.raises(OSError) as err:

@@ -23,7 +23,7 @@ def _sections_loaded(path: Path) -> list[str]:
 
 
 # Stages made once per item of a params list (ensembles and cross-validation): the
-# list -> the one argument their command passes (pipeline.errors.run_stage item=...).
+# list -> the one argument their command passes (pipeline.core.errors.run_stage item=...).
 MATRIX = {"member": ("${ensemble.seeds}", "seed"), "fold": ("${split.folds}", "fold"),
           "ensemble": ("${ensemble.combine}", "kind")}
 
@@ -102,7 +102,7 @@ def test_stage_imports_the_schema_of_every_section_it_loads(stage):
 @pytest.mark.parametrize("stage", ["embed", "clean", "split", "cache"])
 def test_stages_before_train_import_no_training_code(stage):
     # an edit to the training loop, the schedule or the layer groups must not rerun them
-    training_only = {"pipeline.engine", "pipeline.finetune", "pipeline.models",
-                     "pipeline.training", "pipeline.trainrun", "pipeline.params.train",
-                     "pipeline.params.model"}
+    training_only = {f"pipeline.finetuning.{m}"
+                     for m in ("engine", "finetune", "models", "training", "trainrun")}
+    training_only |= {"pipeline.params.train", "pipeline.params.model"}
     assert not training_only & _closure(f"pipeline.stages.{stage}")

@@ -9,13 +9,19 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import paths
-from pipeline.cachefiles import CacheMeta, fold_splits, write_meta
-from pipeline.config import SECTIONS, check_members, check_params, load_sections, parse_sections
-from pipeline.errors import ParamsError, PipelineError, run_stage
-from pipeline.metrics import headline
+from pipeline.contracts.cachefiles import CacheMeta, fold_splits, write_meta
+from pipeline.core import paths
+from pipeline.core.config import (
+    SECTIONS,
+    check_members,
+    check_params,
+    load_sections,
+    parse_sections,
+)
+from pipeline.core.errors import ParamsError, PipelineError, run_stage
 from pipeline.params.ensemble import EnsembleConfig
-from pipeline.splitting import SplitError, assign_folds
+from pipeline.scoring.metrics import headline
+from pipeline.splitting.assign import SplitError, assign_folds
 from pipeline.stages import ensemble
 from pipeline.stages.member import member_settings
 

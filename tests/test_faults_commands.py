@@ -33,12 +33,12 @@ import yaml
 from PIL import Image
 
 from pipeline.__main__ import main as cli
-from pipeline.backbones import create_model
-from pipeline.config import SECTIONS, load_sections, parse_sections, section_class
-from pipeline.copysignals import ALIGNED_SIZE, ALIGNED_VIEWS, aligned_views
-from pipeline.embedfiles import read_meta
-from pipeline.errors import PipelineError
-from pipeline.modelfile import save_model
+from pipeline.contracts.embedfiles import read_meta
+from pipeline.contracts.modelfile import save_model
+from pipeline.core.config import SECTIONS, load_sections, parse_sections, section_class
+from pipeline.core.errors import PipelineError
+from pipeline.finetuning.backbones import create_model
+from pipeline.modality.image.signals import ALIGNED_SIZE, ALIGNED_VIEWS, aligned_views
 from pipeline.params.model import ModelConfig
 from pipeline.stages import embed, prepare
 

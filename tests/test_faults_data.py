@@ -23,11 +23,11 @@ import torch
 import yaml
 from PIL import Image
 
-from pipeline import embedfiles
-from pipeline.config import load_sections, parse_sections
-from pipeline.embedfiles import EmbedMeta
-from pipeline.errors import PipelineError
-from pipeline.manifest import read_manifest, write_manifest
+from pipeline.contracts import embedfiles
+from pipeline.contracts.embedfiles import EmbedMeta
+from pipeline.contracts.manifest import read_manifest, write_manifest
+from pipeline.core.config import load_sections, parse_sections
+from pipeline.core.errors import PipelineError
 from pipeline.stages import clean, embed, prepare, split
 
 from .conftest import REPO, class_image, fault_outcome, matches, repo_params, tree_hash, write_tree

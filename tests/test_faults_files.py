@@ -23,20 +23,20 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline import sources
 from pipeline.__main__ import main as cli
-from pipeline.backbones import WeightsError, create_model, load_torch_file
-from pipeline.config import parse_sections
-from pipeline.embedfiles import read_meta
-from pipeline.errors import ParamsError, PipelineError
-from pipeline.files import atomic_path
-from pipeline.images import IMAGES, UnreadableImage, decode_image
-from pipeline.modelfile import load_trained, save_model
+from pipeline.contracts import sources
+from pipeline.contracts.embedfiles import read_meta
+from pipeline.contracts.modelfile import load_trained, save_model
+from pipeline.core.config import parse_sections
+from pipeline.core.errors import ParamsError, PipelineError
+from pipeline.core.files import atomic_path
+from pipeline.finetuning.backbones import WeightsError, create_model, load_torch_file
+from pipeline.finetuning.training import Checkpointer
+from pipeline.modality.image.decoding import IMAGES, UnreadableImage, decode_image
 from pipeline.params.data import DataConfig
 from pipeline.params.model import ModelConfig
-from pipeline.serve import PixelBudget
+from pipeline.serving.serve import PixelBudget
 from pipeline.stages import embed, prepare
-from pipeline.training import Checkpointer
 
 from .conftest import REPO, class_image, repo_params
 

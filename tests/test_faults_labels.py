@@ -29,23 +29,23 @@ from matplotlib import pyplot as plt
 from matplotlib.text import Text
 from PIL import Image
 
-from pipeline import report
-from pipeline.config import parse_sections
-from pipeline.errors import PipelineError
-from pipeline.evaluation import write_scores
-from pipeline.images import natural_key
-from pipeline.init_data import counts_table, inspect_source, report_lines
-from pipeline.labelfiles import (
+from pipeline.cli.init_data import counts_table, inspect_source, report_lines
+from pipeline.contracts.labelfiles import (
     from_plot_cell,
     plot_cell,
     read_labelled,
     read_predictions,
 )
-from pipeline.manifest import read_manifest
-from pipeline.metrics import scaled_log_loss
+from pipeline.contracts.manifest import read_manifest
+from pipeline.core.config import parse_sections
+from pipeline.core.errors import PipelineError
+from pipeline.modality.image.decoding import natural_key
+from pipeline.reporting import report
+from pipeline.reporting.summary import read_summary, summary_lines
+from pipeline.scoring.evaluation import write_scores
+from pipeline.scoring.metrics import scaled_log_loss
 from pipeline.stages import clean, ensemble, prepare
 from pipeline.stages import report as report_stage
-from pipeline.summary import read_summary, summary_lines
 
 from .conftest import REPO, class_image, repo_params, tree_hash, write_tree
 from .test_faults_data import _fake_embed, _folder_data
@@ -230,7 +230,7 @@ def test_class_order_breaks_natural_sort_ties_by_text(case):
 
 def test_class_order_is_the_same_under_every_hash_seed():
     """The cache stage's expression in fresh interpreters with different string hashes."""
-    code = ("from pipeline.images import natural_key; "
+    code = ("from pipeline.modality.image.decoding import natural_key; "
             "print(sorted(set(['7', '007', '07', '1', '01', 'a1', 'a01']), key=natural_key))")
     outputs = {subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
                               text=True, check=True,
@@ -476,7 +476,7 @@ def test_script_label_does_not_run_in_chromium(tmp_path):
     sys.path.insert(0, str(REPO / "scripts"))
     from check_plots import chromium  # offline, a fresh profile
 
-    from pipeline.offline_plots import write_template
+    from pipeline.reporting.offline_plots import write_template
 
     project = _dvc_project(tmp_path / "project")
     write_template(project / ".dvc/offline_plots.html")
@@ -535,8 +535,8 @@ def test_plots_page_opens_with_what_a_reviewer_reads_first(tmp_path):
 def test_learning_rate_chart_names_the_default_backbones_groups():
     """dvc.yaml's learning-rate chart lists the train stage's curve files for the
     default model.name (training.lr_record: lr/<layer>_<group>.tsv)."""
-    from pipeline.backbones import create_model
-    from pipeline.models import layer_groups
+    from pipeline.finetuning.backbones import create_model
+    from pipeline.finetuning.models import layer_groups
 
     (model_cfg,) = parse_sections(repo_params(), "model")
     model, _, _ = create_model(model_cfg, num_classes=3, pretrained=False)

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import parse_sections
-from pipeline.embedfiles import read_meta
-from pipeline.manifest import read_manifest
+from pipeline.contracts.embedfiles import read_meta
+from pipeline.contracts.manifest import read_manifest
+from pipeline.core.config import parse_sections
 from pipeline.stages import embed, prepare
 
 from . import test_text_modality as texts

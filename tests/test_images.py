@@ -4,7 +4,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.images import UnreadableImage, decode_image, fit_image, natural_key, pixel_hash
+from pipeline.modality.image.decoding import (
+    UnreadableImage,
+    decode_image,
+    fit_image,
+    natural_key,
+    pixel_hash,
+)
 
 from .conftest import class_image
 

@@ -7,8 +7,8 @@ from collections import Counter
 
 import pytest
 
-from pipeline.config import parse_sections
-from pipeline.errors import PipelineError
+from pipeline.core.config import parse_sections
+from pipeline.core.errors import PipelineError
 from pipeline.stages import clean, embed, prepare, split
 
 from .conftest import repo_params, write_tree
@@ -114,7 +114,7 @@ def test_split_method_auto_follows_whether_the_source_recorded_a_split(capsys):
 
     import pandas as pd
 
-    from pipeline.config import load_sections
+    from pipeline.core.config import load_sections
     from pipeline.stages.split import resolve_method
 
     (cfg,) = load_sections("split")

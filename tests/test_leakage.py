@@ -5,11 +5,11 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
-from pipeline.config import parse_sections
-from pipeline.errors import PipelineError
-from pipeline.leakage import audit, train_rows_to_drop
-from pipeline.manifest import write_manifest
-from pipeline.splitting import split_temporal
+from pipeline.contracts.manifest import write_manifest
+from pipeline.core.config import parse_sections
+from pipeline.core.errors import PipelineError
+from pipeline.splitting.assign import split_temporal
+from pipeline.splitting.leakage import audit, train_rows_to_drop
 from pipeline.stages import clean, embed, prepare, split
 
 from .conftest import repo_params

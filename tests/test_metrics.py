@@ -5,11 +5,11 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline.config import parse_sections
-from pipeline.engine import tta_views
-from pipeline.errors import PipelineError
-from pipeline.evaluation import compute, gate
-from pipeline.metrics import (
+from pipeline.core.config import parse_sections
+from pipeline.core.errors import PipelineError
+from pipeline.finetuning.engine import tta_views
+from pipeline.scoring.evaluation import compute, gate
+from pipeline.scoring.metrics import (
     apply_temperature,
     bootstrap_ci,
     calibrate_temperature,

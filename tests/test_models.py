@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from pipeline.backbones import WeightsError, check_model_config, create_model
-from pipeline.errors import PipelineError
-from pipeline.modelfile import load_trained, save_model
-from pipeline.models import layer_groups, set_trainable, train_mode
+from pipeline.contracts.modelfile import load_trained, save_model
+from pipeline.core.errors import PipelineError
+from pipeline.finetuning.backbones import WeightsError, check_model_config, create_model
+from pipeline.finetuning.models import layer_groups, set_trainable, train_mode
 from pipeline.params.model import ModelConfig
 
 

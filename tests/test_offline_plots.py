@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.offline_plots import TEMPLATE, template_html, write_template
+from pipeline.reporting.offline_plots import TEMPLATE, template_html, write_template
 
 from .conftest import REPO
 

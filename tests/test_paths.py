@@ -1,11 +1,11 @@
-"""pipeline/paths.py and dvc.yaml must name the same files: a stage that writes where
+"""pipeline/core/paths.py and dvc.yaml must name the same files: a stage that writes where
 dvc.yaml does not look (or the reverse) leaves DVC tracking the wrong thing."""
 
 from pathlib import Path
 
 import yaml
 
-from pipeline import paths
+from pipeline.core import paths
 
 from .conftest import REPO
 

@@ -5,9 +5,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pipeline.config import parse_sections
-from pipeline.errors import PipelineError
-from pipeline.files import file_sha256
+from pipeline.core.config import parse_sections
+from pipeline.core.errors import PipelineError
+from pipeline.core.files import file_sha256
 from pipeline.stages import prepare
 
 from .conftest import class_image, repo_params, write_tree

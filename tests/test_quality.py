@@ -1,7 +1,7 @@
 import numpy as np
 
 from benchmarks.common import probe_accuracy
-from pipeline.quality import (
+from pipeline.dataquality.quality import (
     conflicting_clusters,
     exact_duplicate_clusters,
     label_issues,
@@ -138,7 +138,7 @@ def test_lda_probe_finds_flipped_labels_on_principal_components():
 
 
 def test_text_outliers_by_distance_length_and_a_script_other_than_most():
-    from pipeline.text.decoding import dominant_script
+    from pipeline.modality.text.decoding import dominant_script
 
     assert dominant_script("Shares rose; 3 banks cut rates.") == "LATIN"
     assert dominant_script("Акции выросли, banks") == "CYRILLIC"

@@ -14,16 +14,16 @@ from PIL import Image
 from torch import nn
 
 from pipeline import __main__ as cli
-from pipeline.backbones import Head, create_model
-from pipeline.cachefiles import ArraySplit
-from pipeline.config import as_dict
-from pipeline.engine import predict
-from pipeline.errors import ParamsError, PipelineError
-from pipeline.finetune import make_optimizer, make_schedule, param_groups, set_lrs
-from pipeline.modelfile import load_trained, save_model
-from pipeline.models import layer_groups, set_trainable, train_mode
-from pipeline.predict import Predictor
-from pipeline.training import check_head_batches, class_weights, make_loss
+from pipeline.contracts.cachefiles import ArraySplit
+from pipeline.contracts.modelfile import load_trained, save_model
+from pipeline.core.config import as_dict
+from pipeline.core.errors import ParamsError, PipelineError
+from pipeline.finetuning.backbones import Head, create_model
+from pipeline.finetuning.engine import predict
+from pipeline.finetuning.finetune import make_optimizer, make_schedule, param_groups, set_lrs
+from pipeline.finetuning.models import layer_groups, set_trainable, train_mode
+from pipeline.finetuning.training import check_head_batches, class_weights, make_loss
+from pipeline.serving.predict import Predictor
 
 from .conftest import class_image
 from .test_recipes import curve
@@ -267,7 +267,7 @@ def test_predict_tta_matches_evaluate(saved_model, tmp_path):
 def test_serve_tta_default_and_per_request(saved_model):
     from fastapi.testclient import TestClient
 
-    from pipeline.serve import create_app
+    from pipeline.serving.serve import create_app
 
     path, files = saved_model
     predictor = Predictor.load(path, device="cpu")

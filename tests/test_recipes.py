@@ -13,14 +13,14 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.backbones import create_model
-from pipeline.cachefiles import bootstrap_rows, open_split, read_meta, take_rows
-from pipeline.engine import batch_indices
-from pipeline.errors import ParamsError, PipelineError
-from pipeline.finetune import check_phases, expand_gradual, group_lrs
-from pipeline.models import layer_groups, set_trainable
+from pipeline.contracts.cachefiles import bootstrap_rows, open_split, read_meta, take_rows
+from pipeline.core.errors import ParamsError, PipelineError
+from pipeline.finetuning.backbones import create_model
+from pipeline.finetuning.engine import batch_indices
+from pipeline.finetuning.finetune import check_phases, expand_gradual, group_lrs
+from pipeline.finetuning.models import layer_groups, set_trainable
+from pipeline.finetuning.training import class_weights, make_loss, sample_weights
 from pipeline.params.model import ModelConfig
-from pipeline.training import class_weights, make_loss, sample_weights
 
 from .conftest import class_image
 from .test_train import sections, train_in, weights, write_cache

@@ -19,16 +19,16 @@ import torch
 import yaml
 from torch import nn
 
-from pipeline.cachefiles import bootstrap_rows, open_split, read_meta
-from pipeline.config import check_params, parse_sections
-from pipeline.engine import predict
-from pipeline.finetune import resolve_auto
-from pipeline.modelfile import load_trained
-from pipeline.models import layer_groups
-from pipeline.predict import Predictor
+from pipeline.contracts.cachefiles import bootstrap_rows, open_split, read_meta
+from pipeline.contracts.modelfile import load_trained
+from pipeline.core.config import check_params, parse_sections
+from pipeline.finetuning.engine import predict
+from pipeline.finetuning.finetune import resolve_auto
+from pipeline.finetuning.models import layer_groups
+from pipeline.finetuning.training import Setup, build_setup, sample_weights
+from pipeline.finetuning.trainrun import train_model
+from pipeline.serving.predict import Predictor
 from pipeline.stages.member import member_settings
-from pipeline.training import Setup, build_setup, sample_weights
-from pipeline.trainrun import train_model
 
 from .conftest import REPO, repo_params
 from .test_recipes import imbalanced_cache

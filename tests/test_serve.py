@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.backbones import create_model
-from pipeline.modelfile import save_model
+from pipeline.contracts.modelfile import save_model
+from pipeline.finetuning.backbones import create_model
 from pipeline.params.model import ModelConfig
 
 from .conftest import class_image, serving

@@ -3,7 +3,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from pipeline.splitting import (
+from pipeline.splitting.assign import (
     SplitError,
     carve_val,
     check_classes,

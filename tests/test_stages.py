@@ -12,12 +12,12 @@ import torch
 from sklearn import metrics as skm
 
 from pipeline import __main__ as cli
-from pipeline import training
-from pipeline.config import parse_sections
-from pipeline.evaluation import HEADLINE, evaluate_model
-from pipeline.metrics import calibrate_temperature
+from pipeline.core.config import parse_sections
+from pipeline.finetuning import training
+from pipeline.finetuning.trainrun import train_model
+from pipeline.scoring.evaluation import HEADLINE, evaluate_model
+from pipeline.scoring.metrics import calibrate_temperature
 from pipeline.stages import cache, clean, embed, prepare, split
-from pipeline.trainrun import train_model
 
 from .conftest import REPO, repo_params, write_tree
 

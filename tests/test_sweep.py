@@ -8,8 +8,8 @@ import sys
 import pytest
 import yaml
 
-from pipeline.errors import PipelineError
-from pipeline.sweep import Knob, check_keys, parse_knob, yaml_value
+from pipeline.cli.sweep import Knob, check_keys, parse_knob, yaml_value
+from pipeline.core.errors import PipelineError
 
 from .conftest import repo_params, sh, tiny_project
 

@@ -12,15 +12,17 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.cachefiles import CacheMeta, open_split, read_meta
-from pipeline.config import parse_sections
-from pipeline.engine import batch_indices, predict
-from pipeline.errors import PipelineError
-from pipeline.finetune import resolve_auto
-from pipeline.modelfile import load_trained, model_input
-from pipeline.text.cache import write_text_cache
-from pipeline.text.decoding import UnreadableText, content_hash, decode_text, normalise
-from pipeline.text.model import (
+from pipeline.contracts.cachefiles import CacheMeta, open_split, read_meta
+from pipeline.contracts.modelfile import load_trained, model_input
+from pipeline.core.config import parse_sections
+from pipeline.core.errors import PipelineError
+from pipeline.finetuning.engine import batch_indices, predict
+from pipeline.finetuning.finetune import resolve_auto
+from pipeline.finetuning.training import sample_weights
+from pipeline.finetuning.trainrun import train_model
+from pipeline.modality.text.cache import write_text_cache
+from pipeline.modality.text.decoding import UnreadableText, content_hash, decode_text, normalise
+from pipeline.modality.text.model import (
     TokenInput,
     auto_max_length,
     create_text_model,
@@ -28,8 +30,6 @@ from pipeline.text.model import (
     encoder_path,
     text_model_name,
 )
-from pipeline.training import sample_weights
-from pipeline.trainrun import train_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -145,8 +145,8 @@ def test_sampler_auto_groups_texts_by_length_and_by_length_is_refused_for_images
 
 
 def test_the_auto_text_schedule_unfreezes_at_most_the_layers_an_encoder_has():
-    from pipeline.finetune import fit_auto_depth
-    from pipeline.models import LayerGroup
+    from pipeline.finetuning.finetune import fit_auto_depth
+    from pipeline.finetuning.models import LayerGroup
 
     def groups(layers: int) -> list[LayerGroup]:
         names = ["embeddings", *(f"layer.{i}" for i in range(layers)), "head"]

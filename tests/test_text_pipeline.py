@@ -12,9 +12,9 @@ import pytest
 import torch
 import yaml
 
-from pipeline.config import parse_sections
-from pipeline.errors import PipelineError
-from pipeline.itemkinds import resolve_modality
+from pipeline.core.config import parse_sections
+from pipeline.core.errors import PipelineError
+from pipeline.modality.itemkinds import resolve_modality
 
 from . import test_text_modality as texts
 from .conftest import (
@@ -108,7 +108,7 @@ def test_dvc_repro_runs_a_text_project_through_every_stage(tmp_path, tiny_encode
 
 
 def test_init_recognises_a_text_folder_and_a_jsonl_manifest(tmp_path):
-    from pipeline.init_data import data_values, inspect_source, report_lines
+    from pipeline.cli.init_data import data_values, inspect_source, report_lines
 
     _write_texts(tmp_path / "texts", per_class=3)
     (tmp_path / "texts/tech/blank.txt").write_text("  \n")
@@ -125,7 +125,7 @@ def test_init_recognises_a_text_folder_and_a_jsonl_manifest(tmp_path):
 
 
 def _text_cache(folder, encoder, train_n: int):
-    from pipeline.text.cache import write_text_cache
+    from pipeline.modality.text.cache import write_text_cache
 
     splits = {}
     for split, n in (("train", train_n), ("val", 4), ("test", 4)):
@@ -186,7 +186,7 @@ def test_a_fixed_text_test_set_with_copies_of_train_texts_fails_the_split(tmp_pa
                                                                           tiny_encoder):
     import numpy as np
 
-    from pipeline.manifest import read_manifest
+    from pipeline.contracts.manifest import read_manifest
     from pipeline.stages import clean, embed, prepare, split
 
     root = tmp_path / "texts"

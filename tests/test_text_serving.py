@@ -13,17 +13,17 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from pipeline.cachefiles import open_split, read_meta
-from pipeline.config import parse_sections
-from pipeline.engine import predict
-from pipeline.errors import PipelineError
-from pipeline.exporting import export_model, quiet_jit
-from pipeline.modelfile import load_trained, model_input
-from pipeline.predict import Predictor, list_inputs, predict_files, top_k
-from pipeline.serve import MAX_TEXTS
-from pipeline.text.cache import write_text_cache
-from pipeline.text.model import encode
-from pipeline.trainrun import train_model
+from pipeline.contracts.cachefiles import open_split, read_meta
+from pipeline.contracts.modelfile import load_trained, model_input
+from pipeline.core.config import parse_sections
+from pipeline.core.errors import PipelineError
+from pipeline.finetuning.engine import predict
+from pipeline.finetuning.trainrun import train_model
+from pipeline.modality.text.cache import write_text_cache
+from pipeline.modality.text.model import encode
+from pipeline.serving.exporting import export_model, quiet_jit
+from pipeline.serving.predict import Predictor, list_inputs, predict_files, top_k
+from pipeline.serving.serve import MAX_TEXTS
 
 from . import test_text_modality as texts
 from .conftest import serving
@@ -287,7 +287,7 @@ def test_deep_json_a_chunked_flood_and_bad_k_and_tta_are_client_errors(server):
 
 
 def test_evaluate_refuses_test_time_augmentation_for_texts(trained, tmp_path):
-    from pipeline.evaluation import evaluate_model
+    from pipeline.scoring.evaluation import evaluate_model
 
     model, cache = trained
     base, cfg = parse_sections(texts._params(["evaluate.tta=flip"]), "base", "evaluate")

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.text.signals import (
+from pipeline.modality.text.signals import (
     SIGNATURES,
     TEXT_COPY_KINDS,
     make_text_copies,
@@ -128,7 +128,7 @@ def test_short_texts_use_their_words_and_sizes_never_match_each_other():
 
 
 def test_rows_do_not_depend_on_the_python_hash_seed():
-    code = ("import hashlib, sys; from pipeline.text.signals import shingle_vectors; "
+    code = ("import hashlib, sys; from pipeline.modality.text.signals import shingle_vectors; "
             "sys.stdout.write(hashlib.sha256(shingle_vectors(sys.argv[1:]).tobytes())"
             ".hexdigest())")
     digests = {subprocess.run([sys.executable, "-c", code, *TEXTS[:2], "x y"], cwd=REPO,

@@ -14,12 +14,12 @@ import pytest
 import torch
 import yaml
 
-from pipeline.backbones import create_model
-from pipeline.cachefiles import load_split
-from pipeline.config import parse_sections
-from pipeline.engine import train_one_epoch
-from pipeline.errors import ParamsError, PipelineError
-from pipeline.finetune import (
+from pipeline.contracts.cachefiles import load_split
+from pipeline.core.config import parse_sections
+from pipeline.core.errors import ParamsError, PipelineError
+from pipeline.finetuning.backbones import create_model
+from pipeline.finetuning.engine import train_one_epoch
+from pipeline.finetuning.finetune import (
     AUTO_PHASES,
     check_phases,
     group_lrs,
@@ -28,10 +28,10 @@ from pipeline.finetune import (
     resolve_auto,
     set_lrs,
 )
-from pipeline.inputs import to_input
-from pipeline.models import layer_groups, set_trainable, train_mode
+from pipeline.finetuning.models import layer_groups, set_trainable, train_mode
+from pipeline.finetuning.trainrun import train_model
+from pipeline.modality.image.inputs import to_input
 from pipeline.params.model import ModelConfig
-from pipeline.trainrun import train_model
 
 from .conftest import REPO, class_image, kill_mid_phase, repo_params
 
@@ -276,7 +276,7 @@ def test_two_gloo_processes_match_a_single_process(tmp_path):
 
 
 def test_every_rank_gets_rows_from_every_batch():
-    from pipeline.engine import batch_count, batch_indices
+    from pipeline.finetuning.engine import batch_count, batch_indices
 
     for n, world in ((17, 2), (16, 2), (9, 3), (10, 1)):
         shares = [list(batch_indices(n, 8, generator=torch.Generator().manual_seed(0),

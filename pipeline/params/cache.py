@@ -2,7 +2,7 @@
 
 One module per section, so that DVC reruns only the stages that read the section whose
 schema changed (each stage declares the modules it imports). Loaded by
-:func:`pipeline.config.load_sections`.
+:func:`pipeline.core.config.load_sections`.
 """
 
 from __future__ import annotations
@@ -30,13 +30,13 @@ class CacheConfig:
     """Decoded, resized arrays that training reads instead of image files."""
 
     # pixels, square; auto: model.name's pretrained input size, or 6 x the images' median
-    # short side for small images (pipeline.autosize.resolve_image_size)
+    # short side for small images (pipeline.finetuning.autosize.resolve_image_size)
     image_size: int | Literal["auto"] = field(metadata=in_range(ge=8, le=1024))
     fit: Literal["crop", "pad", "stretch"]  # how a non-square image becomes square
     views: int = field(metadata=in_range(ge=0, le=1000))  # K augmented copies per train image
     # seeds the views: same seed, same bytes
     seed: int = field(metadata=in_range(ge=0, le=SEED_MAX))
     augment: AugmentConfig
-    # texts: tokens per text; auto from the train texts' lengths (pipeline.text.cache)
+    # texts: tokens per text; auto from the train texts' lengths (pipeline.modality.text.cache)
     max_length: int | Literal["auto"] = field(metadata=in_range(ge=8, le=100000))
     truncation: Literal["head", "head_tail"]  # texts: what a long text keeps

@@ -2,7 +2,7 @@
 
 One module per section, so that DVC reruns only the stages that read the section whose
 schema changed (each stage declares the modules it imports). Loaded by
-:func:`pipeline.config.load_sections`.
+:func:`pipeline.core.config.load_sections`.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ class CleanConfig:
     exact_duplicates: Literal["drop", "flag"]  # drop all but one member of each cluster
     near_duplicates: Literal["drop", "flag"]  # drop all but one member of each cluster
     # cosine similarity of embeddings; auto: calibrated on synthetic copies of the user's
-    # images over embeddings and pixel signals (pipeline.calibrate)
+    # images over embeddings and pixel signals (pipeline.dataquality.calibrate)
     near_duplicate_threshold: float | Literal["auto"] = field(metadata=in_range(gt=0, le=1))
     # auto: the largest acceptable estimated share of images linked to a distinct image
     max_false_rate: float = field(metadata=in_range(ge=0, le=1))
@@ -47,7 +47,7 @@ class CleanConfig:
     probe_dims: int = field(metadata=in_range(ge=2, le=100_000))
     outliers: Literal["flag", "drop"]
     # mean cosine distance; auto: 0.65 for images, for texts the data's own spread
-    # (pipeline.quality.text_outliers)
+    # (pipeline.dataquality.quality.text_outliers)
     outlier_threshold: float | Literal["auto"] = field(metadata=in_range(gt=0, le=2))
     neighbours: int = field(metadata=in_range(ge=1, le=100))  # k of the neighbour search
     # images; above: k-means cell search

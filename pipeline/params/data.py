@@ -2,7 +2,7 @@
 
 One module per section, so that DVC reruns only the stages that read the section whose
 schema changed (each stage declares the modules it imports). Loaded by
-:func:`pipeline.config.load_sections`.
+:func:`pipeline.core.config.load_sections`.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from pipeline.errors import ParamsError
+from pipeline.core.errors import ParamsError
 
 
 @dataclass(frozen=True)
@@ -23,7 +23,7 @@ class DataConfig:
     # read files that resolve outside root ('..', absolute paths, symbolic links); files
     # reached by '..' or absolute paths are no DVC dependency: changes to them rerun nothing
     allow_outside_root: bool
-    # image | text | auto: decided from the files (pipeline.itemkinds), said in the log
+    # image | text | auto: decided from the files (pipeline.modality.itemkinds), said in the log
     modality: Literal["auto", "image", "text"] = "auto"
 
     def __post_init__(self) -> None:

@@ -2,7 +2,7 @@
 
 One module per section, so that DVC reruns only the stages that read the section whose
 schema changed (each stage declares the modules it imports). Loaded by
-:func:`pipeline.config.load_sections`.
+:func:`pipeline.core.config.load_sections`.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pipeline.errors import ParamsError
+from pipeline.core.errors import ParamsError
 from pipeline.params.fields import SEED_MAX, in_range
 
 

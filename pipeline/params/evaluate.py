@@ -2,7 +2,7 @@
 
 One module per section, so that DVC reruns only the stages that read the section whose
 schema changed (each stage declares the modules it imports). Loaded by
-:func:`pipeline.config.load_sections`.
+:func:`pipeline.core.config.load_sections`.
 """
 
 from __future__ import annotations

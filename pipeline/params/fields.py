@@ -15,6 +15,6 @@ LR_MAX = 10.0  # learning rates (as train.lr)
 
 def in_range(*, gt: float | None = None, ge: float | None = None, le: float | None = None,
              lt: float | None = None) -> dict[str, Any]:
-    """Field metadata for a numeric bound, checked by the loader (pipeline.config); on a
+    """Field metadata for a numeric bound, checked by the loader (pipeline.core.config); on a
     list or mapping, it bounds each number in it."""
     return {"range": {"gt": gt, "ge": ge, "le": le, "lt": lt}}

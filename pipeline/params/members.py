@@ -2,8 +2,8 @@
 
 One module per section, so that DVC reruns only the stages that read the section whose
 schema changed (each stage declares the modules it imports). Loaded by
-:func:`pipeline.config.load_sections`; the values are checked against the ``train`` and
-``model`` sections by :func:`pipeline.config.check_members`.
+:func:`pipeline.core.config.load_sections`; the values are checked against the ``train`` and
+``model`` sections by :func:`pipeline.core.config.check_members`.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 One module per section, so that DVC reruns only the stages that read the section whose
 schema changed (each stage declares the modules it imports). Loaded by
-:func:`pipeline.config.load_sections`.
+:func:`pipeline.core.config.load_sections`.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pipeline.errors import ParamsError
+from pipeline.core.errors import ParamsError
 from pipeline.params.fields import BATCH_MAX, EPOCHS_MAX, LR_MAX, SEED_MAX, in_range
 
 
@@ -101,7 +101,7 @@ class TrainConfig:
         metadata=in_range(le=10**6))
     # balanced: draw rows with p ~ 1 / class count; by_length: shuffled, then batches of
     # similar length (transformers' length-grouped order; texts); auto: by_length for
-    # texts, shuffle for images (pipeline.finetune.resolve_auto)
+    # texts, shuffle for images (pipeline.finetuning.finetune.resolve_auto)
     sampler: Literal["auto", "shuffle", "balanced", "by_length"]
     bn: Literal["frozen", "train"]  # BatchNorm statistics of trainable layers (see models)
     feature_cache: bool  # compute frozen parts once: head-only phases; texts: partial ones
@@ -109,24 +109,24 @@ class TrainConfig:
     # (bagging: members of a seed ensemble then differ in their data, not only their seed)
     bagging: bool
     # random horizontal flips each epoch; auto: on for photos, off for small images such
-    # as digits (the cache's data profile, pipeline.finetune.resolve_auto)
+    # as digits (the cache's data profile, pipeline.finetuning.finetune.resolve_auto)
     hflip: bool | Literal["auto"]
     shift: int = field(metadata=in_range(ge=0, le=1024))  # random translation each epoch, pixels
     amp: bool  # mixed precision on CUDA; ignored on CPU
     compile: bool  # torch.compile the model
-    # auto: pipeline.finetune.AUTO_PHASES for the cache's data profile
+    # auto: pipeline.finetuning.finetune.AUTO_PHASES for the cache's data profile
     phases: tuple[Phase, ...] | Literal["auto"]
 
     @property
     def phase_list(self) -> tuple[Phase, ...]:
-        """``phases`` after ``auto`` was resolved (pipeline.finetune.resolve_auto)."""
+        """``phases`` after ``auto`` was resolved (pipeline.finetuning.finetune.resolve_auto)."""
         if isinstance(self.phases, str):
             raise ParamsError("train.phases is still auto: resolve it for the data first")
         return self.phases
 
     @property
     def flips(self) -> bool:
-        """``hflip`` after ``auto`` was resolved (pipeline.finetune.resolve_auto)."""
+        """``hflip`` after ``auto`` was resolved (pipeline.finetuning.finetune.resolve_auto)."""
         if isinstance(self.hflip, str):
             raise ParamsError("train.hflip is still auto: resolve it for the data first")
         return self.hflip

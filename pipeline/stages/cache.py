@@ -1,5 +1,5 @@
 """cache stage: decode every kept image once, resize it, store each split as arrays (a
-text project: each split's token ids, pipeline.text.cache, at ``cache.max_length``).
+text project: each split's token ids, pipeline.modality.text.cache, at ``cache.max_length``).
 
 Writes ``data/cache/{split}_images.npy`` ((N, S, S, 3) uint8, read a batch at a time
 by training), ``{split}_labels.npy`` ((N,) int64 class indices), with ``cache.views``
@@ -7,7 +7,7 @@ by training), ``{split}_labels.npy`` ((N,) int64 class indices), with ``cache.vi
 split), and ``meta.json`` (class names in index order, image size, views, image ids
 per split, row-aligned). Nothing here is random unless seeded: same inputs, same bytes.
 
-``cache.image_size: auto`` resolves (pipeline.autosize, upscale 6) from the backbone's
+``cache.image_size: auto`` resolves (pipeline.finetuning.autosize, upscale 6) from the backbone's
 pretrained input and test sizes and the images' median short side, all as the embed
 stage measured them (data/embed/meta.json): its backbone is embed.model, by default the
 same as model.name (this stage must not read the model section: training-only settings
@@ -26,23 +26,23 @@ import pandas as pd
 from numpy.lib.format import open_memmap
 from tqdm import tqdm
 
-from pipeline import paths
-from pipeline.augment import make_views, view_transform
-from pipeline.autosize import data_profile, resolve_image_size
-from pipeline.cachefiles import CacheMeta, images_name, labels_name, write_meta
-from pipeline.config import load_sections
-from pipeline.embedfiles import META as EMBED_META
-from pipeline.embedfiles import read_meta as read_embed_meta
-from pipeline.errors import PipelineError, run_stage
-from pipeline.files import atomic_dir, check_space, save_npy
-from pipeline.images import IMAGES, natural_key
-from pipeline.itemkinds import item_texts
-from pipeline.manifest import read_manifest, resolve
+from pipeline.contracts.cachefiles import CacheMeta, images_name, labels_name, write_meta
+from pipeline.contracts.embedfiles import META as EMBED_META
+from pipeline.contracts.embedfiles import read_meta as read_embed_meta
+from pipeline.contracts.manifest import read_manifest, resolve
+from pipeline.core import paths
+from pipeline.core.config import load_sections
+from pipeline.core.errors import PipelineError, run_stage
+from pipeline.core.files import atomic_dir, check_space, save_npy
+from pipeline.finetuning.autosize import data_profile, resolve_image_size
 from pipeline.modality import UnreadableItem
+from pipeline.modality.image.augment import make_views, view_transform
+from pipeline.modality.image.decoding import IMAGES, natural_key
+from pipeline.modality.itemkinds import item_texts
+from pipeline.modality.text.cache import write_text_cache
 from pipeline.params.cache import CacheConfig
 from pipeline.params.data import DataConfig
-from pipeline.splitting import SPLITS
-from pipeline.text.cache import write_text_cache
+from pipeline.splitting.assign import SPLITS
 
 # The clean stage has already rejected images above its own limit; this guard only
 # stops a bomb that appeared after cleaning.
@@ -135,7 +135,7 @@ def write_cache(df: pd.DataFrame, root: Path, out_dir: Path, cfg: CacheConfig, s
 
 def run_texts(data: DataConfig, cfg: CacheConfig, split_manifest: Path, out_dir: Path, *,
               embed_dir: Path = paths.EMBED_DIR) -> dict:
-    """A text project's cache: each split's token ids (pipeline.text.cache) with the
+    """A text project's cache: each split's token ids (pipeline.modality.text.cache) with the
     tokenizer of the encoder the embed stage used; return its meta."""
     encoder = read_embed_meta(embed_dir).model.get("encoder", "")
     df = read_manifest(split_manifest)

@@ -14,7 +14,7 @@ that straddles train and val/test the train members are the ones removed.
 
 Near copies: with ``clean.near_duplicate_threshold: auto`` the rule is calibrated on
 synthetic copies of the user's own images (the embed stage's calibration copies,
-pipeline.calibrate): one threshold per signal (embedding, thumbnail, perceptual hash,
+pipeline.dataquality.calibrate): one threshold per signal (embedding, thumbnail, perceptual hash,
 aligned views), a pair a copy when any signal reaches its own; the estimated recall and
 false-match rate go to metrics/all/clean.json, and the rule to
 data/clean/calibration.json, which the
@@ -34,8 +34,30 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline import calibfiles, paths
-from pipeline.calibrate import (
+from pipeline.contracts import calibfiles
+from pipeline.contracts.embedfiles import (
+    SIGNALS,
+    EmbedMeta,
+    read_aligned,
+    read_copies,
+    read_signals,
+    signal_names,
+)
+from pipeline.contracts.labelfiles import for_spreadsheet
+from pipeline.contracts.manifest import (
+    ISSUES,
+    check_two_classes,
+    empty_class_folders,
+    join_issues,
+    read_manifest,
+    write_manifest,
+)
+from pipeline.core import paths
+from pipeline.core.config import load_sections
+from pipeline.core.errors import PipelineError, run_stage
+from pipeline.core.files import write_csv, write_metrics, write_text
+from pipeline.core.seeding import pin_cpu
+from pipeline.dataquality.calibrate import (
     Calibration,
     Search,
     calibrate,
@@ -44,32 +66,7 @@ from pipeline.calibrate import (
     near_copy_clusters,
     search,
 )
-from pipeline.config import load_sections
-from pipeline.copysignals import Signal, as_signals
-from pipeline.embedfiles import (
-    SIGNALS,
-    EmbedMeta,
-    read_aligned,
-    read_copies,
-    read_signals,
-    signal_names,
-)
-from pipeline.errors import PipelineError, run_stage
-from pipeline.files import write_csv, write_metrics, write_text
-from pipeline.itemkinds import inline_texts
-from pipeline.labelfiles import for_spreadsheet
-from pipeline.manifest import (
-    ISSUES,
-    check_two_classes,
-    empty_class_folders,
-    join_issues,
-    read_manifest,
-    write_manifest,
-)
-from pipeline.params.base import BaseConfig
-from pipeline.params.clean import CleanConfig
-from pipeline.params.data import DataConfig
-from pipeline.quality import (
+from pipeline.dataquality.quality import (
     conflicting_clusters,
     exact_duplicate_clusters,
     label_issues,
@@ -78,15 +75,19 @@ from pipeline.quality import (
     outlier_scores,
     outliers,
 )
-from pipeline.review_page import review_page
-from pipeline.seeding import pin_cpu
+from pipeline.modality.image.signals import Signal, as_signals
+from pipeline.modality.itemkinds import inline_texts
+from pipeline.params.base import BaseConfig
+from pipeline.params.clean import CleanConfig
+from pipeline.params.data import DataConfig
+from pipeline.reporting.review_page import review_page
 
 ACTIONS = "keep, drop or relabel:<label>"
 ISSUE_ORDER = {name: i for i, name in enumerate(ISSUES)}
 
 
 # what metrics/clean.json keeps for dvc exp show (images kept); every number goes
-# to metrics/all/clean.json (pipeline.files.write_metrics)
+# to metrics/all/clean.json (pipeline.core.files.write_metrics)
 HEADLINE = ("kept",)
 
 
@@ -125,7 +126,7 @@ class NearRule:
 def calibrate_near_copies(cfg: CleanConfig, embed_dir: Path, hashes: list[str | None],
                           valid: np.ndarray) -> NearRule:
     """clean.near_duplicate_threshold = auto: the OR rule calibrated on the embed stage's
-    synthetic copies of the user's images (pipeline.calibrate)."""
+    synthetic copies of the user's images (pipeline.dataquality.calibrate)."""
     names = signal_names(embed_dir)
     signals = as_signals(read_signals(embed_dir), names)
     stored_copies, source, kinds = read_copies(embed_dir)

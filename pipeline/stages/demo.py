@@ -17,9 +17,9 @@ import pandas as pd
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from pipeline import paths
-from pipeline.errors import run_stage
-from pipeline.files import write_csv
+from pipeline.core import paths
+from pipeline.core.errors import run_stage
+from pipeline.core.files import write_csv
 
 
 def run(root: Path, manifest: Path) -> int:

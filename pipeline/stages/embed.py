@@ -8,11 +8,11 @@ the pixel signals (thumbnails, perceptual hashes, aligned views, the grey pixels
 images for the copy model) and the calibration
 copies (synthetic near copies of a seeded sample of ``embed.calibration_sample``
 images, embedded the same way) that clean's ``auto`` near-copy rule is calibrated on
-(pipeline.calibrate). The clean stage reads all of it and decodes nothing but the
+(pipeline.dataquality.calibrate). The clean stage reads all of it and decodes nothing but the
 thumbnails of what it flags.
 
 ``embed.image_size: auto`` resolves from the backbone's pretrained input size and the
-median short side of a seeded sample of the images (pipeline.autosize, upscale 8).
+median short side of a seeded sample of the images (pipeline.finetuning.autosize, upscale 8).
 """
 
 from __future__ import annotations
@@ -25,11 +25,20 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from pipeline import embedfiles, paths
-from pipeline.autosize import backbone_input_size, resolve_image_size
-from pipeline.backbones import BackboneSpec, check_model_config, create_model
-from pipeline.config import load_sections
-from pipeline.copysignals import (
+from pipeline.contracts import embedfiles
+from pipeline.contracts.embedfiles import EmbedMeta
+from pipeline.contracts.manifest import read_manifest, resolve
+from pipeline.core import paths
+from pipeline.core.config import load_sections
+from pipeline.core.errors import PipelineError, run_stage
+from pipeline.core.files import atomic_dir
+from pipeline.core.seeding import pin_cpu, resolve_device
+from pipeline.finetuning.autosize import backbone_input_size, resolve_image_size
+from pipeline.finetuning.backbones import BackboneSpec, check_model_config, create_model
+from pipeline.modality import UnreadableItem
+from pipeline.modality.image.decoding import IMAGES
+from pipeline.modality.image.inputs import ImageInput
+from pipeline.modality.image.signals import (
     ALIGNED_SIZE,
     ALIGNED_VIEWS,
     PHASH_BITS,
@@ -41,19 +50,11 @@ from pipeline.copysignals import (
     thumbnails,
     tiny_pixels,
 )
-from pipeline.embedfiles import EmbedMeta
-from pipeline.errors import PipelineError, run_stage
-from pipeline.files import atomic_dir
-from pipeline.images import IMAGES
-from pipeline.inputs import ImageInput
-from pipeline.itemkinds import resolve_modality
-from pipeline.manifest import read_manifest, resolve
-from pipeline.modality import UnreadableItem
+from pipeline.modality.itemkinds import resolve_modality
+from pipeline.modality.text.embed import TEXT_SIGNALS, embed_texts
 from pipeline.params.base import BaseConfig
 from pipeline.params.data import DataConfig
 from pipeline.params.embed import EmbedConfig
-from pipeline.seeding import pin_cpu, resolve_device
-from pipeline.text.embed import TEXT_SIGNALS, embed_texts
 
 UPSCALE = 8  # auto: small images are enlarged 8 x their median short side (digits: 64)
 SIZE_SAMPLE = 256  # images whose header gives the median short side
@@ -84,7 +85,7 @@ def _embed(model: torch.nn.Module, inputs: ImageInput, batch: list[np.ndarray],
 def embed_copies(model: torch.nn.Module, inputs: ImageInput, originals: list[np.ndarray],
                  size: int, dev: torch.device, *, batch_size: int, seed: int = 0
                  ) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Synthetic near copies of ``originals`` (pipeline.copysignals.make_copies) in every
+    """Synthetic near copies of ``originals`` (pipeline.modality.image.signals.make_copies) in every
     signal; returns the signals and (M,) index into ``originals`` and (M,) kinds."""
     copies, source, kinds = make_copies(originals, seed=seed)
     feats = [_embed(model, inputs, [IMAGES.fit(c, size, fit="crop")
@@ -199,7 +200,7 @@ def run(data: DataConfig, cfg: EmbedConfig, prepared: Path, out_dir: Path, *,
 
 def run_texts(data: DataConfig, cfg: EmbedConfig, df: pd.DataFrame, out_dir: Path, *,
               device: str = "auto") -> np.ndarray:
-    """The text project's pass (pipeline.text.embed), in the same files; return (N, D)."""
+    """The text project's pass (pipeline.modality.text.embed), in the same files; return (N, D)."""
     torch.manual_seed(0)
     found = embed_texts(df, Path(data.root), cfg, resolve_device(device))
     valid = [h is not None for h in found.hashes]

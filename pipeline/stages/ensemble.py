@@ -23,20 +23,25 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline import paths
-from pipeline.config import load_sections
-from pipeline.errors import PipelineError, run_stage
-from pipeline.labelfiles import (
+from pipeline.contracts.labelfiles import (
     prediction_arrays,
     prediction_classes,
     read_predictions,
     write_predictions,
 )
-from pipeline.manifest import read_folds
-from pipeline.metrics import apply_temperature, bootstrap_ci, calibrate_temperature, headline
+from pipeline.contracts.manifest import read_folds
+from pipeline.core import paths
+from pipeline.core.config import load_sections
+from pipeline.core.errors import PipelineError, run_stage
 from pipeline.params.base import BaseConfig
 from pipeline.params.ensemble import EnsembleConfig
 from pipeline.params.evaluate import EvaluateConfig
+from pipeline.scoring.metrics import (
+    apply_temperature,
+    bootstrap_ci,
+    calibrate_temperature,
+    headline,
+)
 
 KINDS = ("seeds", "folds")
 

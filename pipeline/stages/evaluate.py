@@ -1,15 +1,15 @@
 """evaluate stage: score models/model.pt on the test split, calibrate on val
-(:mod:`pipeline.evaluation`): the prediction tables, metrics/eval.json (headline) and
+(:mod:`pipeline.scoring.evaluation`): the prediction tables, metrics/eval.json (headline) and
 metrics/all/eval.json (every number with its interval), per-class scores and curves.
 """
 
 from __future__ import annotations
 
-from pipeline import paths
-from pipeline.config import load_sections
-from pipeline.errors import run_stage
-from pipeline.evaluation import evaluate_model
-from pipeline.seeding import pin_cpu
+from pipeline.core import paths
+from pipeline.core.config import load_sections
+from pipeline.core.errors import run_stage
+from pipeline.core.seeding import pin_cpu
+from pipeline.scoring.evaluation import evaluate_model
 
 
 def main() -> None:

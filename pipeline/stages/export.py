@@ -1,17 +1,17 @@
 """export stage: TorchScript and ONNX copies of models/model.pt, checked on the test split
-(pipeline.exporting): ``models/model.ts``, ``models/model.onnx``, ``models/model.json``;
+(pipeline.serving.exporting): ``models/model.ts``, ``models/model.onnx``, ``models/model.json``;
 the check's numbers in ``metrics/all/export.json``. The stage fails when an export
 disagrees with PyTorch.
 """
 
 from __future__ import annotations
 
-from pipeline import paths
-from pipeline.config import load_sections
-from pipeline.errors import run_stage
-from pipeline.exporting import export_model
+from pipeline.core import paths
+from pipeline.core.config import load_sections
+from pipeline.core.errors import run_stage
+from pipeline.core.seeding import pin_cpu
 from pipeline.params.base import BaseConfig
-from pipeline.seeding import pin_cpu
+from pipeline.serving.exporting import export_model
 
 
 def main() -> None:

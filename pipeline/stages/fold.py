@@ -11,12 +11,12 @@ average of the fold models on test.
 
 from __future__ import annotations
 
-from pipeline import paths
-from pipeline.cachefiles import fold_splits, read_meta
-from pipeline.config import load_sections
-from pipeline.errors import PipelineError, run_stage
-from pipeline.manifest import read_folds
-from pipeline.members import train_and_evaluate
+from pipeline.contracts.cachefiles import fold_splits, read_meta
+from pipeline.contracts.manifest import read_folds
+from pipeline.core import paths
+from pipeline.core.config import load_sections
+from pipeline.core.errors import PipelineError, run_stage
+from pipeline.finetuning.members import train_and_evaluate
 
 
 def main(fold: int) -> None:

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from pipeline.config import load_sections, with_changes
-from pipeline.errors import run_stage
-from pipeline.members import train_and_evaluate
+from pipeline.core.config import load_sections, with_changes
+from pipeline.core.errors import run_stage
+from pipeline.finetuning.members import train_and_evaluate
 from pipeline.params.members import MembersConfig
 from pipeline.params.model import ModelConfig
 from pipeline.params.train import TrainConfig

@@ -4,7 +4,7 @@ Sources (``data.source``): ``demo`` (the digits tree the demo stage wrote), ``de
 (BBC News, which it wrote too), ``folder`` (class-per-folder, optionally under train/
 val/ test/), ``csv`` (a CSV or JSON Lines manifest: path,label[,timestamp][,group]
 [,split], or text,label[,id],... with the texts inline, which the manifest then carries).
-``data.modality`` (auto: from the files, pipeline.itemkinds) is said in the log. Source
+``data.modality`` (auto: from the files, pipeline.modality.itemkinds) is said in the log. Source
 files are only read, never modified, moved or deleted.
 
 Paths stay inside ``data.root``: a row that resolves outside it (``..``, an absolute path,
@@ -20,13 +20,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline import paths
-from pipeline.config import load_sections
-from pipeline.errors import PipelineError, run_stage
-from pipeline.itemkinds import inline, resolve_modality
-from pipeline.manifest import check_two_classes, empty_class_folders, twin_labels, write_manifest
-from pipeline.params.data import DataConfig
-from pipeline.sources import (
+from pipeline.contracts.manifest import (
+    check_two_classes,
+    empty_class_folders,
+    twin_labels,
+    write_manifest,
+)
+from pipeline.contracts.sources import (
     DVCIGNORE,
     SPLIT_DIRS,
     assign_ids,
@@ -36,6 +36,11 @@ from pipeline.sources import (
     unhashable,
     write_dvcignore,
 )
+from pipeline.core import paths
+from pipeline.core.config import load_sections
+from pipeline.core.errors import PipelineError, run_stage
+from pipeline.modality.itemkinds import inline, resolve_modality
+from pipeline.params.data import DataConfig
 
 
 def run(cfg: DataConfig, output: Path, *, ignore: Path = DVCIGNORE) -> pd.DataFrame:

@@ -3,7 +3,7 @@
 Reads the manifests, metrics, curves, the model's metadata and cached thumbnails; it
 recomputes nothing another stage computed. Writes ``reports/report.html`` (images
 embedded, opens offline), ``reports/confusion.png``, ``reports/reliability.png`` and
-``reports/mistakes.png``, and ends with a closing summary of the run (pipeline.summary).
+``reports/mistakes.png``, and ends with a closing summary of the run (pipeline.reporting.summary).
 """
 
 from __future__ import annotations
@@ -31,16 +31,15 @@ import pipeline.params.evaluate  # noqa: F401
 import pipeline.params.model  # noqa: F401
 import pipeline.params.split  # noqa: F401
 import pipeline.params.train  # noqa: F401
-from pipeline import paths
-from pipeline.cachefiles import CacheMeta, NpyRows, images_name, read_meta
-from pipeline.config import PARAMS_FILE, load_sections
-from pipeline.errors import run_stage
-from pipeline.itemkinds import item_texts
-from pipeline.labelfiles import prediction_arrays, read_labelled, read_predictions
-from pipeline.manifest import read_manifest
-from pipeline.metrics import scaled_log_loss
-from pipeline.pages import img_tag
-from pipeline.report import (
+from pipeline.contracts.cachefiles import CacheMeta, NpyRows, images_name, read_meta
+from pipeline.contracts.labelfiles import prediction_arrays, read_labelled, read_predictions
+from pipeline.contracts.manifest import read_manifest
+from pipeline.core import paths
+from pipeline.core.config import PARAMS_FILE, load_sections
+from pipeline.core.errors import run_stage
+from pipeline.modality.itemkinds import item_texts
+from pipeline.reporting.pages import img_tag
+from pipeline.reporting.report import (
     THUMB,
     confusion_figure,
     curves_figure,
@@ -63,7 +62,8 @@ from pipeline.report import (
     timings_page,
     training_figure,
 )
-from pipeline.summary import PAGES, SUMMARY_LATER, summary_lines
+from pipeline.reporting.summary import PAGES, SUMMARY_LATER, summary_lines
+from pipeline.scoring.metrics import scaled_log_loss
 
 
 def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:

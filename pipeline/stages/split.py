@@ -30,22 +30,22 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from pipeline import calibfiles, paths
-from pipeline.calibrate import Calibration
-from pipeline.config import load_sections
-from pipeline.copysignals import Signal, as_signals
-from pipeline.embedfiles import read_meta, read_rows, read_signals
-from pipeline.errors import PipelineError, run_stage
-from pipeline.files import write_csv, write_metrics, write_text
-from pipeline.itemkinds import inline_texts
-from pipeline.leakage import KINDS, Leak, audit, train_rows_to_drop
-from pipeline.leakage_page import leakage_page
-from pipeline.manifest import check_two_classes, read_manifest, write_manifest
+from pipeline.contracts import calibfiles
+from pipeline.contracts.embedfiles import read_meta, read_rows, read_signals
+from pipeline.contracts.manifest import check_two_classes, read_manifest, write_manifest
+from pipeline.core import paths
+from pipeline.core.config import load_sections
+from pipeline.core.errors import PipelineError, run_stage
+from pipeline.core.files import write_csv, write_metrics, write_text
+from pipeline.core.seeding import pin_cpu
+from pipeline.dataquality.calibrate import Calibration
+from pipeline.modality.image.signals import Signal, as_signals
+from pipeline.modality.itemkinds import inline_texts
 from pipeline.params.base import BaseConfig
 from pipeline.params.data import DataConfig
 from pipeline.params.split import SplitConfig
-from pipeline.seeding import pin_cpu
-from pipeline.splitting import (
+from pipeline.reporting.leakage_page import leakage_page
+from pipeline.splitting.assign import (
     SPLITS,
     SplitError,
     assign_folds,
@@ -57,12 +57,13 @@ from pipeline.splitting import (
     split_temporal,
     split_units,
 )
+from pipeline.splitting.leakage import KINDS, Leak, audit, train_rows_to_drop
 
 DAY = 86400.0  # seconds
 
 
 # what metrics/split.json keeps for dvc exp show (leaking pairs found, all kinds); every
-# number goes to metrics/all/split.json (pipeline.files.write_metrics)
+# number goes to metrics/all/split.json (pipeline.core.files.write_metrics)
 HEADLINE = ("leaks",)
 
 

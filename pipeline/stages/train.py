@@ -1,14 +1,14 @@
 """train stage: fine-tune the backbone on the cache in phases; write models/model.pt,
-metrics/train.json and the training curves (:mod:`pipeline.trainrun` runs it: the
+metrics/train.json and the training curves (:mod:`pipeline.finetuning.trainrun` runs it: the
 schedule, checkpoints, resuming, torchrun).
 """
 
 from __future__ import annotations
 
-from pipeline import paths
-from pipeline.config import load_sections
-from pipeline.errors import run_stage
-from pipeline.trainrun import train_model
+from pipeline.core import paths
+from pipeline.core.config import load_sections
+from pipeline.core.errors import run_stage
+from pipeline.finetuning.trainrun import train_model
 
 
 def main() -> None:

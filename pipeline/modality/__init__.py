@@ -1,0 +1,97 @@
+"""The seam for a second input modality: what the pipeline must know about its items.
+
+Small interfaces, apart because different stages use them and DVC reruns follow imports:
+
+- :class:`ItemCodec`, files to fixed-size arrays: decoding, a content hash for exact
+  copies, fitting to the cache's size, thumbnails for the HTML pages, the file suffixes a
+  folder source and the ``predict`` command accept. Used by prepare, embed, cache, the
+  pages and prediction. Images: :data:`pipeline.modality.image.decoding.IMAGES`.
+- :class:`BatchAdapter`, cached arrays to model input (normalised as the weights
+  expect). Used by embed, the training loop, prediction and export (its example input).
+  Images: :class:`pipeline.modality.image.inputs.ImageInput`.
+- :class:`BatchAugment`, the cheap per-epoch training augmentation of a model-ready
+  batch. Used by training only. Images: :func:`pipeline.finetuning.engine.random_flip_shift`.
+
+Splitting, the leakage audit, the training loop and the metrics see only arrays, ids,
+labels and these two interfaces; a text modality adds its own codec and adapter beside
+the image ones and touches none of them. Texts (pipeline.modality.itemkinds and the
+pipeline.modality.text package) implement the adapter and augmentation; their decoding gives
+strings, not arrays, so they read files through :func:`pipeline.modality.itemkinds.item_texts`
+instead of a
+codec.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+
+if TYPE_CHECKING:  # only for annotations: the codec side never needs torch
+    import torch
+
+
+class UnreadableItem(Exception):
+    """A file that cannot be decoded as an item of its modality (the reason is the message)."""
+
+
+class ItemCodec(Protocol):
+    """Files of one modality to the fixed-size arrays the cache stores."""
+
+    name: str  # "image"
+    suffixes: tuple[str, ...]  # lower-case file suffixes, with the dot
+
+    def decode(self, path: Path, *, max_pixels: int) -> np.ndarray:
+        """The item's array; raises :class:`UnreadableItem` (or a subclass)."""
+        ...
+
+    def content_hash(self, item: np.ndarray) -> str:
+        """Equal for identical content (exact copies), whatever the file format."""
+        ...
+
+    def note(self, path: Path) -> str:
+        """What decoding left out of a readable file (e.g. frames after the first), or ""."""
+        ...
+
+    def extent(self, path: Path) -> int:
+        """The item's smaller dimension, read without decoding it (what ``auto`` sizes
+        follow); raises :class:`UnreadableItem` when the file cannot tell."""
+        ...
+
+    def fit(self, item: np.ndarray, size: int, *, fit: str) -> np.ndarray:
+        """The fixed-size array the cache stores."""
+        ...
+
+    def thumbnail(self, item: np.ndarray, size: int) -> bytes:
+        """A small PNG for the review, leakage and report pages."""
+        ...
+
+
+class Rows(Protocol):
+    """Cached rows read by index (an array, or the cache's positioned reads)."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: np.ndarray) -> np.ndarray: ...
+
+
+class BatchAdapter(Protocol):
+    """A batch of cached arrays to what the model takes."""
+
+    def to_input(self, batch: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """Model input on ``device`` (normalised as the weights expect)."""
+        ...
+
+    def lengths(self, rows: Rows) -> np.ndarray | None:
+        """(N,) lengths of cached rows whose model input varies in size (a text's tokens),
+        so batches can group rows of similar length; None when every row has one size."""
+        ...
+
+
+class BatchAugment(Protocol):
+    """The per-epoch training augmentation of a model-ready batch (random numbers from
+    ``generator`` only, so a resumed run repeats them)."""
+
+    def __call__(self, x: torch.Tensor, *, hflip: bool, shift: int,
+                 generator: torch.Generator) -> torch.Tensor: ...
