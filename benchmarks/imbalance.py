@@ -37,6 +37,7 @@ from pipeline.core import paths
 from pipeline.core.config import parse_sections
 from pipeline.finetuning.engine import predict
 from pipeline.finetuning.trainrun import train_model
+from pipeline.modality.models import model_input
 from pipeline.scoring.metrics import bootstrap_ci
 from pipeline.stages import cache, clean, demo, embed, prepare, split
 
@@ -75,8 +76,8 @@ def evaluate(model_path: Path, test, *, resamples: int = 1000
     a bootstrap of ``resamples``."""
     model, prep, _ = load_trained(model_path)
     model.to(memory_format=torch.channels_last)
-    preds = predict(model, test, prep=prep, device=torch.device("cpu"),
-                    batch_size=256).argmax(1)
+    preds = predict(model, test, device=torch.device("cpu"),
+                    batch_size=256, inputs=model_input(model, prep)).argmax(1)
     out = {}
     for name, metric in (("macro_f1", lambda y, p: f1_score(y, p, average="macro")),
                          ("balanced_accuracy", balanced_accuracy_score)):

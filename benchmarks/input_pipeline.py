@@ -43,9 +43,10 @@ from pipeline.contracts.cachefiles import ArraySplit, NpyRows, open_split
 from pipeline.contracts.sources import assign_ids, list_folder
 from pipeline.core.config import parse_sections
 from pipeline.finetuning.backbones import create_model
-from pipeline.finetuning.engine import batches, random_flip_shift, train_one_epoch
+from pipeline.finetuning.engine import batches, train_one_epoch
 from pipeline.finetuning.models import layer_groups, set_trainable, train_mode
 from pipeline.modality.image.inputs import Preprocessing, to_input
+from pipeline.modality.image.model import random_flip_shift
 from pipeline.stages import cache
 
 REPO = Path(__file__).resolve().parents[1]

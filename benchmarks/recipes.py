@@ -42,6 +42,7 @@ from pipeline.finetuning.engine import predict
 from pipeline.finetuning.finetune import AUTO_PHASES
 from pipeline.finetuning.models import layer_groups
 from pipeline.finetuning.trainrun import train_model
+from pipeline.modality.models import model_input
 from pipeline.scoring.metrics import bootstrap_ci
 
 
@@ -108,8 +109,8 @@ def compare(params: dict, cache_dir: Path, only: list[str]) -> None:
             seconds = time.perf_counter() - start
             trained, prep, _ = load_trained(out / "model.pt")
             trained.to(memory_format=torch.channels_last)
-            probs = predict(trained, test, prep=prep, device=torch.device("cpu"),
-                            batch_size=256)
+            probs = predict(trained, test, device=torch.device("cpu"),
+                            batch_size=256, inputs=model_input(trained, prep))
         correct = (probs.argmax(1) == test.labels).astype(float)
         low, high = bootstrap_ci(test.labels, correct, lambda _, v: float(v.mean()),
                                  n=1000, seed=base.seed)

@@ -354,10 +354,11 @@ def encoder_row(data: str, method: str, df: pd.DataFrame, splits: np.ndarray,
     run, the trained model read back) on the same split; scored once on test."""
     from benchmarks.common import load_params
     from pipeline.contracts.cachefiles import open_split, read_meta
-    from pipeline.contracts.modelfile import load_trained, model_input
+    from pipeline.contracts.modelfile import load_trained
     from pipeline.core.config import parse_sections
     from pipeline.finetuning.engine import predict
     from pipeline.finetuning.trainrun import train_model
+    from pipeline.modality.models import model_input
     from pipeline.modality.text.cache import write_text_cache
 
     title, extra, length = ENCODER_METHODS[method]
@@ -380,7 +381,7 @@ def encoder_row(data: str, method: str, df: pd.DataFrame, splits: np.ndarray,
                                  work / "train.json", work / "curves", work / "checkpoints")
         model, prep, _ = load_trained(work / "model.pt")
         test = open_split(work / "cache", read_meta(work / "cache"), "test")
-        probs = predict(model, test, prep=prep, device=torch.device("cpu"),
+        probs = predict(model, test, device=torch.device("cpu"),
                         batch_size=cfg.batch_size, inputs=model_input(model, prep))
     wall = time.perf_counter() - start
     assert meta.text is not None

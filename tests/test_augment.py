@@ -4,8 +4,8 @@ import torch
 
 from pipeline.contracts.cachefiles import NpyRows
 from pipeline.core.config import parse_sections
-from pipeline.finetuning.engine import random_flip_shift
 from pipeline.modality.image.augment import make_views, view_transform
+from pipeline.modality.image.model import random_flip_shift
 
 from .conftest import class_image, repo_params
 

@@ -23,6 +23,7 @@ from pipeline.finetuning.engine import predict
 from pipeline.finetuning.finetune import make_optimizer, make_schedule, param_groups, set_lrs
 from pipeline.finetuning.models import layer_groups, set_trainable, train_mode
 from pipeline.finetuning.training import check_head_batches, class_weights, make_loss
+from pipeline.modality.models import model_input
 from pipeline.serving.predict import Predictor
 
 from .conftest import class_image
@@ -247,7 +248,8 @@ def test_predict_tta_matches_evaluate(saved_model, tmp_path):
     assert flip == pytest.approx((plain + mirrored) / 2)
     assert not np.allclose(flip, plain)
     for tta in ("none", "flip", "crops"):  # what the evaluate stage computes
-        evaluated = predict(predictor.model, split, prep=predictor.prep,
+        evaluated = predict(predictor.model, split,
+                            inputs=model_input(predictor.model, predictor.prep),
                             device=torch.device("cpu"), batch_size=2, tta=tta)
         assert predictor.probabilities(prepared, tta=tta) == pytest.approx(evaluated)
     with pytest.raises(PipelineError, match="none, flip, crops"):

@@ -27,6 +27,7 @@ from pipeline.finetuning.finetune import resolve_auto
 from pipeline.finetuning.models import layer_groups
 from pipeline.finetuning.training import Setup, build_setup, sample_weights
 from pipeline.finetuning.trainrun import train_model
+from pipeline.modality.models import model_input
 from pipeline.serving.predict import Predictor
 from pipeline.stages.member import member_settings
 
@@ -198,7 +199,7 @@ def check_tta(r: Applied) -> None:
     predictor = Predictor.load(r.out / "model.pt", device="cpu")
     test = open_split(r.cache, read_meta(r.cache), "test")
     images = np.asarray(test.images[np.arange(len(test.labels))])
-    evaluated = predict(predictor.model, test, prep=predictor.prep,
+    evaluated = predict(predictor.model, test, inputs=model_input(predictor.model, predictor.prep),
                         device=torch.device("cpu"), batch_size=8, tta=tta)
     assert predictor.probabilities(images, tta=tta) == pytest.approx(evaluated)
     plain = predictor.probabilities(images)

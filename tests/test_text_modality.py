@@ -13,13 +13,14 @@ import pytest
 import torch
 
 from pipeline.contracts.cachefiles import CacheMeta, open_split, read_meta
-from pipeline.contracts.modelfile import load_trained, model_input
+from pipeline.contracts.modelfile import load_trained
 from pipeline.core.config import parse_sections
 from pipeline.core.errors import PipelineError
 from pipeline.finetuning.engine import batch_indices, predict
 from pipeline.finetuning.finetune import resolve_auto
 from pipeline.finetuning.training import sample_weights
 from pipeline.finetuning.trainrun import train_model
+from pipeline.modality.models import model_input
 from pipeline.modality.text.cache import write_text_cache
 from pipeline.modality.text.decoding import UnreadableText, content_hash, decode_text, normalise
 from pipeline.modality.text.model import (
@@ -199,7 +200,7 @@ def test_prediction_in_length_order_comes_back_in_row_order(tmp_path, tiny_encod
     model.eval()
     test = open_split(cache, read_meta(cache), "test")
     inputs = TokenInput(read_meta(cache).text["pad_id"])
-    probs = predict(model, test, prep=None, device=torch.device("cpu"), batch_size=4,
+    probs = predict(model, test, device=torch.device("cpu"), batch_size=4,
                     inputs=inputs)
     with torch.no_grad():  # one text at a time, in row order: nothing to reorder
         alone = np.concatenate([torch.softmax(model(inputs.to_input(
@@ -289,7 +290,7 @@ def test_an_encoder_trains_in_phases_through_the_train_stage_and_reads_back(
     assert torch.equal(trained["embeddings.word_embeddings.weight"],
                        start["embeddings.word_embeddings.weight"])
     test = open_split(cache, read_meta(cache), "test")
-    probs = predict(model, test, prep=prep, device=torch.device("cpu"), batch_size=8,
+    probs = predict(model, test, device=torch.device("cpu"), batch_size=8,
                     inputs=model_input(model, prep))
     assert probs.shape == (12, 3) and np.allclose(probs.sum(1), 1.0)
 

@@ -14,11 +14,12 @@ import pytest
 import torch
 
 from pipeline.contracts.cachefiles import open_split, read_meta
-from pipeline.contracts.modelfile import load_trained, model_input
+from pipeline.contracts.modelfile import load_trained
 from pipeline.core.config import parse_sections
 from pipeline.core.errors import PipelineError
 from pipeline.finetuning.engine import predict
 from pipeline.finetuning.trainrun import train_model
+from pipeline.modality.models import model_input
 from pipeline.modality.text.cache import write_text_cache
 from pipeline.modality.text.model import encode
 from pipeline.serving.exporting import export_model, quiet_jit
@@ -149,7 +150,7 @@ def test_predict_tokenizes_as_the_cache_did(trained):
     probs = predictor.text_probabilities(corpus + [LONG])
     model, prep, _ = load_trained(model_path)
     test = open_split(cache, read_meta(cache), "test")
-    cached = predict(model.eval(), test, prep=prep, device=torch.device("cpu"),
+    cached = predict(model.eval(), test, device=torch.device("cpu"),
                      batch_size=8, inputs=model_input(model, prep))
     assert np.abs(probs - cached).max() < 1e-5
 

@@ -22,15 +22,8 @@ from torch import nn
 
 from pipeline.core.errors import PipelineError
 from pipeline.core.files import atomic_path
-from pipeline.finetuning.backbones import (
-    BackboneSpec,
-    HeadSpec,
-    create_model,
-    load_torch_file,
-    state_mismatch,
-)
-from pipeline.modality import BatchAdapter
-from pipeline.modality.image.inputs import ImageInput, Preprocessing
+from pipeline.finetuning.backbones import BackboneSpec, HeadSpec, load_torch_file, state_mismatch
+from pipeline.modality.models import meta_modality, model_kind
 
 
 def save_model(path: Path, state_dict: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
@@ -51,7 +44,7 @@ def read_model_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
     return checkpoint["state_dict"], checkpoint["meta"]
 
 
-def load_trained(path: Path) -> tuple[nn.Module, Preprocessing, dict[str, Any]]:
+def load_trained(path: Path) -> tuple[nn.Module, Any, dict[str, Any]]:
     """Rebuild a model saved by :func:`save_model` (read weights_only) and return it with
     its input preprocessing and its meta."""
     state_dict, meta = read_model_file(path)
@@ -63,14 +56,9 @@ def load_trained(path: Path) -> tuple[nn.Module, Preprocessing, dict[str, Any]]:
         num_classes = len(meta["classes"])
     except (KeyError, TypeError) as exc:
         raise PipelineError(f"{path}: its meta lacks or garbles {exc}") from None
-    if prep.get("modality") == "text":
-        from pipeline.modality.text.model import TEXT_PREP, create_text_model
-
-        model: nn.Module = create_text_model(cfg, num_classes, pretrained=False)[0]
-        return _load_weights(path, model, state_dict, meta, cfg.name), TEXT_PREP, meta
-    model = create_model(cfg, num_classes, pretrained=False)[0]
-    model = _load_weights(path, model, state_dict, meta, cfg.name)
-    return model, Preprocessing(tuple(prep["mean"]), tuple(prep["std"])), meta
+    kind = model_kind(meta_modality(meta))
+    model = kind.create(cfg, num_classes, pretrained=False)[0]
+    return _load_weights(path, model, state_dict, meta, cfg.name), kind.preprocessing(prep), meta
 
 
 def _load_weights(path: Path, model: nn.Module, state_dict: dict[str, torch.Tensor],
@@ -84,7 +72,7 @@ def _load_weights(path: Path, model: nn.Module, state_dict: dict[str, torch.Tens
 
 def is_text(meta: dict[str, Any]) -> bool:
     """Whether a model's meta is a text model's (token ids in, not pixels)."""
-    return meta.get("preprocessing", {}).get("modality") == "text"
+    return meta_modality(meta) == "text"
 
 
 def text_tokenizer(meta: dict[str, Any]) -> Any:
@@ -100,12 +88,3 @@ def text_tokenizer(meta: dict[str, Any]) -> Any:
                             f"{prep['pad_id']}: not the tokenizer the model was trained with")
     return tokenizer
 
-
-def model_input(model: nn.Module, prep: Preprocessing) -> BatchAdapter:
-    """How cached rows become this model's input: token ids for a text model, normalised
-    pixels for an image model."""
-    from pipeline.modality.text.model import TextClassifier, TokenInput
-
-    if isinstance(model, TextClassifier):
-        return TokenInput(model.pad_id)
-    return ImageInput(prep)

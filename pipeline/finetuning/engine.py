@@ -17,7 +17,6 @@ from tqdm import tqdm
 
 from pipeline.contracts.cachefiles import ArraySplit
 from pipeline.modality import BatchAdapter
-from pipeline.modality.image.inputs import ImageInput, Preprocessing
 
 
 def batch_indices(n: int, batch_size: int, *, generator: torch.Generator | None = None,
@@ -85,25 +84,6 @@ def inference_batches(data: ArraySplit, batch_size: int, adapter: BatchAdapter
             for s in range(0, n, batch_size)), order
 
 
-def random_flip_shift(x: torch.Tensor, *, hflip: bool, shift: int,
-                      generator: torch.Generator) -> torch.Tensor:
-    """Per-image random left-right flip and translation of a (B, C, H, W) batch.
-
-    Translation pads by ``shift`` pixels (edge values) and crops back at a random
-    offset in [0, 2 * shift] per image. Random numbers come from ``generator`` (CPU).
-    """
-    if hflip:
-        flip = (torch.rand(x.shape[0], generator=generator) < 0.5).to(x.device)
-        x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
-    if shift > 0:
-        b, _, h, w = x.shape
-        padded = torch.nn.functional.pad(x, (shift, shift, shift, shift), mode="replicate")
-        offsets = torch.randint(0, 2 * shift + 1, (b, 2), generator=generator)
-        x = torch.stack([padded[i, :, dy:dy + h, dx:dx + w]
-                         for i, (dy, dx) in enumerate(offsets.tolist())])
-    return x
-
-
 def amp_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
     """The mixed-precision dtype on this device: bf16 where the GPU has it, else fp16
     (which needs a gradient scaler); None when off (``amp`` false, or not CUDA)."""
@@ -162,16 +142,16 @@ def train_one_epoch(net: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.
 
 
 @torch.inference_mode()
-def head_inputs(model: nn.Module, head: nn.Module, data: ArraySplit, *, prep: Preprocessing,
+def head_inputs(model: nn.Module, head: nn.Module, data: ArraySplit, *, inputs: BatchAdapter,
                 device: torch.device, batch_size: int, amp: bool = False,
-                inputs: BatchAdapter | None = None, mirror: bool = False) -> torch.Tensor:
+                mirror: bool = False) -> torch.Tensor:
     """(N, D) float32 inputs of ``head`` for every row: the frozen backbone's features.
 
     Run once per cached view when only the head trains: in eval mode these never change,
     so the head can train on them without recomputing the backbone. ``mirror``: of the
     left-right mirrored rows (what ``train.hflip`` shows the network).
     """
-    adapter = inputs or ImageInput(prep)  # how cached rows become model input
+    adapter = inputs  # how cached rows become model input (the modality's)
     captured: list[torch.Tensor] = []
     hook = head.register_forward_pre_hook(lambda _, args: captured.append(args[0].float()))
     model.eval()  # the caller restores its modes (models.train_mode)
@@ -204,12 +184,12 @@ def tta_views(x: torch.Tensor, tta: str) -> list[torch.Tensor]:
 
 
 @torch.inference_mode()
-def predict(model: nn.Module, data: ArraySplit, *, prep: Preprocessing,
+def predict(model: nn.Module, data: ArraySplit, *, inputs: BatchAdapter,
             device: torch.device, batch_size: int, amp: bool = False,
-            tta: str = "none", inputs: BatchAdapter | None = None) -> np.ndarray:
+            tta: str = "none") -> np.ndarray:
     """(N, C) float64 class probabilities for every image, in row order (averaged over
     the test-time views when ``tta`` is not ``none``)."""
-    adapter = inputs or ImageInput(prep)  # how cached rows become model input
+    adapter = inputs  # how cached rows become model input (the modality's)
     model.eval()
     out = []
     stream, order = inference_batches(data, batch_size, adapter)

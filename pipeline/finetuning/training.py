@@ -29,7 +29,7 @@ from pipeline.contracts.cachefiles import ArraySplit
 from pipeline.core.errors import PipelineError
 from pipeline.core.files import atomic_path
 from pipeline.core.seeding import rng_state, set_rng_state
-from pipeline.finetuning.backbones import WeightsError, create_model, head_module, load_torch_file
+from pipeline.finetuning.backbones import WeightsError, head_module, load_torch_file
 from pipeline.finetuning.engine import (
     amp_dtype,
     batch_count,
@@ -38,7 +38,6 @@ from pipeline.finetuning.engine import (
     head_inputs,
     inference_batches,
     predict,
-    random_flip_shift,
     train_one_epoch,
 )
 from pipeline.finetuning.finetune import (
@@ -54,7 +53,7 @@ from pipeline.finetuning.finetune import (
 )
 from pipeline.finetuning.models import LayerGroup, layer_groups, set_trainable, train_mode
 from pipeline.modality import BatchAdapter, BatchAugment, Rows
-from pipeline.modality.image.inputs import ImageInput, Preprocessing
+from pipeline.modality.models import model_kind
 from pipeline.params.model import ModelConfig
 from pipeline.params.train import TrainConfig
 from pipeline.scoring.metrics import headline
@@ -72,7 +71,7 @@ class Setup:
     """Everything built before the first epoch: the model and what trains it."""
 
     model: nn.Module
-    prep: Preprocessing
+    prep: Any  # what the model kind gives (pipeline.modality.ModelKind.create)
     weights_info: dict[str, Any]
     groups: list[LayerGroup]
     trainable: list[tuple[int, ...]]  # indices of the trainable groups per phase
@@ -211,26 +210,12 @@ def build_setup(model_cfg: ModelConfig, cfg: TrainConfig, num_classes: int,
 
 
 def modality_model(model_cfg: ModelConfig, num_classes: int, modality: str, verbose: bool
-                   ) -> tuple[nn.Module, Preprocessing, dict[str, Any], BatchAdapter,
-                              BatchAugment]:
+                   ) -> tuple[nn.Module, Any, dict[str, Any], BatchAdapter, BatchAugment]:
     """The model with its new head, the input preprocessing, the weights' description,
     and the modality's batch adapter and augmentation (the cache's meta names it)."""
-    if modality == "text":
-        from pipeline.modality.text.model import (
-            TEXT_PREP,
-            TokenInput,
-            create_text_model,
-            no_augment,
-            text_model_name,
-        )
-
-        note = text_model_name(model_cfg.name)[1]
-        if verbose and note:
-            print(note)
-        text_model, _, info = create_text_model(model_cfg, num_classes)
-        return text_model, TEXT_PREP, info, TokenInput(text_model.pad_id), no_augment
-    model, prep, info = create_model(model_cfg, num_classes)
-    return model, prep, info, ImageInput(prep), random_flip_shift
+    kind = model_kind(modality)
+    model, prep, info = kind.create(model_cfg, num_classes, verbose=verbose)
+    return model, prep, info, kind.adapter(model, prep), kind.augment
 
 
 # ----------------------------------------------------------------------------- loop state
@@ -424,7 +409,7 @@ def validate(run: Run, phase: PhaseRun) -> dict[str, float]:
     """Loss, accuracy and macro-F1 on the val split: in head-only phases from its stored
     backbone features (the frozen backbone gives the same ones every epoch)."""
     s, cfg = run.setup, run.cfg
-    kwargs: dict[str, Any] = dict(prep=s.prep, device=run.device, batch_size=cfg.batch_size,
+    kwargs: dict[str, Any] = dict(device=run.device, batch_size=cfg.batch_size,
                                   amp=cfg.amp, inputs=s.inputs)
     if phase.states_from is not None and s.ema is None:
         return validate_states(run, phase)
@@ -476,7 +461,7 @@ def feature_batches(run: Run, feats: torch.Tensor, labels: np.ndarray) -> Batche
         rows = torch.from_numpy(index)
         flips = torch.zeros(len(rows), dtype=torch.long)
         if len(feats) == 2:
-            # the draw engine.random_flip_shift makes: the same flips as the image path
+            # the draw image.model.random_flip_shift makes: the same flips as the image path
             flips = (torch.rand(len(rows), generator=run.augment_rng) < 0.5).long()
         yield feats[flips.to(feats.device), rows.to(feats.device)], torch.from_numpy(labels[index])
 
@@ -580,7 +565,7 @@ def epoch_batches(run: Run, phase: PhaseRun, data: ArraySplit, view: int
         s = run.setup
         start = time.perf_counter()
         phase.features[view] = torch.stack([
-            head_inputs(s.model, s.head, data, prep=s.prep, device=run.device,
+            head_inputs(s.model, s.head, data, device=run.device,
                         batch_size=run.cfg.batch_size, amp=run.cfg.amp, inputs=s.inputs,
                         mirror=mirror) for mirror in (False, True)[:1 + run.cfg.flips]])
         extra = time.perf_counter() - start

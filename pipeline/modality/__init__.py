@@ -5,26 +5,27 @@ Small interfaces, apart because different stages use them and DVC reruns follow 
 - :class:`ItemCodec`, files to fixed-size arrays: decoding, a content hash for exact
   copies, fitting to the cache's size, thumbnails for the HTML pages, the file suffixes a
   folder source and the ``predict`` command accept. Used by prepare, embed, cache, the
-  pages and prediction. Images: :data:`pipeline.modality.image.decoding.IMAGES`.
+  pages and prediction. Images: ``pipeline.modality.image.decoding``.
 - :class:`BatchAdapter`, cached arrays to model input (normalised as the weights
   expect). Used by embed, the training loop, prediction and export (its example input).
-  Images: :class:`pipeline.modality.image.inputs.ImageInput`.
 - :class:`BatchAugment`, the cheap per-epoch training augmentation of a model-ready
-  batch. Used by training only. Images: :func:`pipeline.finetuning.engine.random_flip_shift`.
+  batch. Used by training only.
+- :class:`ModelKind`, a modality's classifier: built, loaded from a model file, given its
+  adapter and augmentation. Training, the model file, evaluation, export and prediction
+  ask :mod:`pipeline.modality.models` for it. Images: ``pipeline.modality.image.model``;
+  texts: ``pipeline.modality.text.model``.
 
 Splitting, the leakage audit, the training loop and the metrics see only arrays, ids,
-labels and these two interfaces; a text modality adds its own codec and adapter beside
-the image ones and touches none of them. Texts (pipeline.modality.itemkinds and the
-pipeline.modality.text package) implement the adapter and augmentation; their decoding gives
-strings, not arrays, so they read files through :func:`pipeline.modality.itemkinds.item_texts`
-instead of a
-codec.
+labels and these interfaces. Texts (``pipeline.modality.itemkinds`` and the
+``pipeline.modality.text`` package) implement the adapter, augmentation and model kind;
+their decoding gives strings, not arrays, so they read files through
+:func:`pipeline.modality.itemkinds.item_texts` instead of a codec.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 import numpy as np
 
@@ -42,8 +43,9 @@ class ItemCodec(Protocol):
     name: str  # "image"
     suffixes: tuple[str, ...]  # lower-case file suffixes, with the dot
 
-    def decode(self, path: Path, *, max_pixels: int) -> np.ndarray:
-        """The item's array; raises :class:`UnreadableItem` (or a subclass)."""
+    def decode(self, path: Path | BinaryIO, *, max_pixels: int) -> np.ndarray:
+        """The item's array from a file or an open binary stream (an upload); raises
+        :class:`UnreadableItem` (or a subclass)."""
         ...
 
     def content_hash(self, item: np.ndarray) -> str:
@@ -95,3 +97,31 @@ class BatchAugment(Protocol):
 
     def __call__(self, x: torch.Tensor, *, hflip: bool, shift: int,
                  generator: torch.Generator) -> torch.Tensor: ...
+
+
+class ModelKind(Protocol):
+    """How a modality's classifier is built, fed and augmented: what training, the model
+    file, evaluation, export and prediction ask instead of assuming pixels
+    (:mod:`pipeline.modality.models` finds the kind)."""
+
+    name: str  # the cache's and the model meta's ``modality``
+    noun: str  # its items in logs and pages: "images"
+    augment: BatchAugment
+
+    def create(self, cfg: Any, num_classes: int, *, pretrained: bool = True,
+               verbose: bool = False) -> tuple[torch.nn.Module, Any, dict[str, Any]]:
+        """(model with a new head, its preprocessing, the weights' description) for the
+        ``model`` section; ``pretrained=False`` to load trained weights over it."""
+        ...
+
+    def preprocessing(self, saved: dict[str, Any]) -> Any:
+        """The preprocessing a model file's meta records, as :meth:`create` returns it."""
+        ...
+
+    def owns(self, model: torch.nn.Module) -> bool:
+        """Whether ``model`` is of this kind."""
+        ...
+
+    def adapter(self, model: torch.nn.Module, prep: Any) -> BatchAdapter:
+        """How cached rows become this model's input."""
+        ...

@@ -36,12 +36,13 @@ from pipeline.contracts.labelfiles import (
     write_predictions,
 )
 from pipeline.contracts.manifest import read_manifest
-from pipeline.contracts.modelfile import load_trained, model_input
+from pipeline.contracts.modelfile import load_trained
 from pipeline.core.errors import PipelineError
 from pipeline.core.files import write_metrics
 from pipeline.core.seeding import resolve_device
 from pipeline.finetuning.engine import predict
 from pipeline.modality import BatchAdapter, Rows
+from pipeline.modality.models import model_input
 from pipeline.params.base import BaseConfig
 from pipeline.params.evaluate import EvaluateConfig
 from pipeline.scoring.metrics import (
@@ -181,7 +182,7 @@ def evaluate_model(base: BaseConfig, cfg: EvaluateConfig, model_path: Path, cach
     def probs(data: ArraySplit, name: str, tta: str = "none") -> np.ndarray:
         with tqdm(total=len(data.labels), desc=f"predict {name}", unit="img",
                   mininterval=1.0, leave=False) as bar:
-            return predict(model, data, prep=prep, device=device, batch_size=cfg.batch_size,
+            return predict(model, data, device=device, batch_size=cfg.batch_size,
                            tta=tta, inputs=CountingInput(model_input(model, prep), bar))
 
     test_table = prediction_table(test, probs(test, "test"), classes, manifest)

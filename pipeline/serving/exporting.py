@@ -41,13 +41,14 @@ from torch import nn
 from tqdm import tqdm
 
 from pipeline.contracts.cachefiles import ArraySplit, open_split, read_meta
-from pipeline.contracts.modelfile import is_text, load_trained, model_input, text_tokenizer
+from pipeline.contracts.modelfile import is_text, load_trained, text_tokenizer
 from pipeline.core import paths
 from pipeline.core.errors import PipelineError
 from pipeline.core.files import atomic_path, write_text
 from pipeline.core.provenance import record_run
 from pipeline.finetuning.engine import batches
 from pipeline.modality.image.inputs import Preprocessing
+from pipeline.modality.models import model_input
 from pipeline.modality.text.model import TextClassifier
 
 TOLERANCE = 1e-4  # largest allowed probability difference to PyTorch

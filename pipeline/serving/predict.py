@@ -29,8 +29,9 @@ from pipeline.core.errors import PipelineError
 from pipeline.core.files import not_regular
 from pipeline.core.seeding import resolve_device
 from pipeline.finetuning.engine import view_probabilities
-from pipeline.modality.image.decoding import IMAGES, UnreadableImage, decode_image, fit_image
-from pipeline.modality.image.inputs import ImageInput, Preprocessing
+from pipeline.modality import UnreadableItem
+from pipeline.modality.image.decoding import IMAGES
+from pipeline.modality.models import meta_modality, model_input
 from pipeline.modality.text.decoding import TEXT_SUFFIXES, UnreadableText, decode_text, read_text
 from pipeline.modality.text.model import TokenInput, encode
 
@@ -44,7 +45,7 @@ class Predictor:
     ``probabilities`` and ``text_probabilities`` are thread-unsafe."""
 
     model: torch.nn.Module
-    prep: Preprocessing
+    prep: Any  # the model kind's preprocessing (an image model's mean and std)
     meta: dict[str, Any]
     device: torch.device
     tokenizer: Any = None  # a text model's; None for an image model
@@ -70,7 +71,7 @@ class Predictor:
     @property
     def modality(self) -> str:
         """``text`` or ``image``: what the model classifies."""
-        return "text" if is_text(self.meta) else "image"
+        return meta_modality(self.meta)
 
     @torch.inference_mode()
     def text_probabilities(self, texts: Sequence[str]) -> np.ndarray:
@@ -83,7 +84,7 @@ class Predictor:
     def prepare(self, pixels: np.ndarray) -> np.ndarray:
         """(H, W, 3) uint8 decoded image -> (S, S, 3) uint8, as the cache stage does."""
         prep = self.meta["preprocessing"]
-        return fit_image(pixels, prep["image_size"], fit=prep["fit"])
+        return IMAGES.fit(pixels, prep["image_size"], fit=prep["fit"])
 
     @torch.inference_mode()
     def probabilities(self, images: np.ndarray, *, tta: str = "none") -> np.ndarray:
@@ -93,7 +94,7 @@ class Predictor:
             raise PipelineError(f"tta = {tta!r}: choose one of {', '.join(TTA)}")
         # a writable contiguous copy only when needed (torch warns on read-only arrays)
         pixels = np.require(images, requirements=["C", "W"])
-        x = ImageInput(self.prep).to_input(torch.from_numpy(pixels), self.device)
+        x = model_input(self.model, self.prep).to_input(torch.from_numpy(pixels), self.device)
         return view_probabilities(self.model, x, tta, device=self.device)
 
 
@@ -232,9 +233,9 @@ def predict_files(predictor: Predictor, files: Sequence[Any], *, batch_size: int
         errors: list[str] = []
         for path in chunk:
             try:
-                prepared.append(predictor.prepare(decode_image(path, max_pixels=max_pixels)))
+                prepared.append(predictor.prepare(IMAGES.decode(path, max_pixels=max_pixels)))
                 errors.append("")
-            except UnreadableImage as exc:
+            except UnreadableItem as exc:
                 errors.append(str(exc))
         probs = iter(predictor.probabilities(np.stack(prepared), tta=tta) if prepared else [])
         for path, error in zip(chunk, errors):

@@ -24,7 +24,6 @@ import asyncio
 import io
 import json
 import threading
-import warnings
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -32,11 +31,11 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request, UploadFile
-from PIL import Image
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pipeline.core.errors import PipelineError
-from pipeline.modality.image.decoding import UnreadableImage, decode_image
+from pipeline.modality import UnreadableItem
+from pipeline.modality.image.decoding import IMAGES, header_pixels
 from pipeline.serving.predict import TTA, Predictor, text_problem, top_k
 
 MAX_PIXELS = 40_000_000  # a 6,300 x 6,300 photo; larger is refused as a bomb
@@ -63,17 +62,6 @@ class PixelBudget:
             with self.free:
                 self.used -= pixels
                 self.free.notify_all()
-
-
-def header_pixels(data: bytes) -> int:
-    """Width x height from the image's header (nothing decoded); 0 when unreadable (the
-    decoder then says why), capped at MAX_PIXELS (larger ones are refused at once)."""
-    try:
-        with warnings.catch_warnings(), Image.open(io.BytesIO(data)) as img:
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            return min(img.size[0] * img.size[1], MAX_PIXELS)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
-        return 0
 
 
 class BodyLimit:
@@ -155,10 +143,11 @@ def create_app(model_path: Path, *, device: str = "auto", max_bytes: int = 10 * 
                                                                 tta)
 
     def _classify(data: bytes, k: int, tta: str) -> dict[str, Any]:
-        with budget.hold(header_pixels(data)):  # the full-size pixels live in this block
+        # the full-size pixels live in this block
+        with budget.hold(header_pixels(data, cap=MAX_PIXELS)):
             try:
-                pixels = decode_image(io.BytesIO(data), max_pixels=MAX_PIXELS)
-            except UnreadableImage as exc:
+                pixels = IMAGES.decode(io.BytesIO(data), max_pixels=MAX_PIXELS)
+            except UnreadableItem as exc:
                 reason = str(exc)
                 code = 413 if ("bomb" in reason or "pixel limit" in reason) else (
                     415 if "not an image" in reason else 422)

@@ -12,29 +12,20 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
-from PIL import Image
-from sklearn.datasets import load_digits
 
 from pipeline.core import paths
 from pipeline.core.errors import run_stage
 from pipeline.core.files import write_csv
+from pipeline.modality.image.demo import write_digits
 
 
 def run(root: Path, manifest: Path) -> int:
-    """Write the 1,797 8x8 digit images as PNGs under ``root/<digit>/``; return the count."""
+    """Write the 1,797 8x8 digit images as PNGs under ``root/<digit>/``
+    (pipeline.modality.image.demo) and their CSV manifest; return the count."""
     if root.exists():
         shutil.rmtree(root)
-    digits = load_digits()
-    # (N, 8, 8) float in 0..16 -> uint8 in 0..255
-    pixels = np.round(digits.images * (255 / 16)).astype(np.uint8)
-    rows = []
-    for index, (image, target) in enumerate(zip(pixels, digits.target)):
-        relative = Path(str(target)) / f"digit_{index:04d}.png"
-        (root / relative).parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(image).save(root / relative)  # (8, 8) uint8: mode L
-        rows.append({"path": relative.as_posix(), "label": str(target)})
+    rows = write_digits(root)
     write_csv(pd.DataFrame(rows), manifest)
     return len(rows)
 

@@ -85,6 +85,17 @@ def decode_image(path: Path | BinaryIO, *, max_pixels: int) -> np.ndarray:
         raise UnreadableImage(f"corrupt or truncated: {exc}") from None
 
 
+def header_pixels(data: bytes, *, cap: int) -> int:
+    """Width x height from the image's header (nothing decoded); 0 when unreadable (the
+    decoder then says why), capped at ``cap`` (the server refuses larger ones at once)."""
+    try:
+        with warnings.catch_warnings(), Image.open(io.BytesIO(data)) as img:
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return min(img.size[0] * img.size[1], cap)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return 0
+
+
 def pixel_hash(pixels: np.ndarray) -> str:
     """Hex sha256 of decoded pixels and their shape: equal for identical images."""
     digest = hashlib.sha256(str(pixels.shape).encode())
@@ -140,7 +151,7 @@ class ImageCodec:
     name: str = "image"
     suffixes: tuple[str, ...] = IMAGE_SUFFIXES
 
-    def decode(self, path: Path, *, max_pixels: int) -> np.ndarray:
+    def decode(self, path: Path | BinaryIO, *, max_pixels: int) -> np.ndarray:
         """(H, W, 3) uint8 RGB, EXIF orientation applied (:func:`decode_image`)."""
         return decode_image(path, max_pixels=max_pixels)
 

@@ -368,3 +368,36 @@ def create_text_model(cfg: Any, num_classes: int, *, pretrained: bool = True
 
         info["sha256"] = file_sha256(source / weights[0])
     return text_classifier(encoder, head, tokenizer, pooling), tokenizer, info
+
+
+class TextModels:
+    """BERT-family encoders (:class:`pipeline.modality.ModelKind`)."""
+
+    name = "text"
+    noun = "texts"
+    augment = staticmethod(no_augment)
+
+    def create(self, cfg: Any, num_classes: int, *, pretrained: bool = True,
+               verbose: bool = False) -> tuple[nn.Module, Preprocessing, dict[str, Any]]:
+        """(encoder with a new head, :data:`TEXT_PREP`, the weights' description); says
+        when ``model.name`` named an image backbone and MiniLM stands in."""
+        note = text_model_name(cfg.name)[1]
+        if verbose and note:
+            print(note)
+        model, _, info = create_text_model(cfg, num_classes, pretrained=pretrained)
+        return model, TEXT_PREP, info
+
+    def preprocessing(self, saved: dict[str, Any]) -> Preprocessing:
+        """Token ids need no scaling: the encoder, length and pad id live in the meta."""
+        return TEXT_PREP
+
+    def owns(self, model: nn.Module) -> bool:
+        return isinstance(model, TextClassifier)
+
+    def adapter(self, model: nn.Module, prep: Preprocessing) -> TokenInput:
+        """Cached token ids, each batch cut to its longest row."""
+        assert isinstance(model, TextClassifier)
+        return TokenInput(model.pad_id)
+
+
+TEXT_MODELS = TextModels()
