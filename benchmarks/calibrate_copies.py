@@ -5,8 +5,8 @@
         [--sample 100] [--max-false-rate 0.002] [--seed 0] [--smoke]
 
 For each data set it plants ``--per-kind`` near copies of each kind of
-:data:`pipeline.modality.image.signals.COPY_KINDS` (JPEG 50-80, 10-25 % smaller, a few pixels
-cropped,
+:data:`pipeline.modality.image.signals.COPY_KINDS` (JPEG 50-80, 10-25 % smaller, a few
+pixels cropped,
 brightness +-5-10 %, all combined; distinct originals, seed ``--seed + 1``), then does
 what the stages would do, blind to what was planted: embeds every image with the
 project's embed code path (``create_model`` + ``fit_image`` + ``to_input``, at the
@@ -62,8 +62,8 @@ from pipeline.modality.image.signals import (
 from pipeline.params.model import ModelConfig
 
 REPO = Path(__file__).resolve().parents[1]
-# the share estimate of pipeline.dataquality.calibrate.calibrate before 2026-12 (for --estimator
-# old):
+# the share estimate of pipeline.dataquality.calibrate.calibrate before 2026-12 (for
+# --estimator old):
 # from settings that find a quarter of the copies, half a Poisson deviation, per subset
 OLD = {"floor_recall": 0.25, "allowance": 0.5, "shared_share": False}
 HYMENOPTERA = REPO.parent / "shared" / "data" / "hymenoptera"

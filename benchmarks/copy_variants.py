@@ -28,8 +28,8 @@ from pipeline.modality.image.signals import COPY_KINDS, make_copies
 
 
 def signal(images: list[np.ndarray], size: int, blur: float) -> np.ndarray:
-    """Centred, unit-norm grey thumbnails (as pipeline.modality.image.signals.thumbnails, +
-    blur)."""
+    """Centred, unit-norm grey thumbnails (as pipeline.modality.image.signals.thumbnails,
+    + blur)."""
     rows = []
     for pixels in images:
         img = Image.fromarray(pixels).convert("L").resize((size, size),

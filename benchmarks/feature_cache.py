@@ -4,12 +4,11 @@
 
 Uses the demo cache (``dvc repro cache`` first) and params.yaml's model and train
 settings (``--smoke``: a tiny cache made in a temporary folder and timm's tiny test
-model, 2 epochs). Times, with the train stage's own parts (pipeline.finetuning.training:
-build_setup,
-start_phase, run_epoch): computing the features once, head-only epochs on them, and
-head-only epochs that run the frozen backbone forward every batch (train.feature_cache:
-false). Prints the median epoch times,
-their ratio, and how far apart the two heads end up.
+model, 2 epochs). Times, with the train stage's own parts
+(pipeline.finetuning.training: build_setup, start_phase, run_epoch): computing the
+features once, head-only epochs on them, and head-only epochs that run the frozen
+backbone forward every batch (train.feature_cache: false). Prints the median epoch
+times, their ratio, and how far apart the two heads end up.
 """
 
 from __future__ import annotations

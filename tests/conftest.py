@@ -114,6 +114,12 @@ def tiny_project(work: Path, *, per_class: int, head_epochs: int = 1,
         {"epochs": head_epochs, "unfreeze": "head", "lr_mult": 5.0},
         {"epochs": 1, "unfreeze": "all", "lr_mult": 0.25}])
     edit(params)
+    return commit_project(work, params)
+
+
+def commit_project(work: Path, params: dict[str, Any]) -> Path:
+    """Write ``params`` as the scratch project's params.yaml and commit the project to a
+    new git repository."""
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     sh("git", "init", "-q", cwd=work)
     sh("git", "add", "-A", cwd=work)

@@ -75,6 +75,14 @@ def test_rerun_table_follows_outputs_through_templates():
     data_stages = {"demo", "prepare", "embed", "clean", "split", "cache"}
     for section in ("params:train", "params:model", "params:members"):
         assert not data_stages & set(rows[section][0] + rows[section][1]), section
+    # image decoding reruns only the stages that open item files (thumbnails included)
+    assert set(rows["pipeline/modality/image/decoding.py"][0]) == {
+        "embed", "clean", "split", "cache", "report"}
+    # the near-copy calibration reruns clean and the split's audit, not embed
+    assert rows["pipeline/dataquality/calibrate.py"][0] == ["clean", "split"]
+    # the training loop reruns no data stage; the members section only the members
+    assert not data_stages & set(sum(rows["pipeline/finetuning/engine.py"], []))
+    assert rows["params:members"][0] == ["member"]
 
 
 def _slug(heading: str) -> str:

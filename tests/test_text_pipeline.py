@@ -20,6 +20,7 @@ from . import test_text_modality as texts
 from .conftest import (
     HALF_SPLIT,
     PROJECT_FILES,
+    commit_project,
     kill_mid_phase,
     repo_params,
     scratch_project,
@@ -76,10 +77,7 @@ def test_dvc_repro_runs_a_text_project_through_every_stage(tmp_path, tiny_encode
         {"epochs": 2, "unfreeze": "head", "lr_mult": 5.0},
         {"epochs": 1, "unfreeze": 1, "lr_mult": 0.5}])
     params["clean"]["max_rate"] = {k: 1.0 for k in params["clean"]["max_rate"]}
-    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    sh("git", "init", "-q", cwd=work)
-    sh("git", "add", "-A", cwd=work)
-    sh("git", "commit", "-qm", "init", cwd=work)
+    commit_project(work, params)
 
     log = sh("dvc", "repro", cwd=work)
     assert "prepared 38 texts in 3 classes" in log and "data.modality: auto: 38 of 38" in log

@@ -66,6 +66,28 @@ class EmbedMeta:
     scripts: list[str] = field(default_factory=list)  # texts: the script of each
 
 
+@dataclass
+class EmbedOutput:
+    """What a modality's embed pass hands the embed stage to write, row-aligned with the
+    prepared manifest (:func:`write_all`)."""
+
+    embeddings: np.ndarray  # (N, D) float32 unit rows, zero where unreadable
+    meta: EmbedMeta
+    signals: dict[str, np.ndarray]  # the near-copy signals besides the embedding
+    copies: dict[str, np.ndarray]  # the calibration copies, per signal
+    copy_source: np.ndarray  # (M,) row of each copy's original
+    copy_kinds: np.ndarray  # (M,) kind of each copy
+    summary: str  # the stage's closing line
+
+
+def write_all(out_dir: Path, out: EmbedOutput) -> None:
+    """Every file of the embed stage (:func:`write`, :func:`write_signals`,
+    :func:`write_copies`)."""
+    write(out_dir, out.embeddings, out.meta)
+    write_signals(out_dir, out.signals)
+    write_copies(out_dir, out.copies, out.copy_source, out.copy_kinds)
+
+
 def signal_names(embed_dir: Path) -> tuple[str, ...]:
     """The near-copy signals the embed stage stored (the calibrated rule's order)."""
     return read_meta(embed_dir).signals

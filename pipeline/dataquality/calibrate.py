@@ -8,8 +8,8 @@ cosine 0.6-0.94 to its original while distinct images sit at 0.92. So the detect
    (:func:`pipeline.modality.image.signals.make_copies`: JPEG quality 50-80, 10-25 % smaller, a few
    pixels cropped, brightness +-5-10 %, and all four combined);
 2. measures, per *signal* (the backbone embedding, and pixel-space signals that do not
-   depend on the backbone, :mod:`pipeline.modality.image.signals`: thumbnails, phash, and for small
-   images,
+   depend on the backbone, :mod:`pipeline.modality.image.signals`: thumbnails, phash, and for
+   small images,
    where a one-pixel crop moves everything, the aligned views: the best match over
    crop and downscale views), how similar each copy is to
    its original and how similar each image is to its nearest distinct neighbour;

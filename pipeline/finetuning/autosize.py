@@ -38,8 +38,8 @@ def backbone_input_size(library: str, arch: str, weights: str = "default"
     """The square input sizes (pixels) the backbone's pretrained weights were made for.
 
     Args:
-        library: ``timm`` or ``torchvision`` (as ``pipeline.finetuning.models.resolve_arch``
-        returns).
+        library: ``timm`` or ``torchvision`` (as
+        ``pipeline.finetuning.backbones.resolve_arch`` returns).
         arch: the architecture name in that library.
         weights: ``model.weights``: ``default``, ``none``, a timm tag, a torchvision
             weights name, or a file path (then the architecture's default config).

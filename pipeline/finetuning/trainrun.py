@@ -188,7 +188,7 @@ def train_model(base: BaseConfig, model_cfg: ModelConfig, cfg: TrainConfig, cach
     cache = read_meta(cache_dir)
     if cache.modality == "image":  # a text encoder is checked when it loads
         check_model_config(model_cfg)
-    else:
+    elif cache.modality == "text":  # another modality's model kind checks its own
         check_encoder(model_cfg.name, (cache.text or {}).get("encoder", ""))
     cfg, notes = resolve_auto(cfg, cache.profile,
                               text_length=int((cache.text or {}).get("max_length", 0)))

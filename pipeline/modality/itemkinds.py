@@ -16,7 +16,8 @@ import pandas as pd
 
 from pipeline.contracts.manifest import resolve
 from pipeline.core.errors import PipelineError
-from pipeline.modality.image.decoding import IMAGE_SUFFIXES
+from pipeline.modality import plugins
+from pipeline.modality.image.suffixes import IMAGE_SUFFIXES
 from pipeline.modality.text.decoding import TEXT_SUFFIXES, UnreadableText, decode_text, read_text
 
 MIXED = 0.1  # auto: a source with more than this share of each kind is mixed
@@ -33,12 +34,15 @@ def inline_texts(df: pd.DataFrame) -> dict[str, str]:
 
 
 def resolve_modality(setting: str, df: pd.DataFrame) -> tuple[str, str]:
-    """(``image`` | ``text``, why) for ``data.modality`` and the prepared manifest."""
+    """(``image`` | ``text`` | another modality's module, why) for ``data.modality`` and
+    the prepared manifest."""
     if inline(df):
         if setting == "image":
             raise PipelineError("data.modality = image, but the manifest gives texts (a "
                                 "text column): set data.modality: text or auto")
         return "text", "texts given in the manifest's text column"
+    if setting not in ("auto", *plugins.BUILTIN):
+        return setting, f"data.modality = {setting} ({plugins.load(setting).__file__})"
     if setting != "auto":
         return setting, f"data.modality = {setting}"
     suffixes = [PurePosixPath(p).suffix.lower() for p in df["path"]]
@@ -58,9 +62,8 @@ def resolve_modality(setting: str, df: pd.DataFrame) -> tuple[str, str]:
 def item_texts(df: pd.DataFrame, root: Path, rows: Sequence[int]
                ) -> list[tuple[str, str] | Exception]:
     """(text, decoding note) of each of ``rows``, from the manifest's text column or the
-    file; the exception (:class:`pipeline.modality.text.decoding.UnreadableText`, OSError) where a
-    row has
-    none."""
+    file; the exception (:class:`pipeline.modality.text.decoding.UnreadableText`, OSError)
+    where a row has none."""
     out: list[tuple[str, str] | Exception] = []
     for i in rows:
         try:

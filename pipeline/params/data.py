@@ -7,6 +7,7 @@ schema changed (each stage declares the modules it imports). Loaded by
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -23,9 +24,14 @@ class DataConfig:
     # read files that resolve outside root ('..', absolute paths, symbolic links); files
     # reached by '..' or absolute paths are no DVC dependency: changes to them rerun nothing
     allow_outside_root: bool
-    # image | text | auto: decided from the files (pipeline.modality.itemkinds), said in the log
-    modality: Literal["auto", "image", "text"] = "auto"
+    # image | text | auto: decided from the files (pipeline.modality.itemkinds), said in the
+    # log; or the name of a Python module importable from the project's root that defines
+    # another modality (pipeline.modality.plugins)
+    modality: str = "auto"
 
     def __post_init__(self) -> None:
+        if not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", self.modality):
+            raise ParamsError(f"data.modality = {self.modality!r}: choose auto, image or text, "
+                              f"or name the Python module of another modality")
         if not self.root:
             raise ParamsError("data.root is empty: give the folder that holds the images")

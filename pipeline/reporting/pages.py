@@ -8,7 +8,7 @@ import base64
 import html
 from pathlib import Path
 
-from pipeline.modality import ItemCodec, UnreadableItem
+from pipeline.modality import ItemCodec, UnreadableItem, plugins
 from pipeline.modality.image.decoding import IMAGES
 from pipeline.modality.text.decoding import read_text
 
@@ -48,8 +48,10 @@ def preview_tag(path: Path, alt: str, *, modality: str = "image", text: str | No
                 size: int = 96) -> str:
     """What a page shows of an item: an image's thumbnail, or a text's first characters
     (``text`` when the manifest gives it inline, else read from ``path``)."""
-    if modality != "text":
+    if modality == "image":
         return thumbnail_tag(path, alt, size=size)
+    if modality != "text":  # another modality's codec draws it
+        return thumbnail_tag(path, alt, size=size, codec=plugins.load(modality).CODEC)
     if text is None:
         try:
             text, _ = read_text(path)

@@ -202,10 +202,15 @@ def snippets_table(rows: Sequence[tuple[str, str]], texts: Sequence[str]) -> str
     """An HTML table of (caption, detail) and each text's start."""
     from pipeline.reporting.pages import snippet_tag
 
-    cells = "".join(f"<tr><td>{html.escape(a)}<br><span class='muted'>{html.escape(b)}"
-                    f"</span></td><td>{snippet_tag(t)}</td></tr>"
-                    for (a, b), t in zip(rows, texts))
-    return f"<table>{cells}</table>" if cells else "<p>None.</p>"
+    return cells_table(rows, [snippet_tag(t) for t in texts])
+
+
+def cells_table(rows: Sequence[tuple[str, str]], cells: Sequence[str]) -> str:
+    """An HTML table of (caption, detail) and each item's HTML (a text's start, another
+    modality's thumbnail)."""
+    body = "".join(f"<tr><td>{html.escape(a)}<br><span class='muted'>{html.escape(b)}"
+                   f"</span></td><td>{c}</td></tr>" for (a, b), c in zip(rows, cells))
+    return f"<table>{body}</table>" if body else "<p>None.</p>"
 
 
 # ----------------------------------------------------------------------------- HTML
@@ -249,6 +254,15 @@ def issues_html(clean: pd.DataFrame, root: Path, *, limit: int = 16, modality: s
                              list(zip(head["path"], head["label"])),
                              [f[0] if isinstance(f, tuple) else f"unreadable: {f}"
                               for f in found]))
+            continue
+        if modality != "image":  # another modality: its codec's thumbnails
+            from pipeline.reporting.pages import preview_tag
+
+            parts.append(f"<h3>{issue}: {len(rows)} items, {int((~rows['keep']).sum())} "
+                         f"dropped</h3>{shown}{listing}" + cells_table(
+                             list(zip(head["path"], head["label"])),
+                             [preview_tag(resolve(root, rel), i, modality=modality)
+                              for rel, i in zip(head["path"], head["image_id"])]))
             continue
         thumbs, captions = [], []
         for rel, label in zip(head["path"], head["label"]):
@@ -342,6 +356,11 @@ def model_table(model_meta: dict[str, Any]) -> pd.DataFrame:
                               "encoder": prep.get("encoder", ""),
                               "max length": prep.get("max_length", ""),
                               "truncation": prep.get("truncation", "")}])
+    if "image_size" not in prep:  # another modality: what its meta records
+        return pd.DataFrame([{"library": model_meta["library"],
+                              "architecture": model_meta["arch"],
+                              "weights": pretrained.get("weights", ""),
+                              **{k: str(v) for k, v in prep.items()}}])
     return pd.DataFrame([{"library": model_meta["library"], "architecture": model_meta["arch"],
                           "weights": pretrained["weights"],
                           "sha256": pretrained.get("sha256", ""),

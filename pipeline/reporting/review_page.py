@@ -37,7 +37,8 @@ def review_page(review: pd.DataFrame, root: Path, *, actions: str,
     leaves out without an issue: empty class folders, frames); ``texts``: image id ->
     text, for texts given inline."""
     texts = texts or {}
-    style, items = (STYLE + SNIPPET_STYLE, "Texts") if modality == "text" else (STYLE, "Images")
+    style, items = ((STYLE + SNIPPET_STYLE, "Texts") if modality == "text" else
+                    (STYLE, "Images") if modality == "image" else (STYLE, "Items"))
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>clean review</title>"
              f"<style>{style}</style></head><body>",
              f"<h1>{items} to review</h1><p>Record verdicts in data/review/decisions.csv "

@@ -72,7 +72,8 @@ def summary_lines(results: Mapping[str, Any], clean: Mapping[str, Any],
     """The summary from metrics/all/eval.json, clean.json and split.json (as dicts)."""
     sizes = " / ".join(f"{s} {split[f'{s}_images']}" for s in ("train", "val", "test")
                        if f"{s}_images" in split)
-    items = "texts" if "not_utf8" in clean else "images"  # clean counts per modality
+    items = ("texts" if "not_utf8" in clean else  # clean counts per modality
+             "items" if "noted" in clean else "images")
     lines = ["== summary " + "=" * 69,
              f"data: {clean.get('images', '?')} {items} in {classes} classes, "
              f"{clean.get('kept', '?')} kept by clean; split {sizes or '?'}"]

@@ -42,7 +42,7 @@ from pipeline.core.files import write_metrics
 from pipeline.core.seeding import resolve_device
 from pipeline.finetuning.engine import predict
 from pipeline.modality import BatchAdapter, Rows
-from pipeline.modality.models import model_input
+from pipeline.modality.models import meta_modality, model_input
 from pipeline.params.base import BaseConfig
 from pipeline.params.evaluate import EvaluateConfig
 from pipeline.scoring.metrics import (
@@ -178,12 +178,13 @@ def evaluate_model(base: BaseConfig, cfg: EvaluateConfig, model_path: Path, cach
                             "split.fractions.test and split.fractions.val > 0")
     model.to(device).to(memory_format=torch.channels_last)  # see inputs.to_input
     manifest = read_manifest(split_manifest).set_index("image_id")
+    adapter = model_input(model, prep, meta_modality(meta))  # the model's modality's
 
     def probs(data: ArraySplit, name: str, tta: str = "none") -> np.ndarray:
         with tqdm(total=len(data.labels), desc=f"predict {name}", unit="img",
                   mininterval=1.0, leave=False) as bar:
             return predict(model, data, device=device, batch_size=cfg.batch_size,
-                           tta=tta, inputs=CountingInput(model_input(model, prep), bar))
+                           tta=tta, inputs=CountingInput(adapter, bar))
 
     test_table = prediction_table(test, probs(test, "test"), classes, manifest)
     if cfg.tta != "none":

@@ -47,8 +47,7 @@ from pipeline.core.errors import PipelineError
 from pipeline.core.files import atomic_path, write_text
 from pipeline.core.provenance import record_run
 from pipeline.finetuning.engine import batches
-from pipeline.modality.image.inputs import Preprocessing
-from pipeline.modality.models import model_input
+from pipeline.modality.models import meta_modality, model_input
 from pipeline.modality.text.model import TextClassifier
 
 TOLERANCE = 1e-4  # largest allowed probability difference to PyTorch
@@ -71,10 +70,11 @@ class TokensAndMask(nn.Module):
         return self.model.head(self.model.features(input_ids, attention_mask))
 
 
-def export_inputs(model: nn.Module, prep: Preprocessing) -> tuple[nn.Module, ToInputs]:
+def export_inputs(model: nn.Module, prep: Any, modality: str | None = None
+                  ) -> tuple[nn.Module, ToInputs]:
     """The module to export and how a cached batch becomes its inputs: normalised pixels
     for an image model; token ids and their attention mask for a text model."""
-    adapter = model_input(model, prep)
+    adapter = model_input(model, prep, modality)
     if isinstance(model, TextClassifier):
         pad_id = model.pad_id
 
@@ -107,7 +107,8 @@ def write_exports(model: torch.nn.Module, example: tuple[torch.Tensor, ...],
         reproducible_torchscript(partial)
     batch, length = torch.export.Dim("batch"), torch.export.Dim("length")
     names, shapes = ((TEXT_INPUTS, ({0: batch, 1: length},) * 2) if text
-                     else (["images"], ({0: batch},)))
+                     else (["images" if meta_modality(meta) == "image" else "inputs"],
+                           ({0: batch},)))
     with atomic_path(files["onnx"]) as partial, quiet_encoder(text):
         torch.onnx.export(model, example, str(partial), input_names=names,
                           output_names=["logits"], dynamo=True, verbose=False,
@@ -122,6 +123,10 @@ def write_exports(model: torch.nn.Module, example: tuple[torch.Tensor, ...],
 
 def export_spec(meta: dict[str, Any]) -> dict[str, Any]:
     """model.json: the classes and what a caller must do to an item first."""
+    if meta_modality(meta) not in ("image", "text"):  # another modality's own batches
+        return {"classes": meta["classes"], **meta["preprocessing"],
+                "input": "float32 (batch, ...): the cached rows as the modality module's "
+                         "MODEL adapter makes them", "output": "logits (batch, classes)"}
     if not is_text(meta):
         return {"classes": meta["classes"], **meta["preprocessing"],
                 "input": "float32 (batch, 3, size, size), RGB scaled to 0..1, then "
@@ -181,7 +186,7 @@ def export_model(model_path: Path, cache_dir: Path, out_dir: Path, metrics_out: 
     model.eval()
     test = open_split(cache_dir, read_meta(cache_dir), "test")
     first = next(batches(test, 8))[0]
-    exported, to_inputs = export_inputs(model, prep)  # the modality seam (pipeline.modality)
+    exported, to_inputs = export_inputs(model, prep, meta_modality(meta))  # the modality's
     files = write_exports(exported, to_inputs(first)[1], meta, out_dir)
     diffs, disagree, sizes = compare(model, files, test, to_inputs)
     report: dict = {"torchscript_max_prob_diff": float(f"{diffs['torchscript']:.3g}"),

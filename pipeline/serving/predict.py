@@ -94,7 +94,8 @@ class Predictor:
             raise PipelineError(f"tta = {tta!r}: choose one of {', '.join(TTA)}")
         # a writable contiguous copy only when needed (torch warns on read-only arrays)
         pixels = np.require(images, requirements=["C", "W"])
-        x = model_input(self.model, self.prep).to_input(torch.from_numpy(pixels), self.device)
+        x = model_input(self.model, self.prep, self.modality).to_input(torch.from_numpy(pixels),
+                                                                self.device)
         return view_probabilities(self.model, x, tta, device=self.device)
 
 

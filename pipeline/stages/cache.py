@@ -26,7 +26,13 @@ import pandas as pd
 from numpy.lib.format import open_memmap
 from tqdm import tqdm
 
-from pipeline.contracts.cachefiles import CacheMeta, images_name, labels_name, write_meta
+from pipeline.contracts.cachefiles import (
+    CacheMeta,
+    images_name,
+    labels_name,
+    write_meta,
+    write_rows,
+)
 from pipeline.contracts.embedfiles import META as EMBED_META
 from pipeline.contracts.embedfiles import read_meta as read_embed_meta
 from pipeline.contracts.manifest import read_manifest, resolve
@@ -35,7 +41,7 @@ from pipeline.core.config import load_sections
 from pipeline.core.errors import PipelineError, run_stage
 from pipeline.core.files import atomic_dir, check_space, save_npy
 from pipeline.finetuning.autosize import data_profile, resolve_image_size
-from pipeline.modality import UnreadableItem
+from pipeline.modality import UnreadableItem, plugins
 from pipeline.modality.image.augment import make_views, view_transform
 from pipeline.modality.image.decoding import IMAGES, natural_key
 from pipeline.modality.itemkinds import item_texts
@@ -160,13 +166,47 @@ def run_texts(data: DataConfig, cfg: CacheConfig, split_manifest: Path, out_dir:
     return json.loads(meta.to_json())
 
 
+def run_items(data: DataConfig, cfg: CacheConfig, split_manifest: Path, out_dir: Path,
+              modality: str) -> dict:
+    """Another modality's cache (pipeline.modality.plugins): each split's items decoded and
+    fitted by its codec, stacked into one array; return its meta. The auto schedule is
+    the small images' one (``profile`` small)."""
+    codec = plugins.load(modality).CODEC
+    df = read_manifest(split_manifest)
+    classes = sorted(set(df["label"]), key=natural_key)
+    class_index = {c: i for i, c in enumerate(classes)}
+    meta = CacheMeta(classes=classes, image_size=0, fit=cfg.fit, views=0, ids={},
+                     profile="small", modality=modality)
+    with atomic_dir(out_dir) as partial:
+        for split in SPLITS:
+            rows = df[df["split"] == split].sort_values("image_id", kind="stable")
+            items = []
+            for rel in rows["path"]:
+                try:
+                    item = codec.decode(resolve(Path(data.root), rel), max_pixels=MAX_PIXELS)
+                except UnreadableItem as exc:
+                    raise PipelineError(f"{rel} became unreadable after cleaning ({exc}); "
+                                        f"rerun dvc repro") from None
+                items.append(codec.fit(item, 0, fit=cfg.fit))
+            labels = np.array([class_index[c] for c in rows["label"]], dtype=np.int64)
+            write_rows(partial, split, np.stack(items) if items else np.zeros((0, 0)), labels)
+            meta.ids[split] = list(rows["image_id"])
+        write_meta(partial, meta)
+    print("cache: " + ", ".join(f"{s} {len(meta.ids[s])}" for s in SPLITS) +
+          f" items of {modality}")
+    return json.loads(meta.to_json())
+
+
 def main() -> None:
     """Entry point of the DVC stage."""
     data, cache = load_sections("data", "cache")
-    if read_embed_meta(paths.EMBED_DIR).modality == "text":
+    modality = read_embed_meta(paths.EMBED_DIR).modality
+    if modality == "text":
         run_texts(data, cache, paths.SPLIT, paths.CACHE_DIR)
-    else:
+    elif modality == "image":
         run(data, cache, paths.SPLIT, paths.CACHE_DIR)
+    else:
+        run_items(data, cache, paths.SPLIT, paths.CACHE_DIR, modality)
 
 
 if __name__ == "__main__":

@@ -353,7 +353,8 @@ def clean_counts(findings: Findings, keep: np.ndarray, verdicts: dict[str, str],
     counts["clusters"] = int(len({c for c in findings.clusters if c is not None}))
     counts["decisions"] = len(verdicts)
     noted = sum(bool(n) for n in embed_meta.notes)  # frames left out; texts: not UTF-8
-    counts["multi_frame" if embed_meta.modality == "image" else "not_utf8"] = noted
+    # what the notes say: frames left out, texts not UTF-8, another modality's own notes
+    counts[{"image": "multi_frame", "text": "not_utf8"}.get(embed_meta.modality, "noted")] = noted
     counts["empty_class_folders"] = len(notes) - noted
     if fixed.any():  # a fixed val/test set: what clean left of it, what it took from train
         counts["fixed_eval_images"] = int(fixed.sum())
@@ -367,7 +368,8 @@ def clean_counts(findings: Findings, keep: np.ndarray, verdicts: dict[str, str],
 def print_summary(counts: dict[str, Any], fixed: np.ndarray, rel_paths: list[str],
                   errors: list[str], notes: list[str]) -> None:
     """The stage's log: what it kept and found, each unreadable file, each data note."""
-    items = "texts" if "not_utf8" in counts else "images"  # clean counts per modality
+    items = ("texts" if "not_utf8" in counts else  # clean counts per modality
+             "items" if "noted" in counts else "images")
     print(f"clean: kept {counts['kept']} of {counts['images']} {items}; " + ", ".join(
         f"{counts[name]} {name}" for name in ISSUES))
     if fixed.any():

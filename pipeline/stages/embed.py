@@ -17,22 +17,24 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from pipeline.contracts import embedfiles
-from pipeline.contracts.embedfiles import EmbedMeta
+from pipeline.contracts.embedfiles import EmbedOutput
 from pipeline.contracts.manifest import read_manifest
 from pipeline.core import paths
 from pipeline.core.config import load_sections
 from pipeline.core.errors import PipelineError, run_stage
 from pipeline.core.files import atomic_dir
 from pipeline.core.seeding import pin_cpu, resolve_device
+from pipeline.modality import plugins
 from pipeline.modality.image.embed import embed_images
 from pipeline.modality.itemkinds import resolve_modality
-from pipeline.modality.text.embed import TEXT_SIGNALS, embed_texts
+from pipeline.modality.text.embed import embed_texts
 from pipeline.params.base import BaseConfig
 from pipeline.params.data import DataConfig
 from pipeline.params.embed import EmbedConfig
+
+PASSES = {"image": embed_images, "text": embed_texts}  # each modality's pass
 
 
 def run(data: DataConfig, cfg: EmbedConfig, prepared: Path, out_dir: Path, *,
@@ -42,39 +44,20 @@ def run(data: DataConfig, cfg: EmbedConfig, prepared: Path, out_dir: Path, *,
     df = read_manifest(prepared)
     if df.empty:
         raise PipelineError(f"{prepared} lists no images: nothing to embed")
-    done = embed_images(list(df["path"]), Path(data.root), cfg, resolve_device(device))
-    found, sides, embeddings = done.found, done.sides, done.embeddings
-    valid = [h is not None for h in found.hashes]
-    embedfiles.write(out_dir, embeddings, EmbedMeta(
-        ids=list(df["image_id"]), valid=valid, pixel_hash=found.hashes, error=found.errors,
-        model=done.info, image_size=done.size, image_size_reason=done.reason,
-        backbone_size=done.backbone_size, backbone_test_size=done.backbone_test_size,
-        short_side_median=float(np.median(sides)) if sides else 0.0, notes=found.notes))
-    embedfiles.write_signals(out_dir, found.pixel_signals)
-    embedfiles.write_copies(out_dir, done.copies, done.copy_source, done.copy_kinds)
-    print(f"embed: {sum(valid)} of {len(df)} images, dimension {embeddings.shape[1]}, "
-          f"{len(done.copy_source)} calibration copies of {len(found.originals)} images")
-    return embeddings
+    return write(embed_images(df, Path(data.root), cfg, resolve_device(device)), out_dir)
 
 
 def run_texts(data: DataConfig, cfg: EmbedConfig, df: pd.DataFrame, out_dir: Path, *,
               device: str = "auto") -> np.ndarray:
     """The text project's pass (pipeline.modality.text.embed), in the same files; return (N, D)."""
-    torch.manual_seed(0)
-    found = embed_texts(df, Path(data.root), cfg, resolve_device(device))
-    valid = [h is not None for h in found.hashes]
-    embedfiles.write(out_dir, found.embeddings, EmbedMeta(
-        ids=list(df["image_id"]), valid=valid, pixel_hash=found.hashes, error=found.errors,
-        model=found.info, image_size=0, image_size_reason="", notes=found.notes,
-        modality="text", signals=TEXT_SIGNALS, lengths=found.lengths,
-        scripts=found.scripts))
-    embedfiles.write_signals(out_dir, found.signals)
-    embedfiles.write_copies(out_dir, found.copies, found.copy_source, found.copy_kinds)
-    longest = max(found.lengths)
-    print(f"embed: {sum(valid)} of {len(df)} texts, dimension {found.embeddings.shape[1]}, "
-          f"{len(found.copy_source)} calibration copies of "
-          f"{len(set(found.copy_source.tolist()))} texts; longest {longest:,} characters")
-    return found.embeddings
+    return write(embed_texts(df, Path(data.root), cfg, resolve_device(device)), out_dir)
+
+
+def write(out: EmbedOutput, out_dir: Path) -> np.ndarray:
+    """Write what a modality's pass found; return its (N, D) embeddings."""
+    embedfiles.write_all(out_dir, out)
+    print(out.summary)
+    return out.embeddings
 
 
 def main() -> None:
@@ -83,13 +66,14 @@ def main() -> None:
     assert isinstance(base, BaseConfig)
     pin_cpu(deterministic=base.deterministic)  # first: kernels are chosen at first use
     df = read_manifest(paths.PREPARED)
-    modality, why = resolve_modality(data.modality, df) if not df.empty else ("image", "")
+    if df.empty:
+        raise PipelineError(f"{paths.PREPARED} lists no images: nothing to embed")
+    modality, why = resolve_modality(data.modality, df)
+    if modality != "image":
+        print(f"embed: {modality} (data.modality: {why})")
+    embed_pass = PASSES[modality] if modality in PASSES else plugins.load(modality).embed
     with atomic_dir(paths.EMBED_DIR) as partial:  # the old folder stays whole until then
-        if modality == "text":
-            print(f"embed: texts (data.modality: {why})")
-            run_texts(data, embed, df, partial, device=base.device)
-        else:
-            run(data, embed, paths.PREPARED, partial, device=base.device)
+        write(embed_pass(df, Path(data.root), embed, resolve_device(base.device)), partial)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ from pipeline.contracts.sources import (
 from pipeline.core import paths
 from pipeline.core.config import load_sections
 from pipeline.core.errors import PipelineError, run_stage
+from pipeline.modality import plugins
 from pipeline.modality.itemkinds import inline, resolve_modality
 from pipeline.params.data import DataConfig
 
@@ -66,7 +67,7 @@ def run(cfg: DataConfig, output: Path, *, ignore: Path = DVCIGNORE) -> pd.DataFr
     if twins := twin_labels(df["label"]):
         print(f"warning: {twins}", file=sys.stderr)
     modality, why = resolve_modality(cfg.modality, df)
-    items = "texts" if modality == "text" else "images"
+    items = plugins.noun(modality)
     check_two_classes(df["label"], f"data.root = {cfg.root!r}" if cfg.source != "csv"
                       else f"data.manifest = {cfg.manifest!r}", items=items)
     df = assign_ids(df, root)

@@ -33,14 +33,16 @@ import pipeline.params.split  # noqa: F401
 import pipeline.params.train  # noqa: F401
 from pipeline.contracts.cachefiles import CacheMeta, NpyRows, images_name, read_meta
 from pipeline.contracts.labelfiles import prediction_arrays, read_labelled, read_predictions
-from pipeline.contracts.manifest import read_manifest
+from pipeline.contracts.manifest import read_manifest, resolve
 from pipeline.core import paths
 from pipeline.core.config import PARAMS_FILE, load_sections
 from pipeline.core.errors import run_stage
+from pipeline.modality import plugins
 from pipeline.modality.itemkinds import item_texts
-from pipeline.reporting.pages import img_tag
+from pipeline.reporting.pages import img_tag, preview_tag, snippet_tag
 from pipeline.reporting.report import (
     THUMB,
+    cells_table,
     confusion_figure,
     curves_figure,
     facts,
@@ -53,7 +55,6 @@ from pipeline.reporting.report import (
     provenance_table,
     resolved_html,
     section,
-    snippets_table,
     split_counts,
     split_html,
     table,
@@ -162,8 +163,9 @@ def figures(inp: Inputs, cache_dir: Path) -> dict[str, bytes]:
                                      "Reliability diagram (test)", diagonal=True),
     }
     wrong = worst_mistakes(inp)
-    if inp.cache.modality == "text":
-        texts = texts_of(inp, list(wrong["image_id"]))
+    if inp.cache.modality != "image":
+        texts = (texts_of(inp, list(wrong["image_id"])) if inp.cache.modality == "text"
+                 else list(wrong["path"]))
         out["mistakes"] = text_list_figure(
             [f"{t} → {p} (loss {v:.2f}): {x}" for t, p, v, x in zip(
                 wrong["label"], wrong["pred"], wrong["loss"], texts)],
@@ -186,12 +188,22 @@ def texts_of(inp: Inputs, ids: list[str]) -> list[str]:
             for f in item_texts(rows, Path(inp.root), range(len(rows)))]
 
 
+def previews_of(inp: Inputs, ids: list[str]) -> list[str]:
+    """How the page shows these split rows: a text's start, or another modality's
+    thumbnail (its codec, from the source file)."""
+    if inp.cache.modality == "text":
+        return [snippet_tag(text) for text in texts_of(inp, ids)]
+    rows = inp.split.set_index("image_id").loc[ids]
+    return [preview_tag(resolve(Path(inp.root), rel), i, modality=inp.cache.modality)
+            for i, rel in zip(ids, rows["path"])]
+
+
 def mistakes_html(inp: Inputs) -> str:
-    """A text project's worst test mistakes as a table of their texts."""
+    """A text (or another modality's) project's worst test mistakes as a table."""
     wrong = worst_mistakes(inp)
-    return snippets_table([(f"{t} → {p}", f"loss {v:.2f}, {i}") for t, p, v, i in zip(
+    return cells_table([(f"{t} → {p}", f"loss {v:.2f}, {i}") for t, p, v, i in zip(
         wrong["label"], wrong["pred"], wrong["loss"], wrong["path"])],
-        texts_of(inp, list(wrong["image_id"])))
+        previews_of(inp, list(wrong["image_id"])))
 
 
 def sample_grid(inp: Inputs, cache_dir: Path) -> bytes | str:
@@ -201,9 +213,9 @@ def sample_grid(inp: Inputs, cache_dir: Path) -> bytes | str:
     samples = train_split.groupby("label", sort=False).head(2)
     samples = samples.assign(order=samples["label"].map(classes.index)).sort_values(
         ["order", "image_id"])
-    if inp.cache.modality == "text":
-        return snippets_table(list(zip(samples["label"], samples["path"])),
-                              texts_of(inp, list(samples["image_id"])))
+    if inp.cache.modality != "image":
+        return cells_table(list(zip(samples["label"], samples["path"])),
+                           previews_of(inp, list(samples["image_id"])))
     return image_grid(
         _thumbs_from_cache(cache_dir, "train", inp.cache.ids["train"],
                            list(samples["image_id"])),
@@ -217,7 +229,7 @@ def body(inp: Inputs, sections: dict[str, Any], pictures: dict[str, bytes],
     classes, split, plots, tm = meta["classes"], inp.split, inp.plots, inp.train_metrics
     changed = params_vs_committed(yaml.safe_load(PARAMS_FILE.read_text()))
     versions = pd.DataFrame(sorted(meta["versions"].items()), columns=["library", "version"])
-    items = "texts" if inp.cache.modality == "text" else "images"
+    items = plugins.noun(inp.cache.modality)
     return [
         "<h1>Fine-tuning report</h1>",
         f"<p class='muted'>{html.escape(meta['arch'])} on {len(split)} {items} in "

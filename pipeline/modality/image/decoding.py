@@ -16,6 +16,7 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from pipeline.core import files
 from pipeline.modality import UnreadableItem
+from pipeline.modality.image.suffixes import IMAGE_SUFFIXES
 
 # Broken files must fail, never train on half an image.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -141,10 +142,6 @@ def natural_key(text: str) -> tuple[tuple[tuple[int, int | str], ...], str]:
 
 # What predict reads from a folder (the rest it lists as skipped); prepare lists every
 # file. Pillow decodes all of these (AVIF where it was built with libavif).
-IMAGE_SUFFIXES = (".png", ".apng", ".jpg", ".jpeg", ".jpe", ".jfif", ".bmp", ".gif", ".tif",
-                  ".tiff", ".webp", ".avif")
-
-
 class ImageCodec:
     """Images as the pipeline's items (:class:`pipeline.modality.ItemCodec`)."""
 

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from tqdm import tqdm
 
+from pipeline.contracts.embedfiles import EmbedMeta, EmbedOutput
 from pipeline.contracts.manifest import resolve
 from pipeline.core.errors import PipelineError
 from pipeline.finetuning.autosize import backbone_input_size, resolve_image_size
@@ -129,26 +130,11 @@ def decode_and_embed(model: torch.nn.Module, inputs: ImageInput, root: Path,
     return found
 
 
-@dataclass
-class ImagePass:
-    """What embed writes for an image project, row-aligned with the prepared manifest."""
-
-    found: Decoded
-    embeddings: np.ndarray  # (N, D) float32 unit rows, zero where unreadable
-    copies: dict[str, np.ndarray]  # the calibration copies, per signal
-    copy_source: np.ndarray  # (M,) row of each copy's original
-    copy_kinds: np.ndarray  # (M,) kind of each copy
-    info: dict[str, Any]  # the backbone
-    size: int  # the resolved image size
-    reason: str  # why that size
-    backbone_size: int
-    backbone_test_size: int
-    sides: list[int]  # the sampled short sides
-
-
-def embed_images(paths_list: list[str], root: Path, cfg: EmbedConfig,
-                 dev: torch.device) -> ImagePass:
-    """Decode every image once and embed it, then the calibration copies."""
+def embed_images(df: pd.DataFrame, root: Path, cfg: EmbedConfig, dev: torch.device
+                 ) -> EmbedOutput:
+    """Decode every image of the prepared manifest once and embed it, then the
+    calibration copies; what the embed stage writes."""
+    paths_list = list(df["path"])
     model_cfg = BackboneSpec(name=cfg.model, weights=cfg.weights)
     check_model_config(model_cfg, section="embed")
     torch.manual_seed(0)  # embed.weights none: the same random weights in every run
@@ -180,5 +166,13 @@ def embed_images(paths_list: list[str], root: Path, cfg: EmbedConfig,
         copies = {"embedding": np.zeros((0, embeddings.shape[1])),
                   **{name: values[:0] for name, values in found.pixel_signals.items()}}
     source = np.asarray([order[int(j)] for j in source_kind[0]], dtype=np.int64)
-    return ImagePass(found, embeddings, copies, source, source_kind[1], info, size, reason,
-                     backbone, test_size, sides)
+    valid = [h is not None for h in found.hashes]
+    meta = EmbedMeta(
+        ids=list(df["image_id"]), valid=valid, pixel_hash=found.hashes, error=found.errors,
+        model=info, image_size=size, image_size_reason=reason, backbone_size=backbone,
+        backbone_test_size=test_size,
+        short_side_median=float(np.median(sides)) if sides else 0.0, notes=found.notes)
+    summary = (f"embed: {sum(valid)} of {n} images, dimension {embeddings.shape[1]}, "
+               f"{len(source)} calibration copies of {len(order)} images")
+    return EmbedOutput(embeddings, meta, found.pixel_signals, copies, source, source_kind[1],
+                       summary)

@@ -7,15 +7,14 @@ clean stage calibrates its near-copy rule on, as for images.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 from tqdm import tqdm
 
+from pipeline.contracts.embedfiles import EmbedMeta, EmbedOutput
 from pipeline.core.errors import PipelineError
 from pipeline.modality.itemkinds import item_texts
 from pipeline.modality.text.decoding import content_hash, dominant_script
@@ -33,23 +32,6 @@ from pipeline.params.embed import EmbedConfig
 
 TEXT_SIGNALS = ("embedding", "shingles")  # the near-copy signals of texts, in rule order
 EMBED_TOKENS = 256  # tokens of each text the embedding sees (its start; at most the limit)
-
-
-@dataclass
-class TextPass:
-    """What decoding and embedding every text found, row-aligned with the manifest."""
-
-    embeddings: np.ndarray  # (N, D) float32 unit rows, zero where unreadable
-    signals: dict[str, np.ndarray]  # the shingle signal, zero where unreadable
-    hashes: list[str | None]  # normalised-text sha256; None where unreadable
-    errors: list[str]
-    notes: list[str]  # decoding notes (an encoding that was not UTF-8)
-    lengths: list[int]  # characters (0 where unreadable)
-    scripts: list[str]  # each text's dominant script (texts.dominant_script; "" unreadable)
-    copies: dict[str, np.ndarray]  # the calibration copies, per signal of TEXT_SIGNALS
-    copy_source: np.ndarray  # (M,) row of each copy's original
-    copy_kinds: np.ndarray  # (M,) kind of each copy
-    info: dict[str, Any]  # the encoder
 
 
 class TextEmbedder:
@@ -85,9 +67,10 @@ class TextEmbedder:
 
 
 def embed_texts(df: pd.DataFrame, root: Path, cfg: EmbedConfig, device: torch.device
-                ) -> TextPass:
+                ) -> EmbedOutput:
     """Decode, hash, embed and shingle every row of the prepared manifest once, and make
-    and embed the calibration copies of a seeded sample."""
+    and embed the calibration copies of a seeded sample; what the embed stage writes."""
+    torch.manual_seed(0)
     name, note = text_model_name(cfg.model)
     if note:
         print(f"embed: {note.replace('model.name', 'embed.model')}")
@@ -110,14 +93,19 @@ def embed_texts(df: pd.DataFrame, root: Path, cfg: EmbedConfig, device: torch.de
     chosen = set(np.random.default_rng(0).permutation(n)[:cfg.calibration_sample].tolist())
     sample = {int(i): texts[j] for j, i in enumerate(good) if i in chosen}
     copies, source, kinds = embed_text_copies(embedder, sample)
-    return TextPass(
-        embeddings=embeddings, signals={"shingles": signal},
-        hashes=[content_hash(f[0]) if k else None for f, k in zip(found, ok)],  # type: ignore[index]
-        errors=["" if k else str(f) for f, k in zip(found, ok)],
+    hashes = [content_hash(f[0]) if k else None for f, k in zip(found, ok)]  # type: ignore[index]
+    lengths = [len(f[0]) if k else 0 for f, k in zip(found, ok)]  # type: ignore[index]
+    meta = EmbedMeta(
+        ids=list(df["image_id"]), valid=ok, pixel_hash=hashes,
+        error=["" if k else str(f) for f, k in zip(found, ok)],
+        model=embedder.info, image_size=0, image_size_reason="",
         notes=[f[1] if k else "" for f, k in zip(found, ok)],  # type: ignore[index]
-        lengths=[len(f[0]) if k else 0 for f, k in zip(found, ok)],  # type: ignore[index]
-        scripts=[dominant_script(f[0]) if k else "" for f, k in zip(found, ok)],  # type: ignore[index]
-        copies=copies, copy_source=source, copy_kinds=kinds, info=embedder.info)
+        modality="text", signals=TEXT_SIGNALS, lengths=lengths,
+        scripts=[dominant_script(f[0]) if k else "" for f, k in zip(found, ok)])  # type: ignore[index]
+    summary = (f"embed: {sum(ok)} of {n} texts, dimension {embeddings.shape[1]}, "
+               f"{len(source)} calibration copies of {len(set(source.tolist()))} texts; "
+               f"longest {max(lengths):,} characters")
+    return EmbedOutput(embeddings, meta, {"shingles": signal}, copies, source, kinds, summary)
 
 
 def embed_text_copies(embedder: TextEmbedder, sample: dict[int, str]
