@@ -67,6 +67,7 @@ from common import add_smoke, load_params, probe_accuracy, smoke_params, tiny_im
 from PIL import Image, ImageEnhance
 
 from pipeline.core.config import parse_sections
+from pipeline.dataquality import cleaning
 from pipeline.modality.image.decoding import UnreadableImage, decode_image, pixel_hash
 from pipeline.stages import clean, embed, prepare
 
@@ -275,7 +276,7 @@ def score(out: pd.DataFrame, truth: list[Planted]) -> dict[str, str]:
     out = out.set_index("path")
     planted = {t.path: t for t in truth}
     flagged = {name: {p for p, s in out["issues"].items() if name in s.split(";")}
-               for name in clean.ISSUE_ORDER}
+               for name in cleaning.ISSUE_ORDER}
     lines = {}
     broken = {t.path for t in truth if t.kind.startswith("broken")}
     lines["unreadable"] = _pr(flagged["unreadable"], broken)
@@ -353,7 +354,7 @@ def main() -> None:
         raise SystemExit(f"--workdir {work} is not empty")
     root = work / "images"
     overrides = [*defaults, "data.source=folder", f"data.root={root}", *args.set,
-                 *[f"clean.max_rate.{k}=1.0" for k in clean.ISSUE_ORDER]]
+                 *[f"clean.max_rate.{k}=1.0" for k in cleaning.ISSUE_ORDER]]
     data, embed_cfg, clean_cfg = parse_sections(
         (smoke_params if args.smoke else load_params)(overrides), "data", "embed", "clean")
     try:

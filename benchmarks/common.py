@@ -123,7 +123,7 @@ def tiny_cache(work: Path, *, classes: int = 3, per_class: int = 8, size: int = 
     ``classes`` classes in each of train, val and test, stored at ``size`` px by the
     cache stage's own writer. Returns the cache folder."""
     from pipeline.contracts import sources
-    from pipeline.stages import cache
+    from pipeline.modality.image import cache as image_cache
 
     root = write_tree(work / "images", classes=[f"c{k}" for k in range(classes)],
                       per_class=per_class, size=size, splits=("train", "val", "test"))
@@ -133,7 +133,7 @@ def tiny_cache(work: Path, *, classes: int = 3, per_class: int = 8, size: int = 
     names = sorted(set(df["label"]))
     out = work / "cache"
     out.mkdir(parents=True)
-    cache.write_cache(df, root, out, cfg, size, f"{size} px (smoke)", "photo",
+    image_cache.write_cache(df, root, out, cfg, size, f"{size} px (smoke)", "photo",
                       {name: i for i, name in enumerate(names)})
     return out
 

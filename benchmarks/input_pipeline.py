@@ -45,9 +45,9 @@ from pipeline.core.config import parse_sections
 from pipeline.finetuning.backbones import create_model
 from pipeline.finetuning.engine import batches, train_one_epoch
 from pipeline.finetuning.models import layer_groups, set_trainable, train_mode
+from pipeline.modality.image import cache as image_cache
 from pipeline.modality.image.inputs import Preprocessing, to_input
 from pipeline.modality.image.model import random_flip_shift
-from pipeline.stages import cache
 
 REPO = Path(__file__).resolve().parents[1]
 HYMENOPTERA = REPO.parent / "shared" / "data" / "hymenoptera" / "train"
@@ -134,7 +134,7 @@ def throughput(images: Path, size: int, batch: int, epochs: int, params: dict) -
         names = sorted(set(df["label"]))
         start = time.perf_counter()
         (tmp_path / "cache").mkdir()
-        meta = cache.write_cache(df, root, tmp_path / "cache", cache_cfg, size, "benchmark",
+        meta = image_cache.write_cache(df, root, tmp_path / "cache", cache_cfg, size, "benchmark",
                                  "photo", {name: i for i, name in enumerate(names)})
         cache_seconds = time.perf_counter() - start
         train = open_split(tmp_path / "cache", meta, "train")

@@ -25,7 +25,7 @@ import yaml
 from common import add_smoke
 
 from pipeline.core.config import parse_sections
-from pipeline.stages.split import assign, audit_split
+from pipeline.splitting.rules import assign, audit_split
 
 REPO = Path(__file__).resolve().parents[1]
 

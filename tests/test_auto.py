@@ -12,7 +12,8 @@ from pipeline.contracts import calibfiles
 from pipeline.contracts.embedfiles import read_meta
 from pipeline.core.config import parse_sections
 from pipeline.core.errors import PipelineError
-from pipeline.stages import cache, clean, embed, prepare, split
+from pipeline.modality.image import cache as image_cache
+from pipeline.stages import clean, embed, prepare, split
 
 from .conftest import repo_params, write_tree
 from .test_leakage import FLAG, LEAKING, _folder, leaky_folder  # noqa: F401 (fixture)
@@ -34,9 +35,9 @@ def test_auto_sizes_follow_tiny_images_and_explicit_numbers_win(tmp_path):
     assert meta.image_size_reason.startswith("auto: 64 px") and meta.backbone_size == 224
     assert meta.backbone_test_size == 288
     (cache_cfg,) = parse_sections(repo_params(), "cache")
-    assert cache.resolve_size(cache_cfg, tmp_path / "embed")[::2] == (48, "small")
+    assert image_cache.resolve_size(cache_cfg, tmp_path / "embed")[::2] == (48, "small")
     (explicit,) = parse_sections(repo_params(**{"cache.image_size": 40}), "cache")
-    assert cache.resolve_size(explicit, tmp_path / "embed") == (40, "40 px as set", "small")
+    assert image_cache.resolve_size(explicit, tmp_path / "embed") == (40, "40 px as set", "small")
     assert _embed(root, tmp_path, **{"embed.image_size": 32}).image_size == 32
 
 

@@ -9,6 +9,7 @@ from PIL import Image
 from pipeline.core.config import parse_sections
 from pipeline.core.errors import PipelineError
 from pipeline.core.files import file_sha256
+from pipeline.dataquality import cleaning
 from pipeline.stages import clean, embed, prepare
 
 from .conftest import class_image, repo_params
@@ -158,17 +159,17 @@ def test_policies_only_flag_fixed_val_test_rows_and_drop_train_side_copies():
         return mask
 
     # what detect reports: each cluster keeps its smallest id unflagged
-    found = dict(zip(clean.ISSUES, (rows(11), rows(1), rows(2, 4, 6), rows(5, 6),
+    found = dict(zip(cleaning.ISSUES, (rows(11), rows(1), rows(2, 4, 6), rows(5, 6),
                                     rows(7, 9), rows(8, 10))))
-    findings = clean.Findings(found, {}, clusters, exact, np.full(12, np.nan),
+    findings = cleaning.Findings(found, {}, clusters, exact, np.full(12, np.nan),
                               np.full(12, "", dtype=object))
-    fixed = clean.fixed_rows(pd.DataFrame({"split": split}))
+    fixed = cleaning.fixed_rows(pd.DataFrame({"split": split}))
     assert list(np.flatnonzero(fixed)) == [1, 5, 7, 8, 11]
-    copies = clean.aim_at_train_side(findings, fixed)
+    copies = cleaning.aim_at_train_side(findings, fixed)
     assert list(np.flatnonzero(copies)) == [0, 2, 6]  # train rows sharing a val/test cluster
     params = repo_params(**{"clean.label_issues": "drop", "clean.outliers": "drop"})
     (cfg,) = parse_sections(params, "clean")
-    keep, issues = clean.apply_policies(findings, cfg, fixed)
+    keep, issues = cleaning.apply_policies(findings, cfg, fixed)
     assert list(np.flatnonzero(keep)) == [1, 3, 5, 7, 8]
     # the fixed rows are flagged, kept (an unreadable one cannot be kept)
     assert [issues[i] for i in (1, 5, 7, 8, 11)] == [
@@ -176,7 +177,7 @@ def test_policies_only_flag_fixed_val_test_rows_and_drop_train_side_copies():
         ["outlier"], ["unreadable"]]
     assert issues[0] == ["exact_duplicate"] and issues[2] == ["near_duplicate"]
     # without a fixed set, the policies are as before: the smallest id of a cluster stays
-    findings.found = dict(zip(clean.ISSUES, (rows(11), rows(1), rows(2, 4, 6), rows(5, 6),
+    findings.found = dict(zip(cleaning.ISSUES, (rows(11), rows(1), rows(2, 4, 6), rows(5, 6),
                                              rows(7, 9), rows(8, 10))))
-    keep, _ = clean.apply_policies(findings, cfg)
+    keep, _ = cleaning.apply_policies(findings, cfg)
     assert list(np.flatnonzero(keep)) == [0, 3]

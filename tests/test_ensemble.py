@@ -20,6 +20,7 @@ from pipeline.core.config import (
 )
 from pipeline.core.errors import ParamsError, PipelineError, run_stage
 from pipeline.params.ensemble import EnsembleConfig
+from pipeline.scoring import ensembles
 from pipeline.scoring.metrics import headline
 from pipeline.splitting.assign import SplitError, assign_folds
 from pipeline.stages import ensemble
@@ -278,20 +279,20 @@ def test_one_member_better_than_the_rest_shows_no_gain(tmp_path, monkeypatch):
         _write_member("seeds", seed, labels, probs)
         _write_member("seeds", seed, labels, probs, split="val")
     for rule in ("log_probs", "probs"):
-        out, _ = ensemble.combine("seeds", [0, 1, 2], rule=rule, bootstrap=200, seed=0)
+        out, _ = ensembles.combine("seeds", [0, 1, 2], rule=rule, bootstrap=200, seed=0)
         assert out["best_member"] == out["best_member_test"] == 0
         assert out["log_loss_gain"] < 0 and out["calibrated_log_loss_gain"] < 0
 
 
 def test_probs_rule_is_the_mean_and_log_probs_the_normalised_geometric_mean():
     probs = np.array([[[0.9, 0.1], [0.5, 0.5]], [[0.5, 0.5], [0.2, 0.8]]])  # (M=2, N=2, C=2)
-    assert np.allclose(ensemble.average(probs, "probs"), [[0.7, 0.3], [0.35, 0.65]])
+    assert np.allclose(ensembles.average(probs, "probs"), [[0.7, 0.3], [0.35, 0.65]])
     geometric = np.sqrt(probs[0] * probs[1])
-    assert np.allclose(ensemble.average(probs, "log_probs"),
+    assert np.allclose(ensembles.average(probs, "log_probs"),
                        geometric / geometric.sum(1, keepdims=True))
     # members that agree: the geometric mean keeps their confidence, the mean too
     agree = np.array([[[0.9, 0.1]], [[0.9, 0.1]]])
-    assert np.allclose(ensemble.average(agree, "log_probs"), [[0.9, 0.1]])
+    assert np.allclose(ensembles.average(agree, "log_probs"), [[0.9, 0.1]])
 
 
 def test_cross_validation_reports_each_fold_and_the_spread(tmp_path, monkeypatch):
@@ -325,4 +326,4 @@ def test_members_scored_on_other_images_are_refused(tmp_path, monkeypatch):
     _write_member("seeds", 0, labels, members[0])
     _write_member("seeds", 1, labels[:-1], members[1][:-1])
     with pytest.raises(Exception, match="seeds member 1 was scored on other images"):
-        ensemble.combine("seeds", [0, 1], bootstrap=100, seed=0)
+        ensembles.combine("seeds", [0, 1], bootstrap=100, seed=0)

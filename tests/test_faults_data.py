@@ -28,7 +28,8 @@ from pipeline.contracts.embedfiles import EmbedMeta
 from pipeline.contracts.manifest import read_manifest, write_manifest
 from pipeline.core.config import load_sections, parse_sections
 from pipeline.core.errors import PipelineError
-from pipeline.stages import clean, embed, prepare, split
+from pipeline.splitting import rules
+from pipeline.stages import clean, embed, prepare
 
 from .conftest import REPO, class_image, fault_outcome, matches, repo_params, tree_hash, write_tree
 
@@ -111,8 +112,8 @@ def _split(src: Path, out: Path, rows: list[dict], **overrides) -> str:
                         "cluster_id": "", **row} for i, row in enumerate(rows)])
     write_manifest(df, src / "clean.csv")
     (cfg,) = parse_sections(repo_params(**overrides), "split")
-    cfg = split.resolve_method(cfg, df)
-    result, _ = split.split_rows(src / "clean.csv", cfg, seed=0)
+    cfg = rules.resolve_method(cfg, df)
+    result, _ = rules.split_rows(src / "clean.csv", cfg, seed=0)
     return " ".join(f"{r.label}:{r.split}" for r in result.sort_values("image_id").itertuples())
 
 

@@ -40,12 +40,13 @@ from pipeline.contracts.manifest import read_manifest
 from pipeline.core.config import parse_sections
 from pipeline.core.errors import PipelineError
 from pipeline.modality.image.decoding import natural_key
+from pipeline.reporting import page as report_page
 from pipeline.reporting import report
 from pipeline.reporting.summary import read_summary, summary_lines
+from pipeline.scoring import ensembles
 from pipeline.scoring.evaluation import write_scores
 from pipeline.scoring.metrics import scaled_log_loss
-from pipeline.stages import clean, ensemble, prepare
-from pipeline.stages import report as report_stage
+from pipeline.stages import clean, prepare
 
 from .conftest import REPO, class_image, repo_params, tree_hash, write_tree
 from .test_faults_data import _fake_embed, _folder_data
@@ -137,7 +138,7 @@ def test_na_like_class_name_survives_end_to_end(label, tmp_path, monkeypatch, ca
     classes, results = _scores(tmp_path / "metrics", label)
     predictions = read_predictions(tmp_path / "metrics/predictions.csv")
     per_class = read_labelled(tmp_path / "metrics/per_class.csv", ["class"])
-    combined, _ = ensemble.combine("seeds", [0, 1], bootstrap=20, seed=0)
+    combined, _ = ensembles.combine("seeds", [0, 1], bootstrap=20, seed=0)
     inp = SimpleNamespace(predictions=predictions, model_meta={"classes": classes},
                           results=results)
     report.confusion_figure(predictions["label"], predictions["pred"], classes)
@@ -148,7 +149,7 @@ def test_na_like_class_name_survives_end_to_end(label, tmp_path, monkeypatch, ca
                f"{sorted(set(read_back['label']))}; test labels {list(predictions['label'])}, "
                f"accuracy {results['accuracy']}; per class {list(per_class['class'])}; "
                f"ensemble accuracy {combined['ensemble']['accuracy']}; scaled log-loss "
-               f"{report_stage.scaled_loss(inp):.4f}; summary {summary[1]}")
+               f"{report_page.scaled_loss(inp):.4f}; summary {summary[1]}")
     first, second = classes
     scaled = scaled_log_loss(np.array(TEST_TRUTH), np.array([[p, 1 - p] for p in TEST_FIRST]),
                              results["temperature"])

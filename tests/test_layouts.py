@@ -115,7 +115,7 @@ def test_split_method_auto_follows_whether_the_source_recorded_a_split(capsys):
     import pandas as pd
 
     from pipeline.core.config import load_sections
-    from pipeline.stages.split import resolve_method
+    from pipeline.splitting.rules import resolve_method
 
     (cfg,) = load_sections("split")
     auto = dataclasses.replace(cfg, method="auto")
