@@ -7,6 +7,6 @@ near-copy signal of word shingles and the edited copies that calibrate it
 truncation (:mod:`.model`). It may import the modality protocols, the file contracts
 (cache and embed files), errors and the shared model head (``pipeline.finetuning.backbones``), and
 no stage. The embed and cache stages, item reading (``pipeline.modality.itemkinds``), the pages,
-predict and export import it; training and evaluation reach it only through the
-cache's ``modality`` (``training.modality_model``, ``modelfile``).
+predict and export import it; training, the model file and evaluation reach it through
+its model kind (``TEXT_MODELS``, found by ``pipeline.modality.models``).
 """
