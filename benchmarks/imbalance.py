@@ -77,7 +77,7 @@ def evaluate(model_path: Path, test, *, resamples: int = 1000
     model, prep, _ = load_trained(model_path)
     model.to(memory_format=torch.channels_last)
     preds = predict(model, test, device=torch.device("cpu"),
-                    batch_size=256, inputs=model_input(model, prep)).argmax(1)
+                    batch_size=256, inputs=model_input(model, prep, "image")).argmax(1)
     out = {}
     for name, metric in (("macro_f1", lambda y, p: f1_score(y, p, average="macro")),
                          ("balanced_accuracy", balanced_accuracy_score)):

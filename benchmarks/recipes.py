@@ -110,7 +110,7 @@ def compare(params: dict, cache_dir: Path, only: list[str]) -> None:
             trained, prep, _ = load_trained(out / "model.pt")
             trained.to(memory_format=torch.channels_last)
             probs = predict(trained, test, device=torch.device("cpu"),
-                            batch_size=256, inputs=model_input(trained, prep))
+                            batch_size=256, inputs=model_input(trained, prep, "image"))
         correct = (probs.argmax(1) == test.labels).astype(float)
         low, high = bootstrap_ci(test.labels, correct, lambda _, v: float(v.mean()),
                                  n=1000, seed=base.seed)

@@ -382,7 +382,7 @@ def encoder_row(data: str, method: str, df: pd.DataFrame, splits: np.ndarray,
         model, prep, _ = load_trained(work / "model.pt")
         test = open_split(work / "cache", read_meta(work / "cache"), "test")
         probs = predict(model, test, device=torch.device("cpu"),
-                        batch_size=cfg.batch_size, inputs=model_input(model, prep))
+                        batch_size=cfg.batch_size, inputs=model_input(model, prep, "text"))
     wall = time.perf_counter() - start
     assert meta.text is not None
     setting = (f"{meta.text['max_length']} tokens; best epoch {result['best_epoch']} of "

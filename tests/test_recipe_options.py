@@ -249,7 +249,8 @@ def test_predict_tta_matches_evaluate(saved_model, tmp_path):
     assert not np.allclose(flip, plain)
     for tta in ("none", "flip", "crops"):  # what the evaluate stage computes
         evaluated = predict(predictor.model, split,
-                            inputs=model_input(predictor.model, predictor.prep),
+                            inputs=model_input(predictor.model, predictor.prep,
+                                               predictor.modality),
                             device=torch.device("cpu"), batch_size=2, tta=tta)
         assert predictor.probabilities(prepared, tta=tta) == pytest.approx(evaluated)
     with pytest.raises(PipelineError, match="none, flip, crops"):

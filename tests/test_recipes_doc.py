@@ -199,7 +199,8 @@ def check_tta(r: Applied) -> None:
     predictor = Predictor.load(r.out / "model.pt", device="cpu")
     test = open_split(r.cache, read_meta(r.cache), "test")
     images = np.asarray(test.images[np.arange(len(test.labels))])
-    evaluated = predict(predictor.model, test, inputs=model_input(predictor.model, predictor.prep),
+    inputs = model_input(predictor.model, predictor.prep, predictor.modality)
+    evaluated = predict(predictor.model, test, inputs=inputs,
                         device=torch.device("cpu"), batch_size=8, tta=tta)
     assert predictor.probabilities(images, tta=tta) == pytest.approx(evaluated)
     plain = predictor.probabilities(images)

@@ -291,7 +291,7 @@ def test_an_encoder_trains_in_phases_through_the_train_stage_and_reads_back(
                        start["embeddings.word_embeddings.weight"])
     test = open_split(cache, read_meta(cache), "test")
     probs = predict(model, test, device=torch.device("cpu"), batch_size=8,
-                    inputs=model_input(model, prep))
+                    inputs=model_input(model, prep, "text"))
     assert probs.shape == (12, 3) and np.allclose(probs.sum(1), 1.0)
 
 

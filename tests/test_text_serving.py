@@ -151,7 +151,7 @@ def test_predict_tokenizes_as_the_cache_did(trained):
     model, prep, _ = load_trained(model_path)
     test = open_split(cache, read_meta(cache), "test")
     cached = predict(model.eval(), test, device=torch.device("cpu"),
-                     batch_size=8, inputs=model_input(model, prep))
+                     batch_size=8, inputs=model_input(model, prep, "text"))
     assert np.abs(probs - cached).max() < 1e-5
 
 

@@ -140,9 +140,6 @@ class VectorModels:
     def preprocessing(self, saved: dict[str, Any]) -> None:
         return None
 
-    def owns(self, model: nn.Module) -> bool:
-        return isinstance(model, VectorNet)
-
     def adapter(self, model: nn.Module, prep: Any) -> VectorInput:
         return VectorInput()
 

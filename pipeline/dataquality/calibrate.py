@@ -8,11 +8,10 @@ cosine 0.6-0.94 to its original while distinct images sit at 0.92. So the detect
    (:func:`pipeline.modality.image.signals.make_copies`: JPEG quality 50-80, 10-25 % smaller, a few
    pixels cropped, brightness +-5-10 %, and all four combined);
 2. measures, per *signal* (the backbone embedding, and pixel-space signals that do not
-   depend on the backbone, :mod:`pipeline.modality.image.signals`: thumbnails, phash, and for
-   small images,
-   where a one-pixel crop moves everything, the aligned views: the best match over
-   crop and downscale views), how similar each copy is to
-   its original and how similar each image is to its nearest distinct neighbour;
+   depend on the backbone, :mod:`pipeline.modality.image.signals`: thumbnails, phash,
+   and for small images, where a one-pixel crop moves everything, the aligned views:
+   the best match over crop and downscale views), how similar each copy is to its
+   original and how similar each image is to its nearest distinct neighbour;
 3. picks one threshold per signal (:func:`calibrate`): a pair is a near copy when *any*
    signal reaches its threshold (an OR rule, so that each signal's search stays the
    existing linear-memory neighbour search of :mod:`pipeline.dataquality.quality`), the thresholds
@@ -240,9 +239,9 @@ def distinct_similarities(signals: Sequence[Signal], *, rows: np.ndarray | None 
     """Every signal's similarities of the pairs (image, one of its k nearest neighbours).
 
     The neighbours come from each signal's own search
-    (:func:`pipeline.dataquality.quality.neighbours`,
-    linear memory); every candidate pair is then scored in every signal, so the OR rule
-    of :func:`calibrate` sees what each signal would say about the pairs any signal finds.
+    (:func:`pipeline.dataquality.quality.neighbours`, linear memory); every candidate pair
+    is then scored in every signal, so the OR rule of :func:`calibrate` sees what each
+    signal would say about the pairs any signal finds.
     Pixel-identical pairs (equal ``hashes``) are left out: they are exact duplicates,
     found by their hash, not distinct images.
 

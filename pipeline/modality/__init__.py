@@ -118,10 +118,6 @@ class ModelKind(Protocol):
         """The preprocessing a model file's meta records, as :meth:`create` returns it."""
         ...
 
-    def owns(self, model: torch.nn.Module) -> bool:
-        """Whether ``model`` is of this kind."""
-        ...
-
     def adapter(self, model: torch.nn.Module, prep: Any) -> BatchAdapter:
         """How cached rows become this model's input."""
         ...

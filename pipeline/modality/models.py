@@ -1,7 +1,7 @@
 """Which :class:`~pipeline.modality.ModelKind` builds, feeds and augments a model: by the
-cache's or the model file's ``modality`` (:func:`model_kind`), or by the model itself
-(:func:`kind_of`, the built-in kinds only). Images and texts are :data:`KINDS`; another
-modality's module brings its own (:mod:`pipeline.modality.plugins`).
+cache's or the model file's ``modality`` (:func:`model_kind`).
+Images and texts are :data:`KINDS`; another modality's module brings its own
+(:mod:`pipeline.modality.plugins`).
 """
 
 from __future__ import annotations
@@ -15,14 +15,13 @@ from pipeline.modality import BatchAdapter, ModelKind, plugins
 from pipeline.modality.image.model import IMAGE_MODELS
 from pipeline.modality.text.model import TEXT_MODELS
 
-KINDS: tuple[ModelKind, ...] = (TEXT_MODELS, IMAGE_MODELS)  # kind_of asks in this order
+KINDS: dict[str, ModelKind] = {"image": IMAGE_MODELS, "text": TEXT_MODELS}
 
 
 def model_kind(modality: str) -> ModelKind:
     """The kind of ``modality`` (``image``, ``text``)."""
-    for kind in KINDS:
-        if kind.name == modality:
-            return kind
+    if modality in KINDS:
+        return KINDS[modality]
     kind = plugins.load(modality).MODEL  # another modality's module
     if kind.name != modality:
         raise PipelineError(f"modality {modality!r}: its MODEL names itself {kind.name!r}")
@@ -34,14 +33,7 @@ def meta_modality(meta: dict[str, Any]) -> str:
     return str(meta.get("preprocessing", {}).get("modality", "image"))
 
 
-def kind_of(model: nn.Module) -> ModelKind:
-    """The first built-in kind that claims ``model`` (ask :func:`model_kind` with the
-    model file's modality for another modality's)."""
-    return next(kind for kind in KINDS if kind.owns(model))
-
-
-def model_input(model: nn.Module, prep: Any, modality: str | None = None) -> BatchAdapter:
+def model_input(model: nn.Module, prep: Any, modality: str) -> BatchAdapter:
     """How cached rows become this model's input: the adapter of ``modality``'s kind (a
-    model file's, :func:`meta_modality`), else of the built-in kind that claims it."""
-    kind = kind_of(model) if modality is None else model_kind(modality)
-    return kind.adapter(model, prep)
+    model file's, :func:`meta_modality`)."""
+    return model_kind(modality).adapter(model, prep)

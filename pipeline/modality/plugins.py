@@ -5,8 +5,8 @@ it here by the name the embed and cache metas record.
 Such a module defines, beside its own code:
 
 - ``CODEC``, an :class:`~pipeline.modality.ItemCodec`: the file suffixes it reads,
-  decoding, the exact-copy hash, fitting an item to the cache's fixed shape, thumbnails
-  for the pages;
+  decoding, the exact-copy hash, fitting an item to the cache's fixed shape (``fit`` is
+  called with size 0: the shape is the codec's own), thumbnails for the pages;
 - ``MODEL``, a :class:`~pipeline.modality.ModelKind`: the classifier, its batch adapter
   and augmentation;
 - ``embed(df, root, cfg, device)``, the embed stage's pass over the prepared manifest,

@@ -70,8 +70,7 @@ class TokensAndMask(nn.Module):
         return self.model.head(self.model.features(input_ids, attention_mask))
 
 
-def export_inputs(model: nn.Module, prep: Any, modality: str | None = None
-                  ) -> tuple[nn.Module, ToInputs]:
+def export_inputs(model: nn.Module, prep: Any, modality: str) -> tuple[nn.Module, ToInputs]:
     """The module to export and how a cached batch becomes its inputs: normalised pixels
     for an image model; token ids and their attention mask for a text model."""
     adapter = model_input(model, prep, modality)

@@ -70,7 +70,7 @@ class Predictor:
 
     @property
     def modality(self) -> str:
-        """``text`` or ``image``: what the model classifies."""
+        """What the model classifies: ``image``, ``text`` or another modality's module."""
         return meta_modality(self.meta)
 
     @torch.inference_mode()
@@ -202,8 +202,8 @@ def csv_records(path: Path, content: str) -> Iterator[tuple[int, dict[str, Any]]
 
 def text_problem(text: str) -> str:
     """Why a given text cannot be classified ("" when it can): the rules of text files
-    (:func:`pipeline.modality.text.decoding.decode_text`: empty, whitespace only, NUL bytes,
-    binary)."""
+    (:func:`pipeline.modality.text.decoding.decode_text`: empty, whitespace only, NUL
+    bytes, binary)."""
     try:
         decode_text(text.encode("utf-8"))
     except UnicodeEncodeError:

@@ -41,9 +41,7 @@ def run(data: DataConfig, cfg: EmbedConfig, prepared: Path, out_dir: Path, *,
         device: str = "auto") -> np.ndarray:
     """Decode every image of the prepared manifest once and embed it
     (pipeline.modality.image.embed), into out_dir; return (N, D)."""
-    df = read_manifest(prepared)
-    if df.empty:
-        raise PipelineError(f"{prepared} lists no images: nothing to embed")
+    df = read_prepared(prepared)
     return write(embed_images(df, Path(data.root), cfg, resolve_device(device)), out_dir)
 
 
@@ -51,6 +49,14 @@ def run_texts(data: DataConfig, cfg: EmbedConfig, df: pd.DataFrame, out_dir: Pat
               device: str = "auto") -> np.ndarray:
     """The text project's pass (pipeline.modality.text.embed), in the same files; return (N, D)."""
     return write(embed_texts(df, Path(data.root), cfg, resolve_device(device)), out_dir)
+
+
+def read_prepared(prepared: Path) -> pd.DataFrame:
+    """The prepared manifest; one line when it lists nothing."""
+    df = read_manifest(prepared)
+    if df.empty:
+        raise PipelineError(f"{prepared} lists no images: nothing to embed")
+    return df
 
 
 def write(out: EmbedOutput, out_dir: Path) -> np.ndarray:
@@ -65,9 +71,7 @@ def main() -> None:
     base, data, embed = load_sections("base", "data", "embed")
     assert isinstance(base, BaseConfig)
     pin_cpu(deterministic=base.deterministic)  # first: kernels are chosen at first use
-    df = read_manifest(paths.PREPARED)
-    if df.empty:
-        raise PipelineError(f"{paths.PREPARED} lists no images: nothing to embed")
+    df = read_prepared(paths.PREPARED)
     modality, why = resolve_modality(data.modality, df)
     if modality != "image":
         print(f"embed: {modality} (data.modality: {why})")

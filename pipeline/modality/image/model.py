@@ -35,7 +35,6 @@ def random_flip_shift(x: torch.Tensor, *, hflip: bool, shift: int,
     return x
 
 
-
 class ImageModels:
     """Image backbones (:class:`pipeline.modality.ModelKind`)."""
 
@@ -51,10 +50,6 @@ class ImageModels:
     def preprocessing(self, saved: dict[str, Any]) -> Preprocessing:
         """The mean and std a model file's meta records."""
         return Preprocessing(tuple(saved["mean"]), tuple(saved["std"]))
-
-    def owns(self, model: nn.Module) -> bool:
-        """Any model no other kind claims is an image backbone."""
-        return True
 
     def adapter(self, model: nn.Module, prep: Preprocessing) -> ImageInput:
         """Cached uint8 images to normalised pixels."""

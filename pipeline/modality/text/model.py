@@ -391,9 +391,6 @@ class TextModels:
         """Token ids need no scaling: the encoder, length and pad id live in the meta."""
         return TEXT_PREP
 
-    def owns(self, model: nn.Module) -> bool:
-        return isinstance(model, TextClassifier)
-
     def adapter(self, model: nn.Module, prep: Preprocessing) -> TokenInput:
         """Cached token ids, each batch cut to its longest row."""
         assert isinstance(model, TextClassifier)
