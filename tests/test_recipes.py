@@ -161,7 +161,8 @@ def test_patience_scope_run_ends_the_run_and_keeps_the_best_epoch(tmp_path, scop
               {"epochs": 2, "unfreeze": "head"}]
     metrics = train_in(tmp_path, cache, **{"train.phases": phases, "train.patience": 1,
                                            "train.patience_scope": scope,
-                                           "train.schedule": "constant"})
+                                           "train.schedule": "constant",
+                                           "train.select": "best"})
     history = json.loads((tmp_path / "all" / "train.json").read_text())
     assert history == metrics
     phase_of_epoch = curve(tmp_path, "phase")

@@ -29,6 +29,7 @@ from pipeline.finetuning.finetune import (
     set_lrs,
 )
 from pipeline.finetuning.models import layer_groups, set_trainable, train_mode
+from pipeline.finetuning.training import LoopState, Monitor, _val_scores
 from pipeline.finetuning.trainrun import train_model
 from pipeline.modality.image.inputs import to_input
 from pipeline.params.model import ModelConfig
@@ -286,3 +287,60 @@ def test_every_rank_gets_rows_from_every_batch():
         rows = np.concatenate([b for s in shares for b in s])
         assert len(set(rows)) == len(rows)  # no row twice
         assert len(rows) == (n if n % 8 >= world or n % 8 == 0 else n - n % 8)
+
+
+def keep_sequence(accuracies: list[float], phases: list[int], select: str, n: int = 115
+                  ) -> LoopState:
+    """Feed epochs' val scores (val loss falling by epoch) through the kept-epoch rule."""
+    from pipeline.finetuning.training import Checkpointer
+
+    loop, monitor = LoopState(), Monitor("val_accuracy")
+    keeper = Checkpointer(Path("unused"), [])
+    for epoch, (acc, phase) in enumerate(zip(accuracies, phases), start=1):
+        loop.epoch = epoch
+        val = {"val_accuracy": acc, "val_macro_f1": acc, "val_loss": 1.0 - epoch / 100,
+               "val_n": float(n), "val_loss_se": 0.01}
+        keeper.keep_best(loop, val, torch.nn.Linear(1, 1), monitor, phase, select)
+    return loop
+
+
+def test_a_one_image_blip_on_a_head_epoch_does_not_beat_a_fine_tuned_epoch():
+    # the issue's run: head epoch 5 reaches 114 of 115, the fine-tuned epochs 113 of 115
+    head = [0.9652, 0.9739, 0.9826, 0.9826, 0.9913, 0.9826, 0.9826, 0.9826, 0.9826, 0.9826]
+    accuracies, phases = head + [0.9826, 0.9826], [0] * 10 + [1, 1]
+    loop = keep_sequence(accuracies, phases, "latest_within_se")
+    assert loop.best is not None and loop.peak is not None
+    assert (loop.best["epoch"], loop.best["phase"]) == (12, 1)
+    assert loop.peak["epoch"] == 5 and "within one standard error" in loop.best["why"]
+    assert keep_sequence(accuracies, phases, "best").best["epoch"] == 5  # the old rule
+    # three images worse is no blip: the head epoch stays
+    worse = keep_sequence(head + [0.9652, 0.9652], phases, "latest_within_se").best
+    assert worse["epoch"] == 10 and "epoch 5" in worse["why"]  # the last within noise
+
+
+def test_val_scores_carry_the_size_and_the_loss_error_out_of_the_curves():
+    labels = np.array([0, 1, 1, 0])
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.5, 0.5]])
+    scores = _val_scores(labels, probs)
+    losses = -np.log([0.9, 0.8, 0.4, 0.5])
+    assert scores["val_n"] == 4 and scores["val_accuracy"] == 0.75
+    assert scores["val_loss_se"] == pytest.approx(losses.std() / 2)
+    # one image of four is more than the accuracy's standard error floor
+    assert Monitor("val_accuracy").noise(scores) == pytest.approx(
+        max(np.sqrt((0.1875 + 1 / 16) / 4), 0.25))
+
+
+@pytest.mark.parametrize("hflip", [False, True])  # True: mirrored outputs are stored too
+def test_stored_frozen_layers_train_the_same_weights_as_recomputing_them(tmp_path, hflip,
+                                                                          capsys):
+    cache = write_cache(tmp_path / "cache")
+    settings = {"train.phases": [{"epochs": 2, "unfreeze": 2, "lr_mult": 1.0}],
+                "train.hflip": hflip, "model.drop_rate": 0.2}
+    fast = train_in(tmp_path / "fast", cache, **settings)
+    log = capsys.readouterr().out
+    full = train_in(tmp_path / "full", cache, **settings, **{"train.feature_cache": False})
+    assert "on stored outputs of blocks." in log and "stored outputs of" not in \
+        capsys.readouterr().out
+    a, b = weights(tmp_path / "fast/model.pt"), weights(tmp_path / "full/model.pt")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # bit-identical
+    assert fast == full

@@ -92,7 +92,7 @@ def amp_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-def _autocast(device: torch.device, amp: bool) -> Any:
+def autocast(device: torch.device, amp: bool) -> Any:
     dtype = amp_dtype(device, amp)
     return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
@@ -121,7 +121,7 @@ def train_one_epoch(net: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.
         target = y
         if mix is not None:
             x, target = mix(x, y)
-        with _autocast(device, amp):
+        with autocast(device, amp):
             logits = net(x)
             loss = loss_fn(logits, target)
         scaler.scale(loss / accumulate).backward()
@@ -159,7 +159,7 @@ def head_inputs(model: nn.Module, head: nn.Module, data: ArraySplit, *, inputs: 
     try:
         for images, _ in stream:
             x = adapter.to_input(images, device)
-            with _autocast(device, amp):
+            with autocast(device, amp):
                 model(x.flip(-1) if mirror else x)
     finally:
         hook.remove()
@@ -211,7 +211,7 @@ def view_probabilities(model: nn.Module, x: torch.Tensor, tta: str, *, device: t
     probs = torch.zeros(())
     views = tta_views(x, tta)
     for view in views:
-        with _autocast(device, amp):
+        with autocast(device, amp):
             logits = model(view)
         probs = probs + torch.softmax(logits.float(), dim=1).cpu().double()
     return (probs / len(views)).numpy()

@@ -32,12 +32,14 @@ from pipeline.core.seeding import rng_state, set_rng_state
 from pipeline.finetuning.backbones import WeightsError, head_module, load_torch_file
 from pipeline.finetuning.engine import (
     amp_dtype,
+    autocast,
     batch_count,
     batch_indices,
     batches,
     head_inputs,
     inference_batches,
     predict,
+    rows_batch,
     train_one_epoch,
 )
 from pipeline.finetuning.finetune import (
@@ -51,6 +53,7 @@ from pipeline.finetuning.finetune import (
     param_groups,
     set_lrs,
 )
+from pipeline.finetuning.frozen import TopForward, check_top, cut_module, frozen_outputs
 from pipeline.finetuning.models import LayerGroup, layer_groups, set_trainable, train_mode
 from pipeline.modality import BatchAdapter, BatchAugment, Rows
 from pipeline.modality.models import model_kind
@@ -228,7 +231,8 @@ class LoopState:
     phase: int = 0  # index into train.phases
     phase_epoch: int = 0  # epochs done in this phase
     epoch: int = 0  # epochs done in all
-    best: dict[str, Any] | None = None  # validation scores of the best epoch, + epoch, phase
+    best: dict[str, Any] | None = None  # validation scores of the kept epoch, + epoch, phase, why
+    peak: dict[str, Any] | None = None  # the epoch with the best monitored score so far
     best_state: dict[str, torch.Tensor] = field(default_factory=dict)  # its weights (CPU)
     history: list[dict[str, Any]] = field(default_factory=list)  # one record per epoch
     timing: dict[str, float] = field(default_factory=dict)  # phase{p}_seconds
@@ -264,6 +268,31 @@ class Monitor:
         sign = -1.0 if self.mode == "min" else 1.0
         return (sign * new[self.metric], -new["val_loss"]) > \
             (sign * old[self.metric], -old["val_loss"])
+
+    def noise(self, scores: dict[str, float]) -> float:
+        """One standard error of the monitored metric on the val split, at least one val
+        row for accuracy and macro-F1 (whose error is taken as accuracy's): with 100 val
+        images accuracy moves in steps of 0.01, which says nothing about the model."""
+        if self.metric == "val_loss":
+            return scores["val_loss_se"]
+        n, p = scores["val_n"], scores[self.metric]
+        return max(float(np.sqrt((p * (1 - p) + 1 / (4 * n)) / n)), 1 / n)
+
+    def keep(self, new: dict[str, float], peak: dict[str, Any] | None, select: str
+             ) -> str | None:
+        """Why the new epoch replaces the kept one, or None. ``select`` best: only a better
+        score; latest_within_se: also a later epoch within :meth:`noise` of the best score
+        so far (the one-standard-error rule, leaning to the more trained model)."""
+        if self.better(new, peak):
+            return f"the best {self.metric} so far"
+        assert peak is not None
+        sign = -1.0 if self.mode == "min" else 1.0
+        gap, noise = sign * (peak[self.metric] - new[self.metric]), self.noise(peak)
+        if select == "latest_within_se" and gap <= noise + 1e-12:
+            return (f"{self.metric} {new[self.metric]:.4f} is within one standard error "
+                    f"({noise:.4f}) of the best, {peak[self.metric]:.4f} at epoch "
+                    f"{peak['epoch']}: the later, more trained epoch is kept")
+        return None
 
 
 # ----------------------------------------------------------------------------- checkpointer
@@ -321,10 +350,14 @@ class Checkpointer:
         return loop, resume
 
     def keep_best(self, loop: LoopState, val: dict[str, float], scored: nn.Module,
-                  monitor: Monitor, phase: int) -> None:
-        """Record this epoch as the best so far when it is."""
-        if monitor.better(val, loop.best):
-            loop.best = {**val, "epoch": loop.epoch, "phase": phase}
+                  monitor: Monitor, phase: int, select: str) -> None:
+        """Keep this epoch's weights when :meth:`Monitor.keep` says so, with the reason."""
+        scores = {**val, "epoch": loop.epoch, "phase": phase}
+        why = monitor.keep(val, loop.peak, select)
+        if monitor.better(val, loop.peak):
+            loop.peak = scores
+        if why is not None:
+            loop.best = {**scores, "why": why}
             loop.best_state = {k: v.detach().cpu().clone()
                                for k, v in scored.state_dict().items()}
 
@@ -397,12 +430,22 @@ class PhaseRun:
     states_from: int | None = None
     states: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     val_states: tuple[torch.Tensor, torch.Tensor] | None = None
+    # images whose lower groups are frozen: the module whose output is stored per view
+    # (in ``features``, as the head's features are) and the top trains from
+    cut: str | None = None
 
 
 def _val_scores(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
+    """Val loss, accuracy and macro-F1, with the val size and the loss's standard error
+    (which :class:`Monitor` weighs differences by; kept out of the curves)."""
     scores = headline(labels, probs)
+    losses = -np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, 1))
     return {"val_loss": scores["log_loss"], "val_accuracy": scores["accuracy"],
-            "val_macro_f1": scores["macro_f1"]}
+            "val_macro_f1": scores["macro_f1"], "val_n": float(len(labels)),
+            "val_loss_se": float(losses.std() / np.sqrt(len(labels)))}
+
+
+NOISE_KEYS = ("val_n", "val_loss_se")  # in the val scores, not in the epoch's record
 
 
 def validate(run: Run, phase: PhaseRun) -> dict[str, float]:
@@ -413,14 +456,19 @@ def validate(run: Run, phase: PhaseRun) -> dict[str, float]:
                                   amp=cfg.amp, inputs=s.inputs)
     if phase.states_from is not None and s.ema is None:
         return validate_states(run, phase)
-    if not phase.use_features or s.ema is not None:
+    stored = phase.use_features or phase.cut is not None
+    if not stored or s.ema is not None:
         scored = s.ema.module if s.ema is not None else s.model
         return _val_scores(run.val.labels, predict(scored, run.val, **kwargs))
     if phase.val_features is None:
-        phase.val_features = head_inputs(s.model, s.head, run.val, **kwargs)
-    s.head.eval()
+        phase.val_features = stored_inputs(run, phase, run.val, mirror=False)
+    top = s.head if phase.cut is None else TopForward(s.model, phase.cut, probe_rows(run))
+    s.model.eval()
     with torch.no_grad():
-        logits = [s.head(x) for x in phase.val_features.split(cfg.batch_size)]
+        logits = []
+        for x in phase.val_features.split(cfg.batch_size):
+            with autocast(run.device, cfg.amp):
+                logits.append(top(x))
     probs = torch.softmax(torch.cat(logits).float(), dim=1).cpu().double().numpy()
     return _val_scores(run.val.labels, probs)
 
@@ -500,15 +548,58 @@ def start_phase(run: Run, loop: LoopState, resume: dict[str, Any] | None) -> Pha
             print(f"  feature cache off: {', '.join(reasons)} change the inputs every epoch")
     net: nn.Module = s.head if use_features else s.forward
     states_from = None if head_only or reasons else stored_states_from(run)
+    cut = None if head_only or reasons or states_from is not None else frozen_cut(run, indices)
     if states_from is not None:
         from pipeline.modality.text.model import StatesForward
 
         net = StatesForward(s.model, states_from)  # type: ignore[arg-type]
+    if cut is not None:
+        net = TopForward(s.model, cut, probe_rows(run))
     if run.world > 1:
         net = nn.parallel.DistributedDataParallel(
             net, device_ids=[run.device.index] if run.device.type == "cuda" else None)
     return PhaseRun(p, phase.epochs, trainable, schedule, use_features, net,
-                    states_from=states_from)
+                    states_from=states_from, cut=cut)
+
+
+def probe_rows(run: Run, n: int = 1) -> torch.Tensor:
+    """The first ``n`` train rows as model input."""
+    data = run.train_views[0]
+    rows, _ = rows_batch(data, np.arange(min(n, len(data.labels))))
+    return run.setup.inputs.to_input(rows, run.device)
+
+
+def frozen_cut(run: Run, indices: tuple[int, ...]) -> str | None:
+    """For an image model whose lower groups are frozen: the module whose output the
+    phase stores once per view (:mod:`pipeline.finetuning.frozen`, ``train.feature_cache``);
+    None when off, compiled, a text model (its own store), over :data:`STATES_BUDGET`,
+    or when the model's top cannot run from that output. Says which, and the size."""
+    from pipeline.modality.text.model import TextClassifier
+
+    s, cfg = run.setup, run.cfg
+    if not cfg.feature_cache or cfg.compile or isinstance(s.model, TextClassifier):
+        return None
+    cut = cut_module(s.model, s.groups, indices[0])
+    if cut is None:
+        return None
+    say = print if run.rank == 0 else (lambda *_: None)
+    x = probe_rows(run, 8)
+    if not check_top(s.model, cut, x):
+        say(f"  frozen layers not stored: the model above {cut} also reads what comes "
+            f"before it; the frozen layers run every step")
+        return None
+    shape = frozen_outputs(s.model, cut, run.train_views[0], inputs=s.inputs,
+                           device=run.device, batch_size=1, amp=cfg.amp)[0].shape \
+        if len(run.train_views[0].labels) else ()
+    size = len(run.train_views[0].labels) * int(np.prod(shape)) * 4 * (1 + cfg.flips)
+    if size > STATES_BUDGET:
+        say(f"  frozen layers not stored: {size / 2**30:.1f} GiB would exceed "
+            f"{STATES_BUDGET / 2**30:.0f} GiB; they run every step")
+        return None
+    say(f"  on stored outputs of {cut} ({tuple(shape)} per image, {size / 2**20:,.0f} MB per "
+        f"view{' with mirrors' if cfg.flips else ''}): the {indices[0]} frozen groups below "
+        f"run once per view, not every step")
+    return cut
 
 
 STATES_BUDGET = 4 * 2**30  # bytes of stored hidden states per view, at most
@@ -558,18 +649,31 @@ def epoch_batches(run: Run, phase: PhaseRun, data: ArraySplit, view: int
     """This epoch's batches, and the seconds spent storing the view's features first."""
     if phase.states_from is not None:
         return state_batches(run, phase, data, view)
-    if not phase.use_features:
+    if not phase.use_features and phase.cut is None:
         return input_batches(run, data), 0.0
     extra = 0.0
     if view not in phase.features:
-        s = run.setup
         start = time.perf_counter()
-        phase.features[view] = torch.stack([
-            head_inputs(s.model, s.head, data, device=run.device,
-                        batch_size=run.cfg.batch_size, amp=run.cfg.amp, inputs=s.inputs,
-                        mirror=mirror) for mirror in (False, True)[:1 + run.cfg.flips]])
+        phase.features[view] = torch.stack([stored_inputs(run, phase, data, mirror=mirror)
+                                            for mirror in (False, True)[:1 + run.cfg.flips]])
         extra = time.perf_counter() - start
+        if phase.cut is not None and run.rank == 0:
+            mb = phase.features[view].element_size() * phase.features[view].numel() / 2**20
+            print(f"  stored outputs of {phase.cut} for view {view}: {mb:,.0f} MB in "
+                  f"{extra:.1f} s")
     return feature_batches(run, phase.features[view], data.labels), extra
+
+
+def stored_inputs(run: Run, phase: PhaseRun, data: ArraySplit, *, mirror: bool
+                  ) -> torch.Tensor:
+    """What a phase on stored inputs trains from, for every row of ``data``: the
+    backbone's features (head only) or the frozen groups' output (``phase.cut``)."""
+    s, cfg = run.setup, run.cfg
+    kwargs: dict[str, Any] = dict(device=run.device, batch_size=cfg.batch_size, amp=cfg.amp,
+                                  inputs=s.inputs, mirror=mirror)
+    if phase.cut is not None:
+        return frozen_outputs(s.model, phase.cut, data, **kwargs)
+    return head_inputs(s.model, s.head, data, **kwargs)
 
 
 def store_states(run: Run, phase: PhaseRun, data: ArraySplit
@@ -684,7 +788,8 @@ def run_epoch(run: Run, loop: LoopState, phase: PhaseRun) -> dict[str, Any]:
     loop.phase_epoch += 1
     seconds = stats["seconds"] + extra
     add_phase_time(loop, p, seconds)
-    record = {"train_loss": train_loss, "train_accuracy": train_accuracy, **val, "phase": p,
+    shown = {k: v for k, v in val.items() if k not in NOISE_KEYS}
+    record = {"train_loss": train_loss, "train_accuracy": train_accuracy, **shown, "phase": p,
               "trainable_params": phase.trainable, **lr_record(s.optimizer)}
     loop.history.append(record)
     run.log(record)
@@ -707,8 +812,8 @@ def end_of_epoch(run: Run, loop: LoopState, phase: PhaseRun, val: dict[str, floa
     """Keep the best weights; count epochs without gain in the phase and in the run;
     early stop when train.patience runs out in train.patience_scope."""
     monitor, patience = run.monitor, run.cfg.patience
-    loop.since_run_best = 0 if monitor.better(val, loop.best) else loop.since_run_best + 1
-    run.checkpointer.keep_best(loop, val, scored, monitor, phase.index)
+    loop.since_run_best = 0 if monitor.better(val, loop.peak) else loop.since_run_best + 1
+    run.checkpointer.keep_best(loop, val, scored, monitor, phase.index, run.cfg.select)
     if monitor.better(val, loop.phase_best):
         loop.phase_best, loop.since_best = val, 0
     else:

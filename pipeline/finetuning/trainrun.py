@@ -227,8 +227,8 @@ def train_model(base: BaseConfig, model_cfg: ModelConfig, cfg: TrainConfig, cach
                    path=metrics_out.parent / paths.RUN_RECORD.name)
         checkpointer.finish()
         best = loop.best or {}
-        print(f"best {cfg.monitor} {best[cfg.monitor]:.4f} at epoch {best['epoch']}; "
-              f"saved {model_out}")
+        print(f"kept epoch {best['epoch']} (phase {best['phase']}, {cfg.monitor} "
+              f"{best[cfg.monitor]:.4f}): {best['why']}; saved {model_out}")
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()

@@ -91,6 +91,9 @@ class TrainConfig:
     mixup_switch_prob: float = field(metadata=in_range(ge=0, le=1))  # both on: cutmix share
     ema_decay: float = field(metadata=in_range(ge=0, lt=1))  # EMA of the weights (0: off)
     monitor: Literal["val_accuracy", "val_macro_f1", "val_loss"]  # picks the best epoch
+    # best: the epoch with the best monitored score; latest_within_se: the latest epoch
+    # within one standard error of the best so far (a one-image blip is noise)
+    select: Literal["latest_within_se", "best"]
     # end a phase after N epochs without gain
     patience: int = field(metadata=in_range(ge=0, le=EPOCHS_MAX))
     # phase: patience ends the phase (the next one still runs); run: it ends the run
