@@ -1,7 +1,7 @@
 """The whole pipeline on every offline real data set, defaults only (issue 12).
 
     python benchmarks/real_data.py [--work /tmp/real_data] [--only NAME ...] [--folds K [--reuse]]
-        [--smoke]
+        [--set section.key=value ...] [--smoke]
 
 Per data set it copies this working tree into WORK/NAME (a fresh git + DVC project),
 changes only ``data.*`` in params.yaml, runs ``dvc repro`` and prints one table row:
@@ -23,6 +23,9 @@ Data sets (none is copied into the repository; images are written under WORK):
   val/ becomes the test set).
 - ``lfw``: scikit-image's bundled ``lfw_subset`` (200 grey 25x25 crops: 100 faces, 100
   not), a flat class-per-folder tree.
+- ``ants-bees-<n>-s<seed>``: few-shot ants/bees, n = 10 or 25 train photos per class
+  drawn by seed 0, 1 or 2 from its train/, with the whole val/ (153) as the test folder;
+  val is carved from the few train photos, as a user's would be.
 - ``fashion``: Debian's ``dataset-fashion-mnist`` (apt), 100 images per class of its
   train file and 50 per class of its t10k file, as ``train/`` + ``test/`` folders.
 
@@ -99,11 +102,41 @@ def write_fashion(root: Path, train_per_class: int = 100, test_per_class: int = 
     return root
 
 
+def write_few_shot(root: Path, per_class: int, seed: int) -> Path:
+    """ants/bees with ``per_class`` train photos per class, drawn by ``seed`` from its
+    train/ (the unreadable .gif left out), and the whole val/ as the test folder."""
+    rng = np.random.default_rng(seed)
+    if root.exists():
+        shutil.rmtree(root)
+    for cls in ("ants", "bees"):
+        photos = sorted(p for p in (HYMENOPTERA / "train" / cls).iterdir()
+                        if p.suffix.lower() in (".jpg", ".jpeg"))
+        for split, files in (("train", rng.choice(photos, per_class, replace=False)),
+                             ("val", sorted((HYMENOPTERA / "val" / cls).iterdir()))):
+            (root / split / cls).mkdir(parents=True, exist_ok=True)
+            for f in files:
+                shutil.copy2(f, root / split / cls / f.name)
+    return root
+
+
+def few_shot_sets(work: Path) -> dict[str, dict]:
+    """ants-bees-<n>-s<seed>: few-shot ants/bees, 10 and 25 train photos per class."""
+    sets = {}
+    for n in (10, 25):
+        for seed in (0, 1, 2):
+            root = work / "images" / f"ants-bees-{n}-s{seed}"
+            sets[f"ants-bees-{n}-s{seed}"] = {
+                "source": "folder", "root": str(root),
+                "make": lambda r=root, n=n, s=seed: write_few_shot(r, n, s)}
+    return sets
+
+
 def datasets(work: Path) -> dict[str, dict]:
-    """name -> the data.* settings (the only params the benchmark changes)."""
+    """name -> the data.* settings (the only params the benchmark changes, with --set)."""
     return {
         "digits": {},
         "hymenoptera": {"source": "folder", "root": str(HYMENOPTERA)},
+        **few_shot_sets(work),
         "lfw": {"source": "folder", "root": str(work / "images" / "lfw"),
                 "make": lambda: write_lfw(work / "images" / "lfw")},
         "fashion": {"source": "folder", "root": str(work / "images" / "fashion"),
@@ -219,13 +252,15 @@ def print_folds(rows: list[dict]) -> None:
               "per fold mean +- sd", "probe, pooled [95 % CI]", "s"], rows, cells)
 
 
-def run_one(name: str, data: dict, work: Path, *, smoke: bool = False) -> dict:
+def run_one(name: str, data: dict, work: Path, *, smoke: bool = False,
+            overrides: tuple[str, ...] = ()) -> dict:
     """``dvc repro`` on data set ``name`` in a fresh project (``smoke``: tiny settings,
-    up to evaluate); its table row."""
+    up to evaluate; ``overrides``: ``section.key=value`` changes to params.yaml); its
+    table row."""
     if "make" in data:
         data["make"]()
     project = work / name
-    make_project(project, data, TINY_PARAMS if smoke else ())
+    make_project(project, data, TINY_PARAMS if smoke else overrides)
     start = time.perf_counter()
     proc = subprocess.run(["dvc", "repro", *(["evaluate"] if smoke else [])], cwd=project,
                           capture_output=True, text=True, env=ENV)
@@ -274,6 +309,8 @@ def main() -> None:
                         help="then K-fold cross-validate pipeline and probe (0: skip)")
     parser.add_argument("--reuse", action="store_true",
                         help="--folds only: reuse WORK/NAME from an earlier run")
+    parser.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=VALUE",
+                        help="change params.yaml beyond data.* (a recipe to compare)")
     add_smoke(parser)
     args = parser.parse_args()
     if not args.smoke:
@@ -295,7 +332,8 @@ def compare(args: argparse.Namespace) -> None:
             continue
         print(f"running {name} ...", file=sys.stderr, flush=True)
         if not (args.reuse and (args.work / name / "dvc.lock").exists()):
-            rows.append(run_one(name, data, args.work.resolve(), smoke=args.smoke))
+            rows.append(run_one(name, data, args.work.resolve(), smoke=args.smoke,
+                                overrides=tuple(args.set)))
             (args.work / "results.json").write_text(json.dumps(rows, indent=1))
         if args.folds:
             folds.append(cross_validate(name, args.work.resolve(), args.folds))

@@ -344,3 +344,19 @@ def test_stored_frozen_layers_train_the_same_weights_as_recomputing_them(tmp_pat
     a, b = weights(tmp_path / "fast/model.pt"), weights(tmp_path / "full/model.pt")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # bit-identical
     assert fast == full
+
+
+def test_a_head_phase_stores_the_frozen_outputs_the_partial_phase_after_it_trains_from(
+        tmp_path, capsys):
+    cache = write_cache(tmp_path / "cache")
+    settings = {"train.phases": [{"epochs": 2, "unfreeze": "head", "lr_mult": 5.0},
+                                 {"epochs": 2, "unfreeze": 2, "lr_mult": 1.0}],
+                "train.hflip": True}
+    fast = train_in(tmp_path / "fast", cache, **settings)
+    log = capsys.readouterr().out
+    full = train_in(tmp_path / "full", cache, **settings, **{"train.feature_cache": False})
+    assert log.index("phase 1 trains on stored outputs of blocks.") < log.index("epoch 1 (")
+    assert "stored outputs of blocks." not in log[log.index("phase 1: "):]  # not again
+    a, b = weights(tmp_path / "fast/model.pt"), weights(tmp_path / "full/model.pt")
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-5) for k in a)
+    assert fast["best_val_loss"] == pytest.approx(full["best_val_loss"], abs=1e-5)

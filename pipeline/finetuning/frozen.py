@@ -115,3 +115,31 @@ def check_top(model: nn.Module, cut: str, x: torch.Tensor) -> bool:
         handle.remove()
     top = TopForward(model, cut, x)(captured[0])
     return whole.shape == top.shape and torch.allclose(whole, top, rtol=1e-4, atol=1e-5)
+
+
+@torch.inference_mode()
+def head_inputs_from(model: nn.Module, head: nn.Module, cut: str, stored: torch.Tensor,
+                     probe: torch.Tensor, *, batch_size: int, device: torch.device,
+                     amp: bool = False) -> torch.Tensor:
+    """(N, D) float32 inputs of ``head`` computed from (N, ...) stored outputs of module
+    ``cut`` (what :func:`pipeline.finetuning.engine.head_inputs` gives from the images),
+    the model in eval mode; each forward stops at the head."""
+    captured: list[torch.Tensor] = []
+
+    def hook(_: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        captured.append(args[0].float())
+        raise _Stop
+
+    handle = head.register_forward_pre_hook(hook)
+    top = TopForward(model, cut, probe)
+    model.eval()
+    try:
+        for chunk in stored.split(batch_size):
+            try:
+                with autocast(device, amp):
+                    top(chunk)
+            except _Stop:
+                pass
+    finally:
+        handle.remove()
+    return torch.cat(captured) if captured else torch.zeros((0, 0), device=device)

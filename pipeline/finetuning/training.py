@@ -53,7 +53,13 @@ from pipeline.finetuning.finetune import (
     param_groups,
     set_lrs,
 )
-from pipeline.finetuning.frozen import TopForward, check_top, cut_module, frozen_outputs
+from pipeline.finetuning.frozen import (
+    TopForward,
+    check_top,
+    cut_module,
+    frozen_outputs,
+    head_inputs_from,
+)
 from pipeline.finetuning.models import LayerGroup, layer_groups, set_trainable, train_mode
 from pipeline.modality import BatchAdapter, BatchAugment, Rows
 from pipeline.modality.models import model_kind
@@ -401,6 +407,10 @@ class Run:
     log: Callable[[dict[str, Any]], None]  # one epoch's record to the curves
     rank: int = 0
     world: int = 1
+    cuts: dict[int, str | None] = field(default_factory=dict)  # per phase: frozen_cut's
+    # stored outputs of a cut module, by (cut, view index or "val", mirrored): the head
+    # phase fills them for the partial phase after it, which then trains from them
+    frozen: dict[tuple[str, int | str, bool], torch.Tensor] = field(default_factory=dict)
 
     @property
     def monitor(self) -> Monitor:
@@ -461,7 +471,7 @@ def validate(run: Run, phase: PhaseRun) -> dict[str, float]:
         scored = s.ema.module if s.ema is not None else s.model
         return _val_scores(run.val.labels, predict(scored, run.val, **kwargs))
     if phase.val_features is None:
-        phase.val_features = stored_inputs(run, phase, run.val, mirror=False)
+        phase.val_features = stored_inputs(run, phase, run.val, "val", mirror=False)
     top = s.head if phase.cut is None else TopForward(s.model, phase.cut, probe_rows(run))
     s.model.eval()
     with torch.no_grad():
@@ -548,7 +558,8 @@ def start_phase(run: Run, loop: LoopState, resume: dict[str, Any] | None) -> Pha
             print(f"  feature cache off: {', '.join(reasons)} change the inputs every epoch")
     net: nn.Module = s.head if use_features else s.forward
     states_from = None if head_only or reasons else stored_states_from(run)
-    cut = None if head_only or reasons or states_from is not None else frozen_cut(run, indices)
+    cut = None if states_from is not None else phase_cut(run, p)
+    run.frozen = {k: v for k, v in run.frozen.items() if k[0] == cut}  # done with the rest
     if states_from is not None:
         from pipeline.modality.text.model import StatesForward
 
@@ -569,7 +580,17 @@ def probe_rows(run: Run, n: int = 1) -> torch.Tensor:
     return run.setup.inputs.to_input(rows, run.device)
 
 
-def frozen_cut(run: Run, indices: tuple[int, ...]) -> str | None:
+def phase_cut(run: Run, p: int) -> str | None:
+    """Phase ``p``'s :func:`frozen_cut` (worked out once: the head phase before it asks
+    too), None for head-only phases and when the inputs change every epoch."""
+    if p not in run.cuts:
+        indices = run.setup.trainable[p]
+        partial = len(indices) > 1 and not feature_cache_off(run.cfg)
+        run.cuts[p] = frozen_cut(run, indices, p) if partial else None
+    return run.cuts[p]
+
+
+def frozen_cut(run: Run, indices: tuple[int, ...], p: int) -> str | None:
     """For an image model whose lower groups are frozen: the module whose output the
     phase stores once per view (:mod:`pipeline.finetuning.frozen`, ``train.feature_cache``);
     None when off, compiled, a text model (its own store), over :data:`STATES_BUDGET`,
@@ -585,7 +606,7 @@ def frozen_cut(run: Run, indices: tuple[int, ...]) -> str | None:
     say = print if run.rank == 0 else (lambda *_: None)
     x = probe_rows(run, 8)
     if not check_top(s.model, cut, x):
-        say(f"  frozen layers not stored: the model above {cut} also reads what comes "
+        say(f"  phase {p}: frozen layers not stored: the model above {cut} also reads what comes "
             f"before it; the frozen layers run every step")
         return None
     shape = frozen_outputs(s.model, cut, run.train_views[0], inputs=s.inputs,
@@ -593,12 +614,12 @@ def frozen_cut(run: Run, indices: tuple[int, ...]) -> str | None:
         if len(run.train_views[0].labels) else ()
     size = len(run.train_views[0].labels) * int(np.prod(shape)) * 4 * (1 + cfg.flips)
     if size > STATES_BUDGET:
-        say(f"  frozen layers not stored: {size / 2**30:.1f} GiB would exceed "
+        say(f"  phase {p}: frozen layers not stored: {size / 2**30:.1f} GiB would exceed "
             f"{STATES_BUDGET / 2**30:.0f} GiB; they run every step")
         return None
-    say(f"  on stored outputs of {cut} ({tuple(shape)} per image, {size / 2**20:,.0f} MB per "
-        f"view{' with mirrors' if cfg.flips else ''}): the {indices[0]} frozen groups below "
-        f"run once per view, not every step")
+    say(f"  phase {p} trains on stored outputs of {cut} ({tuple(shape)} per image, "
+        f"{size / 2**20:,.0f} MB per view{' with mirrors' if cfg.flips else ''}): the "
+        f"{indices[0]} frozen groups below run once per view, not every step")
     return cut
 
 
@@ -653,27 +674,38 @@ def epoch_batches(run: Run, phase: PhaseRun, data: ArraySplit, view: int
         return input_batches(run, data), 0.0
     extra = 0.0
     if view not in phase.features:
+        reused = all((phase.cut, view, m) in run.frozen for m in (False, True)[:1 + run.cfg.flips])
         start = time.perf_counter()
-        phase.features[view] = torch.stack([stored_inputs(run, phase, data, mirror=mirror)
+        phase.features[view] = torch.stack([stored_inputs(run, phase, data, view, mirror=mirror)
                                             for mirror in (False, True)[:1 + run.cfg.flips]])
         extra = time.perf_counter() - start
-        if phase.cut is not None and run.rank == 0:
+        if phase.cut is not None and run.rank == 0 and not reused:
             mb = phase.features[view].element_size() * phase.features[view].numel() / 2**20
             print(f"  stored outputs of {phase.cut} for view {view}: {mb:,.0f} MB in "
                   f"{extra:.1f} s")
     return feature_batches(run, phase.features[view], data.labels), extra
 
 
-def stored_inputs(run: Run, phase: PhaseRun, data: ArraySplit, *, mirror: bool
-                  ) -> torch.Tensor:
-    """What a phase on stored inputs trains from, for every row of ``data``: the
-    backbone's features (head only) or the frozen groups' output (``phase.cut``)."""
+def stored_inputs(run: Run, phase: PhaseRun, data: ArraySplit, key: int | str, *,
+                  mirror: bool) -> torch.Tensor:
+    """What a phase on stored inputs trains from, for every row of ``data`` (view
+    ``key`` or "val"): the frozen groups' output (``phase.cut``) or the backbone's
+    features (head only). A head phase before a partial phase with a cut stores that cut's
+    output on the way (:data:`Run.frozen`), so the frozen groups run once for both."""
     s, cfg = run.setup, run.cfg
     kwargs: dict[str, Any] = dict(device=run.device, batch_size=cfg.batch_size, amp=cfg.amp,
                                   inputs=s.inputs, mirror=mirror)
+    following = phase.index + 1 < len(cfg.phase_list) and phase_cut(run, phase.index + 1)
+    cut = phase.cut or following or None
+    if cut is None:
+        return head_inputs(s.model, s.head, data, **kwargs)
+    if (cut, key, mirror) not in run.frozen:
+        run.frozen[cut, key, mirror] = frozen_outputs(s.model, cut, data, **kwargs)
     if phase.cut is not None:
-        return frozen_outputs(s.model, phase.cut, data, **kwargs)
-    return head_inputs(s.model, s.head, data, **kwargs)
+        return run.frozen[cut, key, mirror]
+    return head_inputs_from(s.model, s.head, cut, run.frozen[cut, key, mirror],
+                            probe_rows(run), batch_size=cfg.batch_size,
+                            device=run.device, amp=cfg.amp)
 
 
 def store_states(run: Run, phase: PhaseRun, data: ArraySplit
