@@ -1,7 +1,7 @@
 """The whole pipeline on every offline real data set, defaults only (issue 12).
 
     python benchmarks/real_data.py [--work /tmp/real_data] [--only NAME ...] [--folds K [--reuse]]
-        [--set section.key=value ...] [--smoke]
+        [--set section.key=value ...] [--recipes] [--smoke]
 
 Per data set it copies this working tree into WORK/NAME (a fresh git + DVC project),
 changes only ``data.*`` in params.yaml, runs ``dvc repro`` and prints one table row:
@@ -10,6 +10,13 @@ resolved ``auto`` values (image sizes, the data profile, train phases and hflip)
 ``clean`` found, the calibrated near-copy rule with its estimated recall, and the floor:
 a logistic-regression probe on the embed stage's frozen features (fitted on the train
 rows, scored on the same test rows).
+
+With ``--recipes``, for each photo set given as ``train/`` + ``val/`` or ``test/`` folders,
+it then trains the same project as a 224 px all-layers fine-tune (6 epochs, every group,
+lr x 0.25; ``dvc repro evaluate``) and runs the tutorial recipe by hand
+(benchmarks/tutorial_recipe.py), and prints a second table: each recipe's test accuracy
+with its interval and time, and whether the defaults reach the all-layers model's
+interval in at most half the tutorial's whole wall time (issue 30's bar).
 
 With ``--folds K`` it then cross-validates both on each data set's train + val rows, for
 sets whose test split is too small to rank them (lfw: 30 images): ``split.folds`` set to
@@ -285,6 +292,53 @@ def run_one(name: str, data: dict, work: Path, *, smoke: bool = False,
                      if k.startswith("near_duplicate_")}}
 
 
+ALL_LAYERS_224 = ("cache.image_size=224",
+                  "train.phases=[{epochs: 6, unfreeze: all, lr_mult: 0.25}]")
+
+
+def set_params(project: Path, overrides: tuple[str, ...]) -> None:
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    apply_overrides(params, overrides)
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def compare_recipes(row: dict, data: dict, work: Path) -> dict:
+    """--recipes: on the project ``run_one`` left, the 224 px all-layers fine-tune
+    (:data:`ALL_LAYERS_224`, ``dvc repro evaluate``), then the tutorial recipe by hand on
+    the data's own train/ and test folders (benchmarks/tutorial_recipe.py)."""
+    from tutorial_recipe import run as tutorial
+
+    project, root = work / row["name"], Path(data["root"])
+    set_params(project, ALL_LAYERS_224)
+    proc = subprocess.run(["dvc", "repro", "evaluate"], cwd=project, capture_output=True,
+                          text=True, env=ENV)
+    (work / f"{row['name']}.all224.log").write_text(proc.stdout + proc.stderr)
+    if proc.returncode != 0:
+        return {**row, "error": (proc.stdout + proc.stderr)[-600:]}
+    ev = json.loads((project / "metrics/all/eval.json").read_text())
+    run = json.loads((project / "metrics/all/run.json").read_text())
+    test_dir = next(d for d in ("val", "test") if (root / d).is_dir())
+    return {**row, "all224": {"accuracy": ev["accuracy"], "ci": (ev["accuracy_ci_low"],
+                                                                 ev["accuracy_ci_high"]),
+                              "train": run["train_seconds"]},
+            "tutorial": tutorial(root, test_dir=test_dir)}
+
+
+def print_recipes(rows: list[dict]) -> None:
+    def acc(r: dict) -> str:
+        return f"{r['accuracy']:.3f} [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}]"
+
+    def cells(r: dict) -> list[str]:
+        a, t, train = r["all224"], r["tutorial"], r["seconds"]["train"]
+        return [acc(r), f"{train:.0f}", acc(a), f"{a['train']:.0f}", acc(t),
+                f"{t['seconds']:.0f}",
+                "yes" if r["accuracy"] >= a["ci"][0] and train <= t["seconds"] / 2 else "no"]
+    markdown(["data set", "defaults: test accuracy [95 % CI]", "train s",
+              "224 px all layers, 6 epochs", "train s", "tutorial recipe", "whole s",
+              "defaults >= all-layers interval, train <= tutorial / 2"],
+             [r for r in rows if "all224" in r], cells)
+
+
 def print_table(rows: list[dict]) -> None:
     def cells(r: dict) -> list[str]:
         secs = "/".join(f"{r['seconds'][s]:.0f}" if r["seconds"][s] is not None else "-"
@@ -311,6 +365,9 @@ def main() -> None:
                         help="--folds only: reuse WORK/NAME from an earlier run")
     parser.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=VALUE",
                         help="change params.yaml beyond data.* (a recipe to compare)")
+    parser.add_argument("--recipes", action="store_true",
+                        help="photo sets in train/ + val|test folders: also the 224 px "
+                             "all-layers fine-tune and the tutorial recipe")
     add_smoke(parser)
     args = parser.parse_args()
     if not args.smoke:
@@ -318,6 +375,7 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory() as tmp:
         args.work, args.only, args.folds, args.reuse = Path(tmp), None, 0, False
+        args.recipes = False
         compare(args)
 
 
@@ -334,12 +392,16 @@ def compare(args: argparse.Namespace) -> None:
         if not (args.reuse and (args.work / name / "dvc.lock").exists()):
             rows.append(run_one(name, data, args.work.resolve(), smoke=args.smoke,
                                 overrides=tuple(args.set)))
+            if args.recipes and "error" not in rows[-1]:
+                rows[-1] = compare_recipes(rows[-1], data, args.work.resolve())
             (args.work / "results.json").write_text(json.dumps(rows, indent=1))
         if args.folds:
             folds.append(cross_validate(name, args.work.resolve(), args.folds))
             (args.work / "folds.json").write_text(json.dumps(folds, indent=1))
     if rows:
         print_table(rows)
+    if args.recipes:
+        print_recipes(rows)
     if folds:
         print_folds(folds)
     failed = [r for r in rows + folds if "error" in r]

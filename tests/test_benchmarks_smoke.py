@@ -30,6 +30,7 @@ PRINTS: dict[str, tuple[str, ...]] = {
     "serve_memory": ("2 concurrent uploads of a 64x64 PNG", "status codes [200]"),
     "split_large": ("2,000 rows, method group, embedding dimension 16",),
     "text": ("| data | method | test accuracy [95 % CI] |", "| smoke_groups | "),
+    "tutorial_recipe": ("tutorial recipe: 18 train images, test accuracy",),
     "text_clean": ("near copies: recall", "label flips: recall", "clean's own estimate"),
 }
 # dvc repro of prepare .. evaluate: 7 stage processes, each importing torch and timm
