@@ -102,19 +102,21 @@ class TopForward(nn.Module):
 
 
 @torch.inference_mode()
-def check_top(model: nn.Module, cut: str, x: torch.Tensor) -> bool:
-    """Whether the model run from the stored output of ``cut`` gives the logits of the
-    whole model on the model-input batch ``x`` (eval mode; the caller restores modes)."""
+def check_top(model: nn.Module, cut: str, x: torch.Tensor) -> torch.Size | None:
+    """The per-row shape of ``cut``'s output when the model run from it gives the logits
+    of the whole model on the model-input batch ``x``, else None (one forward pass of
+    ``x``, eval mode; the caller restores modes)."""
     model.eval()
-    whole = model(x)
-    module, captured = model.get_submodule(cut), []
-    handle = module.register_forward_hook(lambda _, __, out: captured.append(out))
+    captured: list[torch.Tensor] = []
+    handle = model.get_submodule(cut).register_forward_hook(
+        lambda _, __, out: captured.append(out))
     try:
-        model(x)
+        whole = model(x)
     finally:
         handle.remove()
     top = TopForward(model, cut, x)(captured[0])
-    return whole.shape == top.shape and torch.allclose(whole, top, rtol=1e-4, atol=1e-5)
+    same = whole.shape == top.shape and torch.allclose(whole, top, rtol=1e-4, atol=1e-5)
+    return captured[0].shape[1:] if same else None
 
 
 @torch.inference_mode()

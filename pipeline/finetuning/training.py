@@ -604,14 +604,11 @@ def frozen_cut(run: Run, indices: tuple[int, ...], p: int) -> str | None:
     if cut is None:
         return None
     say = print if run.rank == 0 else (lambda *_: None)
-    x = probe_rows(run, 8)
-    if not check_top(s.model, cut, x):
+    shape = check_top(s.model, cut, probe_rows(run, 8))
+    if shape is None:
         say(f"  phase {p}: frozen layers not stored: the model above {cut} also reads what comes "
             f"before it; the frozen layers run every step")
         return None
-    shape = frozen_outputs(s.model, cut, run.train_views[0], inputs=s.inputs,
-                           device=run.device, batch_size=1, amp=cfg.amp)[0].shape \
-        if len(run.train_views[0].labels) else ()
     size = len(run.train_views[0].labels) * int(np.prod(shape)) * 4 * (1 + cfg.flips)
     if size > STATES_BUDGET:
         say(f"  phase {p}: frozen layers not stored: {size / 2**30:.1f} GiB would exceed "
