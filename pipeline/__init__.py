@@ -9,9 +9,3 @@ import os
 # the AVX2 (Haswell) kernels, which every x86-64 machine we run on has; an explicit
 # OPENBLAS_CORETYPE still wins. seeding.pin_cpu warns when the pin came too late.
 os.environ.setdefault("OPENBLAS_CORETYPE", "Haswell")
-
-# Large tensors from the heap, freed memory kept for reuse: glibc's default maps and unmaps
-# each one, and page faults took half of a CPU forward pass (pipeline/core/heap.py).
-from pipeline.core.heap import keep_freed_memory  # noqa: E402
-
-keep_freed_memory()

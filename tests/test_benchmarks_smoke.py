@@ -21,6 +21,7 @@ PRINTS: dict[str, tuple[str, ...]] = {
     "copy_variants": ("plain, 16 px, blur 0:", "48 crop x scale variants, 16 px, blur 1:"),
     "determinism": ("case                 weights", "same as base"),
     "feature_cache": ("head epoch on stored features:", "speed-up per epoch"),
+    "heap": ("malloc                 forward img/s", "pipeline (heap.py)"),
     "imbalance": ("class_weights sampler   macro-F1 [95% CI]", "balanced  "),
     "input_pipeline": ("loop / bound", "loop / tutorial", "cached 64x64 images: peak RSS"),
     "probe_sizes": ("32 px: C=0.01:", "48 px: C=0.01:"),

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pipeline.core.files import declared_outputs, detach_links, free_bytes
+from pipeline.core.heap import keep_freed_memory
 from pipeline.core.provenance import record_run
 
 
@@ -89,6 +90,7 @@ def stage_arguments(name: str, main: Callable[..., None], argv: Sequence[str], *
 def run_stage(name: str, main: Callable[..., None], argv: Sequence[str] | None = None, *,
               item: str = "", choices: Sequence[str] = ()) -> None:
     """Run a stage's main(); user errors end it with one clear line and exit code 2.
+    Large tensors come from the heap, freed memory is kept (:func:`keep_freed_memory`).
 
     ``argv`` (default: the command line) may only ask for ``--help``
     (:func:`stage_arguments`) and, with ``item``, give the item: then ``main(value)``
@@ -103,6 +105,7 @@ def run_stage(name: str, main: Callable[..., None], argv: Sequence[str] | None =
         print(f"[{name}] {len(detached)} output file(s) were links into DVC's cache (e.g. "
               f"{detached[0]}): unlinked before writing, so the cache keeps its content "
               f"(dvc checkout restores it)", file=sys.stderr)
+    keep_freed_memory()
     start = time.perf_counter()
     try:
         main(*([value if choices else int(value)] if item else []))

@@ -7,7 +7,8 @@ at 288 px, batch 32, on the 2-core machine: 4.7 million minor faults and 17.5 of
 the kernel, 13 images/s; with this, 33 images/s (docs/measured.md). PyTorch's CPU tuning
 guide gives the same advice (jemalloc or tcmalloc); ``mallopt`` does it with the
 C library already loaded, nothing to install or preload. It changes where tensors live,
-not what is computed: outputs stay bit-identical.
+not what is computed: outputs stay bit-identical. Every stage calls it first
+(``errors.run_stage``); the server and library users keep their own malloc settings.
 """
 
 from __future__ import annotations
