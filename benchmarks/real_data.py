@@ -305,8 +305,11 @@ def set_params(project: Path, overrides: tuple[str, ...]) -> None:
 def compare_recipes(row: dict, data: dict, work: Path) -> dict:
     """--recipes: on the project ``run_one`` left, the 224 px all-layers fine-tune
     (:data:`ALL_LAYERS_224`, ``dvc repro evaluate``), then the tutorial recipe by hand on
-    the data's own train/ and test folders (benchmarks/tutorial_recipe.py), in its own
-    process with glibc's malloc settings, as a user would run it (pipeline/core/heap.py)."""
+    the data's own train/ and test folders (benchmarks/tutorial_recipe.py), in this
+    process, which never calls ``run_stage`` and so keeps glibc's malloc settings, as a
+    user's tutorial script would (pipeline/core/heap.py)."""
+    from tutorial_recipe import run as tutorial
+
     project, root = work / row["name"], Path(data["root"])
     set_params(project, ALL_LAYERS_224)
     proc = subprocess.run(["dvc", "repro", "evaluate"], cwd=project, capture_output=True,
@@ -317,14 +320,10 @@ def compare_recipes(row: dict, data: dict, work: Path) -> dict:
     ev = json.loads((project / "metrics/all/eval.json").read_text())
     run = json.loads((project / "metrics/all/run.json").read_text())
     test_dir = next(d for d in ("val", "test") if (root / d).is_dir())
-    out = work / f"{row['name']}.tutorial.json"
-    subprocess.run([sys.executable, str(Path(__file__).with_name("tutorial_recipe.py")),
-                    str(root), "--test-dir", test_dir, "--json", str(out)], check=True,
-                   env={**ENV, "PIPELINE_HEAP": "glibc"})
     return {**row, "all224": {"accuracy": ev["accuracy"], "ci": (ev["accuracy_ci_low"],
                                                                  ev["accuracy_ci_high"]),
                               "train": run["train_seconds"]},
-            "tutorial": json.loads(out.read_text())}
+            "tutorial": tutorial(root, test_dir=test_dir)}
 
 
 def print_recipes(rows: list[dict]) -> None:

@@ -21,7 +21,6 @@ test model with random weights, 1 + 1 epochs at 32 px.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -99,7 +98,6 @@ def main() -> None:
     parser.add_argument("--test-dir", default="val")
     parser.add_argument("--epochs", type=int, nargs=2, default=(3, 3))
     parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--json", type=Path, help="also write the result to this file")
     add_smoke(parser)
     args = parser.parse_args()
     if args.smoke:
@@ -113,8 +111,6 @@ def main() -> None:
     print(f"tutorial recipe: {r['train_images']} train images, test accuracy "
           f"{r['accuracy']:.3f} [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}] on {r['test_images']}, "
           f"{r['seconds']:.0f} s whole")
-    if args.json:
-        args.json.write_text(json.dumps(r))
 
 
 if __name__ == "__main__":
