@@ -3,8 +3,9 @@
 glibc serves an allocation over its mmap threshold (128 KiB, rising to at most 32 MiB)
 with a fresh ``mmap`` and unmaps it on ``free``, so every large activation of a forward
 pass faults its pages in again, zero-filled, one 4 KiB page at a time. EfficientNet-Lite0
-at 288 px, batch 32, on the 2-core machine: 4.7 million minor faults and 17.5 of 27.7 s in
-the kernel, 13 images/s; with this, 33 images/s (docs/measured.md). PyTorch's CPU tuning
+at 288 px, batch 32, on a 2-core machine (``python benchmarks/heap.py``): 4.2 million minor
+faults, 16.0 s in the kernel, 12.9 images/s; with this, 0.42 million, 1.7 s and 35.1
+images/s, for 31 % more peak memory (docs/measured.md). PyTorch's CPU tuning
 guide gives the same advice (jemalloc or tcmalloc); ``mallopt`` does it with the
 C library already loaded, nothing to install or preload. It changes where tensors live,
 not what is computed: outputs stay bit-identical. Every stage calls it first

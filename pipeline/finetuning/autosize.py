@@ -95,7 +95,8 @@ def resolve_image_size(requested: int | str, *, backbone_size: int,
     rounded down to a multiple of ``multiple``. Smaller images get ``upscale * m``
     rounded up to a multiple of ``multiple``, at least ``min_size`` and at most
     ``backbone_size``. So ants/bees photos (m 370) get 288 with test_size 288, 8x8
-    digits 48, 28-px images 176, 32-px images 192.
+    digits 48 (upscale 6 or 4.5), 28-px images 176 (6) or 128 (4.5), 32-px
+    images 192 (6) or 144 (4.5).
 
     Args:
         requested: an explicit size (returned as is: an explicit number wins) or "auto".

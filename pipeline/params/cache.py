@@ -29,7 +29,7 @@ class AugmentConfig:
 class CacheConfig:
     """Decoded, resized arrays that training reads instead of image files."""
 
-    # pixels, square; auto: model.name's pretrained input size, or 6 x the images' median
+    # pixels, square; auto: model.name's pretrained input size, or 4.5 x the images' median
     # short side for small images (pipeline.finetuning.autosize.resolve_image_size)
     image_size: int | Literal["auto"] = field(metadata=in_range(ge=8, le=1024))
     fit: Literal["crop", "pad", "stretch"]  # how a non-square image becomes square
