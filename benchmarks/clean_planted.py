@@ -1,6 +1,6 @@
 """Benchmark: plant known defects into real photos, run prepare -> embed -> clean, score.
 
-    python benchmarks/clean_planted.py [--source hymenoptera|fashion-mnist]
+    python benchmarks/clean_planted.py [--source hymenoptera|fashion-mnist|digits]
         [--set clean.near_duplicate_threshold=0.9 ...] [--workdir DIR] [--smoke]
 
 Builds a class-per-folder tree in a temporary folder (the source images are only read),
@@ -17,7 +17,8 @@ Sources:
   ``dataset-fashion-mnist`` (``apt-get install dataset-fashion-mnist``), run with
   ``embed.image_size=64``: a second data set for the label-flip score (its 28-px images
   are too small for the near-copy transforms: use ``--exact 0 --near-per-kind 0
-  --conflicts 0``).
+  --conflicts 0``);
+- ``digits``: scikit-learn's 1,797 8x8 digits (the demo's images), params.yaml as it is.
 Every other setting is params.yaml's, with ``--set`` overrides; the max_rate gates are
 switched off so that the stage writes its outputs whatever it finds. ``--smoke``: 3
 classes of 14 generated 64-px images, a few of each plant, timm's tiny test model with
@@ -119,6 +120,16 @@ def fashion_originals(classes: list[str], per_class: int, seed: int
         for i in sorted(rng.choice(rows, size=per_class, replace=False)):
             out.append((f"fm{i:05d}.png", name, Image.fromarray(images[i]).convert("RGB")))
     return out
+
+
+def digits_originals() -> list[tuple[str, str, Image.Image]]:
+    """(name, label, image) for scikit-learn's 1,797 8x8 digits (the demo's images)."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    pixels = np.round(digits.images * (255 / 16)).astype(np.uint8)
+    return [(f"digit_{i:04d}.png", str(t), Image.fromarray(p))
+            for i, (p, t) in enumerate(zip(pixels, digits.target))]
 
 
 def smoke_originals() -> list[tuple[str, str, Image.Image]]:
@@ -320,7 +331,7 @@ def score(out: pd.DataFrame, truth: list[Planted]) -> dict[str, str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--source", choices=("hymenoptera", "fashion-mnist"),
+    parser.add_argument("--source", choices=("hymenoptera", "fashion-mnist", "digits"),
                         default="hymenoptera")
     parser.add_argument("--root", type=Path, default=HYMENOPTERA)
     parser.add_argument("--classes", default="trouser,sandal,bag,tshirt",
@@ -346,6 +357,9 @@ def main() -> None:
         # photos: the backbone's own resolution, and the threshold that suits it (the
         # params.yaml default, 0.98, is for the 64-px digits demo)
         defaults = ["embed.image_size=224", "clean.near_duplicate_threshold=0.9"]
+    elif args.source == "digits":
+        originals = digits_originals()
+        defaults = []  # params.yaml is the digits demo's
     else:
         originals = fashion_originals(args.classes.split(","), args.per_class, args.seed)
         defaults = ["embed.image_size=64"]
