@@ -49,6 +49,7 @@ originals with their true labels: the condition under which the label-flip targe
 from __future__ import annotations
 
 import argparse
+import atexit
 import gzip
 import io
 import itertools
@@ -122,14 +123,14 @@ def fashion_originals(classes: list[str], per_class: int, seed: int
     return out
 
 
-def digits_originals() -> list[tuple[str, str, Image.Image]]:
-    """(name, label, image) for scikit-learn's 1,797 8x8 digits (the demo's images)."""
-    from sklearn.datasets import load_digits
+def digits_originals(scratch: Path) -> list[tuple[str, str, Image.Image]]:
+    """(name, label, image) for scikit-learn's 1,797 8x8 digits: the demo stage's own PNG
+    files (``write_digits`` into ``scratch``), copied byte for byte into the tree."""
+    from pipeline.modality.image.demo import write_digits
 
-    digits = load_digits()
-    pixels = np.round(digits.images * (255 / 16)).astype(np.uint8)
-    return [(f"digit_{i:04d}.png", str(t), Image.fromarray(p))
-            for i, (p, t) in enumerate(zip(pixels, digits.target))]
+    atexit.register(shutil.rmtree, scratch, True)  # read until the tree is built
+    return [(Path(r["path"]).name, r["label"], Image.open(scratch / r["path"]))
+            for r in write_digits(scratch)]
 
 
 def smoke_originals() -> list[tuple[str, str, Image.Image]]:
@@ -358,7 +359,7 @@ def main() -> None:
         # params.yaml default, 0.98, is for the 64-px digits demo)
         defaults = ["embed.image_size=224", "clean.near_duplicate_threshold=0.9"]
     elif args.source == "digits":
-        originals = digits_originals()
+        originals = digits_originals(Path(tempfile.mkdtemp(prefix="digits_")))
         defaults = []  # params.yaml is the digits demo's
     else:
         originals = fashion_originals(args.classes.split(","), args.per_class, args.seed)
