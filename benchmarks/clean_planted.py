@@ -41,9 +41,10 @@ Planted (disjoint sets of originals, drawn with ``--seed``):
   SVG and PDF (formats Pillow cannot read), a PNG whose header claims 60000 x 60000
   pixels (decompression bomb); truth: ``unreadable``.
 
-The probe accuracy line is the cross-validated accuracy of the clean stage's linear probe
-(its LogisticRegression, ``clean.label_folds`` stratified folds) on the embeddings of the
-originals with their true labels: the condition under which the label-flip target holds.
+The label probe line names the probe the clean stage chose (``clean.label_probe``) and
+each candidate's out-of-fold accuracy on the given labels (metrics/all/clean.json); the
+linear probe line is the linear probe's cross-validated accuracy on the originals with
+their true labels.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ import atexit
 import gzip
 import io
 import itertools
+import json
 import shutil
 import struct
 import sys
@@ -397,15 +399,20 @@ def main() -> None:
         rows = out.reset_index(drop=True).set_index("path")
         plain = [t for t in truth if t.kind in ("original", "flip")]
         x = embeddings[[rows.index.get_loc(t.path) for t in plain]]
-        probe = clean_cfg.probe_for(len(out))  # what the clean stage used
+        probe = clean_cfg.probes_for(len(out), ())[0]  # the clean stage's linear probe
         accuracy = probe_accuracy(x, [t.true_label for t in plain],
                                   folds=clean_cfg.label_folds, seed=0,
                                   probe=probe, dims=clean_cfg.probe_dims)
+        found = json.loads((work / "all" / "clean.json").read_text())
+        tried = ", ".join(f"{k.removeprefix('label_probe_accuracy_')} {v:.3f}"
+                          for k, v in found.items() if k.startswith("label_probe_accuracy_"))
         print(f"\nparams: embed.image_size={embed_cfg.image_size}, "
               f"clean.near_duplicate_threshold={clean_cfg.near_duplicate_threshold}, "
               f"clean.label_method={clean_cfg.label_method}, "
-              f"clean.label_probe={clean_cfg.label_probe} ({probe}), "
+              f"clean.label_probe={clean_cfg.label_probe}, "
               f"clean.label_folds={clean_cfg.label_folds} (max_rate gates off)")
+        print(f"label probe: {found.get('label_probe', 'none')} (accuracy on the given "
+              f"labels: {tried})")
         print(f"linear probe ({probe}) on the originals' embeddings, true "
               f"labels, {clean_cfg.label_folds}-fold: accuracy {accuracy:.4f}")
         print("time: " + ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items()))

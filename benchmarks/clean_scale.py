@@ -149,7 +149,7 @@ def main() -> None:
     print(f"params: neighbours={cfg.neighbours}, exact_search_max={cfg.exact_search_max}, "
           f"search_probes={cfg.search_probes}, near_duplicate_threshold="
           f"{threshold} ({cfg.near_duplicate_threshold}), label_probe={cfg.label_probe} "
-          f"({cfg.probe_for(n)}), "
+          f"({', '.join(cfg.probes_for(n, ('embedding',)))}), "
           f"probe_dims={cfg.probe_dims}, label_folds={cfg.label_folds}, "
           f"label_method={cfg.label_method}", flush=True)
 
@@ -170,9 +170,12 @@ def main() -> None:
         index, sims, threshold=threshold, order=ids, valid=valid))
     clusters = [a if a is not None else b for a, b in zip(near, exact)]
     conflicting = timed("conflicting labels", lambda: conflicting_clusters(clusters, labels))
-    mask, _, _, note = timed("label issues", lambda: label_issues(
+    check = timed("label issues", lambda: label_issues(
         x, labels, folds=cfg.label_folds, seed=0, filter_by=cfg.label_method,
-        probe=cfg.probe_for(len(labels)), dims=cfg.probe_dims))
+        probes=cfg.probes_for(len(labels), ("embedding",)), dims=cfg.probe_dims,
+        votes={"embedding": (index, sims)}))
+    print(f"  {check.summary()}")
+    mask, note = check.mask, check.note
     scores = timed("outlier scores", lambda: outlier_scores(sims))
     if args.views:
         views = synthesise_views(n, args.seed + 2, near_src, near_dst)

@@ -52,6 +52,11 @@ def test_clean_marks_unreadable_duplicates_and_conflicts(tree, tmp_path):
     assert {k: counts[k] for k in ("images", "unreadable", "exact_duplicate",
                                     "conflicting_labels")} == {
         "images": 35, "unreadable": 2, "exact_duplicate": 2, "conflicting_labels": 2}
+    # the label check's probe: the candidate most accurate on the given labels
+    tried = {k.removeprefix("label_probe_accuracy_"): v for k, v in counts.items()
+             if k.startswith("label_probe_accuracy_")}
+    assert set(tried) == {"logistic", "knn_embedding", "knn_thumbnail"}
+    assert tried[counts["label_probe"]] == max(tried.values())
     # dvc exp show's column: the images kept, as the manifest says
     assert json.loads((tmp_path / "clean.json").read_text()) == {"kept": int(df["keep"].sum())}
 

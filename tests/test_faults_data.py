@@ -79,7 +79,8 @@ def _prepare_csv(src: Path, out: Path, text: str | bytes) -> str:
 
 
 def _fake_embed(prepared: Path, embed_dir: Path) -> None:
-    """The embed stage's files without a backbone: class-separated unit vectors."""
+    """The embed stage's files without a backbone: class-separated unit vectors (also
+    as the thumbnails; the explicit near-copy threshold reads no other signal)."""
     df = read_manifest(prepared)
     rng = np.random.default_rng(0)
     labels = sorted(set(df["label"]))
@@ -90,6 +91,7 @@ def _fake_embed(prepared: Path, embed_dir: Path) -> None:
     embedfiles.write(embed_dir, x.astype(np.float32), EmbedMeta(
         ids=list(df["image_id"]), valid=[True] * n, pixel_hash=[f"h{i}" for i in range(n)],
         error=[""] * n, model={}, image_size=32, notes=[""] * n))
+    embedfiles.write_signals(embed_dir, {"thumbnail": x})  # what clean's k-NN vote reads
 
 
 def _clean_with_decisions(src: Path, out: Path, decisions: Callable[[pd.DataFrame], str]

@@ -6,6 +6,7 @@ from pipeline.dataquality.quality import (
     exact_duplicate_clusters,
     label_issues,
     near_duplicate_clusters,
+    neighbour_votes,
     neighbours,
     outlier_scores,
     outliers,
@@ -87,17 +88,51 @@ def test_label_issues_find_flipped_labels_and_explain_small_classes():
     emb, labels, _ = _blobs()
     flipped = labels.copy()
     flipped[[10, 50, 90]] = ["b", "c", "a"]
-    mask, quality, suggested, note = label_issues(_normalise(emb), flipped, folds=5, seed=0,
-                                                  filter_by="prune_by_noise_rate")
-    assert mask[[10, 50]].all() and mask.sum() <= 6 and note == ""
-    assert quality[10] < np.median(quality) and suggested[10] == "a"
+    check = label_issues(_normalise(emb), flipped, folds=5, seed=0,
+                         filter_by="prune_by_noise_rate")
+    assert check.mask[[10, 50]].all() and check.mask.sum() <= 6 and check.note == ""
+    assert check.quality[10] < np.median(check.quality) and check.suggested[10] == "a"
+    assert check.probe == "logistic" and list(check.tried) == ["logistic"]
     few = np.array(["a"] * 10 + ["b"] * 3)
-    _, _, _, note = label_issues(_normalise(emb[:13]), few, folds=5, seed=0,
-                                 filter_by="prune_by_noise_rate")
-    assert "3 folds" in note
-    mask, _, _, note = label_issues(_normalise(emb[:11]), ["a"] * 10 + ["b"], folds=5,
-                                    seed=0, filter_by="prune_by_noise_rate")
-    assert "skipped" in note and not mask.any()
+    check = label_issues(_normalise(emb[:13]), few, folds=5, seed=0,
+                         filter_by="prune_by_noise_rate")
+    assert "3 folds" in check.note
+    check = label_issues(_normalise(emb[:11]), ["a"] * 10 + ["b"], folds=5,
+                         seed=0, filter_by="prune_by_noise_rate")
+    assert "skipped" in check.note and not check.mask.any() and check.probe == ""
+
+
+def test_neighbour_votes_leave_each_row_out_and_skip_padding():
+    y = np.array([0, 0, 1, 1])
+    index = np.array([[1, 2], [0, 3], [3, -1], [2, 3]])  # row 3's own index: cell padding
+    sims = np.array([[0.9, 0.5], [0.9, 0.1], [0.8, 0.0], [0.8, 0.0]], dtype=np.float32)
+    votes = neighbour_votes(index, sims, y, 2)
+    assert np.allclose(votes.sum(1), 1) and (votes > 0).all()
+    assert votes[0, 0] > 0.75 and votes[2, 1] > 0.95 and votes[3, 1] > 0.95
+    # the vote is 1 / (1 - cosine): a near copy outvotes a far neighbour
+    assert np.isclose(votes[0, 0] / votes[0, 1], (0.01 + 10 / 12) / (0.01 + 2 / 12))
+
+
+def test_the_probe_most_accurate_on_the_given_labels_ranks_the_label_issues():
+    """Labels that follow the pixels (the thumbnails' neighbours), not the embeddings: the
+    k-NN vote over the thumbnails wins, finds the flips, and says what each probe scored."""
+    emb, labels, _ = _blobs()
+    rng = np.random.default_rng(5)
+    noise = _normalise(rng.normal(size=emb.shape))  # embeddings that know nothing
+    flipped = labels.copy()
+    flipped[[10, 50, 90]] = ["b", "c", "a"]
+    searches = {"embedding": neighbours(noise, k=10, exact_max=1000, probes=8),
+                "thumbnail": neighbours(_normalise(emb), k=10, exact_max=1000, probes=8)}
+    check = label_issues(noise, flipped, folds=5, seed=0, filter_by="prune_by_noise_rate",
+                         probes=("logistic", "knn_embedding", "knn_thumbnail"),
+                         votes=searches)
+    assert check.probe == "knn_thumbnail" and list(check.tried) == [
+        "logistic", "knn_embedding", "knn_thumbnail"]
+    assert check.tried["knn_thumbnail"][0] > 0.9 > 0.6 > check.tried["logistic"][0]
+    assert check.mask[[10, 50, 90]].all() and check.mask.sum() <= 6
+    assert check.suggested[10] == "a"
+    assert check.metrics()["label_probe"] == "knn_thumbnail"
+    assert "knn_thumbnail" in check.summary() and "logistic" in check.summary()
 
 
 def test_cell_search_finds_near_copies_and_most_neighbours():
@@ -128,11 +163,10 @@ def test_lda_probe_finds_flipped_labels_on_principal_components():
     emb, labels, _ = _blobs()
     flipped = labels.copy()
     flipped[[10, 50, 90]] = ["b", "c", "a"]
-    mask, quality, suggested, note = label_issues(_normalise(emb), flipped, folds=5, seed=0,
-                                                  filter_by="prune_by_noise_rate",
-                                                  probe="lda", dims=8)
-    assert mask[[10, 50, 90]].all() and mask.sum() <= 6 and note == ""
-    assert suggested[10] == "a" and quality[10] < np.median(quality)
+    check = label_issues(_normalise(emb), flipped, folds=5, seed=0,
+                         filter_by="prune_by_noise_rate", probes=("lda",), dims=8)
+    assert check.mask[[10, 50, 90]].all() and check.mask.sum() <= 6 and check.note == ""
+    assert check.suggested[10] == "a" and check.quality[10] < np.median(check.quality)
     assert probe_accuracy(_normalise(emb), labels, folds=5, seed=0, probe="lda",
                           dims=8) > 0.95
 

@@ -187,8 +187,10 @@ def _signal_file(embed_dir: Path, name: str) -> Path:
     return path
 
 
-def read_signals(embed_dir: Path, ids: list[str] | None = None) -> list[np.ndarray]:
-    """Every signal the stage stored (:func:`signal_names`; images :data:`SIGNALS`) as
+def read_signals(embed_dir: Path, ids: list[str] | None = None,
+                 names: tuple[str, ...] | None = None) -> list[np.ndarray]:
+    """Every signal the stage stored (:func:`signal_names`; images :data:`SIGNALS`), or
+    those of ``names``, as
     stored ((N, D_s) or (N, V, D_s) float32, unit or zero rows; the copy model's (N, 258)
     uint8 pixels: wrap them with :func:`pipeline.modality.image.signals.as_signals`), for all rows
     (``ids`` None) or these image ids in this order; undecoded rows are zero (match
@@ -204,7 +206,7 @@ def read_signals(embed_dir: Path, ids: list[str] | None = None) -> list[np.ndarr
         rows = np.array([position[i] for i in ids], dtype=np.int64)
     valid = np.array(meta.valid, dtype=bool)[rows]
     out = []
-    for name in meta.signals:
+    for name in meta.signals if names is None else names:
         values = np.array(np.load(_signal_file(embed_dir, name), mmap_mode="r")[rows])
         values[~valid] = 0
         out.append(values)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ from pipeline.dataquality.calibrate import (
     search,
 )
 from pipeline.dataquality.quality import (
+    LabelCheck,
     conflicting_clusters,
     exact_duplicate_clusters,
     label_issues,
@@ -126,50 +127,90 @@ class Findings:
     exact: list[str | None]  # exact-duplicate (equal pixels) cluster id, None for none
     quality: np.ndarray  # (N,) float label quality, NaN where not scored
     suggested: np.ndarray  # (N,) str, cleanlab's suggested label where it flags one
+    # the label check's probe and each probe's accuracy on the given labels (clean.json)
+    label_metrics: dict[str, Any] = field(default_factory=dict)
+
+
+VOTE_SIGNALS = ("embedding", "thumbnail")  # signals whose neighbours vote on labels
+
+
+def vote_searches(cfg: CleanConfig, embed_dir: Path, ids: list[str], embeddings: np.ndarray,
+                  rule: NearRule | None) -> dict[str, Search]:
+    """Each :data:`VOTE_SIGNALS` signal's clean.neighbours nearest neighbours, row-aligned
+    with ``ids``: the calibrated rule's searches, else searched here (the embeddings, and
+    the thumbnails of images)."""
+    if rule is not None:
+        names = rule.calibration.signals
+        return {n: rule.searches[names.index(n)] for n in VOTE_SIGNALS if n in names}
+    names = signal_names(embed_dir)
+    arrays = {"embedding": embeddings}
+    if "thumbnail" in names:
+        arrays["thumbnail"] = read_signals(embed_dir, ids, ("thumbnail",))[0]
+    return {name: neighbours(x, k=cfg.neighbours, exact_max=cfg.exact_search_max,
+                             probes=cfg.search_probes) for name, x in arrays.items()}
+
+
+def check_labels(df: pd.DataFrame, cfg: CleanConfig, embeddings: np.ndarray,
+                 valid: np.ndarray, searches: dict[str, Search]) -> LabelCheck:
+    """cleanlab's likely label errors among the valid rows (:func:`label_issues`, its
+    probes by clean.label_probe, the k-NN votes over ``searches``); logged with what
+    each probe scored and cost, and returned row-aligned with ``df``."""
+    rows = np.flatnonzero(valid)
+    if cfg.label_probe.startswith("knn_") and cfg.label_probe[4:] not in searches:
+        raise PipelineError(f"clean.label_probe: {cfg.label_probe}: this data has no "
+                            f"{cfg.label_probe[4:]} signal; its searches: "
+                            f"{', '.join(f'knn_{n}' for n in searches)}, or logistic, lda")
+    local = np.full(len(valid), -1)
+    local[rows] = np.arange(len(rows))
+    votes = {name: (local[index[rows]], sims[rows]) for name, (index, sims) in searches.items()}
+    check = label_issues(embeddings[rows], list(df["label"].iloc[rows]),
+                         folds=cfg.label_folds, seed=0, filter_by=cfg.label_method,
+                         probes=cfg.probes_for(len(rows), tuple(votes)), dims=cfg.probe_dims,
+                         votes=votes)
+    if check.note:
+        print(f"warning: {check.note}", file=sys.stderr)
+    if check.probe:
+        print(f"clean: {check.summary()}")
+    n = len(valid)
+    mask, quality = np.zeros(n, dtype=bool), np.full(n, np.nan)
+    suggested = np.full(n, "", dtype=object)
+    mask[rows], quality[rows], suggested[rows] = check.mask, check.quality, check.suggested
+    return replace(check, mask=mask, quality=quality, suggested=suggested)
 
 
 def detect(df: pd.DataFrame, cfg: CleanConfig, embeddings: np.ndarray,
-           hashes: list[str | None], valid: np.ndarray, rule: NearRule | None = None,
-           lengths: list[int] | None = None, scripts: list[str] | None = None) -> Findings:
+           hashes: list[str | None], valid: np.ndarray, searches: dict[str, Search],
+           rule: NearRule | None = None, lengths: list[int] | None = None,
+           scripts: list[str] | None = None) -> Findings:
     """Run every detector on the embed stage's features and pixel hashes (near copies:
     by the calibrated ``rule`` when given, else clean.near_duplicate_threshold;
-    ``lengths``, ``scripts``: a text project's lengths and scripts, for its outliers)."""
+    ``searches``: :func:`vote_searches`; ``lengths``, ``scripts``: a text project's
+    lengths and scripts, for its outliers)."""
     ids = list(df["image_id"])
     exact = exact_duplicate_clusters(hashes, order=ids)
-    if rule is not None:  # its embedding search is the one the other detectors need
-        index, sims = rule.searches[rule.calibration.signals.index("embedding")]
+    index, sims = searches["embedding"]
+    if rule is not None:
         near = near_copy_clusters(rule.signals, rule.calibration, k=cfg.neighbours,
                                   exact_max=cfg.exact_search_max, probes=cfg.search_probes,
                                   order=ids, valid=valid, searches=rule.searches)
     else:
-        index, sims = neighbours(embeddings, k=cfg.neighbours,
-                                 exact_max=cfg.exact_search_max, probes=cfg.search_probes)
         near = near_duplicate_clusters(index, sims, threshold=float(
             cfg.near_duplicate_threshold), order=ids, valid=valid)
     clusters = [n if n is not None else e for n, e in zip(near, exact)]
     exact_dup = np.array([e is not None and e != i for e, i in zip(exact, ids)])
     near_dup = np.array([c is not None and c != i for c, i in zip(clusters, ids)]) & ~exact_dup
     conflicting = conflicting_clusters(clusters, list(df["label"]))
-
-    quality = np.full(len(ids), np.nan)
-    suggested = np.full(len(ids), "", dtype=object)
-    mistaken = np.zeros(len(ids), dtype=bool)
-    rows = np.flatnonzero(valid)
-    mask, scores, guesses, note = label_issues(
-        embeddings[rows], list(df["label"].iloc[rows]), folds=cfg.label_folds,
-        seed=0, filter_by=cfg.label_method, probe=cfg.probe_for(len(rows)), dims=cfg.probe_dims)
-    if note:
-        print(f"warning: {note}", file=sys.stderr)
-    mistaken[rows], quality[rows], suggested[rows] = mask, scores, guesses
+    check = check_labels(df, cfg, embeddings, valid, searches)
     outlier = outlier_scores(sims)
     odd, rule_text = outliers(outlier, valid, cfg.outlier_threshold, lengths=lengths,
                               scripts=scripts)
     print(f"clean: outliers: {rule_text}")
-    found = dict(zip(ISSUES, (~valid, exact_dup, near_dup, conflicting, mistaken, odd)))
+    found = dict(zip(ISSUES, (~valid, exact_dup, near_dup, conflicting, check.mask, odd)))
     ones = np.ones(len(ids))
     ranking = dict(zip(ISSUES, (ones, ones, sims[:, 0] if sims.shape[1] else ones, ones,
-                                1 - np.nan_to_num(quality, nan=0.0), outlier)))
-    return Findings(found, ranking, clusters, list(exact), quality, suggested)
+                                1 - np.nan_to_num(check.quality, nan=0.0), outlier)))
+    return Findings(found, ranking, clusters, list(exact), check.quality, check.suggested,
+                    check.metrics())
 
 
 def policy(cfg: CleanConfig, issue: str) -> str:
@@ -330,7 +371,7 @@ def clean_counts(findings: Findings, keep: np.ndarray, verdicts: dict[str, str],
         counts["train_copies_of_eval_dropped"] = int((train_copies & ~keep).sum())
     if embed_meta.modality == "image":
         counts["embed_image_size"] = embed_meta.image_size
-    return counts
+    return counts | findings.label_metrics
 
 
 def print_summary(counts: dict[str, Any], fixed: np.ndarray, rel_paths: list[str],

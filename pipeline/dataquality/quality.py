@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -254,15 +256,71 @@ def out_of_fold_probabilities(embeddings: np.ndarray, y: np.ndarray, *, folds: i
     return cross_val_predict(lda, features, y, method="predict_proba", cv=cv)
 
 
+def neighbour_votes(index: np.ndarray, sims: np.ndarray, y: np.ndarray,
+                    classes: int) -> np.ndarray:
+    """(N, C) leave-one-out k-NN probabilities from a neighbour search of the same rows.
+
+    Each row's class shares are its neighbours' labels weighted by 1 / cosine distance
+    (scikit-learn's ``weights="distance"``, capped for identical rows), smoothed by a
+    hundredth of a vote per class so no probability is 0. The search excludes each row
+    itself, so every row is predicted without its own label: out of fold, for free.
+
+    Args:
+        index: (N, k) neighbour positions in the same rows; -1 (or a row's own position,
+            the padding of the cell search) casts no vote.
+        sims: (N, k) cosine similarities of those neighbours.
+        y: (N,) int class indices 0..C-1.
+    """
+    n, k = index.shape
+    own = np.arange(n)[:, None]
+    weight = np.where((index >= 0) & (index != own),
+                      1.0 / np.clip(1.0 - sims.astype(np.float64), 1e-6, None), 0.0)
+    votes = np.zeros((n, classes))
+    np.add.at(votes, (np.repeat(np.arange(n), k), y[np.clip(index, 0, None)].ravel()),
+              weight.ravel())
+    votes /= votes.sum(1, keepdims=True).clip(1e-12)
+    votes += 0.01
+    return votes / votes.sum(1, keepdims=True)
+
+
+@dataclass(frozen=True)
+class LabelCheck:
+    """What :func:`label_issues` found, row-aligned with its input, and how."""
+
+    mask: np.ndarray  # (N,) bool likely label errors
+    quality: np.ndarray  # (N,) label quality in 0..1 (cleanlab), NaN when not scored
+    suggested: np.ndarray  # (N,) str, the chosen probe's prediction
+    note: str  # empty, or why fewer folds or no check ran
+    probe: str = ""  # the probe whose probabilities cleanlab ranked
+    # every probe tried: its out-of-fold accuracy on the given labels and its seconds
+    tried: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        """One log line: the chosen probe and what each probe scored and cost."""
+        tried = ", ".join(f"{name} {acc:.3f} ({s:.1f} s)"
+                          for name, (acc, s) in self.tried.items())
+        return (f"label probe {self.probe}: {int(self.mask.sum())} likely label errors; "
+                f"out-of-fold accuracy on the given labels: {tried}")
+
+    def metrics(self) -> dict[str, str | float]:
+        """clean.json's numbers: the probe, each probe's accuracy on the given labels."""
+        return ({"label_probe": self.probe} if self.probe else {}) | {
+            f"label_probe_accuracy_{name}": round(acc, 4)
+            for name, (acc, _) in self.tried.items()}
+
+
 def label_issues(embeddings: np.ndarray, labels: Sequence[str], *, folds: int, seed: int,
-                 filter_by: str, probe: str = "logistic", dims: int = 128
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
-    """Likely label errors from out-of-fold predictions of a linear probe (cleanlab).
+                 filter_by: str, probes: Sequence[str] = ("logistic",), dims: int = 128,
+                 votes: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
+                 ) -> LabelCheck:
+    """Likely label errors from out-of-fold predictions (cleanlab's ranking).
 
-    ``probe`` and ``dims`` as in :func:`out_of_fold_probabilities`.
-
-    Returns (N,) bool issue mask, (N,) label quality in 0..1, (N,) suggested labels (the
-    probe's prediction) and a note (empty, or why fewer folds or no check ran).
+    Every probe in ``probes`` runs and the one most accurate on the given labels wins
+    (ties: the earlier one): uniform label noise lowers every probe's accuracy alike, so
+    the ranking of probes is the one on clean labels. A probe is ``logistic`` or ``lda``
+    (:func:`out_of_fold_probabilities`, ``dims`` as there), or ``knn_<name>``: the
+    leave-one-out k-NN vote (:func:`neighbour_votes`) over ``votes[name]``, a neighbour
+    search of these rows ((index, sims), e.g. the embeddings' or the 16 px thumbnails').
     """
     from cleanlab.filter import find_label_issues
     from cleanlab.rank import get_label_quality_scores
@@ -273,15 +331,25 @@ def label_issues(embeddings: np.ndarray, labels: Sequence[str], *, folds: int, s
     if len(classes) < 2 or smallest < 2:
         note = ("label check skipped: it needs two classes with at least 2 images each "
                 f"(smallest class has {smallest})")
-        return np.zeros(n, bool), np.full(n, np.nan), np.array([""] * n, object), note
+        return LabelCheck(np.zeros(n, bool), np.full(n, np.nan), np.array([""] * n, object),
+                          note)
     k = min(folds, smallest)
     note = "" if k == folds else (f"label check used {k} folds, not {folds}: the smallest "
                                   f"class has {smallest} images")
-    probs = out_of_fold_probabilities(embeddings, y, folds=k, seed=seed, probe=probe,
-                                      dims=dims)
-    mask = find_label_issues(y, probs, filter_by=filter_by)
-    quality = get_label_quality_scores(y, probs)
-    return mask, quality, classes[probs.argmax(1)], note
+    tried, probs = {}, {}
+    for name in probes:
+        start = time.perf_counter()
+        if name.startswith("knn_"):
+            probs[name] = neighbour_votes(*(votes or {})[name[4:]], y, len(classes))
+        else:
+            probs[name] = out_of_fold_probabilities(embeddings, y, folds=k, seed=seed,
+                                                    probe=name, dims=dims)
+        tried[name] = (float((probs[name].argmax(1) == y).mean()),
+                       time.perf_counter() - start)
+    best = max(tried, key=lambda name: tried[name][0])  # the first of equals
+    mask = find_label_issues(y, probs[best], filter_by=filter_by)
+    quality = get_label_quality_scores(y, probs[best])
+    return LabelCheck(mask, quality, classes[probs[best].argmax(1)], note, best, tried)
 
 
 IMAGE_OUTLIER = 0.65  # clean.outlier_threshold auto for images (ants/bees: 1.5 % flagged)

@@ -41,8 +41,10 @@ class CleanConfig:
     label_method: Literal["prune_by_noise_rate", "prune_by_class", "both",
                           "confident_learning", "predicted_neq_given"]  # cleanlab filter_by
     label_folds: int = field(metadata=in_range(ge=2, le=100))  # K of the out-of-fold probe
-    # the out-of-fold probe's model; auto: logistic up to exact_search_max images, lda above
-    label_probe: Literal["auto", "logistic", "lda"]
+    # the out-of-fold probe: logistic | lda | a leave-one-out k-NN vote over the
+    # embeddings' or the thumbnails' neighbours; auto: the one most accurate on the given
+    # labels of logistic (lda above exact_search_max images) and both votes
+    label_probe: Literal["auto", "logistic", "lda", "knn_embedding", "knn_thumbnail"]
     # principal components the lda probe sees
     probe_dims: int = field(metadata=in_range(ge=2, le=100_000))
     outliers: Literal["flag", "drop"]
@@ -56,9 +58,11 @@ class CleanConfig:
     search_probes: int = field(metadata=in_range(ge=1, le=100_000))
     max_rate: MaxRates  # gates: fail when an issue type exceeds its share
 
-    def probe_for(self, n: int) -> str:
-        """The probe label_probe means for ``n`` images (auto: lda only for large sets,
-        where the logistic probe's K fits take minutes)."""
+    def probes_for(self, n: int, votes: tuple[str, ...]) -> tuple[str, ...]:
+        """The probes label_probe means for ``n`` images with neighbour searches of the
+        signals ``votes`` (auto: the linear probe, lda only for large sets where the
+        logistic probe's K fits take minutes, then a k-NN vote per search)."""
         if self.label_probe != "auto":
-            return self.label_probe
-        return "lda" if n > self.exact_search_max else "logistic"
+            return (self.label_probe,)
+        linear = "lda" if n > self.exact_search_max else "logistic"
+        return (linear,) + tuple(f"knn_{name}" for name in votes)

@@ -55,6 +55,7 @@ from pipeline.dataquality.cleaning import (
     print_summary,
     read_decisions,
     review_table,
+    vote_searches,
 )
 from pipeline.modality.itemkinds import inline_texts
 from pipeline.params.base import BaseConfig
@@ -84,7 +85,8 @@ def run(data: DataConfig, cfg: CleanConfig, prepared: Path, embed_dir: Path, out
     # the embed stage decoded every image once: its pixel hashes and reasons
     valid = np.array(embed_meta.valid, dtype=bool)
     rule, near_metrics = near_rule(cfg, embed_dir, embed_meta.pixel_hash, valid, calibration)
-    findings = detect(df, cfg, embeddings, embed_meta.pixel_hash, valid, rule,
+    searches = vote_searches(cfg, embed_dir, ids, embeddings, rule)
+    findings = detect(df, cfg, embeddings, embed_meta.pixel_hash, valid, searches, rule,
                       lengths=embed_meta.lengths or None, scripts=embed_meta.scripts or None)
     fixed = fixed_rows(df)
     train_copies = aim_at_train_side(findings, fixed)
