@@ -102,6 +102,25 @@ def test_cannot_separate_is_reported():
     assert cal.copy_share <= 0.5 and cal.fires(distinct).mean() <= 0.05
 
 
+def test_a_kind_of_copy_the_rule_misses_is_named_in_the_note_and_metrics():
+    """Copies of four kinds are easy, the combined ones as alike as distinct pairs: the
+    rule is separable overall, and the combined kind is named as the one it misses."""
+    rng = np.random.default_rng(0)
+    kinds = np.repeat(["jpeg", "resize", "crop", "brightness", "combined"], 40)
+    copies = rng.uniform(0.97, 1.0, size=(200, 1))
+    copies[kinds == "combined"] = rng.uniform(0.5, 0.9, size=(40, 1))
+    distinct = rng.uniform(0.5, 0.9, size=(400, 1))
+    cal = calibrate(copies, distinct, signals=("embedding",), kinds=kinds,
+                    min_recall=0.75)
+    assert cal.separable and cal.missed_kinds() == {"combined": cal.recall_by_kind["combined"]}
+    assert "combined (estimated recall 0." in cal.note and "mostly be missed" in cal.note
+    assert cal.metrics()["near_duplicate_missed_kinds"] == "combined"
+    from pipeline.reporting import report
+    html = "".join(report.resolved_html(
+        {"embed_image_size": 64} | cal.metrics(), 64, "auto", {}))
+    assert "near copies made by combined will mostly be missed" in html
+
+
 def test_shared_share_estimate_keeps_a_weak_signal_from_claiming_every_pair():
     """200 images, 10 of them with a real copy (5 pairs); a signal that separates
     copies and one that does not. The weak signal reaches recall 0.75 only where nearly

@@ -278,6 +278,8 @@ def distinct_similarities(signals: Sequence[Signal], *, rows: np.ndarray | None 
 # --------------------------------------------------------------------------- calibration
 
 
+MIN_RECALL = 0.9  # below this estimated recall copies (of a kind) will be missed
+
 @dataclass(frozen=True)
 class Calibration:
     """Per-signal thresholds of the OR rule and their estimated error rates."""
@@ -296,6 +298,12 @@ class Calibration:
         above = np.asarray(sims) >= np.asarray(self.thresholds, dtype=np.float64)
         return np.asarray(above.any(axis=1), dtype=bool)
 
+    def missed_kinds(self, min_recall: float | None = None) -> dict[str, float]:
+        """The copy kinds whose estimated recall is below ``min_recall`` (default
+        :data:`MIN_RECALL`): copies made that way will mostly be missed."""
+        floor = MIN_RECALL if min_recall is None else min_recall
+        return {kind: r for kind, r in self.recall_by_kind.items() if r < floor}
+
     def metrics(self, prefix: str = "near_duplicate") -> dict[str, float | bool | str]:
         """Flat numbers for metrics/*.json (``dvc metrics show``)."""
         out: dict[str, float | bool | str] = {}
@@ -306,6 +314,8 @@ class Calibration:
         out[f"{prefix}_separable"] = self.separable
         for kind, r in self.recall_by_kind.items():
             out[f"{prefix}_estimated_recall_{kind}"] = round(r, 4)
+        if self.recall_by_kind:  # a calibrated rule
+            out[f"{prefix}_missed_kinds"] = ", ".join(self.missed_kinds()) or "none"
         return out
 
     def summary(self) -> str:
@@ -349,7 +359,7 @@ def _shared_grids(copy_sims: np.ndarray, pairs: np.ndarray, subsets: list[list[i
 def calibrate(copy_sims: np.ndarray, distinct_sims: np.ndarray, *,
               signals: Sequence[str], owner: np.ndarray | None = None,
               kinds: np.ndarray | None = None, max_false_rate: float = 0.002,
-              min_recall: float = 0.9, limit: int = 200, floor_recall: float = 0.75,
+              min_recall: float = MIN_RECALL, limit: int = 200, floor_recall: float = 0.75,
               allowance: float = 1.0, shared_share: bool = True) -> Calibration:
     """The best OR rule over every subset of the signals (see :func:`calibrate_rule`).
 
@@ -399,12 +409,17 @@ def calibrate(copy_sims: np.ndarray, distinct_sims: np.ndarray, *,
             best_key = key
             best = replace(cal, signals=tuple(signals), thresholds=tuple(thresholds))
     assert best is not None
+    notes = []
     if not best.separable:  # name every signal tried, not only the best subset's
-        best = replace(best, note=(
-            f"CANNOT SEPARATE: no thresholds on {', '.join(signals)} (alone or combined) "
-            f"find {min_recall:.0%} of the synthetic copies at a false-match rate <= "
-            f"{max_false_rate:g}; near copies will be missed"))
-    return best
+        notes.append(f"CANNOT SEPARATE: no thresholds on {', '.join(signals)} (alone or "
+                     f"combined) find {min_recall:.0%} of the synthetic copies at a "
+                     f"false-match rate <= {max_false_rate:g}; near copies will be missed")
+    missed = best.missed_kinds(min_recall)
+    if missed:  # the kinds, even where the rule finds most copies overall
+        notes.append("copies made by " + ", ".join(
+            f"{kind} (estimated recall {r:.2f})" for kind, r in missed.items())
+            + " will mostly be missed")
+    return replace(best, note="; ".join(notes)) if notes else best
 
 
 PLAUSIBLE_SHARE = 0.5  # at most this share of the images already has a near copy
@@ -519,7 +534,7 @@ def _grid_search(copy_sims: np.ndarray, pairs: np.ndarray, owner: np.ndarray,
 def calibrate_rule(copy_sims: np.ndarray, distinct_sims: np.ndarray, *,
                    signals: Sequence[str], owner: np.ndarray | None = None,
                    kinds: np.ndarray | None = None, max_false_rate: float = 0.002,
-                   min_recall: float = 0.9, limit: int = 200, floor_recall: float = 0.75,
+                   min_recall: float = MIN_RECALL, limit: int = 200, floor_recall: float = 0.75,
                    allowance: float = 1.0, share: float | None = None,
                    grid: Grid | None = None) -> Calibration:
     """Pick one threshold per signal for the rule "copy when any signal reaches its own".

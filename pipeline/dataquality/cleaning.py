@@ -324,7 +324,7 @@ def near_rule(cfg: CleanConfig, embed_dir: Path, hashes: list[str | None], valid
     cal = rule.calibration
     calibfiles.write(calibration, cal, calibrated=True)
     print(f"clean: {cal.summary()} [calibrated in {time.perf_counter() - start:.1f} s]")
-    if not cal.separable:
+    if not cal.separable or cal.missed_kinds():
         print(f"WARNING: near-copy detection: {cal.note}", file=sys.stderr)
     return rule, cal.metrics("near_duplicate")
 

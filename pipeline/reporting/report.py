@@ -393,6 +393,10 @@ def resolved_html(clean_counts: dict[str, Any], cache_image_size: int, cache_rea
         parts.append("<p class='warn'><b>WARNING: near-copy detection cannot separate "
                      "synthetic copies from distinct images on this data: near copies "
                      "will be missed.</b></p>")
+    if cal.get("missed_kinds", "none") != "none":
+        parts.append("<p class='warn'><b>WARNING: near copies made by "
+                     f"{html.escape(str(cal['missed_kinds']))} will mostly be missed "
+                     "(their estimated recall is below 0.9; see below).</b></p>")
     where = ("clean and the split's leakage audit"
              if split_metrics.get("audit_rule_calibrated") else "clean")
     parts.append(f"<p>Near copies ({where}): calibrated on synthetic copies of the "
