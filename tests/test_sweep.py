@@ -46,7 +46,8 @@ def test_values_read_back_as_the_same_floats():
 def test_two_trial_sweep_records_dvc_experiments(tmp_path):
     work = tiny_project(tmp_path / "project", per_class=12,
                         skip_dvc=("cache", "tmp", "offline_plots.html"))
-    sh("dvc", "repro", "-q", "cache", cwd=work)  # the data stages once, for every trial
+    sh("dvc", "repro", "-q", cwd=work)  # the data stages once, cached for every trial
+    # (and the baseline's metrics, which the sweep reads: `dvc repro cache` alone fails)
     sh("git", "add", "-A", cwd=work)
     sh("git", "commit", "-qm", "baseline", cwd=work)
 
