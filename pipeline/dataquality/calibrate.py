@@ -409,13 +409,20 @@ def calibrate(copy_sims: np.ndarray, distinct_sims: np.ndarray, *,
             best_key = key
             best = replace(cal, signals=tuple(signals), thresholds=tuple(thresholds))
     assert best is not None
+    return _explained(best, signals, min_recall=min_recall, max_false_rate=max_false_rate)
+
+
+def _explained(best: Calibration, signals: Sequence[str], *, min_recall: float,
+               max_false_rate: float) -> Calibration:
+    """``best`` with its note: CANNOT SEPARATE (naming every signal tried, not only the
+    best subset's) and the copy kinds it misses, even where it finds most copies."""
     notes = []
-    if not best.separable:  # name every signal tried, not only the best subset's
+    if not best.separable:
         notes.append(f"CANNOT SEPARATE: no thresholds on {', '.join(signals)} (alone or "
                      f"combined) find {min_recall:.0%} of the synthetic copies at a "
                      f"false-match rate <= {max_false_rate:g}; near copies will be missed")
     missed = best.missed_kinds(min_recall)
-    if missed:  # the kinds, even where the rule finds most copies overall
+    if missed:
         notes.append("copies made by " + ", ".join(
             f"{kind} (estimated recall {r:.2f})" for kind, r in missed.items())
             + " will mostly be missed")
